@@ -1,0 +1,169 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { hostname } from 'node:os';
+import type { Config } from './config.js';
+import { createDatabase, type Database } from './db/client.js';
+import { Migrator } from './db/migrations.js';
+import { PartitionManager } from './db/partitions.js';
+import { TenantRegistry } from './db/tenant-registry.js';
+import { KeysetCursorCodec } from './domain/keyset-cursor.js';
+import type { Services } from './graphql/context.js';
+import { createGraphQLServer, requestScope } from './graphql/yoga.js';
+import { BatchWriter } from './ingest/batch-writer.js';
+import { IngestService } from './ingest/ingest-service.js';
+import { createLogger, type Logger } from './logger.js';
+import { AuditEventQueries } from './query/audit-event-queries.js';
+import { AuditEventReader } from './query/audit-event-reader.js';
+
+export interface App {
+  /** Migrates, then listens. Resolves with the bound port. */
+  start(): Promise<{ port: number }>;
+  /** Graceful stop: readiness false, refuse writes, flush, close. Idempotent. */
+  stop(): Promise<void>;
+  readonly services: Services;
+  readonly db: Database;
+  readonly log: Logger;
+  /** The yoga instance, for in-process requests (`app.graphql.fetch`). */
+  readonly graphql: ReturnType<typeof createGraphQLServer>;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._-]{1,100}$/;
+
+/** Wires the service together. Nothing runs until start(). */
+export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
+  const instanceId = config.instanceId ?? `${hostname()}-${process.pid}`;
+  const log = opts.log ?? createLogger(config, { instance: instanceId });
+  const db = createDatabase(config.database, log.child({ component: 'db' }));
+  const migrator = new Migrator(db);
+  const partitions = new PartitionManager(db, log.child({ component: 'partitions' }));
+  const tenants = new TenantRegistry(
+    db,
+    migrator,
+    partitions,
+    log.child({ component: 'tenants' }),
+    {
+      partitionsAhead: config.partitionsAhead,
+    },
+  );
+  const writer = new BatchWriter(db, partitions, log.child({ component: 'writer' }), instanceId);
+  const ingest = new IngestService(writer, log.child({ component: 'ingest' }), {
+    ...config,
+    instanceId,
+  });
+  if (!config.cursorSecret) {
+    log.warn(
+      'CURSOR_SECRET is not set: page cursors are signed with a random key and stop working after a restart',
+    );
+  }
+  const cursors = new KeysetCursorCodec(config.cursorSecret ?? randomBytes(32).toString('hex'));
+  const queries = new AuditEventQueries(new AuditEventReader(db), cursors);
+  const services: Services = { config, ingest, queries, tenants, instanceId };
+  const graphql = createGraphQLServer(services, log);
+
+  let server: Server | undefined;
+  let stopping: Promise<void> | undefined;
+
+  async function readiness(): Promise<{ ready: boolean; reasons: string[] }> {
+    const reasons: string[] = [];
+    if (ingest.isStopping) reasons.push('shutting down');
+    try {
+      await withTimeout(db.query('select 1'), 2_000, 'database did not answer within 2000 ms');
+    } catch (err) {
+      reasons.push(`database unavailable: ${(err as Error).message}`);
+    }
+    return { ready: reasons.length === 0, reasons };
+  }
+
+  /** Routes one HTTP request; returns nothing, every branch answers on `res`. */
+  function handle(req: IncomingMessage, res: ServerResponse): void {
+    const given = req.headers['x-request-id'];
+    const requestId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    res.setHeader('x-request-id', requestId);
+    const path = (req.url ?? '/').split('?')[0];
+    const length = req.headers['content-length'];
+    if (path === '/healthz') {
+      json(res, 200, { status: 'ok' });
+    } else if (path === '/readyz') {
+      void readiness().then((r) => json(res, r.ready ? 200 : 503, r));
+    } else if (path !== '/graphql') {
+      json(res, 404, { error: 'not found; GraphQL is at /graphql' });
+    } else if (req.headers['transfer-encoding'] && length === undefined) {
+      json(res, 411, { error: 'a Content-Length header is required' });
+    } else if (length !== undefined && Number(length) > config.maxRequestBytes) {
+      json(res, 413, {
+        error: `request body larger than ${config.maxRequestBytes} bytes (MAX_REQUEST_BYTES)`,
+      });
+    } else {
+      requestScope.run({ requestId }, () => {
+        void graphql(req, res, { req, res });
+      });
+    }
+  }
+
+  return {
+    services,
+    db,
+    log,
+    graphql,
+    async start() {
+      const controlRan = await migrator.migrateControl();
+      if (controlRan) log.info({ migrations: controlRan }, 'control schema migrated');
+      const known = await tenants.migrateAll();
+      log.info(
+        { tenants: known, database: db.kind, authMode: config.authMode },
+        'tenants migrated',
+      );
+      if (config.authMode === 'dev') {
+        log.warn(
+          'AUTH_MODE=dev: the tenant is taken from the x-tenant-id header and nothing is authenticated',
+        );
+      }
+      server = createServer(handle);
+      server.keepAliveTimeout = 5_000;
+      await new Promise<void>((resolve, reject) => {
+        server!.once('error', reject);
+        server!.listen(config.port, config.host, () => resolve());
+      });
+      const port = (server.address() as AddressInfo).port;
+      log.info(
+        { port, graphiql: config.graphiql ? `http://localhost:${port}/graphql` : false },
+        'listening',
+      );
+      return { port };
+    },
+    stop() {
+      stopping ??= (async () => {
+        const left = await ingest.stop(config.shutdownTimeoutMs);
+        if (server) {
+          const closed = new Promise<void>((resolve) => server!.close(() => resolve()));
+          server.closeIdleConnections();
+          setTimeout(() => server?.closeAllConnections(), 1_000).unref();
+          await closed;
+        }
+        await db.close();
+        log.info({ pendingLost: left }, 'stopped');
+      })();
+      return stopping;
+    },
+  };
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+  });
+  res.end(text);
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(message)), ms);
+    }),
+  ]);
+}

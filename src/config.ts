@@ -1,0 +1,171 @@
+import { z } from 'zod';
+
+/**
+ * The only module that reads `process.env`. Every setting is validated at start-up and every
+ * bad variable is reported at once, so an operator fixes a broken deployment in one pass.
+ */
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  z.coerce.number().int().min(min).max(max);
+
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off'])
+  .transform((v) => ['true', '1', 'yes', 'on'].includes(v));
+
+const envSchema = z.object({
+  /** HTTP port for GraphQL, health and metrics. */
+  PORT: int(0, 65535).default(4000),
+  /** Interface to bind. */
+  HOST: z.string().min(1).default('0.0.0.0'),
+  /** PostgreSQL connection string; unset means the embedded PGlite database. */
+  DATABASE_URL: z.url({ protocol: /^postgres(ql)?$/ }).optional(),
+  /** Directory of the embedded database (used only without DATABASE_URL). */
+  DATA_DIR: z.string().min(1).default('./.data/pglite'),
+  /** Size of the PostgreSQL connection pool. */
+  DATABASE_POOL_SIZE: int(1, 200).default(10),
+  /** `application_name` of every connection, so operators (and fault tests) can find them. */
+  DATABASE_APPLICATION_NAME: z.string().min(1).max(63).default('auditgraph'),
+  /** Redis connection string (dead letters and fan-out); optional in this release. */
+  REDIS_URL: z.url({ protocol: /^rediss?$/ }).optional(),
+  /** `dev` takes the tenant from the `x-tenant-id` header. */
+  AUTH_MODE: z.enum(['dev']).optional(),
+  /** Provision a tenant's schema on its first write. */
+  TENANT_AUTO_PROVISION: bool.optional(),
+  /** Events per batch transaction. */
+  BATCH_SIZE: int(1, 10_000).default(500),
+  /** Longest time a BUFFERED event waits before its batch is written. */
+  FLUSH_INTERVAL_MS: int(1, 3_600_000).default(1000),
+  /** Short wait that lets concurrent COMMITTED calls share one transaction. */
+  COMMIT_LINGER_MS: int(0, 10_000).default(2),
+  /** Longest a COMMITTED call waits before answering CommitTimeoutError. */
+  COMMIT_TIMEOUT_MS: int(1, 600_000).default(10_000),
+  /** Events held per tenant (buffered, in flight, or in backoff) before backpressure. */
+  BUFFER_CAPACITY: int(1, 10_000_000).default(10_000),
+  /** Bytes held by all buffers of the process before backpressure. */
+  BUFFER_MAX_BYTES: int(1024).default(64 * 1024 * 1024),
+  /** Batches one tenant may have in flight at once. */
+  WRITER_CONCURRENCY: int(1, 64).default(2),
+  /** First retry delay of a failed batch; doubles per attempt, with jitter. */
+  RETRY_BASE_MS: int(1, 600_000).default(200),
+  /** Ceiling of the retry delay. */
+  RETRY_MAX_MS: int(1, 3_600_000).default(30_000),
+  /** Events accepted per createAuditEvents call. */
+  MAX_EVENTS_PER_CALL: int(1, 100_000).default(1000),
+  /** How far in the future an occurredAt may lie. */
+  MAX_FUTURE_SKEW_MS: int(0).default(5 * 60_000),
+  /** Oldest accepted occurredAt, in days before now (the retention window). */
+  RETENTION_DAYS: int(1, 36_500).default(400),
+  /** Monthly partitions created ahead of the current month. */
+  PARTITIONS_AHEAD: int(0, 120).default(3),
+  /** Secret that signs page cursors; set it in production so cursors survive restarts. */
+  CURSOR_SECRET: z.string().min(32).optional(),
+  /** Largest accepted HTTP request body. */
+  MAX_REQUEST_BYTES: int(1024).default(16 * 1024 * 1024),
+  /** Longest a flushAudit call may wait (its timeoutMs is capped to this). */
+  FLUSH_MAX_TIMEOUT_MS: int(1, 600_000).default(60_000),
+  /** Deadline of a graceful shutdown. */
+  SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(25_000),
+  /** Serve GraphiQL at /graphql. */
+  GRAPHIQL: bool.default(true),
+  /** pino log level. */
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Name of this instance in logs and flush reports; defaults to host and pid. */
+  INSTANCE_ID: z.string().min(1).max(100).optional(),
+});
+
+export type Env = z.input<typeof envSchema>;
+
+export interface Config {
+  port: number;
+  host: string;
+  database:
+    | { kind: 'pg'; url: string; poolSize: number; applicationName: string }
+    | { kind: 'pglite'; dataDir: string };
+  redisUrl: string | undefined;
+  authMode: 'dev';
+  tenantAutoProvision: boolean;
+  batchSize: number;
+  flushIntervalMs: number;
+  commitLingerMs: number;
+  commitTimeoutMs: number;
+  bufferCapacity: number;
+  bufferMaxBytes: number;
+  writerConcurrency: number;
+  retryBaseMs: number;
+  retryMaxMs: number;
+  maxEventsPerCall: number;
+  maxFutureSkewMs: number;
+  retentionDays: number;
+  partitionsAhead: number;
+  cursorSecret: string | undefined;
+  maxRequestBytes: number;
+  flushMaxTimeoutMs: number;
+  shutdownTimeoutMs: number;
+  graphiql: boolean;
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  instanceId: string | undefined;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Parses an environment (by default `process.env`); throws ConfigError naming every bad variable. */
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const cleaned = Object.fromEntries(
+    Object.entries(env).filter(([, v]) => v !== undefined && v !== ''),
+  );
+  const parsed = envSchema.safeParse(cleaned);
+  if (!parsed.success) {
+    throw new ConfigError(
+      parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`),
+    );
+  }
+  const e = parsed.data;
+  const servers = e.DATABASE_URL !== undefined;
+  if (servers && e.AUTH_MODE === undefined) {
+    // With real servers the default is key authentication, which this release does not have
+    // yet: refuse to guess rather than silently open the service to header-chosen tenants.
+    throw new ConfigError([
+      'AUTH_MODE: must be set explicitly when DATABASE_URL is set (only "dev" is available)',
+    ]);
+  }
+  return {
+    port: e.PORT,
+    host: e.HOST,
+    database: servers
+      ? {
+          kind: 'pg',
+          url: e.DATABASE_URL!,
+          poolSize: e.DATABASE_POOL_SIZE,
+          applicationName: e.DATABASE_APPLICATION_NAME,
+        }
+      : { kind: 'pglite', dataDir: e.DATA_DIR },
+    redisUrl: e.REDIS_URL,
+    authMode: e.AUTH_MODE ?? 'dev',
+    tenantAutoProvision: e.TENANT_AUTO_PROVISION ?? !servers,
+    batchSize: e.BATCH_SIZE,
+    flushIntervalMs: e.FLUSH_INTERVAL_MS,
+    commitLingerMs: e.COMMIT_LINGER_MS,
+    commitTimeoutMs: e.COMMIT_TIMEOUT_MS,
+    bufferCapacity: e.BUFFER_CAPACITY,
+    bufferMaxBytes: e.BUFFER_MAX_BYTES,
+    writerConcurrency: e.WRITER_CONCURRENCY,
+    retryBaseMs: e.RETRY_BASE_MS,
+    retryMaxMs: e.RETRY_MAX_MS,
+    maxEventsPerCall: e.MAX_EVENTS_PER_CALL,
+    maxFutureSkewMs: e.MAX_FUTURE_SKEW_MS,
+    retentionDays: e.RETENTION_DAYS,
+    partitionsAhead: e.PARTITIONS_AHEAD,
+    cursorSecret: e.CURSOR_SECRET,
+    maxRequestBytes: e.MAX_REQUEST_BYTES,
+    flushMaxTimeoutMs: e.FLUSH_MAX_TIMEOUT_MS,
+    shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    graphiql: e.GRAPHIQL,
+    logLevel: e.LOG_LEVEL,
+    instanceId: e.INSTANCE_ID,
+  };
+}

@@ -1,0 +1,115 @@
+import { PGlite } from '@electric-sql/pglite';
+import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
+import type { PgAsyncDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
+import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
+import pg from 'pg';
+import type { Config } from '../config.js';
+import type { Logger } from '../logger.js';
+
+/** Something that runs one parameterised statement. */
+export interface Sql {
+  query<R = Record<string, unknown>>(text: string, params?: readonly unknown[]): Promise<R[]>;
+}
+
+/**
+ * The one door to the database, the same for PostgreSQL (pooled `pg`) and embedded PGlite.
+ * There is no way to run a session-level `SET` through it on a pooled connection: per-tenant
+ * SQL is schema-qualified, and anything else that needs settings uses set_config(..., true)
+ * inside `transaction`.
+ */
+export interface Database extends Sql {
+  readonly kind: 'pg' | 'pglite';
+  /** Runs `fn` in one transaction; rolls back when it throws. */
+  transaction<T>(fn: (tx: Sql) => Promise<T>): Promise<T>;
+  /** The drizzle query builder over the same connections (reads). */
+  readonly orm: PgAsyncDatabase<PgQueryResultHKT>;
+  close(): Promise<void>;
+}
+
+export function createDatabase(db: Config['database'], log: Logger): Database {
+  return db.kind === 'pg' ? createPgDatabase(db, log) : createPgliteDatabase(db.dataDir);
+}
+
+function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log: Logger): Database {
+  const pool = new pg.Pool({
+    connectionString: cfg.url,
+    max: cfg.poolSize,
+    application_name: cfg.applicationName,
+    connectionTimeoutMillis: 5_000,
+    idleTimeoutMillis: 30_000,
+  });
+  // An idle client that loses its server emits here; without a listener the process would crash.
+  pool.on('error', (err) => log.warn({ err }, 'idle database connection failed'));
+  const orm = drizzlePg({ client: pool }) as unknown as PgAsyncDatabase<PgQueryResultHKT>;
+  return {
+    kind: 'pg',
+    orm,
+    async query<R>(text: string, params: readonly unknown[] = []) {
+      const res = await pool.query(text, params as unknown[]);
+      return res.rows as R[];
+    },
+    async transaction<T>(fn: (tx: Sql) => Promise<T>): Promise<T> {
+      const client = await pool.connect();
+      let broken: Error | undefined;
+      try {
+        await client.query('BEGIN');
+        const tx: Sql = {
+          async query<R>(text: string, params: readonly unknown[] = []) {
+            return (await client.query(text, params as unknown[])).rows as R[];
+          },
+        };
+        const result = await fn(tx);
+        await client.query('COMMIT');
+        return result;
+      } catch (err) {
+        try {
+          await client.query('ROLLBACK');
+        } catch (rollbackErr) {
+          // The connection is gone: do not hand it back to the pool.
+          broken = rollbackErr as Error;
+        }
+        throw err;
+      } finally {
+        client.release(broken);
+      }
+    },
+    async close() {
+      await pool.end();
+    },
+  };
+}
+
+function createPgliteDatabase(dataDir: string): Database {
+  const lite = new PGlite(dataDir);
+  const orm = drizzlePglite({ client: lite }) as unknown as PgAsyncDatabase<PgQueryResultHKT>;
+  return {
+    kind: 'pglite',
+    orm,
+    async query<R>(text: string, params: readonly unknown[] = []) {
+      return (await lite.query<R>(text, params as unknown[])).rows;
+    },
+    transaction<T>(fn: (tx: Sql) => Promise<T>): Promise<T> {
+      return lite.transaction(async (t) =>
+        fn({
+          async query<R>(text: string, params: readonly unknown[] = []) {
+            return (await t.query<R>(text, params as unknown[])).rows;
+          },
+        }),
+      );
+    },
+    async close() {
+      await lite.close();
+    },
+  };
+}
+
+/** Quotes an identifier for SQL text. Callers pass only names built from validated tenant ids. */
+export function ident(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+/** SQLSTATE of a database error, if it has one. */
+export function sqlState(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
+}

@@ -1,0 +1,22 @@
+import { loadConfig } from '../config.js';
+import { createLogger } from '../logger.js';
+import { createDatabase } from './client.js';
+import { Migrator } from './migrations.js';
+import { PartitionManager } from './partitions.js';
+import { TenantRegistry } from './tenant-registry.js';
+
+/** `npm run db:migrate`: migrates the control schema and every known tenant, then exits. */
+const config = loadConfig();
+const log = createLogger(config);
+const db = createDatabase(config.database, log);
+try {
+  const migrator = new Migrator(db);
+  const control = await migrator.migrateControl();
+  const registry = new TenantRegistry(db, migrator, new PartitionManager(db, log), log, {
+    partitionsAhead: config.partitionsAhead,
+  });
+  const tenants = await registry.migrateAll();
+  log.info({ controlMigrations: control, tenants }, 'migrations applied');
+} finally {
+  await db.close();
+}

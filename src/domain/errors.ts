@@ -1,0 +1,122 @@
+/**
+ * Expected failures. Each one is a GraphQL object type of the same name (see graphql/errors.ts);
+ * `retryable` alone tells a client whether sending the same request again can succeed.
+ */
+export abstract class AuditError extends Error {
+  abstract readonly retryable: boolean;
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+export interface ValidationIssue {
+  /** Index of the event in the call, when the problem belongs to one event. */
+  index: number | null;
+  /** Dotted path of the field, e.g. `actor.ip` or `data`. */
+  field: string;
+  message: string;
+}
+
+export class ValidationError extends AuditError {
+  readonly retryable = false;
+  constructor(
+    readonly issues: ValidationIssue[],
+    message = summarise(issues),
+  ) {
+    super(message);
+  }
+  static single(field: string, message: string): ValidationError {
+    return new ValidationError([{ index: null, field, message }]);
+  }
+}
+
+function summarise(issues: ValidationIssue[]): string {
+  const first = issues[0];
+  if (!first) return 'invalid input';
+  const where = first.index === null ? first.field : `events[${first.index}].${first.field}`;
+  const more = issues.length > 1 ? ` (and ${issues.length - 1} more problems)` : '';
+  return `invalid input: ${where}: ${first.message}${more}`;
+}
+
+export class BackpressureError extends AuditError {
+  readonly retryable = true;
+  constructor(
+    readonly retryAfterMs: number,
+    readonly limit: 'BUFFER_CAPACITY' | 'BUFFER_MAX_BYTES',
+  ) {
+    super(
+      `buffer full (${limit}); nothing from this call was accepted, retry after ${retryAfterMs} ms`,
+    );
+  }
+}
+
+export class RateLimitedError extends AuditError {
+  readonly retryable = true;
+  constructor(readonly retryAfterMs: number) {
+    super(`rate limit reached; retry after ${retryAfterMs} ms`);
+  }
+}
+
+export class UnauthenticatedError extends AuditError {
+  readonly retryable = false;
+}
+
+export class ForbiddenError extends AuditError {
+  readonly retryable = false;
+}
+
+export class UnknownTenantError extends AuditError {
+  readonly retryable = false;
+  constructor(readonly tenantId: string) {
+    super(`unknown tenant "${tenantId}"`);
+  }
+}
+
+export class ShuttingDownError extends AuditError {
+  readonly retryable = true;
+  constructor() {
+    super(
+      'the service is shutting down; nothing from this call was accepted, retry on another instance',
+    );
+  }
+}
+
+/** A COMMITTED call waited longer than COMMIT_TIMEOUT_MS; its events stay accepted and pending. */
+export class CommitTimeoutError extends AuditError {
+  readonly retryable = true;
+  constructor(
+    readonly timeoutMs: number,
+    readonly pending: number,
+    /** Every event of the call with its status so far, so generated ids are known for the retry. */
+    readonly events: { id: string; occurredAt: Date; status: string }[],
+  ) {
+    super(
+      `events accepted but not yet committed after ${timeoutMs} ms (${pending} pending); ` +
+        'they are still being written — a retry with the same ids is safe',
+    );
+  }
+}
+
+/** flushAudit could not settle everything accepted before it within its timeout. */
+export class FlushTimeoutError extends AuditError {
+  readonly retryable = true;
+  constructor(
+    readonly timeoutMs: number,
+    readonly pending: number,
+    readonly lastError: string | null,
+  ) {
+    super(
+      `flush did not complete within ${timeoutMs} ms: ${pending} events still pending` +
+        (lastError ? ` (last write error: ${lastError})` : ''),
+    );
+  }
+}
+
+/** A page cursor that was altered, or minted for another tenant, order or filter. */
+export class InvalidCursorError extends AuditError {
+  readonly retryable = false;
+  constructor() {
+    super('cursor is not valid for this query; start again without a cursor');
+  }
+}

@@ -1,0 +1,123 @@
+import { ValidationError, type ValidationIssue } from './errors.js';
+import { jsonDepth, LIMITS, OUTCOMES, type Outcome } from './event.js';
+
+/** The filter of `auditEvents` and of the live tail. Every present condition must hold. */
+export interface AuditEventFilter {
+  correlationId?: string | null;
+  eventTypes?: string[] | null;
+  category?: string | null;
+  action?: string | null;
+  outcome?: Outcome | null;
+  actorType?: string | null;
+  actorId?: string | null;
+  resourceType?: string | null;
+  resourceId?: string | null;
+  /** Inclusive lower bound on occurredAt. */
+  occurredAfter?: Date | null;
+  /** Exclusive upper bound on occurredAt. */
+  occurredBefore?: Date | null;
+  severity?: string | null;
+  /** Events whose data contains this JSON object (jsonb `@>`). */
+  dataContains?: Record<string, unknown> | null;
+}
+
+export const FILTER_LIMITS = { eventTypes: 50, dataContainsBytes: 8 * 1024, dataContainsDepth: 5 };
+
+export type AuditEventOrder = 'OCCURRED_AT_ASC' | 'OCCURRED_AT_DESC';
+
+const stringLimits: Partial<Record<keyof AuditEventFilter, number>> = {
+  correlationId: LIMITS.correlationId,
+  category: LIMITS.category,
+  action: LIMITS.action,
+  actorType: LIMITS.actorType,
+  actorId: LIMITS.actorId,
+  resourceType: LIMITS.resourceType,
+  resourceId: LIMITS.resourceId,
+  severity: LIMITS.severity,
+};
+
+/** Checks a filter from the network; returns it with absent fields removed. */
+export function validateFilter(filter: AuditEventFilter | null | undefined): AuditEventFilter {
+  if (!filter) return {};
+  const issues: ValidationIssue[] = [];
+  const out: AuditEventFilter = {};
+  for (const [key, max] of Object.entries(stringLimits) as [keyof AuditEventFilter, number][]) {
+    const v = filter[key];
+    if (v === undefined || v === null) continue;
+    if (typeof v !== 'string' || v.length > max) {
+      issues.push({ index: null, field: `filter.${key}`, message: `at most ${max} characters` });
+    } else {
+      (out as Record<string, unknown>)[key] = v;
+    }
+  }
+  if (filter.eventTypes) {
+    if (filter.eventTypes.length === 0 || filter.eventTypes.length > FILTER_LIMITS.eventTypes) {
+      issues.push({
+        index: null,
+        field: 'filter.eventTypes',
+        message: `between 1 and ${FILTER_LIMITS.eventTypes} entries`,
+      });
+    } else if (filter.eventTypes.some((t) => t.length > LIMITS.eventType)) {
+      issues.push({
+        index: null,
+        field: 'filter.eventTypes',
+        message: `each at most ${LIMITS.eventType} characters`,
+      });
+    } else {
+      out.eventTypes = [...new Set(filter.eventTypes)].sort();
+    }
+  }
+  if (filter.outcome) {
+    if (!OUTCOMES.includes(filter.outcome)) {
+      issues.push({ index: null, field: 'filter.outcome', message: 'unknown outcome' });
+    } else out.outcome = filter.outcome;
+  }
+  if (filter.occurredAfter) out.occurredAfter = filter.occurredAfter;
+  if (filter.occurredBefore) out.occurredBefore = filter.occurredBefore;
+  if (out.occurredAfter && out.occurredBefore && out.occurredAfter >= out.occurredBefore) {
+    issues.push({
+      index: null,
+      field: 'filter.occurredBefore',
+      message: 'must be later than occurredAfter',
+    });
+  }
+  if (filter.dataContains !== undefined && filter.dataContains !== null) {
+    const v = filter.dataContains;
+    if (typeof v !== 'object' || Array.isArray(v)) {
+      issues.push({ index: null, field: 'filter.dataContains', message: 'must be a JSON object' });
+    } else if (
+      jsonDepth(v, FILTER_LIMITS.dataContainsDepth + 1) > FILTER_LIMITS.dataContainsDepth
+    ) {
+      issues.push({
+        index: null,
+        field: 'filter.dataContains',
+        message: `nesting deeper than ${FILTER_LIMITS.dataContainsDepth} levels`,
+      });
+    } else if (JSON.stringify(v).length > FILTER_LIMITS.dataContainsBytes) {
+      issues.push({
+        index: null,
+        field: 'filter.dataContains',
+        message: `larger than ${FILTER_LIMITS.dataContainsBytes} bytes`,
+      });
+    } else out.dataContains = v;
+  }
+  if (issues.length) throw new ValidationError(issues);
+  return out;
+}
+
+/** A stable text form of a filter: equal filters give equal strings (cursor signatures rely on it). */
+export function canonicalFilter(filter: AuditEventFilter): string {
+  return canonicalJson(filter);
+}
+
+function canonicalJson(value: unknown): string {
+  if (value instanceof Date) return JSON.stringify(value.getTime());
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value && typeof value === 'object') {
+    const entries = Object.entries(value)
+      .filter(([, v]) => v !== undefined && v !== null)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}

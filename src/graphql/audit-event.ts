@@ -1,0 +1,155 @@
+import { InvalidCursorError, ValidationError } from '../domain/errors.js';
+import { OUTCOMES } from '../domain/event.js';
+import { FILTER_LIMITS } from '../domain/filter.js';
+import { type Connection, PAGE_DEFAULT, PAGE_MAX } from '../query/audit-event-queries.js';
+import type { AuditEventRow } from '../query/audit-event-reader.js';
+import { builder } from './builder.js';
+import { requireTenant } from './context.js';
+import { TENANT_ERRORS } from './errors.js';
+
+export const OutcomeEnum = builder.enumType('Outcome', { values: OUTCOMES });
+
+export const AuditEventOrderEnum = builder.enumType('AuditEventOrder', {
+  values: {
+    OCCURRED_AT_DESC: { description: 'Newest first (default).' },
+    OCCURRED_AT_ASC: { description: 'Oldest first.' },
+  } as const,
+});
+
+const Actor = builder.objectRef<AuditEventRow>('Actor').implement({
+  description: 'Who did it.',
+  fields: (t) => ({
+    type: t.string({ resolve: (e) => e.actorType }),
+    id: t.string({ resolve: (e) => e.actorId }),
+    ip: t.string({ nullable: true, resolve: (e) => e.actorIp }),
+  }),
+});
+
+const Resource = builder.objectRef<AuditEventRow>('Resource').implement({
+  description: 'What it was done to.',
+  fields: (t) => ({
+    type: t.string({ resolve: (e) => e.resourceType }),
+    id: t.string({ resolve: (e) => e.resourceId }),
+    name: t.string({ nullable: true, resolve: (e) => e.resourceName }),
+  }),
+});
+
+export const AuditEvent = builder.objectRef<AuditEventRow>('AuditEvent').implement({
+  description: 'One stored audit event. Stored events never change.',
+  fields: (t) => ({
+    id: t.exposeString('id'),
+    occurredAt: t.expose('occurredAt', { type: 'DateTime' }),
+    receivedAt: t.expose('receivedAt', { type: 'DateTime' }),
+    eventType: t.exposeString('eventType'),
+    category: t.exposeString('category'),
+    action: t.exposeString('action'),
+    outcome: t.field({ type: OutcomeEnum, resolve: (e) => e.outcome as (typeof OUTCOMES)[number] }),
+    correlationId: t.exposeString('correlationId'),
+    actor: t.field({ type: Actor, resolve: (e) => e }),
+    resource: t.field({ type: Resource, resolve: (e) => e }),
+    parentEventId: t.exposeString('parentEventId', { nullable: true }),
+    severity: t.exposeString('severity', { nullable: true }),
+    durationMs: t.exposeInt('durationMs', { nullable: true }),
+    errorCode: t.exposeString('errorCode', { nullable: true }),
+    errorMessage: t.exposeString('errorMessage', { nullable: true }),
+    namespace: t.exposeString('namespace', { nullable: true }),
+    clusterId: t.exposeString('clusterId', { nullable: true }),
+    traceId: t.exposeString('traceId', { nullable: true }),
+    spanId: t.exposeString('spanId', { nullable: true }),
+    data: t.field({ type: 'JSONObject', nullable: true, resolve: (e) => e.data ?? null }),
+    batchId: t.exposeString('batchId', { description: 'The batch (transaction) that stored it.' }),
+  }),
+});
+
+const PageInfo = builder.objectRef<Connection['pageInfo']>('PageInfo').implement({
+  fields: (t) => ({
+    hasNextPage: t.exposeBoolean('hasNextPage'),
+    hasPreviousPage: t.exposeBoolean('hasPreviousPage'),
+    startCursor: t.exposeString('startCursor', { nullable: true }),
+    endCursor: t.exposeString('endCursor', { nullable: true }),
+  }),
+});
+
+const AuditEventEdge = builder.objectRef<Connection['edges'][number]>('AuditEventEdge').implement({
+  fields: (t) => ({
+    cursor: t.exposeString('cursor'),
+    node: t.field({ type: AuditEvent, resolve: (e) => e.node }),
+  }),
+});
+
+const AuditEventConnection = builder.objectRef<Connection>('AuditEventConnection').implement({
+  fields: (t) => ({
+    edges: t.field({ type: [AuditEventEdge], resolve: (c) => c.edges }),
+    pageInfo: t.field({ type: PageInfo, resolve: (c) => c.pageInfo }),
+  }),
+});
+
+export const AuditEventFilterInput = builder.inputType('AuditEventFilter', {
+  description: 'Every given condition must hold.',
+  fields: (t) => ({
+    correlationId: t.string(),
+    eventTypes: t.stringList({
+      description: `Any of these event types (at most ${FILTER_LIMITS.eventTypes}).`,
+    }),
+    category: t.string(),
+    action: t.string(),
+    outcome: t.field({ type: OutcomeEnum }),
+    actorType: t.string(),
+    actorId: t.string(),
+    resourceType: t.string(),
+    resourceId: t.string(),
+    occurredAfter: t.field({ type: 'DateTime', description: 'Inclusive lower bound.' }),
+    occurredBefore: t.field({ type: 'DateTime', description: 'Exclusive upper bound.' }),
+    severity: t.string(),
+    dataContains: t.field({
+      type: 'JSONObject',
+      description: 'Events whose data contains this object (JSON containment).',
+    }),
+  }),
+});
+
+builder.queryField('auditEvents', (t) =>
+  t.field({
+    type: AuditEventConnection,
+    description:
+      `Events of the caller's tenant, keyset-paginated on (occurredAt, id). Forward with first/after, ` +
+      `backward with last/before; page size defaults to ${PAGE_DEFAULT}, at most ${PAGE_MAX}. ` +
+      'Cursors are bound to the tenant, order and filter they were issued for.',
+    errors: { types: [...TENANT_ERRORS, InvalidCursorError], union: { name: 'AuditEventsResult' } },
+    args: {
+      first: t.arg.int(),
+      after: t.arg.string(),
+      last: t.arg.int(),
+      before: t.arg.string(),
+      filter: t.arg({ type: AuditEventFilterInput }),
+      order: t.arg({ type: AuditEventOrderEnum, defaultValue: 'OCCURRED_AT_DESC' }),
+    },
+    resolve: async (_root, args, ctx) => {
+      const tenant = requireTenant(ctx);
+      await ctx.services.tenants.ensure(tenant, false);
+      return ctx.services.queries.list(tenant, args);
+    },
+  }),
+);
+
+const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+
+builder.queryField('auditEvent', (t) =>
+  t.field({
+    type: AuditEvent,
+    nullable: true,
+    description:
+      'One event by id (null when absent). Give occurredAt too to make the look-up exact and cheaper.',
+    errors: { types: TENANT_ERRORS, union: { name: 'AuditEventResult' } },
+    args: {
+      id: t.arg.string({ required: true }),
+      occurredAt: t.arg({ type: 'DateTime' }),
+    },
+    resolve: async (_root, args, ctx) => {
+      const tenant = requireTenant(ctx);
+      if (!UUID.test(args.id)) throw ValidationError.single('id', 'must be a UUID');
+      await ctx.services.tenants.ensure(tenant, false);
+      return ctx.services.queries.byId(tenant, args.id.toLowerCase(), args.occurredAt);
+    },
+  }),
+);

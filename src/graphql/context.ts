@@ -1,0 +1,41 @@
+import type { Config } from '../config.js';
+import type { TenantRegistry } from '../db/tenant-registry.js';
+import { UnauthenticatedError, ValidationError } from '../domain/errors.js';
+import { type TenantId, tenantIdProblem } from '../domain/tenant.js';
+import type { IngestService } from '../ingest/ingest-service.js';
+import type { Logger } from '../logger.js';
+import type { AuditEventQueries } from '../query/audit-event-queries.js';
+
+/** What resolvers may use; built once by app.ts. */
+export interface Services {
+  config: Config;
+  ingest: IngestService;
+  queries: AuditEventQueries;
+  tenants: TenantRegistry;
+  /** This process's name in flush reports and stats. */
+  instanceId: string;
+}
+
+export interface GraphQLContext {
+  requestId: string;
+  log: Logger;
+  services: Services;
+  /** The tenant named by the request (`x-tenant-id` in AUTH_MODE=dev), unchecked; null if absent. */
+  tenantClaim: string | null;
+}
+
+export const TENANT_HEADER = 'x-tenant-id';
+
+/**
+ * The caller's tenant, from the request and only from it. Missing or malformed is a typed
+ * error; there is no default tenant to fall back to.
+ */
+export function requireTenant(ctx: GraphQLContext): TenantId {
+  const claim = ctx.tenantClaim;
+  if (claim === null || claim === '') {
+    throw new UnauthenticatedError(`the ${TENANT_HEADER} header is required (AUTH_MODE=dev)`);
+  }
+  const problem = tenantIdProblem(claim);
+  if (problem) throw ValidationError.single(TENANT_HEADER, `tenant id ${problem}`);
+  return claim as TenantId;
+}

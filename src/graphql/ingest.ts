@@ -1,0 +1,258 @@
+import {
+  BackpressureError,
+  CommitTimeoutError,
+  FlushTimeoutError,
+  ShuttingDownError,
+  ValidationError,
+} from '../domain/errors.js';
+import { type AuditEventInput, LIMITS, validateEvents } from '../domain/event.js';
+import type { AcceptedEvent, FlushResult } from '../ingest/ingest-service.js';
+import { identityHolds, type TenantStats } from '../ingest/stats.js';
+import { OutcomeEnum } from './audit-event.js';
+import { builder } from './builder.js';
+import { requireTenant } from './context.js';
+import { AuditErrorInterface, TENANT_ERRORS } from './errors.js';
+
+const AckEnum = builder.enumType('Ack', {
+  values: {
+    COMMITTED: { description: 'Answer once every event is STORED or DUPLICATE (default).' },
+    BUFFERED: {
+      description:
+        'Answer once the events are in the buffer; flushAudit tells what became of them.',
+    },
+  } as const,
+});
+
+const EventStatusEnum = builder.enumType('EventStatus', {
+  values: {
+    STORED: { description: 'Committed to the tenant’s table.' },
+    DUPLICATE: {
+      description:
+        'An event with the same (id, occurredAt) was already stored; the stored one wins.',
+    },
+    DEAD_LETTERED: { description: 'Could not be stored; kept in the dead-letter queue.' },
+    BUFFERED: { description: 'Accepted and pending (ack: BUFFERED, or not yet committed).' },
+  } as const,
+});
+
+const ActorInput = builder.inputType('ActorInput', {
+  fields: (t) => ({
+    type: t.string({ required: true, description: `At most ${LIMITS.actorType} characters.` }),
+    id: t.string({ required: true, description: `At most ${LIMITS.actorId} characters.` }),
+    ip: t.string({ description: 'An IPv4 or IPv6 address.' }),
+  }),
+});
+
+const ResourceInput = builder.inputType('ResourceInput', {
+  fields: (t) => ({
+    type: t.string({ required: true, description: `At most ${LIMITS.resourceType} characters.` }),
+    id: t.string({ required: true, description: `At most ${LIMITS.resourceId} characters.` }),
+    name: t.string({ description: `At most ${LIMITS.resourceName} characters.` }),
+  }),
+});
+
+const AuditEventInputRef = builder.inputType('AuditEventInput', {
+  description: 'One event. (id, occurredAt) is the idempotency key: sending it again is safe.',
+  fields: (t) => ({
+    id: t.string({ description: 'A UUID; generated when absent.' }),
+    occurredAt: t.field({
+      type: 'DateTime',
+      required: true,
+      description: 'Within the retention window, and not later than now + MAX_FUTURE_SKEW_MS.',
+    }),
+    eventType: t.string({
+      required: true,
+      description: `e.g. workflow.execution.started; at most ${LIMITS.eventType} characters.`,
+    }),
+    category: t.string({ required: true, description: `At most ${LIMITS.category} characters.` }),
+    action: t.string({ required: true, description: `At most ${LIMITS.action} characters.` }),
+    outcome: t.field({ type: OutcomeEnum, required: true }),
+    correlationId: t.string({
+      required: true,
+      description: `At most ${LIMITS.correlationId} characters.`,
+    }),
+    actor: t.field({ type: ActorInput, required: true }),
+    resource: t.field({ type: ResourceInput, required: true }),
+    parentEventId: t.string({ description: 'A UUID; a plain reference, not checked.' }),
+    severity: t.string({ description: `At most ${LIMITS.severity} characters.` }),
+    durationMs: t.int({ description: `0 to ${LIMITS.durationMs}.` }),
+    errorCode: t.string({ description: `At most ${LIMITS.errorCode} characters.` }),
+    errorMessage: t.string({ description: `At most ${LIMITS.errorMessage} characters.` }),
+    namespace: t.string({ description: `At most ${LIMITS.namespace} characters.` }),
+    clusterId: t.string({ description: `At most ${LIMITS.clusterId} characters.` }),
+    traceId: t.string({ description: `At most ${LIMITS.traceId} characters.` }),
+    spanId: t.string({ description: `At most ${LIMITS.spanId} characters.` }),
+    data: t.field({
+      type: 'JSONObject',
+      description: `Free-form context: at most ${LIMITS.dataBytes} bytes serialised, nesting at most ${LIMITS.dataDepth}.`,
+    }),
+  }),
+});
+
+const CreateAuditEventsInput = builder.inputType('CreateAuditEventsInput', {
+  fields: (t) => ({
+    events: t.field({ type: [AuditEventInputRef], required: true }),
+    ack: t.field({ type: AckEnum, defaultValue: 'COMMITTED' }),
+  }),
+});
+
+const AcceptedEventRef = builder.objectRef<AcceptedEvent>('AcceptedEvent').implement({
+  fields: (t) => ({
+    id: t.exposeString('id'),
+    occurredAt: t.expose('occurredAt', { type: 'DateTime' }),
+    status: t.field({ type: EventStatusEnum, resolve: (e) => e.status }),
+  }),
+});
+
+interface CreatePayload {
+  events: AcceptedEvent[];
+}
+
+const count = (p: CreatePayload, status: AcceptedEvent['status']) =>
+  p.events.filter((e) => e.status === status).length;
+
+const CreateAuditEventsPayload = builder
+  .objectRef<CreatePayload>('CreateAuditEventsPayload')
+  .implement({
+    description:
+      'Every event of the call was accepted; here is what became of each, in input order.',
+    fields: (t) => ({
+      events: t.field({ type: [AcceptedEventRef], resolve: (p) => p.events }),
+      accepted: t.int({ resolve: (p) => p.events.length }),
+      stored: t.int({ resolve: (p) => count(p, 'STORED') }),
+      duplicates: t.int({ resolve: (p) => count(p, 'DUPLICATE') }),
+      buffered: t.int({ resolve: (p) => count(p, 'BUFFERED') }),
+    }),
+  });
+
+builder.objectType(CommitTimeoutError, {
+  name: 'CommitTimeoutError',
+  description:
+    'The events were accepted but not committed within COMMIT_TIMEOUT_MS. They stay pending and will be written; a retry with the same ids is safe.',
+  interfaces: [AuditErrorInterface],
+  isTypeOf: (e) => e instanceof CommitTimeoutError,
+  fields: (t) => ({
+    timeoutMs: t.exposeInt('timeoutMs'),
+    pending: t.exposeInt('pending'),
+    events: t.field({ type: [AcceptedEventRef], resolve: (e) => e.events as AcceptedEvent[] }),
+  }),
+});
+
+builder.mutationField('createAuditEvents', (t) =>
+  t.field({
+    type: CreateAuditEventsPayload,
+    description:
+      'Accepts every event of the call or none. Rejections (typed errors) mean nothing was accepted; ' +
+      'CommitTimeoutError means everything was accepted and is still pending.',
+    errors: {
+      types: [...TENANT_ERRORS, BackpressureError, ShuttingDownError, CommitTimeoutError],
+      union: { name: 'CreateAuditEventsResult' },
+    },
+    args: { input: t.arg({ type: CreateAuditEventsInput, required: true }) },
+    resolve: async (_root, { input }, ctx) => {
+      const tenant = requireTenant(ctx);
+      const { config, ingest, tenants } = ctx.services;
+      if (ingest.isStopping) throw new ShuttingDownError();
+      const records = validateEvents(input.events as AuditEventInput[], {
+        now: new Date(),
+        retentionDays: config.retentionDays,
+        maxFutureSkewMs: config.maxFutureSkewMs,
+        maxEvents: config.maxEventsPerCall,
+      });
+      await tenants.ensure(tenant, config.tenantAutoProvision);
+      const events = await ingest.accept(tenant, records, input.ack ?? 'COMMITTED');
+      return { events };
+    },
+  }),
+);
+
+const FlushAuditInput = builder.inputType('FlushAuditInput', {
+  fields: (t) => ({
+    timeoutMs: t.int({
+      description: 'How long to wait at most (default 10000, capped by FLUSH_MAX_TIMEOUT_MS).',
+    }),
+  }),
+});
+
+const FlushAuditPayload = builder.objectRef<FlushResult>('FlushAuditPayload').implement({
+  description:
+    'Everything the tenant had accepted before the call is now stored, duplicate or dead-lettered.',
+  fields: (t) => ({
+    stored: t.exposeInt('stored'),
+    duplicates: t.exposeInt('duplicates'),
+    deadLettered: t.exposeInt('deadLettered'),
+    waitedFor: t.exposeInt('waitedFor', {
+      description: 'Events of calls that were still pending when the flush began.',
+    }),
+    durationMs: t.float({ resolve: (r) => Math.round(r.durationMs * 1000) / 1000 }),
+    instances: t.exposeStringList('instances', {
+      description: 'Instances whose buffers were flushed.',
+    }),
+  }),
+});
+
+builder.mutationField('flushAudit', (t) =>
+  t.field({
+    type: FlushAuditPayload,
+    description:
+      'A barrier: returns when every event of the tenant accepted before the call has a final status.',
+    errors: { types: [...TENANT_ERRORS, FlushTimeoutError], union: { name: 'FlushAuditResult' } },
+    args: { input: t.arg({ type: FlushAuditInput }) },
+    resolve: async (_root, { input }, ctx) => {
+      const tenant = requireTenant(ctx);
+      const { config, ingest, tenants } = ctx.services;
+      const timeoutMs = input?.timeoutMs ?? 10_000;
+      if (timeoutMs < 1 || timeoutMs > config.flushMaxTimeoutMs) {
+        throw ValidationError.single(
+          'input.timeoutMs',
+          `must be between 1 and ${config.flushMaxTimeoutMs}`,
+        );
+      }
+      await tenants.ensure(tenant, false);
+      return ingest.flush(tenant, timeoutMs);
+    },
+  }),
+);
+
+const AuditStatsRef = builder
+  .objectRef<TenantStats & { instances: string[] }>('AuditStats')
+  .implement({
+    description:
+      'Counters of the caller’s tenant since the instance started. Each term is counted on its own; ' +
+      'accepted = stored + duplicates + pending + deadLettered + discarded holds at every moment.',
+    fields: (t) => ({
+      accepted: t.exposeInt('accepted'),
+      stored: t.exposeInt('stored'),
+      duplicates: t.exposeInt('duplicates'),
+      pending: t.exposeInt('pending', {
+        description: 'In a buffer, in a write in flight, or waiting in backoff.',
+      }),
+      deadLettered: t.exposeInt('deadLettered'),
+      discarded: t.exposeInt('discarded'),
+      conflicts: t.exposeInt('conflicts', {
+        description: 'Duplicates whose content differed from the stored event.',
+      }),
+      expired: t.exposeInt('expired', {
+        description: 'Removed by retention; not part of the identity.',
+      }),
+      batches: t.exposeInt('batches'),
+      failedWrites: t.exposeInt('failedWrites', {
+        description: 'Batch write attempts that failed (and were retried).',
+      }),
+      lastError: t.exposeString('lastError', { nullable: true }),
+      lastErrorAt: t.expose('lastErrorAt', { type: 'DateTime', nullable: true }),
+      identityHolds: t.boolean({ resolve: (s) => identityHolds(s) }),
+      instances: t.exposeStringList('instances'),
+    }),
+  });
+
+builder.queryField('auditStats', (t) =>
+  t.field({
+    type: AuditStatsRef,
+    errors: { types: TENANT_ERRORS, union: { name: 'AuditStatsResult' } },
+    resolve: (_root, _args, ctx) => {
+      const tenant = requireTenant(ctx);
+      return { ...ctx.services.ingest.stats(tenant), instances: [ctx.services.instanceId] };
+    },
+  }),
+);

@@ -1,0 +1,111 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
+import { createYoga, maskError, type YogaServerInstance } from 'graphql-yoga';
+import type { Logger } from '../logger.js';
+import { type GraphQLContext, type Services, TENANT_HEADER } from './context.js';
+import { buildSchema } from './schema.js';
+
+export interface RequestScope {
+  requestId: string;
+}
+
+/** The request id of the request being served, wherever in its async call tree we are. */
+export const requestScope = new AsyncLocalStorage<RequestScope>();
+
+type ServerContext = { req: IncomingMessage; res: ServerResponse };
+
+const EXAMPLE_OPERATIONS = `# auditgraph — every request is scoped to the tenant in the x-tenant-id header
+# (see the Headers tab below). Run "Create", then "Flush", then "Page".
+
+mutation Create {
+  createAuditEvents(input: {
+    ack: COMMITTED
+    events: [{
+      occurredAt: "${new Date(Date.UTC(2026, 0, 4, 13, 41, 9, 5)).toISOString()}"
+      eventType: "workflow.execution.started"
+      category: "workflow"
+      action: "start"
+      outcome: SUCCESS
+      correlationId: "run-42"
+      actor: { type: "user", id: "alice", ip: "10.0.0.7" }
+      resource: { type: "workflow", id: "wf-1", name: "nightly build" }
+      data: { attempt: 1 }
+    }]
+  }) {
+    __typename
+    ... on CreateAuditEventsPayload { accepted stored duplicates events { id status } }
+    ... on AuditError { message retryable }
+    ... on ValidationError { issues { index field message } }
+  }
+}
+
+mutation Flush {
+  flushAudit(input: { timeoutMs: 5000 }) {
+    __typename
+    ... on FlushAuditPayload { stored duplicates deadLettered waitedFor durationMs }
+    ... on AuditError { message retryable }
+  }
+}
+
+query Page($after: String) {
+  auditEvents(first: 20, after: $after, filter: { correlationId: "run-42" }) {
+    __typename
+    ... on AuditEventConnection {
+      edges { cursor node { id occurredAt eventType outcome actor { id } resource { id } data } }
+      pageInfo { hasNextPage endCursor }
+    }
+    ... on AuditError { message retryable }
+  }
+}
+
+query Stats {
+  auditStats {
+    ... on AuditStats { accepted stored duplicates pending deadLettered discarded identityHolds }
+    ... on AuditError { message }
+  }
+}
+`;
+
+/** The GraphQL endpoint: schema, context from the request, masked unexpected errors, GraphiQL. */
+export function createGraphQLServer(
+  services: Services,
+  log: Logger,
+): YogaServerInstance<ServerContext, GraphQLContext> {
+  return createYoga<ServerContext, GraphQLContext>({
+    schema: buildSchema(),
+    graphqlEndpoint: '/graphql',
+    landingPage: false,
+    logging: log.child({ component: 'yoga' }),
+    renderGraphiQL,
+    graphiql: services.config.graphiql
+      ? {
+          title: 'auditgraph',
+          defaultQuery: EXAMPLE_OPERATIONS,
+          headers: JSON.stringify({ [TENANT_HEADER]: 'demo' }, null, 2),
+          shouldPersistHeaders: true,
+        }
+      : false,
+    maskedErrors: {
+      maskError(error, message) {
+        // Never in "dev" form: that would put stack traces and SQL into responses.
+        const masked = maskError(error, message, false);
+        if (masked === error) return masked; // GraphQL's own (parse, validation, variables): the client's to see
+        const requestId = requestScope.getStore()?.requestId;
+        log.error(
+          { err: (error as { originalError?: unknown }).originalError ?? error, requestId },
+          'unexpected error',
+        );
+        const extensions = (masked as { extensions?: Record<string, unknown> }).extensions;
+        if (extensions) extensions.requestId = requestId;
+        return masked;
+      },
+    },
+    context: ({ request }) => ({
+      requestId: requestScope.getStore()?.requestId ?? 'none',
+      log,
+      services,
+      tenantClaim: request.headers.get(TENANT_HEADER),
+    }),
+  });
+}

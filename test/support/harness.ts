@@ -1,0 +1,156 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { inject } from 'vitest';
+import { type App, buildApp } from '../../src/app.js';
+import { loadConfig } from '../../src/config.js';
+
+/** A fresh tenant id for one test: tests never share tenants, so files can run in parallel. */
+export function newTenant(prefix = 't'): string {
+  return `${prefix}_${randomBytes(5).toString('hex')}`;
+}
+
+export function databaseUrl(): string {
+  return inject('databaseUrl');
+}
+
+export interface TestApp {
+  app: App;
+  url: string;
+  /** Sends one GraphQL operation over HTTP as `tenant` (x-tenant-id); returns `data` or throws on errors. */
+  gql<T = Record<string, any>>(
+    tenant: string | null,
+    query: string,
+    variables?: Record<string, unknown>,
+  ): Promise<T>;
+  /** The raw HTTP response body of a GraphQL call (for tests about errors). */
+  raw(
+    tenant: string | null,
+    body: unknown,
+    headers?: Record<string, string>,
+  ): Promise<{ status: number; body: any }>;
+  stop(): Promise<void>;
+}
+
+/** Starts the real service (HTTP on an ephemeral port) against the run's test database. */
+export async function startApp(env: Record<string, string> = {}): Promise<TestApp> {
+  const config = loadConfig({
+    DATABASE_URL: databaseUrl(),
+    AUTH_MODE: 'dev',
+    TENANT_AUTO_PROVISION: 'true',
+    PORT: '0',
+    HOST: '127.0.0.1',
+    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
+    CURSOR_SECRET: 'test-secret-test-secret-test-secret-0123',
+    DATABASE_APPLICATION_NAME: `auditgraph-test-${process.pid}`,
+    ...env,
+  });
+  const app = buildApp(config);
+  const { port } = await app.start();
+  const url = `http://127.0.0.1:${port}/graphql`;
+  const raw = async (
+    tenant: string | null,
+    body: unknown,
+    headers: Record<string, string> = {},
+  ) => {
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        ...(tenant ? { 'x-tenant-id': tenant } : {}),
+        ...headers,
+      },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let parsed: any = text;
+    try {
+      parsed = JSON.parse(text);
+    } catch {}
+    return { status: res.status, body: parsed };
+  };
+  return {
+    app,
+    url,
+    raw,
+    async gql(tenant, query, variables) {
+      const { body } = await raw(tenant, { query, variables });
+      if (body.errors) throw new Error(`GraphQL errors: ${JSON.stringify(body.errors)}`);
+      return body.data;
+    },
+    stop: () => app.stop(),
+  };
+}
+
+/** A direct connection for assertions on real rows (never through the service). */
+export async function sqlClient(): Promise<pg.Client> {
+  const c = new pg.Client({ connectionString: databaseUrl() });
+  await c.connect();
+  return c;
+}
+
+/** Removes what a test created: the tenants' schemas and control rows. */
+export async function dropTenants(...tenants: string[]): Promise<void> {
+  const c = await sqlClient();
+  try {
+    for (const t of tenants) {
+      await c.query(`drop schema if exists "t_${t}" cascade`);
+      await c.query('delete from auditgraph.tenant_migrations where tenant_id = $1', [t]);
+      await c.query('delete from auditgraph.tenants where tenant_id = $1', [t]);
+    }
+  } finally {
+    await c.end();
+  }
+}
+
+let seq = 0;
+/** A valid event input; `overrides` replace fields. */
+export function event(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  seq++;
+  return {
+    occurredAt: new Date().toISOString(),
+    eventType: 'workflow.execution.started',
+    category: 'workflow',
+    action: 'start',
+    outcome: 'SUCCESS',
+    correlationId: 'corr',
+    actor: { type: 'user', id: `user-${seq % 7}`, ip: '10.1.2.3' },
+    resource: { type: 'workflow', id: `wf-${seq % 11}`, name: 'nightly' },
+    data: { seq, note: 'x' },
+    ...overrides,
+  };
+}
+
+export const CREATE = `mutation Create($input: CreateAuditEventsInput!) {
+  createAuditEvents(input: $input) {
+    __typename
+    ... on CreateAuditEventsPayload { accepted stored duplicates buffered events { id occurredAt status } }
+    ... on AuditError { message retryable }
+    ... on ValidationError { issues { index field message } }
+    ... on BackpressureError { retryAfterMs limit }
+    ... on CommitTimeoutError { pending events { id status } }
+  }
+}`;
+
+export const FLUSH = `mutation Flush($timeoutMs: Int) {
+  flushAudit(input: { timeoutMs: $timeoutMs }) {
+    __typename
+    ... on FlushAuditPayload { stored duplicates deadLettered waitedFor instances }
+    ... on FlushTimeoutError { pending lastError }
+    ... on AuditError { message retryable }
+  }
+}`;
+
+export const STATS = `query { auditStats { __typename ... on AuditStats {
+  accepted stored duplicates pending deadLettered discarded conflicts identityHolds failedWrites lastError
+} ... on AuditError { message } } }`;
+
+export const PAGE = `query Page($first: Int, $after: String, $last: Int, $before: String, $filter: AuditEventFilter, $order: AuditEventOrder) {
+  auditEvents(first: $first, after: $after, last: $last, before: $before, filter: $filter, order: $order) {
+    __typename
+    ... on AuditEventConnection {
+      edges { cursor node { id occurredAt correlationId eventType } }
+      pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
+    }
+    ... on AuditError { message retryable }
+  }
+}`;

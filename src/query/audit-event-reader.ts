@@ -33,7 +33,11 @@ export class AuditEventReader {
 
   constructor(private readonly db: Database) {}
 
-  async page(q: KeysetPageQuery): Promise<KeysetPage> {
+  /**
+   * The page's main statement, unexecuted: `page()` runs it, and tests EXPLAIN its `toSQL()`
+   * to prove that an index is used and partitions are pruned.
+   */
+  pageQuery(q: KeysetPageQuery) {
     const t = this.tablesOf(q.schema).auditEvents;
     const conditions = [...this.filterConditions(t, q.filter)];
     if (q.after) conditions.push(...this.beyond(t, q.after, 'after', q.order));
@@ -41,12 +45,17 @@ export class AuditEventReader {
     // Reading backward means reading the reversed order, then restoring it.
     const ascending = (q.order === 'OCCURRED_AT_ASC') === (q.direction === 'forward');
     const dir = ascending ? asc : desc;
-    const rows = await this.db.orm
+    return this.db.orm
       .select()
       .from(t)
       .where(and(...conditions))
       .orderBy(dir(t.occurredAt), dir(t.id))
       .limit(q.limit + 1);
+  }
+
+  async page(q: KeysetPageQuery): Promise<KeysetPage> {
+    const t = this.tablesOf(q.schema).auditEvents;
+    const rows = await this.pageQuery(q);
     const more = rows.length > q.limit;
     if (more) rows.pop();
     if (q.direction === 'backward') rows.reverse();

@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import type { Config } from './config.js';
 import { createDatabase, type Database } from './db/client.js';
 import { Migrator } from './db/migrations.js';
@@ -9,12 +10,25 @@ import { PartitionManager } from './db/partitions.js';
 import { TenantRegistry } from './db/tenant-registry.js';
 import { KeysetCursorCodec } from './domain/keyset-cursor.js';
 import type { Services } from './graphql/context.js';
+import { attachWebSocket, type WebSocketTransport } from './graphql/ws.js';
 import { createGraphQLServer, requestScope } from './graphql/yoga.js';
 import { BatchWriter } from './ingest/batch-writer.js';
+import type { DeadLetterStore } from './ingest/dead-letter-queue.js';
+import { IngestEvents } from './ingest/events.js';
+import { FileDeadLetterStore } from './ingest/file-dead-letter-store.js';
 import { IngestService } from './ingest/ingest-service.js';
+import { RedisDeadLetterStore } from './ingest/redis-dead-letter-store.js';
+import { RetryWorker } from './ingest/retry-worker.js';
 import { createLogger, type Logger } from './logger.js';
 import { AuditEventQueries } from './query/audit-event-queries.js';
 import { AuditEventReader } from './query/audit-event-reader.js';
+import { createRealtimeBus } from './realtime/pubsub.js';
+import { createRedis, RedisKeys } from './realtime/redis.js';
+import {
+  auditEventsAddedMessage,
+  deadLetterMessage,
+  flushCompletedMessage,
+} from './realtime/topics.js';
 
 export interface App {
   /** Migrates, then listens. Resolves with the bound port. */
@@ -47,10 +61,55 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     },
   );
   const writer = new BatchWriter(db, partitions, log.child({ component: 'writer' }), instanceId);
-  const ingest = new IngestService(writer, log.child({ component: 'ingest' }), {
-    ...config,
+  const events = new IngestEvents(log.child({ component: 'events' }));
+  const realtime = createRealtimeBus(config, {
     instanceId,
+    log: log.child({ component: 'realtime' }),
   });
+  // Each instance publishes what it settled itself; subscribers on every instance receive it.
+  events.onBatchSettled((b) => {
+    realtime.publish(b.tenant, 'flushCompleted', flushCompletedMessage(b));
+    const added = auditEventsAddedMessage(b);
+    if (added) realtime.publish(b.tenant, 'auditEventsAdded', added);
+  });
+  events.onDeadLetter((e) => realtime.publish(e.tenant, 'deadLetterEvents', deadLetterMessage(e)));
+  const dlqLog = log.child({ component: 'dead-letters' });
+  const redisKeys = new RedisKeys(config.redisKeyPrefix);
+  const dlqRedis = config.redisUrl
+    ? createRedis(config.redisUrl, `auditgraph-dlq-${instanceId}`, dlqLog)
+    : undefined;
+  // Without Redis the queue is files beside the embedded database; with it, a local spool keeps
+  // what Redis could not take at shutdown until the next start re-queues it.
+  const deadLetters: DeadLetterStore = dlqRedis
+    ? new RedisDeadLetterStore(dlqRedis, redisKeys, instanceId, dlqLog, config.dlqLeaseMs)
+    : new FileDeadLetterStore(join(config.dlqDir, 'queue'));
+  const spool = dlqRedis ? new FileDeadLetterStore(join(config.dlqDir, 'spool')) : deadLetters;
+  const ingest = new IngestService(
+    writer,
+    deadLetters,
+    events,
+    log.child({ component: 'ingest' }),
+    {
+      ...config,
+      instanceId,
+      deadLetterFirstRetryMs: config.dlqRetryScheduleMs[0] ?? 0,
+    },
+    spool,
+  );
+  const retryWorker = new RetryWorker(
+    deadLetters,
+    writer,
+    ingest,
+    events,
+    dlqLog,
+    {
+      pollMs: config.dlqPollMs,
+      scheduleMs: config.dlqRetryScheduleMs,
+      maxEvents: config.dlqMaxEvents,
+      instanceId,
+    },
+    spool,
+  );
   if (!config.cursorSecret) {
     log.warn(
       'CURSOR_SECRET is not set: page cursors are signed with a random key and stop working after a restart',
@@ -58,21 +117,62 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   }
   const cursors = new KeysetCursorCodec(config.cursorSecret ?? randomBytes(32).toString('hex'));
   const queries = new AuditEventQueries(new AuditEventReader(db), cursors);
-  const services: Services = { config, ingest, queries, tenants, instanceId };
+  const services: Services = {
+    config,
+    ingest,
+    events,
+    queries,
+    tenants,
+    instanceId,
+    deadLetters,
+    retryWorker,
+    realtime,
+  };
   const graphql = createGraphQLServer(services, log);
 
   let server: Server | undefined;
+  let ws: WebSocketTransport | undefined;
   let stopping: Promise<void> | undefined;
 
-  async function readiness(): Promise<{ ready: boolean; reasons: string[] }> {
+  /** Dead letters are only as durable as Redis: say so at start-up when it keeps nothing on disk. */
+  let redisPersistence = dlqRedis ? 'unknown' : 'local files';
+  async function reportRedisPersistence(): Promise<void> {
+    if (!dlqRedis) return;
+    try {
+      const reply = (await dlqRedis.config('GET', 'appendonly')) as string[];
+      redisPersistence = reply[1] === 'yes' ? 'aof' : 'none';
+    } catch {
+      redisPersistence = 'unknown (CONFIG GET refused)';
+    }
+    if (redisPersistence !== 'aof') {
+      log.warn(
+        { redisPersistence },
+        'Redis append-only file is off: dead letters do not survive a Redis restart',
+      );
+    }
+  }
+
+  async function readiness() {
     const reasons: string[] = [];
     if (ingest.isStopping) reasons.push('shutting down');
+    if (!retryWorker.lastHealthy)
+      reasons.push(`dead-letter queue (${deadLetters.kind}) unavailable`);
+    if (ingest.isDeadLetterQueueFull)
+      reasons.push(`dead-letter queue full (DLQ_MAX_EVENTS=${config.dlqMaxEvents})`);
     try {
       await withTimeout(db.query('select 1'), 2_000, 'database did not answer within 2000 ms');
     } catch (err) {
       reasons.push(`database unavailable: ${(err as Error).message}`);
     }
-    return { ready: reasons.length === 0, reasons };
+    return {
+      ready: reasons.length === 0,
+      reasons,
+      deadLetters: {
+        store: deadLetters.kind,
+        persistence: redisPersistence,
+        ...retryWorker.lastDepth,
+      },
+    };
   }
 
   /** Routes one HTTP request; returns nothing, every branch answers on `res`. */
@@ -114,13 +214,23 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
         { tenants: known, database: db.kind, authMode: config.authMode },
         'tenants migrated',
       );
+      await deadLetters.start();
+      await spool.start();
+      await reportRedisPersistence();
+      await retryWorker.start();
       if (config.authMode === 'dev') {
         log.warn(
           'AUTH_MODE=dev: the tenant is taken from the x-tenant-id header and nothing is authenticated',
         );
       }
+      await realtime.start();
       server = createServer(handle);
       server.keepAliveTimeout = 5_000;
+      ws = attachWebSocket(server, graphql, {
+        path: '/graphql',
+        maxOperationsPerConnection: config.maxSubscriptionsPerConnection,
+        log: log.child({ component: 'ws' }),
+      });
       await new Promise<void>((resolve, reject) => {
         server!.once('error', reject);
         server!.listen(config.port, config.host, () => resolve());
@@ -134,13 +244,25 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     },
     stop() {
       stopping ??= (async () => {
+        log.info('stopping: refusing new writes, writing buffers');
         const left = await ingest.stop(config.shutdownTimeoutMs);
+        log.info('stopping: retry worker');
+        await retryWorker.stop();
+        // After the last batch settled: deliver its messages, end every subscription, then close
+        // the WebSocket connections (they would hold the HTTP server open).
+        log.info('stopping: subscriptions');
+        await realtime.stop();
+        await ws?.close();
         if (server) {
+          log.info('stopping: HTTP server');
           const closed = new Promise<void>((resolve) => server!.close(() => resolve()));
           server.closeIdleConnections();
           setTimeout(() => server?.closeAllConnections(), 1_000).unref();
           await closed;
         }
+        await deadLetters.stop();
+        await spool.stop();
+        if (dlqRedis) await dlqRedis.quit().catch(() => dlqRedis.disconnect());
         await db.close();
         log.info({ pendingLost: left }, 'stopped');
       })();

@@ -25,8 +25,13 @@ const envSchema = z.object({
   DATABASE_POOL_SIZE: int(1, 200).default(10),
   /** `application_name` of every connection, so operators (and fault tests) can find them. */
   DATABASE_APPLICATION_NAME: z.string().min(1).max(63).default('auditgraph'),
-  /** Redis connection string (dead letters and fan-out); optional in this release. */
+  /** Redis connection string: dead letters, fan-out across instances, heartbeats. */
   REDIS_URL: z.url({ protocol: /^rediss?$/ }).optional(),
+  /** Prefix of every Redis key and pub/sub channel (pub/sub ignores the DB index). */
+  REDIS_KEY_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9:_.-]{1,64}$/)
+    .default('auditgraph:'),
   /** `dev` takes the tenant from the `x-tenant-id` header. */
   AUTH_MODE: z.enum(['dev']).optional(),
   /** Provision a tenant's schema on its first write. */
@@ -49,6 +54,21 @@ const envSchema = z.object({
   RETRY_BASE_MS: int(1, 600_000).default(200),
   /** Ceiling of the retry delay. */
   RETRY_MAX_MS: int(1, 3_600_000).default(30_000),
+  /** Write attempts of a batch (with backoff between them) before it is dead-lettered. */
+  WRITE_MAX_ATTEMPTS: int(1, 1000).default(5),
+  /** Dead-lettered events at which new writes are refused with BackpressureError (nothing is ever trimmed). */
+  DLQ_MAX_EVENTS: int(1).default(1_000_000),
+  /** Delays between the retry worker's replays of a dead letter; after the last it is parked. */
+  DLQ_RETRY_SCHEDULE_MS: z
+    .string()
+    .regex(/^\d+(,\d+)*$/, 'a comma-separated list of milliseconds')
+    .default('5000,30000,120000,600000,1800000'),
+  /** How often the retry worker looks for due dead letters. */
+  DLQ_POLL_MS: int(10, 600_000).default(1000),
+  /** A dead letter claimed by an instance that stopped answering is taken over after this long. */
+  DLQ_LEASE_MS: int(1000, 3_600_000).default(60_000),
+  /** Local directory: the dead-letter queue without Redis, and the shutdown spool with it. */
+  DLQ_DIR: z.string().min(1).default('./.data/dead-letters'),
   /** Events accepted per createAuditEvents call. */
   MAX_EVENTS_PER_CALL: int(1, 100_000).default(1000),
   /** How far in the future an occurredAt may lie. */
@@ -61,6 +81,8 @@ const envSchema = z.object({
   CURSOR_SECRET: z.string().min(32).optional(),
   /** Largest accepted HTTP request body. */
   MAX_REQUEST_BYTES: int(1024).default(16 * 1024 * 1024),
+  /** Operations (subscriptions) one WebSocket connection may have open at once. */
+  MAX_SUBSCRIPTIONS_PER_CONNECTION: int(1, 100_000).default(100),
   /** Longest a flushAudit call may wait (its timeoutMs is capped to this). */
   FLUSH_MAX_TIMEOUT_MS: int(1, 600_000).default(60_000),
   /** Deadline of a graceful shutdown. */
@@ -82,6 +104,7 @@ export interface Config {
     | { kind: 'pg'; url: string; poolSize: number; applicationName: string }
     | { kind: 'pglite'; dataDir: string };
   redisUrl: string | undefined;
+  redisKeyPrefix: string;
   authMode: 'dev';
   tenantAutoProvision: boolean;
   batchSize: number;
@@ -93,12 +116,19 @@ export interface Config {
   writerConcurrency: number;
   retryBaseMs: number;
   retryMaxMs: number;
+  writeMaxAttempts: number;
+  dlqMaxEvents: number;
+  dlqRetryScheduleMs: number[];
+  dlqPollMs: number;
+  dlqLeaseMs: number;
+  dlqDir: string;
   maxEventsPerCall: number;
   maxFutureSkewMs: number;
   retentionDays: number;
   partitionsAhead: number;
   cursorSecret: string | undefined;
   maxRequestBytes: number;
+  maxSubscriptionsPerConnection: number;
   flushMaxTimeoutMs: number;
   shutdownTimeoutMs: number;
   graphiql: boolean;
@@ -119,20 +149,19 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     Object.entries(env).filter(([, v]) => v !== undefined && v !== ''),
   );
   const parsed = envSchema.safeParse(cleaned);
-  if (!parsed.success) {
-    throw new ConfigError(
-      parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`),
-    );
-  }
-  const e = parsed.data;
-  const servers = e.DATABASE_URL !== undefined;
-  if (servers && e.AUTH_MODE === undefined) {
+  const problems = parsed.success
+    ? []
+    : parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+  if (cleaned.DATABASE_URL !== undefined && cleaned.AUTH_MODE === undefined) {
     // With real servers the default is key authentication, which this release does not have
     // yet: refuse to guess rather than silently open the service to header-chosen tenants.
-    throw new ConfigError([
+    problems.push(
       'AUTH_MODE: must be set explicitly when DATABASE_URL is set (only "dev" is available)',
-    ]);
+    );
   }
+  if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
+  const e = parsed.data;
+  const servers = e.DATABASE_URL !== undefined;
   return {
     port: e.PORT,
     host: e.HOST,
@@ -145,6 +174,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
         }
       : { kind: 'pglite', dataDir: e.DATA_DIR },
     redisUrl: e.REDIS_URL,
+    redisKeyPrefix: e.REDIS_KEY_PREFIX,
     authMode: e.AUTH_MODE ?? 'dev',
     tenantAutoProvision: e.TENANT_AUTO_PROVISION ?? !servers,
     batchSize: e.BATCH_SIZE,
@@ -156,12 +186,19 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     writerConcurrency: e.WRITER_CONCURRENCY,
     retryBaseMs: e.RETRY_BASE_MS,
     retryMaxMs: e.RETRY_MAX_MS,
+    writeMaxAttempts: e.WRITE_MAX_ATTEMPTS,
+    dlqMaxEvents: e.DLQ_MAX_EVENTS,
+    dlqRetryScheduleMs: e.DLQ_RETRY_SCHEDULE_MS.split(',').map(Number),
+    dlqPollMs: e.DLQ_POLL_MS,
+    dlqLeaseMs: e.DLQ_LEASE_MS,
+    dlqDir: e.DLQ_DIR,
     maxEventsPerCall: e.MAX_EVENTS_PER_CALL,
     maxFutureSkewMs: e.MAX_FUTURE_SKEW_MS,
     retentionDays: e.RETENTION_DAYS,
     partitionsAhead: e.PARTITIONS_AHEAD,
     cursorSecret: e.CURSOR_SECRET,
     maxRequestBytes: e.MAX_REQUEST_BYTES,
+    maxSubscriptionsPerConnection: e.MAX_SUBSCRIPTIONS_PER_CONNECTION,
     flushMaxTimeoutMs: e.FLUSH_MAX_TIMEOUT_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     graphiql: e.GRAPHIQL,

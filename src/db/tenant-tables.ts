@@ -72,6 +72,8 @@ const batchLedgerColumns = {
   storedCount: integer('stored_count').notNull(),
   /** Positions in the batch that were duplicates, so a retried batch reports the same statuses. */
   duplicatePositions: integer('duplicate_positions').array().notNull(),
+  /** Positions the database rejected (data errors); they went to the dead-letter queue. */
+  rejectedPositions: integer('rejected_positions').array().notNull().default(sql`'{}'`),
   instanceId: varchar('instance_id', { length: 100 }).notNull(),
 };
 

@@ -43,7 +43,7 @@ export class BackpressureError extends AuditError {
   readonly retryable = true;
   constructor(
     readonly retryAfterMs: number,
-    readonly limit: 'BUFFER_CAPACITY' | 'BUFFER_MAX_BYTES',
+    readonly limit: 'BUFFER_CAPACITY' | 'BUFFER_MAX_BYTES' | 'DLQ_MAX_EVENTS',
   ) {
     super(
       `buffer full (${limit}); nothing from this call was accepted, retry after ${retryAfterMs} ms`,

@@ -103,7 +103,11 @@ const eventSchema = z.object({
     id: text(LIMITS.actorId),
     ip: z
       .string()
-      .refine((v) => isIP(v) !== 0, 'must be an IPv4 or IPv6 address')
+      // No zone ids (fe80::1%eth0): they make no sense in an audit record and have no length bound.
+      .refine(
+        (v) => v.length <= 45 && !v.includes('%') && isIP(v) !== 0,
+        'must be an IPv4 or IPv6 address',
+      )
       .nullish(),
   }),
   resource: z.object({
@@ -135,17 +139,40 @@ export interface ValidationContext {
   maxEvents: number;
 }
 
-/** Depth of a JSON value: a scalar is 0, `{}` is 1, `{"a":{}}` is 2. */
+/**
+ * Depth of a JSON value (a scalar is 0, `{}` is 1, `{"a":{}}` is 2), counted no further than
+ * `limit`: hostile input nested a million levels deep costs `limit` levels of recursion, no more.
+ */
 export function jsonDepth(value: unknown, limit: number): number {
   if (value === null || typeof value !== 'object') return 0;
+  if (limit <= 0) return 1;
   let deepest = 0;
   const children = Array.isArray(value) ? value : Object.values(value);
   for (const child of children) {
-    const d = jsonDepth(child, limit);
+    const d = jsonDepth(child, limit - 1);
     if (d > deepest) deepest = d;
-    if (deepest >= limit) break; // already too deep; stop walking hostile input
+    if (deepest >= limit) break;
   }
   return deepest + 1;
+}
+
+/**
+ * What PostgreSQL text and jsonb cannot hold: the NUL character, and UTF-16 that is not
+ * well-formed (a lone surrogate). Checked on every string, keys included, of a value.
+ */
+function unstorableText(value: unknown, limit = 64): string | null {
+  if (typeof value === 'string') {
+    if (value.includes('\u0000')) return 'must not contain the NUL character';
+    if (!value.isWellFormed()) return 'must be well-formed Unicode (no lone surrogates)';
+    return null;
+  }
+  if (value && typeof value === 'object' && !(value instanceof Date) && limit > 0) {
+    for (const [k, v] of Object.entries(value)) {
+      const problem = unstorableText(k, 0) ?? unstorableText(v, limit - 1);
+      if (problem) return problem;
+    }
+  }
+  return null;
 }
 
 function checkData(data: unknown, issues: ValidationIssue[], index: number): string | null {
@@ -172,21 +199,13 @@ function checkData(data: unknown, issues: ValidationIssue[], index: number): str
     });
     return null;
   }
-  if (json.includes('\\u0000')) {
-    // PostgreSQL jsonb cannot store NUL; reject it here rather than fail the batch later.
-    issues.push({ index, field: 'data', message: 'must not contain the NUL character' });
+  const text = unstorableText(data);
+  if (text) {
+    // Rejected here rather than refused by the database later (a dead letter that can never be replayed).
+    issues.push({ index, field: 'data', message: text });
     return null;
   }
   return json;
-}
-
-/** Strings PostgreSQL text columns cannot hold; checked on every string field. */
-function hasNul(value: unknown): boolean {
-  if (typeof value === 'string') return value.includes('\u0000');
-  if (value && typeof value === 'object' && !(value instanceof Date)) {
-    return Object.values(value).some((v) => typeof v === 'string' && v.includes('\u0000'));
-  }
-  return false;
 }
 
 /**
@@ -218,8 +237,15 @@ export function validateEvents(
       }
     }
     for (const [field, value] of Object.entries(input)) {
-      if (field !== 'data' && hasNul(value)) {
-        issues.push({ index, field, message: 'must not contain the NUL character' });
+      if (field === 'data') continue;
+      if (value && typeof value === 'object' && !(value instanceof Date)) {
+        for (const [sub, v] of Object.entries(value)) {
+          const problem = unstorableText(v);
+          if (problem) issues.push({ index, field: `${field}.${sub}`, message: problem });
+        }
+      } else {
+        const problem = unstorableText(value);
+        if (problem) issues.push({ index, field, message: problem });
       }
     }
     const dataJson = checkData(input.data, issues, index);

@@ -1,5 +1,5 @@
 import { ValidationError, type ValidationIssue } from './errors.js';
-import { jsonDepth, LIMITS, OUTCOMES, type Outcome } from './event.js';
+import { type AuditEventRecord, jsonDepth, LIMITS, OUTCOMES, type Outcome } from './event.js';
 
 /** The filter of `auditEvents` and of the live tail. Every present condition must hold. */
 export interface AuditEventFilter {
@@ -44,8 +44,8 @@ export function validateFilter(filter: AuditEventFilter | null | undefined): Aud
   for (const [key, max] of Object.entries(stringLimits) as [keyof AuditEventFilter, number][]) {
     const v = filter[key];
     if (v === undefined || v === null) continue;
-    if (typeof v !== 'string' || v.length > max) {
-      issues.push({ index: null, field: `filter.${key}`, message: `at most ${max} characters` });
+    if (typeof v !== 'string' || v.length === 0 || v.length > max) {
+      issues.push({ index: null, field: `filter.${key}`, message: `1 to ${max} characters` });
     } else {
       (out as Record<string, unknown>)[key] = v;
     }
@@ -57,11 +57,11 @@ export function validateFilter(filter: AuditEventFilter | null | undefined): Aud
         field: 'filter.eventTypes',
         message: `between 1 and ${FILTER_LIMITS.eventTypes} entries`,
       });
-    } else if (filter.eventTypes.some((t) => t.length > LIMITS.eventType)) {
+    } else if (filter.eventTypes.some((t) => t.length === 0 || t.length > LIMITS.eventType)) {
       issues.push({
         index: null,
         field: 'filter.eventTypes',
-        message: `each at most ${LIMITS.eventType} characters`,
+        message: `each 1 to ${LIMITS.eventType} characters`,
       });
     } else {
       out.eventTypes = [...new Set(filter.eventTypes)].sort();
@@ -120,4 +120,61 @@ function canonicalJson(value: unknown): string {
     return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
   }
   return JSON.stringify(value);
+}
+
+/**
+ * Whether a record satisfies a (validated) filter: the in-memory twin of the SQL conditions of
+ * `auditEvents`, used by the live tail. Like the reader, an empty string or empty list is no
+ * condition; `dataContains` follows jsonb `@>` (see jsonContains).
+ */
+export function matchesFilter(record: AuditEventRecord, f: AuditEventFilter): boolean {
+  if (f.correlationId && record.correlationId !== f.correlationId) return false;
+  if (f.eventTypes?.length && !f.eventTypes.includes(record.eventType)) return false;
+  if (f.category && record.category !== f.category) return false;
+  if (f.action && record.action !== f.action) return false;
+  if (f.outcome && record.outcome !== f.outcome) return false;
+  if (f.actorType && record.actorType !== f.actorType) return false;
+  if (f.actorId && record.actorId !== f.actorId) return false;
+  if (f.resourceType && record.resourceType !== f.resourceType) return false;
+  if (f.resourceId && record.resourceId !== f.resourceId) return false;
+  if (f.severity && record.severity !== f.severity) return false;
+  const at = record.occurredAt.getTime();
+  if (f.occurredAfter && at < f.occurredAfter.getTime()) return false;
+  if (f.occurredBefore && at >= f.occurredBefore.getTime()) return false;
+  if (f.dataContains) {
+    if (record.dataJson === null) return false;
+    return jsonContains(JSON.parse(record.dataJson), f.dataContains);
+  }
+  return true;
+}
+
+const isJsonObject = (v: unknown): v is Record<string, unknown> =>
+  v !== null && typeof v === 'object' && !Array.isArray(v);
+const isContainer = (v: unknown) => v !== null && typeof v === 'object';
+
+/**
+ * PostgreSQL's jsonb containment (`a @> b`) on parsed JSON: an object contains an object whose
+ * every key it has with a contained value; an array contains an array each of whose elements
+ * is contained by some element of it (order and repetition ignored); scalars must be equal.
+ * Structures must match below the top level (`{"t":["x"]}` does not contain `{"t":"x"}`).
+ */
+export function jsonContains(a: unknown, b: unknown): boolean {
+  if (Array.isArray(b)) {
+    if (!Array.isArray(a)) return false;
+    return b.every((be) =>
+      isContainer(be)
+        ? a.some((ae) => Array.isArray(ae) === Array.isArray(be) && jsonContains(ae, be))
+        : a.some((ae) => !isContainer(ae) && ae === be),
+    );
+  }
+  if (isJsonObject(b)) {
+    if (!isJsonObject(a)) return false;
+    return Object.entries(b).every(([key, bv]) => {
+      if (!Object.hasOwn(a, key)) return false;
+      const av = a[key];
+      if (!isContainer(bv)) return !isContainer(av) && av === bv;
+      return isContainer(av) && Array.isArray(av) === Array.isArray(bv) && jsonContains(av, bv);
+    });
+  }
+  return !isContainer(a) && a === b;
 }

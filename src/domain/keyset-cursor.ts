@@ -16,6 +16,7 @@ export interface CursorScope {
 }
 
 const MAC_BYTES = 16;
+const MAC_TEXT = /^[A-Za-z0-9_-]{22}$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
@@ -37,10 +38,14 @@ export class KeysetCursorCodec {
     if (!ms || !id || !mac || rest.length > 0 || !/^\d{1,15}$/.test(ms) || !UUID.test(id)) {
       throw new InvalidCursorError();
     }
-    const given = Buffer.from(mac, 'base64url');
-    const expected = this.mac(`${ms}.${id}`, scope);
-    if (given.length !== expected.length || !timingSafeEqual(given, expected))
+    // Compare the signature as text: base64 decoding is lenient (it skips junk and ignores the
+    // last character's spare bits), so comparing decoded bytes would accept altered cursors.
+    if (!MAC_TEXT.test(mac)) throw new InvalidCursorError();
+    const given = Buffer.from(mac, 'ascii');
+    const expected = Buffer.from(this.mac(`${ms}.${id}`, scope).toString('base64url'), 'ascii');
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
       throw new InvalidCursorError();
+    }
     return { occurredAt: new Date(Number(ms)), id };
   }
 

@@ -2,16 +2,26 @@ import type { Config } from '../config.js';
 import type { TenantRegistry } from '../db/tenant-registry.js';
 import { UnauthenticatedError, ValidationError } from '../domain/errors.js';
 import { type TenantId, tenantIdProblem } from '../domain/tenant.js';
+import type { DeadLetterStore } from '../ingest/dead-letter-queue.js';
+import type { IngestEvents } from '../ingest/events.js';
 import type { IngestService } from '../ingest/ingest-service.js';
+import type { RetryWorker } from '../ingest/retry-worker.js';
 import type { Logger } from '../logger.js';
 import type { AuditEventQueries } from '../query/audit-event-queries.js';
+import type { RealtimeBus } from '../realtime/pubsub.js';
 
 /** What resolvers may use; built once by app.ts. */
 export interface Services {
   config: Config;
   ingest: IngestService;
+  /** What the write path reports: settled batches, dead-letter steps. */
+  events: IngestEvents;
   queries: AuditEventQueries;
   tenants: TenantRegistry;
+  deadLetters: DeadLetterStore;
+  retryWorker: RetryWorker;
+  /** Tenant-scoped pub/sub behind the subscriptions (Redis fan-out, or in-process). */
+  realtime: RealtimeBus;
   /** This process's name in flush reports and stats. */
   instanceId: string;
 }

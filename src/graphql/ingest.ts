@@ -228,7 +228,12 @@ const AuditStatsRef = builder
         description: 'In a buffer, in a write in flight, or waiting in backoff.',
       }),
       deadLettered: t.exposeInt('deadLettered'),
-      discarded: t.exposeInt('discarded'),
+      discarded: t.exposeInt('discarded', {
+        description: 'Dead-lettered events given up on purpose (discardDeadLetter).',
+      }),
+      replayed: t.exposeInt('replayed', {
+        description: 'Events the retry worker stored out of the dead-letter queue.',
+      }),
       conflicts: t.exposeInt('conflicts', {
         description: 'Duplicates whose content differed from the stored event.',
       }),
@@ -250,8 +255,9 @@ builder.queryField('auditStats', (t) =>
   t.field({
     type: AuditStatsRef,
     errors: { types: TENANT_ERRORS, union: { name: 'AuditStatsResult' } },
-    resolve: (_root, _args, ctx) => {
+    resolve: async (_root, _args, ctx) => {
       const tenant = requireTenant(ctx);
+      await ctx.services.tenants.ensure(tenant, false);
       return { ...ctx.services.ingest.stats(tenant), instances: [ctx.services.instanceId] };
     },
   }),

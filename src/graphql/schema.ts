@@ -4,6 +4,8 @@ import './scalars.js';
 import './errors.js';
 import './audit-event.js';
 import './ingest.js';
+import './dead-letters.js';
+import './subscriptions.js';
 
 let schema: GraphQLSchema | undefined;
 

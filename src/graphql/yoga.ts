@@ -13,7 +13,17 @@ export interface RequestScope {
 /** The request id of the request being served, wherever in its async call tree we are. */
 export const requestScope = new AsyncLocalStorage<RequestScope>();
 
-type ServerContext = { req: IncomingMessage; res: ServerResponse };
+/**
+ * What a transport hands to yoga: the node request (and response, for HTTP and SSE). A WebSocket
+ * operation has no response and brings the tenant its connection was opened for, and its own
+ * request id.
+ */
+export type ServerContext = {
+  req: IncomingMessage;
+  res?: ServerResponse;
+  connectionTenant?: string;
+  requestId?: string;
+};
 
 const EXAMPLE_OPERATIONS = `# auditgraph — every request is scoped to the tenant in the x-tenant-id header
 # (see the Headers tab below). Run "Create", then "Flush", then "Page".
@@ -65,6 +75,16 @@ query Stats {
     ... on AuditError { message }
   }
 }
+
+# Run it in a second tab, wait for SubscriptionReady, then run "Create" here.
+subscription Settled {
+  flushCompleted(filter: { correlationId: "run-42" }) {
+    __typename
+    ... on FlushCompleted { batchId trigger correlations { correlationId stored duplicates deadLettered } }
+    ... on SubscriptionInterruptedError { reason }
+    ... on AuditError { message }
+  }
+}
 `;
 
 /** The GraphQL endpoint: schema, context from the request, masked unexpected errors, GraphiQL. */
@@ -101,11 +121,12 @@ export function createGraphQLServer(
         return masked;
       },
     },
-    context: ({ request }) => ({
-      requestId: requestScope.getStore()?.requestId ?? 'none',
+    context: ({ request, connectionTenant, requestId }) => ({
+      requestId: requestId ?? requestScope.getStore()?.requestId ?? 'none',
       log,
       services,
-      tenantClaim: request.headers.get(TENANT_HEADER),
+      // A WebSocket's tenant was fixed by its connection_init; HTTP and SSE name it per request.
+      tenantClaim: connectionTenant ?? request.headers.get(TENANT_HEADER),
     }),
   });
 }

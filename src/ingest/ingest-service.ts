@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { sqlState } from '../db/client.js';
 import {
   BackpressureError,
   CommitTimeoutError,
@@ -9,12 +10,13 @@ import { type AuditEventRecord, recordBytes } from '../domain/event.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 import type { BatchWriter, WriteStatus } from './batch-writer.js';
+import type { DeadLetter, DeadLetterStore } from './dead-letter-queue.js';
+import type { FlushTrigger, IngestEvents, SettledStatus } from './events.js';
 import { classifyWriteError, describeWriteError } from './failure-classifier.js';
 import { emptyStats, type TenantStats } from './stats.js';
 
 export type Ack = 'COMMITTED' | 'BUFFERED';
-export type EventStatus = WriteStatus | 'BUFFERED' | 'DEAD_LETTERED';
-export type FlushTrigger = 'size' | 'interval' | 'flush' | 'commit-wait' | 'shutdown' | 'retry';
+export type EventStatus = Exclude<WriteStatus, 'REJECTED'> | 'BUFFERED' | 'DEAD_LETTERED';
 
 export interface IngestOptions {
   batchSize: number;
@@ -26,7 +28,17 @@ export interface IngestOptions {
   writerConcurrency: number;
   retryBaseMs: number;
   retryMaxMs: number;
+  /** Write attempts of a batch before it is dead-lettered. */
+  writeMaxAttempts: number;
+  /** Delay before the retry worker's first replay of a new dead letter. */
+  deadLetterFirstRetryMs: number;
   instanceId: string;
+}
+
+/** Why events are being dead-lettered. */
+interface Failure {
+  code: string | null;
+  message: string;
 }
 
 export interface AcceptedEvent {
@@ -43,18 +55,6 @@ export interface FlushResult {
   waitedFor: number;
   durationMs: number;
   instances: string[];
-}
-
-/** What happened to one settled batch; the seam for flushCompleted and the dead-letter queue. */
-export interface BatchSettled {
-  tenant: TenantId;
-  batchId: string;
-  trigger: FlushTrigger;
-  attempts: number;
-  committedAt: Date;
-  durationMs: number;
-  records: readonly AuditEventRecord[];
-  statuses: readonly EventStatus[];
 }
 
 /** One createAuditEvents call: settles when every one of its events has a final status. */
@@ -96,6 +96,11 @@ interface Batch {
   entries: Entry[];
   trigger: FlushTrigger;
   attempts: number;
+  firstFailedAt?: Date;
+  /** Set when the rows are known to be refused: the next attempt only dead-letters them. */
+  rejection?: Failure;
+  /** Set by flushAudit: the next failure dead-letters the batch at once instead of backing off. */
+  force?: boolean;
   retryTimer?: NodeJS.Timeout;
   retryAt?: number;
 }
@@ -113,6 +118,8 @@ interface TenantState {
   lingerTimer?: NodeJS.Timeout;
   /** Write the queue without waiting for a full batch (a flush, commit-wait or interval is due). */
   urgent: FlushTrigger | null;
+  /** flushAudit calls waiting: while any waits, a failed write is dead-lettered at once. */
+  flushing: number;
 }
 
 /**
@@ -126,18 +133,18 @@ export class IngestService {
   private readonly tenants = new Map<TenantId, TenantState>();
   private bytesHeld = 0;
   private stopping = false;
-  private readonly settledListeners: ((b: BatchSettled) => void)[] = [];
+  /** Set by the dead-letter monitor: the queue is at capacity, so new writes are refused. */
+  private deadLettersFull = false;
 
   constructor(
     private readonly writer: BatchWriter,
+    private readonly deadLetters: DeadLetterStore,
+    private readonly events: IngestEvents,
     private readonly log: Logger,
     private readonly opts: IngestOptions,
+    /** Local files for what neither the database nor the dead-letter queue took at shutdown. */
+    private readonly spool?: DeadLetterStore,
   ) {}
-
-  /** Registers a listener called after each batch settles (subscriptions, metrics). */
-  onBatchSettled(listener: (b: BatchSettled) => void): void {
-    this.settledListeners.push(listener);
-  }
 
   /**
    * Accepts a validated call whole, or rejects it whole (ShuttingDownError, BackpressureError).
@@ -159,6 +166,9 @@ export class IngestService {
     }
     if (this.bytesHeld + total > this.opts.bufferMaxBytes) {
       throw new BackpressureError(this.retryAfterMs(state), 'BUFFER_MAX_BYTES');
+    }
+    if (this.deadLettersFull) {
+      throw new BackpressureError(5_000, 'DLQ_MAX_EVENTS');
     }
 
     const ticket = new Ticket(records.length);
@@ -205,9 +215,14 @@ export class IngestService {
       return { ...empty, durationMs: 0, instances: [this.opts.instanceId] };
     }
     const watched = [...state.outstanding];
+    state.flushing++;
     state.urgent = 'flush';
     this.drain(state);
-    for (const batch of state.backoff) this.retryNow(state, batch);
+    // A batch waiting in backoff is decided now: written, or dead-lettered if it fails again.
+    for (const batch of state.backoff) {
+      batch.force = true;
+      this.retryNow(state, batch);
+    }
 
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<'timeout'>((resolve) => {
@@ -216,7 +231,7 @@ export class IngestService {
     const outcome = await Promise.race([
       Promise.all(watched.map((t) => t.done)).then(() => 'done' as const),
       timedOut,
-    ]);
+    ]).finally(() => state.flushing--);
     clearTimeout(timer);
     if (outcome === 'timeout') {
       const pending = watched.reduce((n, t) => n + t.remaining, 0);
@@ -251,6 +266,44 @@ export class IngestService {
     return n;
   }
 
+  /** The retry worker stored (part of) a dead letter: it leaves `deadLettered`. */
+  recordRecovered(tenant: TenantId, stored: number, duplicates: number): void {
+    const s = this.state(tenant).stats;
+    s.stored += stored;
+    s.duplicates += duplicates;
+    s.deadLettered -= stored + duplicates;
+    s.replayed += stored + duplicates;
+  }
+
+  /** A dead letter was discarded on purpose: counted, never silent. */
+  recordDiscarded(tenant: TenantId, events: number): void {
+    const s = this.state(tenant).stats;
+    s.deadLettered -= events;
+    s.discarded += events;
+  }
+
+  /** Events moved into the dead-letter queue from outside the buffers (a spool re-queued at start). */
+  recordRequeued(tenant: TenantId, events: number): void {
+    const s = this.state(tenant).stats;
+    s.accepted += events;
+    s.deadLettered += events;
+  }
+
+  /** The dead-letter monitor's verdict: at capacity, new writes get BackpressureError. */
+  setDeadLettersFull(full: boolean): void {
+    if (full !== this.deadLettersFull) {
+      this.log[full ? 'error' : 'info'](
+        { full },
+        full ? 'dead-letter queue full: refusing writes' : 'dead-letter queue has room again',
+      );
+    }
+    this.deadLettersFull = full;
+  }
+
+  get isDeadLetterQueueFull(): boolean {
+    return this.deadLettersFull;
+  }
+
   get isStopping(): boolean {
     return this.stopping;
   }
@@ -266,22 +319,83 @@ export class IngestService {
       clearTimeout(state.intervalTimer);
       clearTimeout(state.lingerTimer);
     }
+    // Most of the deadline goes to writing; the rest to putting aside what could not be written.
+    const flushBudget = Math.max(1, Math.floor(deadlineMs * 0.8));
     await Promise.all(
       [...this.tenants.keys()].map(async (tenant) => {
         try {
-          await this.flush(tenant, Math.max(1, deadline - Date.now()));
+          await this.flush(tenant, flushBudget);
         } catch (err) {
           this.log.error({ err, tenant }, 'flush at shutdown did not complete');
         }
       }),
     );
-    for (const state of this.tenants.values()) {
-      for (const b of state.backoff) clearTimeout(b.retryTimer);
-    }
+    for (const state of this.tenants.values()) await this.putAside(state);
     const left = this.pendingTotal;
-    if (left > 0)
-      this.log.error({ pending: left }, 'shutting down with events still pending; they are lost');
+    if (left > 0) {
+      this.log.error(
+        { pending: left, msLeft: deadline - Date.now() },
+        'stopping with events still in writes that did not finish; they are lost',
+      );
+    }
     return left;
+  }
+
+  /**
+   * At shutdown, what is still buffered or in backoff goes to the dead-letter queue, or, when
+   * that is unreachable too, to the local spool that the next start re-queues.
+   */
+  private async putAside(state: TenantState): Promise<void> {
+    const entries = state.queue.splice(0);
+    for (const b of state.backoff) {
+      clearTimeout(b.retryTimer);
+      entries.push(...b.entries);
+    }
+    state.backoff.clear();
+    if (entries.length === 0) return;
+    const failure = {
+      code: null,
+      message: 'the instance stopped before these events could be written',
+    };
+    const batch: Batch = { id: randomUUID(), entries, trigger: 'shutdown', attempts: 0 };
+    try {
+      await this.deadLetter(state, batch, entries, failure);
+      return;
+    } catch (err) {
+      this.log.error(
+        { tenant: state.tenant, err: describeWriteError(err) },
+        'dead-letter queue unavailable at shutdown',
+      );
+    }
+    if (!this.spool) return;
+    const now = new Date();
+    try {
+      await this.spool.add({
+        id: batch.id,
+        tenant: state.tenant,
+        state: 'ACTIVE',
+        records: entries.map((e) => e.record),
+        errorCode: null,
+        error: failure.message,
+        attempts: 0,
+        firstFailedAt: now,
+        lastFailedAt: now,
+        nextAttemptAt: now,
+      });
+      for (const entry of entries) {
+        state.stats.deadLettered++;
+        this.release(state, entry, 'DEAD_LETTERED');
+      }
+      this.log.warn(
+        { tenant: state.tenant, events: entries.length },
+        'events spooled to local disk; re-queued at next start',
+      );
+    } catch (err) {
+      this.log.error(
+        { tenant: state.tenant, events: entries.length, err },
+        'could not spool events; they are lost',
+      );
+    }
   }
 
   private state(tenant: TenantId): TenantState {
@@ -296,6 +410,7 @@ export class IngestService {
         outstanding: new Set(),
         stats: emptyStats(),
         urgent: null,
+        flushing: 0,
       };
       this.tenants.set(tenant, s);
     }
@@ -303,10 +418,9 @@ export class IngestService {
   }
 
   private schedule(state: TenantState, ack: Ack): void {
-    if (state.queue.length >= this.opts.batchSize) {
-      this.drain(state, 'size');
-      return;
-    }
+    if (state.queue.length >= this.opts.batchSize) this.drain(state, 'size');
+    // What is left after the full batches still needs its own deadline.
+    if (state.queue.length === 0) return;
     if (ack === 'COMMITTED') {
       // Linger briefly so concurrent COMMITTED calls share one transaction (group commit).
       state.lingerTimer ??= setTimeout(() => {
@@ -350,45 +464,169 @@ export class IngestService {
     const started = performance.now();
     const records = batch.entries.map((e) => e.record);
     try {
-      const result = await this.writer.write(state.schema, batch.id, records);
+      // What this batch settled now, for flushCompleted; rows refused by the database that the
+      // dead-letter queue could not take yet are reported later, by the batch that retries them.
+      const settled: { record: AuditEventRecord; status: SettledStatus }[] = [];
+      if (batch.rejection) {
+        await this.deadLetter(state, batch, batch.entries, batch.rejection);
+        for (const e of batch.entries) settled.push({ record: e.record, status: 'DEAD_LETTERED' });
+      } else {
+        const result = await this.writer.write(state.schema, batch.id, records);
+        state.stats.conflicts += result.conflicts;
+        const rejected: Entry[] = [];
+        let failure: Failure | undefined;
+        batch.entries.forEach((entry, i) => {
+          const status = result.statuses[i]!;
+          if (status === 'REJECTED') {
+            rejected.push(entry);
+            const why = result.rejections.get(i);
+            failure ??= {
+              code: why?.sqlState ?? null,
+              message: why?.message ?? 'rejected by the database',
+            };
+            return;
+          }
+          if (status === 'STORED') state.stats.stored++;
+          else state.stats.duplicates++;
+          this.release(state, entry, status);
+          settled.push({ record: entry.record, status });
+        });
+        if (rejected.length > 0) {
+          // The good rows are committed; the refused ones leave this batch for the dead-letter
+          // queue, and stay pending until it has them.
+          const rest: Batch = {
+            id: randomUUID(),
+            entries: rejected,
+            trigger: 'retry',
+            attempts: batch.attempts,
+            firstFailedAt: new Date(),
+            rejection: failure!,
+          };
+          try {
+            await this.deadLetter(state, rest, rejected, failure!);
+            for (const e of rejected) settled.push({ record: e.record, status: 'DEAD_LETTERED' });
+          } catch (err) {
+            await this.onWriteFailure(state, rest, err);
+          }
+        }
+      }
       state.backoff.delete(batch);
-      const statuses = result.statuses;
-      batch.entries.forEach((entry, i) => {
-        const status = statuses[i]!;
-        if (status === 'STORED') state.stats.stored++;
-        else state.stats.duplicates++;
-        state.stats.pending--;
-        this.bytesHeld -= entry.bytes;
-        entry.ticket.settle(entry.index, status);
-      });
-      state.stats.conflicts += result.conflicts;
       state.stats.batches++;
-      this.emitSettled({
+      this.events.batchSettled({
         tenant: state.tenant,
+        instanceId: this.opts.instanceId,
         batchId: batch.id,
         trigger: batch.trigger,
         attempts: batch.attempts,
         committedAt: new Date(),
         durationMs: performance.now() - started,
-        records,
-        statuses,
+        records: settled.map((s) => s.record),
+        statuses: settled.map((s) => s.status),
       });
     } catch (err) {
-      this.onWriteFailure(state, batch, err);
+      await this.onWriteFailure(state, batch, err);
     } finally {
       state.inFlight--;
       if (state.queue.length > 0) this.drain(state);
     }
   }
 
-  private onWriteFailure(state: TenantState, batch: Batch, err: unknown): void {
+  /** Settles one entry: it leaves `pending` and the buffer's byte count. */
+  private release(state: TenantState, entry: Entry, status: EventStatus): void {
+    state.stats.pending--;
+    this.bytesHeld -= entry.bytes;
+    entry.ticket.settle(entry.index, status);
+  }
+
+  /**
+   * Hands entries to the dead-letter queue; once it has them durably they are settled as
+   * DEAD_LETTERED. Throws (and settles nothing) when the queue cannot take them.
+   */
+  private async deadLetter(
+    state: TenantState,
+    batch: Batch,
+    entries: Entry[],
+    failure: Failure,
+  ): Promise<void> {
+    const now = new Date();
+    const dl: DeadLetter = {
+      id: randomUUID(),
+      tenant: state.tenant,
+      state: 'ACTIVE',
+      records: entries.map((e) => e.record),
+      errorCode: failure.code,
+      error: failure.message,
+      attempts: batch.attempts,
+      firstFailedAt: batch.firstFailedAt ?? now,
+      lastFailedAt: now,
+      nextAttemptAt: new Date(now.getTime() + this.opts.deadLetterFirstRetryMs),
+    };
+    await this.deadLetters.add(dl);
+    for (const entry of entries) {
+      state.stats.deadLettered++;
+      this.release(state, entry, 'DEAD_LETTERED');
+    }
+    this.log.warn(
+      {
+        tenant: state.tenant,
+        deadLetterId: dl.id,
+        events: entries.length,
+        error: failure.message,
+        attempts: dl.attempts,
+      },
+      'events dead-lettered',
+    );
+    this.events.deadLetter({
+      tenant: state.tenant,
+      kind: 'ENQUEUED',
+      deadLetterId: dl.id,
+      events: entries.length,
+      attempts: dl.attempts,
+      error: failure.message,
+      at: now,
+      instanceId: this.opts.instanceId,
+    });
+  }
+
+  private async onWriteFailure(state: TenantState, batch: Batch, err: unknown): Promise<void> {
     const kind = classifyWriteError(err);
     const message = describeWriteError(err);
+    batch.firstFailedAt ??= new Date();
     state.stats.failedWrites++;
     state.stats.lastError = message;
     state.stats.lastErrorAt = new Date();
-    // Without a dead-letter queue every failure is retried; the events stay pending and visible
-    // (auditStats.pending, lastError) until a write succeeds.
+    if (
+      !batch.rejection &&
+      (batch.force || state.flushing > 0 || batch.attempts >= this.opts.writeMaxAttempts)
+    ) {
+      try {
+        await this.deadLetter(state, batch, batch.entries, {
+          code: sqlState(err) ?? null,
+          message,
+        });
+        state.backoff.delete(batch);
+        this.events.batchSettled({
+          tenant: state.tenant,
+          instanceId: this.opts.instanceId,
+          batchId: batch.id,
+          trigger: batch.trigger,
+          attempts: batch.attempts,
+          committedAt: new Date(),
+          durationMs: 0,
+          records: batch.entries.map((e) => e.record),
+          statuses: batch.entries.map(() => 'DEAD_LETTERED' as const),
+        });
+        return;
+      } catch (dlqErr) {
+        this.log.error(
+          { tenant: state.tenant, batchId: batch.id, err: describeWriteError(dlqErr) },
+          'dead-letter queue unavailable; the batch stays pending in memory',
+        );
+      }
+    }
+    // The events stay pending and visible (auditStats.pending, lastError) until a write or the
+    // dead-letter queue takes them.
+    batch.force = false;
     const delay = this.backoffDelay(batch.attempts);
     this.log.error(
       {
@@ -430,15 +668,5 @@ export class IngestService {
       if (b.retryAt !== undefined) soonest = Math.min(soonest, b.retryAt);
     if (Number.isFinite(soonest)) return Math.max(100, soonest - Date.now());
     return Math.max(100, Math.min(this.opts.flushIntervalMs, 1000));
-  }
-
-  private emitSettled(event: BatchSettled): void {
-    for (const listener of this.settledListeners) {
-      try {
-        listener(event);
-      } catch (err) {
-        this.log.error({ err }, 'batch-settled listener failed');
-      }
-    }
   }
 }

@@ -12,6 +12,8 @@ export interface TenantStats {
   pending: number;
   deadLettered: number;
   discarded: number;
+  /** Events the retry worker stored (or found duplicate) out of the dead-letter queue. */
+  replayed: number;
   /** Duplicates whose content differed from the stored event (a subset of `duplicates`). */
   conflicts: number;
   /** Removed by retention (outside the identity). */
@@ -30,6 +32,7 @@ export function emptyStats(): TenantStats {
     pending: 0,
     deadLettered: 0,
     discarded: 0,
+    replayed: 0,
     conflicts: 0,
     expired: 0,
     batches: 0,

@@ -48,8 +48,8 @@ export class AuditEventQueries {
     const filter = validateFilter(args.filter);
     const order = args.order ?? 'OCCURRED_AT_DESC';
     const scope = { tenant, order, filter };
-    const after = args.after ? this.cursors.decode(args.after, scope) : undefined;
-    const before = args.before ? this.cursors.decode(args.before, scope) : undefined;
+    const after = args.after != null ? this.cursors.decode(args.after, scope) : undefined;
+    const before = args.before != null ? this.cursors.decode(args.before, scope) : undefined;
     const page = await this.reader.page({
       schema: tenantSchema(tenant),
       filter,

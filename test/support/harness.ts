@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import pg from 'pg';
 import { inject } from 'vitest';
 import { type App, buildApp } from '../../src/app.js';
@@ -42,11 +45,18 @@ export async function startApp(env: Record<string, string> = {}): Promise<TestAp
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
     CURSOR_SECRET: 'test-secret-test-secret-test-secret-0123',
     DATABASE_APPLICATION_NAME: `auditgraph-test-${process.pid}`,
+    // Each app its own dead-letter directory, so no app replays another's files.
+    DLQ_DIR: mkdtempSync(join(tmpdir(), 'auditgraph-dlq-')),
     ...env,
   });
   const app = buildApp(config);
   const { port } = await app.start();
   const url = `http://127.0.0.1:${port}/graphql`;
+  return { app, url, ...graphqlClient(url), stop: () => app.stop() };
+}
+
+/** `gql` and `raw` for a GraphQL endpoint at `url` (any running auditgraph, e.g. an embedded one). */
+export function graphqlClient(url: string): Pick<TestApp, 'gql' | 'raw'> {
   const raw = async (
     tenant: string | null,
     body: unknown,
@@ -69,15 +79,16 @@ export async function startApp(env: Record<string, string> = {}): Promise<TestAp
     return { status: res.status, body: parsed };
   };
   return {
-    app,
-    url,
     raw,
-    async gql(tenant, query, variables) {
+    async gql<T = Record<string, any>>(
+      tenant: string | null,
+      query: string,
+      variables?: Record<string, unknown>,
+    ): Promise<T> {
       const { body } = await raw(tenant, { query, variables });
       if (body.errors) throw new Error(`GraphQL errors: ${JSON.stringify(body.errors)}`);
       return body.data;
     },
-    stop: () => app.stop(),
   };
 }
 

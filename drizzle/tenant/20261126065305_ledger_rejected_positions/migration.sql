@@ -1,0 +1,1 @@
+ALTER TABLE "batch_ledger" ADD COLUMN "rejected_positions" integer[] DEFAULT '{}'::integer[] NOT NULL;

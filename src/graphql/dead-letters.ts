@@ -1,0 +1,239 @@
+import { ValidationError } from '../domain/errors.js';
+import type { DeadLetter } from '../ingest/dead-letter-queue.js';
+import { builder } from './builder.js';
+import { requireTenant } from './context.js';
+import { TENANT_ERRORS } from './errors.js';
+
+const DeadLetterStateEnum = builder.enumType('DeadLetterState', {
+  values: {
+    ACTIVE: { description: 'Replayed by the retry worker on its schedule.' },
+    PARKED: { description: 'Its replays are used up; kept until replayed or discarded by hand.' },
+  } as const,
+});
+
+const DeadLetterEventRef = builder
+  .objectRef<DeadLetter['records'][number]>('DeadLetteredEvent')
+  .implement({
+    description: 'An event held in the dead-letter queue (the main fields; the rest is kept too).',
+    fields: (t) => ({
+      id: t.exposeString('id'),
+      occurredAt: t.expose('occurredAt', { type: 'DateTime' }),
+      eventType: t.exposeString('eventType'),
+      correlationId: t.exposeString('correlationId'),
+    }),
+  });
+
+const DeadLetterRef = builder.objectRef<DeadLetter>('DeadLetter').implement({
+  description: 'Events that could not be stored, with why and how often they were tried.',
+  fields: (t) => ({
+    id: t.exposeString('id'),
+    state: t.field({ type: DeadLetterStateEnum, resolve: (d) => d.state }),
+    errorCode: t.exposeString('errorCode', {
+      nullable: true,
+      description: 'SQLSTATE of the last failure.',
+    }),
+    error: t.exposeString('error', { description: 'The last failure, sanitised.' }),
+    attempts: t.exposeInt('attempts'),
+    replays: t.int({ resolve: (d) => d.replays ?? 0 }),
+    firstFailedAt: t.expose('firstFailedAt', { type: 'DateTime' }),
+    lastFailedAt: t.expose('lastFailedAt', { type: 'DateTime' }),
+    nextAttemptAt: t.expose('nextAttemptAt', { type: 'DateTime', nullable: true }),
+    eventCount: t.int({ resolve: (d) => d.records.length }),
+    events: t.field({ type: [DeadLetterEventRef], resolve: (d) => d.records }),
+  }),
+});
+
+interface DeadLetterPage {
+  edges: { cursor: string; node: DeadLetter }[];
+  pageInfo: { hasNextPage: boolean; endCursor: string | null };
+  totalCount: number;
+}
+
+const DeadLetterConnection = builder.objectRef<DeadLetterPage>('DeadLetterConnection').implement({
+  fields: (t) => ({
+    edges: t.field({
+      type: [
+        builder.objectRef<DeadLetterPage['edges'][number]>('DeadLetterEdge').implement({
+          fields: (e) => ({
+            cursor: e.exposeString('cursor'),
+            node: e.field({ type: DeadLetterRef, resolve: (x) => x.node }),
+          }),
+        }),
+      ],
+      resolve: (c) => c.edges,
+    }),
+    pageInfo: t.field({
+      type: builder.objectRef<DeadLetterPage['pageInfo']>('DeadLetterPageInfo').implement({
+        fields: (p) => ({
+          hasNextPage: p.exposeBoolean('hasNextPage'),
+          endCursor: p.exposeString('endCursor', { nullable: true }),
+        }),
+      }),
+      resolve: (c) => c.pageInfo,
+    }),
+    totalCount: t.exposeInt('totalCount'),
+  }),
+});
+
+const DeadLetterFilter = builder.inputType('DeadLetterFilter', {
+  fields: (t) => ({
+    state: t.field({ type: DeadLetterStateEnum }),
+    errorCode: t.string({ description: 'SQLSTATE, e.g. 22P02.' }),
+  }),
+});
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+builder.queryField('deadLetters', (t) =>
+  t.field({
+    type: DeadLetterConnection,
+    description: 'The caller’s dead letters, oldest first. Cursors are dead-letter ids.',
+    errors: { types: TENANT_ERRORS, union: { name: 'DeadLettersResult' } },
+    args: {
+      first: t.arg.int({ defaultValue: 50 }),
+      after: t.arg.string(),
+      filter: t.arg({ type: DeadLetterFilter }),
+    },
+    resolve: async (_root, args, ctx) => {
+      const tenant = requireTenant(ctx);
+      const first = args.first ?? 50;
+      if (first < 1 || first > 500)
+        throw ValidationError.single('first', 'must be between 1 and 500');
+      if (args.filter?.errorCode && !/^[0-9A-Z]{5}$/.test(args.filter.errorCode)) {
+        throw ValidationError.single('filter.errorCode', 'must be a SQLSTATE (5 characters)');
+      }
+      const all = await ctx.services.deadLetters.list(tenant, {
+        state: args.filter?.state ?? null,
+        errorCode: args.filter?.errorCode ?? null,
+      });
+      let start = 0;
+      if (args.after) {
+        const at = all.findIndex((d) => d.id === args.after);
+        if (at < 0)
+          throw ValidationError.single('after', 'no such dead letter (it may have been replayed)');
+        start = at + 1;
+      }
+      const page = all.slice(start, start + first);
+      return {
+        edges: page.map((node) => ({ cursor: node.id, node })),
+        pageInfo: { hasNextPage: start + first < all.length, endCursor: page.at(-1)?.id ?? null },
+        totalCount: all.length,
+      };
+    },
+  }),
+);
+
+const ReplayDeadLettersInput = builder.inputType('ReplayDeadLettersInput', {
+  fields: (t) => ({
+    ids: t.stringList({ description: 'Parked dead letters to replay (at most 1000).' }),
+    all: t.boolean({ description: 'Replay every parked dead letter of the tenant.' }),
+  }),
+});
+
+const ReplayPayload = builder
+  .objectRef<{ replayed: DeadLetter[]; notFound: string[] }>('ReplayDeadLettersPayload')
+  .implement({
+    description: 'The dead letters are ACTIVE again and due now; the retry worker writes them.',
+    fields: (t) => ({
+      replayed: t.field({ type: [DeadLetterRef], resolve: (p) => p.replayed }),
+      notFound: t.exposeStringList('notFound', {
+        description: 'Ids that are not parked dead letters of this tenant.',
+      }),
+    }),
+  });
+
+builder.mutationField('replayDeadLetters', (t) =>
+  t.field({
+    type: ReplayPayload,
+    errors: { types: TENANT_ERRORS, union: { name: 'ReplayDeadLettersResult' } },
+    args: { input: t.arg({ type: ReplayDeadLettersInput, required: true }) },
+    resolve: async (_root, { input }, ctx) => {
+      const tenant = requireTenant(ctx);
+      const { deadLetters, retryWorker, log } = { ...ctx.services, log: ctx.log };
+      if (!input.all === !input.ids)
+        throw ValidationError.single('input', 'give either ids or all: true');
+      const ids = input.all
+        ? (await deadLetters.list(tenant, { state: 'PARKED' })).map((d) => d.id)
+        : (input.ids ?? []);
+      if (ids.length > 1000) throw ValidationError.single('input.ids', 'at most 1000 ids');
+      const replayed: DeadLetter[] = [];
+      const notFound: string[] = [];
+      for (const id of ids) {
+        const dl = UUID.test(id) ? await deadLetters.replay(tenant, id) : null;
+        if (!dl) notFound.push(id);
+        else {
+          replayed.push(dl);
+          ctx.services.events.deadLetter({
+            tenant,
+            kind: 'REPLAYED',
+            deadLetterId: dl.id,
+            events: dl.records.length,
+            attempts: dl.attempts,
+            error: dl.error,
+            at: new Date(),
+            instanceId: ctx.services.instanceId,
+          });
+        }
+      }
+      log.info(
+        { tenant, replayed: replayed.length, requestId: ctx.requestId },
+        'dead letters replayed by request',
+      );
+      if (replayed.length) void retryWorker.runOnce();
+      return { replayed, notFound };
+    },
+  }),
+);
+
+const DiscardDeadLetterInput = builder.inputType('DiscardDeadLetterInput', {
+  fields: (t) => ({
+    id: t.string({ required: true }),
+    reason: t.string({
+      required: true,
+      description: 'Why these events are given up (1–1000 characters); logged.',
+    }),
+  }),
+});
+
+builder.mutationField('discardDeadLetter', (t) =>
+  t.field({
+    type: DeadLetterRef,
+    description:
+      'Gives up a PARKED dead letter for good. Counted in auditStats.discarded and logged with the reason — never silent.',
+    errors: { types: TENANT_ERRORS, union: { name: 'DiscardDeadLetterResult' } },
+    args: { input: t.arg({ type: DiscardDeadLetterInput, required: true }) },
+    resolve: async (_root, { input }, ctx) => {
+      const tenant = requireTenant(ctx);
+      const reason = input.reason.trim();
+      if (reason.length < 1 || reason.length > 1000) {
+        throw ValidationError.single('input.reason', 'must be 1 to 1000 characters');
+      }
+      const dl = UUID.test(input.id)
+        ? await ctx.services.deadLetters.discard(tenant, input.id)
+        : null;
+      if (!dl) throw ValidationError.single('input.id', 'no parked dead letter with this id');
+      ctx.services.ingest.recordDiscarded(tenant, dl.records.length);
+      ctx.log.warn(
+        {
+          tenant,
+          deadLetterId: dl.id,
+          events: dl.records.length,
+          reason,
+          requestId: ctx.requestId,
+        },
+        'dead letter discarded',
+      );
+      ctx.services.events.deadLetter({
+        tenant,
+        kind: 'DISCARDED',
+        deadLetterId: dl.id,
+        events: dl.records.length,
+        attempts: dl.attempts,
+        error: reason,
+        at: new Date(),
+        instanceId: ctx.services.instanceId,
+      });
+      return dl;
+    },
+  }),
+);

@@ -1,0 +1,315 @@
+import { errorTypeMap, wrapErrorIfMatches } from '@pothos/plugin-errors';
+import { UnauthenticatedError, UnknownTenantError, ValidationError } from '../domain/errors.js';
+import { LIMITS } from '../domain/event.js';
+import { type AuditEventFilter, matchesFilter, validateFilter } from '../domain/filter.js';
+import type { TenantId } from '../domain/tenant.js';
+import type { DeadLetterEventKind, FlushTrigger } from '../ingest/events.js';
+import type { AuditEventRow } from '../query/audit-event-reader.js';
+import {
+  type LiveItem,
+  SubscriptionInterruptedError,
+  SubscriptionReady,
+  single,
+} from '../realtime/live-subscription.js';
+import {
+  type CorrelationCounts,
+  type DeadLetterMessage,
+  type FlushCompletedMessage,
+  type StoredEventMessage,
+  storedEventRecord,
+} from '../realtime/topics.js';
+import { AuditEvent, AuditEventFilterInput } from './audit-event.js';
+import { builder } from './builder.js';
+import { type GraphQLContext, requireTenant } from './context.js';
+import { AuditErrorInterface } from './errors.js';
+
+builder.subscriptionType({
+  description:
+    'Live messages of the caller’s tenant. Every subscription first answers SubscriptionReady ' +
+    'once it is registered on the server; act (write, flush) only after that message.',
+});
+
+builder.objectType(SubscriptionReady, {
+  name: 'SubscriptionReady',
+  description:
+    'The first message of every subscription: it is registered, and every message published from ' +
+    'now on, by any instance, will be delivered.',
+  isTypeOf: (v) => v instanceof SubscriptionReady,
+  fields: (t) => ({
+    instanceId: t.exposeString('instanceId', {
+      description: 'The instance holding this subscription.',
+    }),
+    subscribedAt: t.expose('subscribedAt', { type: 'DateTime' }),
+  }),
+});
+
+const InterruptReasonEnum = builder.enumType('SubscriptionInterruptReason', {
+  values: {
+    SHUTTING_DOWN: { description: 'The instance is stopping.' },
+    SLOW_CONSUMER: {
+      description: 'The subscriber read too slowly; the server would have had to drop messages.',
+    },
+    FANOUT_LOST: { description: 'The connection to Redis (fan-out across instances) dropped.' },
+    FANOUT_UNAVAILABLE: { description: 'Redis did not confirm the subscription.' },
+  } as const,
+});
+
+builder.objectType(SubscriptionInterruptedError, {
+  name: 'SubscriptionInterruptedError',
+  description:
+    'The server ended the subscription rather than let it miss messages; it is the last message. ' +
+    'Resubscribe, then re-query auditEvents from your last position.',
+  interfaces: [AuditErrorInterface],
+  isTypeOf: (e) => e instanceof SubscriptionInterruptedError,
+  fields: (t) => ({ reason: t.field({ type: InterruptReasonEnum, resolve: (e) => e.reason }) }),
+});
+
+/** What every subscription may answer besides its own messages (first or last, then it ends). */
+const SUBSCRIPTION_ERRORS = [
+  ValidationError,
+  UnauthenticatedError,
+  UnknownTenantError,
+  SubscriptionInterruptedError,
+] as const;
+
+type SubscriptionError = InstanceType<(typeof SUBSCRIPTION_ERRORS)[number]>;
+
+/** The GraphQL type name of a ready marker or an error; `payload` for anything else. */
+function typeOf(value: unknown, payload: string): string {
+  if (value instanceof SubscriptionReady) return 'SubscriptionReady';
+  // Errors arrive wrapped by the errors plugin (see `resolveMessage`); classes and types share names.
+  const errorType = typeof value === 'object' && value !== null && errorTypeMap.get(value);
+  return errorType ? errorType.name : payload;
+}
+
+/**
+ * Each message as the field's value. graphql-js treats a value that is an Error as a field error,
+ * so a typed error is wrapped the way the errors plugin wraps them for every other field.
+ */
+function resolveMessage<T>(item: T): T {
+  return wrapErrorIfMatches(item, [...SUBSCRIPTION_ERRORS]) as T;
+}
+
+const FlushTriggerEnum = builder.enumType('FlushTrigger', {
+  values: {
+    SIZE: { description: 'The buffer held a full batch (BATCH_SIZE).' },
+    INTERVAL: { description: 'FLUSH_INTERVAL_MS passed.' },
+    FLUSH: { description: 'flushAudit asked for it.' },
+    COMMIT_WAIT: { description: 'A COMMITTED call was waiting (after COMMIT_LINGER_MS).' },
+    SHUTDOWN: { description: 'The instance was stopping.' },
+    RETRY: { description: 'A retry of a batch that failed before.' },
+  } as const,
+});
+
+const TRIGGERS: Record<FlushTrigger, typeof FlushTriggerEnum.$inferType> = {
+  size: 'SIZE',
+  interval: 'INTERVAL',
+  flush: 'FLUSH',
+  'commit-wait': 'COMMIT_WAIT',
+  shutdown: 'SHUTDOWN',
+  retry: 'RETRY',
+};
+
+const CorrelationCountsRef = builder.objectRef<CorrelationCounts>('CorrelationCounts').implement({
+  description: 'What became of the events of one correlation id in one batch.',
+  fields: (t) => ({
+    correlationId: t.exposeString('correlationId'),
+    stored: t.exposeInt('stored'),
+    duplicates: t.exposeInt('duplicates'),
+    deadLettered: t.exposeInt('deadLettered'),
+  }),
+});
+
+const sum = (m: FlushCompletedMessage, key: 'stored' | 'duplicates' | 'deadLettered') =>
+  m.correlations.reduce((n, c) => n + c[key], 0);
+
+const FlushCompletedRef = builder.objectRef<FlushCompletedMessage>('FlushCompleted').implement({
+  description:
+    'A batch reached a final status for each of its events. Summing stored + duplicates + ' +
+    'deadLettered of your correlation id over these messages tells when all your events settled.',
+  fields: (t) => ({
+    batchId: t.exposeString('batchId'),
+    trigger: t.field({
+      type: FlushTriggerEnum,
+      resolve: (m) => TRIGGERS[m.trigger],
+    }),
+    attempts: t.exposeInt('attempts', { description: 'Write attempts this batch took.' }),
+    correlations: t.field({
+      type: [CorrelationCountsRef],
+      description: 'Per correlation id (only the filtered one, with a filter).',
+      resolve: (m) => m.correlations,
+    }),
+    stored: t.int({ description: 'Sum over `correlations`.', resolve: (m) => sum(m, 'stored') }),
+    duplicates: t.int({
+      description: 'Sum over `correlations`.',
+      resolve: (m) => sum(m, 'duplicates'),
+    }),
+    deadLettered: t.int({
+      description: 'Sum over `correlations`.',
+      resolve: (m) => sum(m, 'deadLettered'),
+    }),
+    committedAt: t.field({ type: 'DateTime', resolve: (m) => new Date(m.committedAt) }),
+    durationMs: t.float({ resolve: (m) => Math.round(m.durationMs * 1000) / 1000 }),
+    instanceId: t.exposeString('instanceId', { description: 'The instance that wrote it.' }),
+  }),
+});
+
+const FlushCompletedMessageUnion = builder.unionType('FlushCompletedMessage', {
+  types: [SubscriptionReady, FlushCompletedRef, ...SUBSCRIPTION_ERRORS],
+  resolveType: (v) => typeOf(v, 'FlushCompleted'),
+});
+
+const FlushCompletedFilter = builder.inputType('FlushCompletedFilter', {
+  fields: (t) => ({
+    correlationId: t.string({
+      description: 'Only batches holding events of this correlation id, and only its counts.',
+    }),
+  }),
+});
+
+const DeadLetterEventKindEnum = builder.enumType('DeadLetterEventKind', {
+  values: {
+    ENQUEUED: { description: 'A batch could not be written and entered the dead-letter queue.' },
+    RETRIED: { description: 'A replay attempt failed; it stays queued.' },
+    RECOVERED: { description: 'A replay stored it.' },
+    PARKED: { description: 'The last attempt failed; it waits for a person.' },
+    REPLAYED: { description: 'replayDeadLetters sent it back to the writer.' },
+    DISCARDED: { description: 'discardDeadLetter removed it (counted as discarded).' },
+  } as const,
+});
+
+const DeadLetterEventRef = builder.objectRef<DeadLetterMessage>('DeadLetterEvent').implement({
+  description: 'A step in the life of a dead letter.',
+  fields: (t) => ({
+    kind: t.field({
+      type: DeadLetterEventKindEnum,
+      resolve: (m): DeadLetterEventKind => m.kind,
+    }),
+    deadLetterId: t.exposeString('deadLetterId'),
+    events: t.exposeInt('events', { description: 'Events in the dead letter.' }),
+    attempts: t.exposeInt('attempts'),
+    error: t.exposeString('error', { nullable: true }),
+    at: t.field({ type: 'DateTime', resolve: (m) => new Date(m.at) }),
+    instanceId: t.exposeString('instanceId'),
+  }),
+});
+
+const DeadLetterEventMessageUnion = builder.unionType('DeadLetterEventMessage', {
+  types: [SubscriptionReady, DeadLetterEventRef, ...SUBSCRIPTION_ERRORS],
+  resolveType: (v) => typeOf(v, 'DeadLetterEvent'),
+});
+
+const AuditEventsAddedMessageUnion = builder.unionType('AuditEventsAddedMessage', {
+  types: [SubscriptionReady, AuditEvent, ...SUBSCRIPTION_ERRORS],
+  resolveType: (v) => typeOf(v, 'AuditEvent'),
+});
+
+/**
+ * Checks the caller (the tenant from the request or connection, then the field's own arguments)
+ * and only then opens the stream. An expected failure is answered as the stream's only message,
+ * the typed error, as every other field answers its errors.
+ */
+async function open<A, T>(
+  ctx: GraphQLContext,
+  field: string,
+  check: () => A,
+  start: (tenant: TenantId, checked: A) => AsyncIterable<LiveItem<T>>,
+): Promise<AsyncIterable<LiveItem<T> | SubscriptionError>> {
+  try {
+    const tenant = requireTenant(ctx);
+    const checked = check();
+    // A subscription creates nothing; with auto-provisioning on, a tenant's first subscriber may
+    // come before its first write (that is how a test waits for its own events).
+    const { config, tenants } = ctx.services;
+    if (!config.tenantAutoProvision) await tenants.ensure(tenant, false);
+    ctx.log.debug({ tenant, field, requestId: ctx.requestId }, 'subscription opened');
+    return start(tenant, checked);
+  } catch (err) {
+    if (SUBSCRIPTION_ERRORS.some((E) => err instanceof E)) return single(err as SubscriptionError);
+    throw err;
+  }
+}
+
+function checkCorrelationId(id: string | null | undefined): string | null {
+  if (id === undefined || id === null) return null;
+  if (id.length === 0 || id.length > LIMITS.correlationId) {
+    throw ValidationError.single(
+      'filter.correlationId',
+      `between 1 and ${LIMITS.correlationId} characters`,
+    );
+  }
+  return id;
+}
+
+builder.subscriptionField('flushCompleted', (t) =>
+  t.field({
+    type: FlushCompletedMessageUnion,
+    description:
+      'One message per batch settled on any instance (with a filter: per batch holding that ' +
+      'correlation id, with only its counts). First message: SubscriptionReady.',
+    args: { filter: t.arg({ type: FlushCompletedFilter }) },
+    subscribe: (_root, args, ctx) =>
+      open(
+        ctx,
+        'flushCompleted',
+        () => checkCorrelationId(args.filter?.correlationId),
+        (tenant, correlationId) =>
+          ctx.services.realtime.subscribe(tenant, 'flushCompleted', (m) => {
+            if (correlationId === null) return [m];
+            const mine = m.correlations.find((c) => c.correlationId === correlationId);
+            return mine ? [{ ...m, correlations: [mine] }] : [];
+          }),
+      ),
+    resolve: resolveMessage,
+  }),
+);
+
+builder.subscriptionField('deadLetterEvents', (t) =>
+  t.field({
+    type: DeadLetterEventMessageUnion,
+    description:
+      'Every step of every dead letter of the tenant, on any instance. First message: SubscriptionReady.',
+    subscribe: (_root, _args, ctx) =>
+      open(
+        ctx,
+        'deadLetterEvents',
+        () => null,
+        (tenant) => ctx.services.realtime.subscribe(tenant, 'deadLetterEvents', (m) => [m]),
+      ),
+    resolve: resolveMessage,
+  }),
+);
+
+/** A stored event in the shape `AuditEvent` resolves from (a row). */
+function eventRow(e: StoredEventMessage, batchId: string): AuditEventRow {
+  const { dataJson, ...record } = storedEventRecord(e);
+  return {
+    ...record,
+    data: dataJson === null ? null : (JSON.parse(dataJson) as Record<string, unknown>),
+    batchId,
+  };
+}
+
+builder.subscriptionField('auditEventsAdded', (t) =>
+  t.field({
+    type: AuditEventsAddedMessageUnion,
+    description:
+      'Live tail: each event matching the filter, once it is committed (STORED; duplicates are ' +
+      'not repeated), in commit order, from any instance. First message: SubscriptionReady. ' +
+      'After a reconnect, re-query auditEvents from your last position, then rely on the tail.',
+    args: { filter: t.arg({ type: AuditEventFilterInput }) },
+    subscribe: (_root, args, ctx) =>
+      open(
+        ctx,
+        'auditEventsAdded',
+        () => validateFilter(args.filter as AuditEventFilter | null),
+        (tenant, filter) =>
+          ctx.services.realtime.subscribe(tenant, 'auditEventsAdded', (m) =>
+            m.events
+              .filter((e) => matchesFilter(storedEventRecord(e), filter))
+              .map((e) => eventRow(e, m.batchId)),
+          ),
+      ),
+    resolve: resolveMessage,
+  }),
+);

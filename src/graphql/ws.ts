@@ -1,0 +1,257 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, Server } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { DocumentNode, ExecutionArgs, GraphQLError } from 'graphql';
+import type { Context } from 'graphql-ws';
+import { type Extra, useServer } from 'graphql-ws/use/ws';
+import { createGraphQLError, type YogaServerInstance } from 'graphql-yoga';
+import { type WebSocket, WebSocketServer } from 'ws';
+import { tenantIdProblem } from '../domain/tenant.js';
+import type { Logger } from '../logger.js';
+import type { GraphQLContext } from './context.js';
+import { type RequestScope, requestScope, type ServerContext } from './yoga.js';
+
+/** Close code for a refused connection_init (graphql-ws' own "Forbidden"). */
+const FORBIDDEN = 4403;
+
+export interface WebSocketOptions {
+  /** The GraphQL path; upgrades anywhere else are answered 404. */
+  path: string;
+  /** Operations one connection may have open at once (MAX_SUBSCRIPTIONS_PER_CONNECTION). */
+  maxOperationsPerConnection: number;
+  log: Logger;
+}
+
+export interface WebSocketTransport {
+  /** Connections open now. */
+  readonly connections: number;
+  /**
+   * Refuses new connections, waits (at most `graceMs`) for the operations still open to send
+   * their last messages — call it after the subscriptions were ended — then closes every
+   * connection with 1001 and terminates those that do not close within `graceMs`.
+   */
+  close(graceMs?: number): Promise<void>;
+}
+
+interface ConnectionState {
+  id: string;
+  tenant: string | null;
+  openedAt: number;
+  operations: number;
+}
+
+/** The envelop entry points carried to execute/subscribe through `rootValue` (yoga's ws example). */
+interface EnvelopedRoot {
+  execute: (args: ExecutionArgs) => unknown;
+  subscribe: (args: ExecutionArgs) => unknown;
+  scope: RequestScope;
+}
+
+/**
+ * graphql-ws (`graphql-transport-ws`) on the HTTP server's own port and path. Operations run
+ * through yoga's envelop (same schema, plugins, error masking and context as HTTP). In
+ * AUTH_MODE=dev the tenant is the `tenantId` of the connection_init payload, checked with the
+ * rules of the header and fixed for the connection's life; a missing or invalid one closes the
+ * connection with 4403 and a reason that says why.
+ */
+export function attachWebSocket(
+  server: Server,
+  yoga: YogaServerInstance<ServerContext, GraphQLContext>,
+  opts: WebSocketOptions,
+): WebSocketTransport {
+  const { log } = opts;
+  const wss = new WebSocketServer({ noServer: true });
+  const states = new WeakMap<WebSocket, ConnectionState>();
+  const open = new Set<Context<Record<string, unknown> | undefined, Extra>>();
+  let closing: Promise<void> | undefined;
+
+  const stateOf = (socket: WebSocket): ConnectionState => {
+    let s = states.get(socket);
+    if (!s) {
+      s = { id: randomUUID(), tenant: null, openedAt: Date.now(), operations: 0 };
+      states.set(socket, s);
+    }
+    return s;
+  };
+
+  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path !== opts.path) return refuseUpgrade(socket, 404, 'Not Found');
+    if (closing) return refuseUpgrade(socket, 503, 'Service Unavailable');
+    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
+  };
+  server.on('upgrade', onUpgrade);
+
+  const disposable = useServer<Record<string, unknown> | undefined>(
+    {
+      // Our callbacks never throw (a throw would close the socket with the error's text).
+      isProd: true,
+      execute: (args) => run(args, 'execute'),
+      subscribe: (args) => run(args, 'subscribe'),
+      onConnect(ctx) {
+        const socket = ctx.extra.socket;
+        const state = stateOf(socket);
+        const claim = ctx.connectionParams?.tenantId;
+        const problem =
+          typeof claim !== 'string' || claim === ''
+            ? 'the connection_init payload must carry tenantId (AUTH_MODE=dev)'
+            : tenantIdProblem(claim) && `tenantId ${tenantIdProblem(claim)}`;
+        if (problem) {
+          log.info({ connection: state.id, reason: problem }, 'websocket refused');
+          // Closing first makes this the close reason the client sees (graphql-ws' own
+          // "Forbidden" that follows is ignored by an already closing socket).
+          socket.close(FORBIDDEN, `Forbidden: ${problem}`.slice(0, 123));
+          return false;
+        }
+        state.tenant = claim as string;
+        open.add(ctx);
+        log.info({ connection: state.id, tenant: state.tenant }, 'websocket connected');
+        return { tenantId: state.tenant };
+      },
+      async onSubscribe(ctx, id, payload) {
+        const state = stateOf(ctx.extra.socket);
+        // graphql-ws registers the operation before calling us, so this one is counted.
+        if (Object.keys(ctx.subscriptions).length > opts.maxOperationsPerConnection) {
+          return [
+            // graphql-ws tells errors from other values with `instanceof GraphQLError`: build them
+            // with the graphql instance the libraries resolve (tests may load a second copy).
+            createGraphQLError(
+              `at most ${opts.maxOperationsPerConnection} operations may be open at once on one ` +
+                'connection (MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one or open another connection',
+              { extensions: { code: 'TOO_MANY_SUBSCRIPTIONS' } },
+            ),
+          ];
+        }
+        const requestId = randomUUID();
+        const enveloped = yoga.getEnveloped({
+          req: ctx.extra.request,
+          connectionTenant: state.tenant ?? '',
+          requestId,
+          params: payload,
+        });
+        let document: DocumentNode;
+        try {
+          document = enveloped.parse(payload.query);
+        } catch (err) {
+          return [
+            err instanceof Error && err.name === 'GraphQLError'
+              ? (err as GraphQLError)
+              : createGraphQLError('the query could not be parsed'),
+          ];
+        }
+        const errors = enveloped.validate(enveloped.schema, document);
+        if (errors.length > 0) return errors;
+        const root: EnvelopedRoot = {
+          execute: enveloped.execute as EnvelopedRoot['execute'],
+          subscribe: enveloped.subscribe as EnvelopedRoot['subscribe'],
+          scope: { requestId },
+        };
+        state.operations++;
+        log.debug(
+          { connection: state.id, operation: id, requestId, operationName: payload.operationName },
+          'websocket operation started',
+        );
+        return {
+          schema: enveloped.schema,
+          document,
+          operationName: payload.operationName,
+          variableValues: payload.variables,
+          contextValue: await enveloped.contextFactory(),
+          rootValue: root,
+        };
+      },
+      onComplete(ctx, id) {
+        log.debug(
+          { connection: stateOf(ctx.extra.socket).id, operation: id },
+          'websocket operation completed',
+        );
+      },
+      onClose(ctx, code, reason) {
+        open.delete(ctx);
+        const state = stateOf(ctx.extra.socket);
+        if (state.tenant === null) return; // refused (logged) or never initialised
+        log.info(
+          {
+            connection: state.id,
+            tenant: state.tenant,
+            code,
+            reason: reason || undefined,
+            operations: state.operations,
+            durationMs: Date.now() - state.openedAt,
+          },
+          'websocket closed',
+        );
+      },
+    },
+    wss,
+  );
+
+  /** Operations still open on every acknowledged connection. */
+  const openOperations = () => {
+    let n = 0;
+    for (const ctx of open) n += Object.keys(ctx.subscriptions).length;
+    return n;
+  };
+
+  return {
+    get connections() {
+      return wss.clients.size;
+    },
+    close(graceMs = 2_000) {
+      closing ??= (async () => {
+        const deadline = Date.now() + graceMs;
+        // Completed operations send their last message and `complete`, then leave the map.
+        while (openOperations() > 0 && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        const left = openOperations();
+        if (left > 0) log.warn({ operations: left }, 'websocket operations still open at shutdown');
+        for (const socket of wss.clients) socket.close(1001, 'server shutting down');
+        const terminate = setTimeout(
+          () => {
+            for (const socket of wss.clients) socket.terminate();
+          },
+          Math.max(100, deadline - Date.now()),
+        );
+        try {
+          await disposable.dispose();
+        } finally {
+          clearTimeout(terminate);
+          server.off('upgrade', onUpgrade);
+        }
+      })();
+      return closing;
+    },
+  };
+}
+
+/** Runs an operation inside its request scope (so masked errors are logged with its id). */
+async function run(args: ExecutionArgs, kind: 'execute' | 'subscribe'): Promise<never> {
+  const root = args.rootValue as EnvelopedRoot;
+  const result = await requestScope.run(root.scope, () => root[kind](args));
+  return (isAsyncIterable(result) ? bindScope(result, root.scope) : result) as never;
+}
+
+function isAsyncIterable(v: unknown): v is AsyncIterable<unknown> {
+  return typeof Object(v)[Symbol.asyncIterator] === 'function';
+}
+
+/** The stream with each step run inside `scope` (its events are executed lazily, per step). */
+function bindScope<T>(iterable: AsyncIterable<T>, scope: RequestScope): AsyncIterableIterator<T> {
+  const it = iterable[Symbol.asyncIterator]();
+  return {
+    next: () => requestScope.run(scope, () => it.next()),
+    return: (value?: unknown) =>
+      it.return
+        ? requestScope.run(scope, () => it.return!(value))
+        : Promise.resolve({ value: undefined, done: true }),
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+  };
+}
+
+function refuseUpgrade(socket: Duplex, status: number, text: string): void {
+  socket.once('finish', () => socket.destroy());
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+}

@@ -1,0 +1,297 @@
+import type { Redis } from 'ioredis';
+import type { TenantId } from '../domain/tenant.js';
+import type { Logger } from '../logger.js';
+import type { RedisKeys } from '../realtime/redis.js';
+import {
+  type DeadLetter,
+  type DeadLetterDepth,
+  type DeadLetterListOptions,
+  type DeadLetterStore,
+  parseDeadLetter,
+  serialiseDeadLetter,
+} from './dead-letter-queue.js';
+
+const GROUP = 'retry';
+
+type StreamReply = [key: string, messages: [id: string, fields: string[]][]][] | null;
+
+interface Held {
+  tenant: TenantId;
+  streamId: string;
+  dl: DeadLetter;
+  busy: boolean;
+}
+
+/**
+ * Dead letters in Redis. ACTIVE dead letters are messages of a per-tenant stream read by the
+ * consumer group `retry`, so several instances share the replay work and none does it twice; a
+ * message stays pending (claimed) while its next attempt is not yet due, its claim refreshed,
+ * and one abandoned by a dead instance is taken over with XAUTOCLAIM after the lease. PARKED
+ * dead letters sit in a per-tenant hash. Nothing is ever trimmed: a change removes a message
+ * only in the same MULTI that writes its successor. Depth counters change in those MULTIs too.
+ */
+export class RedisDeadLetterStore implements DeadLetterStore {
+  readonly kind = 'redis' as const;
+  /** Messages this instance holds, by dead letter id. */
+  private readonly held = new Map<string, Held>();
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: RedisKeys,
+    private readonly consumer: string,
+    private readonly log: Logger,
+    private readonly leaseMs = 60_000,
+  ) {}
+
+  private stream(tenant: string) {
+    return this.keys.key('dlq', tenant);
+  }
+  private parkedKey(tenant: string) {
+    return this.keys.key('dlq', tenant, 'parked');
+  }
+  private indexKey(tenant: string) {
+    return this.keys.key('dlq', tenant, 'index');
+  }
+  private get tenantsKey() {
+    return this.keys.key('dlq', 'tenants');
+  }
+  private get depthKey() {
+    return this.keys.key('dlq', 'depth');
+  }
+
+  async start(): Promise<void> {
+    await this.redis.connect().catch((err: Error) => {
+      // Already connecting or connected is fine; a real outage shows in healthy().
+      if (!/already/i.test(err.message))
+        this.log.warn({ err: err.message }, 'redis connect failed');
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.held.clear();
+  }
+
+  async healthy(): Promise<boolean> {
+    try {
+      return (await this.redis.ping()) === 'PONG';
+    } catch {
+      return false;
+    }
+  }
+
+  private async ensureGroup(tenant: string): Promise<void> {
+    try {
+      await this.redis.xgroup('CREATE', this.stream(tenant), GROUP, '0', 'MKSTREAM');
+    } catch (err) {
+      if (!String((err as Error).message).includes('BUSYGROUP')) throw err;
+    }
+  }
+
+  async add(dl: DeadLetter): Promise<void> {
+    await this.ensureGroup(dl.tenant);
+    const n = dl.records.length;
+    const res = await this.redis
+      .multi()
+      .sadd(this.tenantsKey, dl.tenant)
+      .xadd(this.stream(dl.tenant), '*', 'dl', serialiseDeadLetter(dl))
+      .hincrby(this.depthKey, 'entries', 1)
+      .hincrby(this.depthKey, 'events', n)
+      .exec();
+    const streamId = res?.[1]?.[1] as string | undefined;
+    if (!streamId) throw new Error('redis did not store the dead letter');
+    await this.redis.hset(this.indexKey(dl.tenant), dl.id, streamId);
+  }
+
+  async get(tenant: TenantId, id: string): Promise<DeadLetter | null> {
+    const parked = await this.redis.hget(this.parkedKey(tenant), id);
+    if (parked) return parseDeadLetter(parked);
+    const streamId = await this.redis.hget(this.indexKey(tenant), id);
+    if (!streamId) return null;
+    const msgs = await this.redis.xrange(this.stream(tenant), streamId, streamId);
+    const text = msgs[0]?.[1]?.[1];
+    return text ? parseDeadLetter(text) : null;
+  }
+
+  async list(tenant: TenantId, opts: DeadLetterListOptions = {}): Promise<DeadLetter[]> {
+    const out: DeadLetter[] = [];
+    if (opts.state !== 'PARKED') {
+      for (const [, fields] of await this.redis.xrange(this.stream(tenant), '-', '+')) {
+        if (fields[1]) out.push(parseDeadLetter(fields[1]));
+      }
+    }
+    if (opts.state !== 'ACTIVE') {
+      for (const text of Object.values(await this.redis.hgetall(this.parkedKey(tenant)))) {
+        out.push(parseDeadLetter(text));
+      }
+    }
+    return out
+      .filter((d) => !opts.errorCode || d.errorCode === opts.errorCode)
+      .sort(
+        (a, b) => a.firstFailedAt.getTime() - b.firstFailedAt.getTime() || (a.id < b.id ? -1 : 1),
+      );
+  }
+
+  async claimDue(limit: number): Promise<DeadLetter[]> {
+    const tenants = (await this.redis.smembers(this.tenantsKey)) as TenantId[];
+    for (const tenant of tenants) {
+      const key = this.stream(tenant);
+      await this.ensureGroup(tenant);
+      const fresh = (await this.redis.xreadgroup(
+        'GROUP',
+        GROUP,
+        this.consumer,
+        'COUNT',
+        100,
+        'STREAMS',
+        key,
+        '>',
+      )) as StreamReply;
+      for (const [, messages] of fresh ?? []) this.hold(tenant, messages);
+      // Messages claimed by an instance that stopped refreshing them (it died) come back here.
+      const reclaimed = (await this.redis.xautoclaim(
+        key,
+        GROUP,
+        this.consumer,
+        this.leaseMs,
+        '0-0',
+        'COUNT',
+        100,
+      )) as [string, [string, string[]][]];
+      this.hold(tenant, reclaimed[1] ?? []);
+    }
+    await this.refreshClaims();
+    const now = Date.now();
+    const due: DeadLetter[] = [];
+    for (const h of this.held.values()) {
+      if (due.length >= limit) break;
+      if (h.busy || h.dl.state !== 'ACTIVE') continue;
+      if ((h.dl.nextAttemptAt?.getTime() ?? 0) <= now) {
+        h.busy = true;
+        due.push(h.dl);
+      }
+    }
+    return due;
+  }
+
+  private hold(tenant: TenantId, messages: [string, string[]][]): void {
+    for (const [streamId, fields] of messages) {
+      const text = fields?.[1];
+      if (!text) continue; // deleted while pending
+      const dl = parseDeadLetter(text);
+      if (!this.held.has(dl.id)) this.held.set(dl.id, { tenant, streamId, dl, busy: false });
+    }
+  }
+
+  /** Resets the idle time of every held message, so no other instance takes them over. */
+  private async refreshClaims(): Promise<void> {
+    const byTenant = new Map<string, string[]>();
+    for (const h of this.held.values()) {
+      const ids = byTenant.get(h.tenant) ?? [];
+      ids.push(h.streamId);
+      byTenant.set(h.tenant, ids);
+    }
+    for (const [tenant, ids] of byTenant) {
+      await this.redis.xclaim(this.stream(tenant), GROUP, this.consumer, 0, ...ids, 'JUSTID');
+    }
+  }
+
+  private takeHeld(dl: DeadLetter, previousId = dl.id): Held {
+    const h = this.held.get(previousId);
+    if (!h) throw new Error(`dead letter ${previousId} is not claimed by this instance`);
+    this.held.delete(previousId);
+    return h;
+  }
+
+  async complete(dl: DeadLetter): Promise<void> {
+    const h = this.takeHeld(dl);
+    await this.redis
+      .multi()
+      .xack(this.stream(h.tenant), GROUP, h.streamId)
+      .xdel(this.stream(h.tenant), h.streamId)
+      .hdel(this.indexKey(h.tenant), dl.id)
+      .hincrby(this.depthKey, 'entries', -1)
+      .hincrby(this.depthKey, 'events', -h.dl.records.length)
+      .exec();
+  }
+
+  /**
+   * Stores the new state of a claimed dead letter. `previousId` names the claimed one when the
+   * dead letter got a new id (its good rows were stored and only the bad ones remain).
+   */
+  async reschedule(dl: DeadLetter, previousId = dl.id): Promise<void> {
+    const h = this.takeHeld(dl, previousId);
+    const key = this.stream(h.tenant);
+    const m = this.redis
+      .multi()
+      .xack(key, GROUP, h.streamId)
+      .xdel(key, h.streamId)
+      .hdel(this.indexKey(h.tenant), previousId)
+      .hincrby(this.depthKey, 'entries', -1)
+      .hincrby(this.depthKey, 'events', -h.dl.records.length);
+    if (dl.state === 'PARKED') {
+      m.hset(this.parkedKey(h.tenant), dl.id, serialiseDeadLetter(dl))
+        .hincrby(this.depthKey, 'parkedEntries', 1)
+        .hincrby(this.depthKey, 'parkedEvents', dl.records.length);
+    } else {
+      m.xadd(key, '*', 'dl', serialiseDeadLetter(dl))
+        .hincrby(this.depthKey, 'entries', 1)
+        .hincrby(this.depthKey, 'events', dl.records.length);
+    }
+    const res = await m.exec();
+    if (dl.state === 'ACTIVE') {
+      const streamId = res?.at(-3)?.[1] as string | undefined;
+      if (streamId) await this.redis.hset(this.indexKey(h.tenant), dl.id, streamId);
+    }
+  }
+
+  async replay(tenant: TenantId, id: string): Promise<DeadLetter | null> {
+    const text = await this.redis.hget(this.parkedKey(tenant), id);
+    if (!text) return null;
+    const parked = parseDeadLetter(text);
+    const dl: DeadLetter = { ...parked, state: 'ACTIVE', replays: 0, nextAttemptAt: new Date() };
+    await this.ensureGroup(tenant);
+    const res = await this.redis
+      .multi()
+      .hdel(this.parkedKey(tenant), id)
+      .xadd(this.stream(tenant), '*', 'dl', serialiseDeadLetter(dl))
+      .hincrby(this.depthKey, 'parkedEntries', -1)
+      .hincrby(this.depthKey, 'parkedEvents', -dl.records.length)
+      .hincrby(this.depthKey, 'entries', 1)
+      .hincrby(this.depthKey, 'events', dl.records.length)
+      .exec();
+    const streamId = res?.[1]?.[1] as string | undefined;
+    if (streamId) await this.redis.hset(this.indexKey(tenant), id, streamId);
+    return dl;
+  }
+
+  async discard(tenant: TenantId, id: string): Promise<DeadLetter | null> {
+    const text = await this.redis.hget(this.parkedKey(tenant), id);
+    if (!text) return null;
+    const dl = parseDeadLetter(text);
+    const res = await this.redis
+      .multi()
+      .hdel(this.parkedKey(tenant), id)
+      .hincrby(this.depthKey, 'parkedEntries', -1)
+      .hincrby(this.depthKey, 'parkedEvents', -dl.records.length)
+      .exec();
+    return res?.[0]?.[1] === 1 ? dl : null;
+  }
+
+  async depth(): Promise<DeadLetterDepth> {
+    const d = await this.redis.hgetall(this.depthKey);
+    const num = (k: string) => Number(d[k] ?? 0);
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const tenant of await this.redis.smembers(this.tenantsKey)) {
+      const first = await this.redis.xrange(this.stream(tenant), '-', '+', 'COUNT', 1);
+      const id = first[0]?.[0];
+      if (id) oldest = Math.min(oldest, Number(id.split('-')[0]));
+    }
+    return {
+      entries: num('entries') + num('parkedEntries'),
+      events: num('events') + num('parkedEvents'),
+      parkedEntries: num('parkedEntries'),
+      parkedEvents: num('parkedEvents'),
+      oldestAgeMs: Number.isFinite(oldest) ? Math.max(0, Date.now() - oldest) : 0,
+    };
+  }
+}

@@ -1,0 +1,330 @@
+import type { Redis } from 'ioredis';
+import type { Config } from '../config.js';
+import type { TenantId } from '../domain/tenant.js';
+import type { Logger } from '../logger.js';
+import {
+  LiveSubscription,
+  SubscriptionInterruptedError,
+  SubscriptionReady,
+} from './live-subscription.js';
+import { createRedis, RedisKeys } from './redis.js';
+import type { Topic, TopicMessages } from './topics.js';
+
+/** Undelivered messages one subscriber may have queued before it is interrupted (SLOW_CONSUMER). */
+export const MAX_QUEUED_PER_SUBSCRIPTION = 10_000;
+
+/** Longest wait for Redis to confirm a SUBSCRIBE before the subscription is refused. */
+const REGISTER_TIMEOUT_MS = 5_000;
+
+/**
+ * Tenant-scoped pub/sub. With `REDIS_URL` every message goes through Redis, so subscribers on
+ * every instance (this one included) receive what any instance publishes; without it, delivery
+ * is in-process. Each instance publishes only what it settled itself.
+ */
+export interface RealtimeBus {
+  readonly mode: 'redis' | 'in-process';
+  start(): Promise<void>;
+  /** Fire and forget: a failure is logged; the events themselves are safe in the database. */
+  publish<K extends Topic>(tenant: TenantId, topic: K, message: TopicMessages[K]): void;
+  /**
+   * A subscriber's stream. Its first item is a SubscriptionReady, queued once the subscription is
+   * registered (with Redis: SUBSCRIBE confirmed), so every message published after the client
+   * saw it is delivered. `map` turns one message into the items to deliver (zero or more).
+   */
+  subscribe<K extends Topic, Out>(
+    tenant: TenantId,
+    topic: K,
+    map: (message: TopicMessages[K]) => Iterable<Out>,
+  ): LiveSubscription<Out>;
+  /** Open subscriptions on this instance. */
+  readonly size: number;
+  /**
+   * Delivers what this instance published so far to its own subscribers (with Redis: waits for
+   * the publishes, then for a round trip on the subscriber connection, which Redis answers after
+   * the messages it already pushed), then ends every subscription with SHUTTING_DOWN and closes
+   * the Redis connections. Idempotent.
+   */
+  stop(deadlineMs?: number): Promise<void>;
+}
+
+type Listener = (message: unknown) => void;
+
+/** Builds the bus for this configuration; nothing connects until `start()`. */
+export function createRealtimeBus(
+  config: Pick<Config, 'redisUrl' | 'redisKeyPrefix'>,
+  opts: { instanceId: string; log: Logger },
+): RealtimeBus {
+  return config.redisUrl
+    ? new RedisBus(config.redisUrl, new RedisKeys(config.redisKeyPrefix), opts.instanceId, opts.log)
+    : new InProcessBus(opts.instanceId, opts.log);
+}
+
+abstract class BaseBus {
+  protected readonly live = new Set<LiveSubscription<unknown>>();
+  protected stopping = false;
+
+  constructor(
+    protected readonly instanceId: string,
+    protected readonly log: Logger,
+  ) {}
+
+  get size(): number {
+    return this.live.size;
+  }
+
+  subscribe<K extends Topic, Out>(
+    tenant: TenantId,
+    topic: K,
+    map: (message: TopicMessages[K]) => Iterable<Out>,
+  ): LiveSubscription<Out> {
+    const sub = new LiveSubscription<Out>(MAX_QUEUED_PER_SUBSCRIPTION);
+    if (this.stopping) {
+      sub.interrupt(new SubscriptionInterruptedError('SHUTTING_DOWN'));
+      return sub;
+    }
+    const listener: Listener = (message) => {
+      try {
+        for (const item of map(message as TopicMessages[K])) sub.push(item);
+      } catch (err) {
+        this.log.error({ err, tenant, topic }, 'subscription message mapping failed');
+      }
+    };
+    this.live.add(sub as LiveSubscription<unknown>);
+    const registered = this.register(this.channel(tenant, topic), listener);
+    sub.onEnd(() => {
+      this.live.delete(sub as LiveSubscription<unknown>);
+      registered.unregister();
+    });
+    registered.ready.then(
+      () => sub.ready(new SubscriptionReady(this.instanceId, new Date())),
+      (err: unknown) => {
+        this.log.warn({ err: errorMessage(err), tenant, topic }, 'subscription not registered');
+        sub.interrupt(new SubscriptionInterruptedError('FANOUT_UNAVAILABLE', errorMessage(err)));
+      },
+    );
+    return sub;
+  }
+
+  protected interruptAll(error: () => SubscriptionInterruptedError): void {
+    for (const sub of [...this.live]) sub.interrupt(error());
+  }
+
+  protected abstract channel(tenant: TenantId, topic: Topic): string;
+  protected abstract register(
+    channel: string,
+    listener: Listener,
+  ): { ready: Promise<void>; unregister(): void };
+}
+
+/** One process: delivery is a synchronous call into each subscriber's queue. */
+class InProcessBus extends BaseBus implements RealtimeBus {
+  readonly mode = 'in-process' as const;
+  private readonly channels = new Map<string, Set<Listener>>();
+
+  async start(): Promise<void> {}
+
+  publish<K extends Topic>(tenant: TenantId, topic: K, message: TopicMessages[K]): void {
+    const listeners = this.channels.get(this.channel(tenant, topic));
+    if (listeners) for (const l of [...listeners]) l(message);
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.interruptAll(() => new SubscriptionInterruptedError('SHUTTING_DOWN'));
+  }
+
+  protected channel(tenant: TenantId, topic: Topic): string {
+    return `${tenant}:${topic}`;
+  }
+
+  protected register(channel: string, listener: Listener) {
+    let listeners = this.channels.get(channel);
+    if (!listeners) {
+      listeners = new Set();
+      this.channels.set(channel, listeners);
+    }
+    listeners.add(listener);
+    return {
+      ready: Promise.resolve(),
+      unregister: () => {
+        listeners.delete(listener);
+        if (listeners.size === 0 && this.channels.get(channel) === listeners) {
+          this.channels.delete(channel);
+        }
+      },
+    };
+  }
+}
+
+interface RedisChannel {
+  listeners: Set<Listener>;
+  /** Settles when Redis confirmed the SUBSCRIBE (shared by everyone who joined meanwhile). */
+  subscribed: Promise<void>;
+}
+
+/**
+ * Redis pub/sub: one publisher and one subscriber connection per instance; one Redis channel per
+ * tenant and topic (`<prefix>realtime:<tenant>:<topic>`), subscribed while this instance has a
+ * local subscriber for it. Pub/sub keeps no history and ignores the DB index (hence the prefix):
+ * when the subscriber connection drops, every open subscription is interrupted (FANOUT_LOST)
+ * rather than left to miss messages silently.
+ */
+class RedisBus extends BaseBus implements RealtimeBus {
+  readonly mode = 'redis' as const;
+  private readonly pub: Redis;
+  private readonly sub: Redis;
+  private readonly channels = new Map<string, RedisChannel>();
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private publishFailing = false;
+  private stopped: Promise<void> | undefined;
+
+  constructor(
+    url: string,
+    private readonly keys: RedisKeys,
+    instanceId: string,
+    log: Logger,
+  ) {
+    super(instanceId, log);
+    this.pub = createRedis(url, `auditgraph-pub-${instanceId}`, log);
+    this.sub = createRedis(url, `auditgraph-sub-${instanceId}`, log);
+    this.sub.on('message', (channel: string, text: string) => this.dispatch(channel, text));
+    this.sub.on('close', () => {
+      if (this.stopping || this.live.size === 0) return;
+      this.log.warn(
+        { subscriptions: this.live.size },
+        'realtime fan-out lost; ending subscriptions',
+      );
+      this.interruptAll(() => new SubscriptionInterruptedError('FANOUT_LOST'));
+    });
+  }
+
+  async start(): Promise<void> {
+    const results = await Promise.allSettled([this.pub.connect(), this.sub.connect()]);
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) {
+      // Not fatal: the events are safe in the database; subscriptions are refused until Redis
+      // answers again (ioredis keeps reconnecting).
+      this.log.warn(
+        { err: errorMessage(failed.reason) },
+        'redis unavailable at start: realtime fan-out will resume when it answers',
+      );
+    } else {
+      this.log.info({ prefix: this.keys.prefix }, 'realtime fan-out through redis pub/sub');
+    }
+  }
+
+  publish<K extends Topic>(tenant: TenantId, topic: K, message: TopicMessages[K]): void {
+    if (this.stopped) return;
+    const channel = this.channel(tenant, topic);
+    const p = this.pub.publish(channel, JSON.stringify(message)).then(
+      () => {
+        if (this.publishFailing) this.log.info('realtime publish works again');
+        this.publishFailing = false;
+      },
+      (err: unknown) => {
+        if (!this.publishFailing) {
+          this.log.warn(
+            { err: errorMessage(err), tenant, topic },
+            'realtime publish failed; subscribers miss this message (the events are not affected)',
+          );
+        }
+        this.publishFailing = true;
+      },
+    );
+    this.inFlight.add(p);
+    void p.finally(() => this.inFlight.delete(p));
+  }
+
+  stop(deadlineMs = 2_000): Promise<void> {
+    this.stopped ??= (async () => {
+      const deadline = Date.now() + deadlineMs;
+      try {
+        await withDeadline(Promise.allSettled([...this.inFlight]), deadline);
+        // Redis answers this PING after every message it already pushed to this connection.
+        if (this.channels.size > 0 && this.sub.status === 'ready') {
+          await withDeadline(this.sub.ping(), deadline);
+        }
+      } catch (err) {
+        this.log.warn({ err: errorMessage(err) }, 'realtime drain at shutdown incomplete');
+      }
+      this.stopping = true;
+      this.interruptAll(() => new SubscriptionInterruptedError('SHUTTING_DOWN'));
+      await Promise.allSettled([quit(this.pub), quit(this.sub)]);
+    })();
+    return this.stopped;
+  }
+
+  protected channel(tenant: TenantId, topic: Topic): string {
+    return this.keys.key('realtime', tenant, topic);
+  }
+
+  protected register(channel: string, listener: Listener) {
+    let state = this.channels.get(channel);
+    if (!state) {
+      const subscribed = withDeadline(
+        this.sub.subscribe(channel),
+        Date.now() + REGISTER_TIMEOUT_MS,
+      ).then(() => undefined);
+      state = { listeners: new Set(), subscribed };
+      this.channels.set(channel, state);
+      const created = state;
+      // A failed SUBSCRIBE must not be shared with later subscribers: they try again.
+      subscribed.catch(() => {
+        if (this.channels.get(channel) === created) this.channels.delete(channel);
+      });
+    }
+    state.listeners.add(listener);
+    const joined = state;
+    return {
+      ready: joined.subscribed,
+      unregister: () => {
+        joined.listeners.delete(listener);
+        if (joined.listeners.size > 0 || this.channels.get(channel) !== joined) return;
+        this.channels.delete(channel);
+        if (this.sub.status === 'end') return;
+        this.sub.unsubscribe(channel).catch((err: unknown) => {
+          this.log.debug({ err: errorMessage(err), channel }, 'unsubscribe failed');
+        });
+      },
+    };
+  }
+
+  private dispatch(channel: string, text: string): void {
+    const state = this.channels.get(channel);
+    if (!state || state.listeners.size === 0) return;
+    let message: unknown;
+    try {
+      message = JSON.parse(text);
+    } catch (err) {
+      this.log.error({ err: errorMessage(err), channel }, 'unreadable realtime message dropped');
+      return;
+    }
+    for (const listener of [...state.listeners]) listener(message);
+  }
+}
+
+async function quit(client: Redis): Promise<void> {
+  if (client.status === 'end') return;
+  try {
+    await withDeadline(client.quit(), Date.now() + 1_000);
+  } catch {
+    client.disconnect();
+  }
+}
+
+function withDeadline<T>(p: Promise<T>, deadline: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error('timed out waiting for redis')),
+        Math.max(0, deadline - Date.now()),
+      );
+    }),
+  ]);
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

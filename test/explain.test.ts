@@ -1,0 +1,382 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createDatabase, type Database } from '../src/db/client.js';
+import { addMonths, monthStart, partitionName } from '../src/db/partitions.js';
+import type { AuditEventFilter, AuditEventOrder } from '../src/domain/filter.js';
+import type { KeysetPosition } from '../src/domain/keyset-cursor.js';
+import { createLogger } from '../src/logger.js';
+import { AuditEventReader } from '../src/query/audit-event-reader.js';
+import {
+  CREATE,
+  databaseUrl,
+  dropTenants,
+  event,
+  newTenant,
+  sqlClient,
+  startApp,
+  type TestApp,
+} from './support/harness.js';
+
+/**
+ * The page statement the service really runs (AuditEventReader.pageQuery — the same object
+ * page() awaits), EXPLAINed under default planner settings against 100,000+ rows spread over
+ * three monthly partitions (plus the near-empty current month and the empty partitions
+ * created ahead).
+ *
+ * For every AuditEventFilter shape, in both orders, without and with an `after` cursor, it pins:
+ * - an index is used, and no partition holding more than BIG_PARTITION rows is read by a
+ *   Seq Scan;
+ * - every big partition the plan reads is read through the index the shape is meant to use
+ *   (`index` per shape below); shapes without an index of their own (category, action,
+ *   outcome, severity) and the time range must read the (occurred_at, id) primary key in page
+ *   order, with no Sort — so a page costs about `limit` rows, not every matching row;
+ * - partitions are pruned: the partitions the plan touches are exactly those whose month
+ *   overlaps the time window the query allows (the time range filter and/or the plain
+ *   occurred_at bound that accompanies every keyset condition), and fewer than exist whenever
+ *   a range or a cursor is given.
+ * Two negative controls show the checks can fail: the same statement with index scans
+ * disabled is flagged, and the cursor statement without its plain occurred_at bound (a row
+ * comparison alone) touches every partition.
+ */
+
+const ROWS = 100_000;
+const BIG_PARTITION = 1000;
+
+interface PlanNode {
+  'Node Type': string;
+  'Relation Name'?: string;
+  'Index Name'?: string;
+  'Subplans Removed'?: number;
+  Filter?: string;
+  Plans?: PlanNode[];
+}
+
+/** A plain-text table (console.table colours and quotes its cells in vitest's output). */
+function formatTable(rows: Record<string, string>[]): string {
+  const cols = Object.keys(rows[0] ?? {});
+  const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => (r[c] ?? '').length)));
+  const line = (cells: string[]) => cells.map((v, i) => v.padEnd(width[i]!)).join(' | ');
+  return [
+    line(cols),
+    width.map((w) => '-'.repeat(w)).join('-+-'),
+    ...rows.map((r) => line(cols.map((c) => r[c] ?? ''))),
+  ].join('\n');
+}
+
+function flatten(node: PlanNode): PlanNode[] {
+  return [node, ...(node.Plans ?? []).flatMap(flatten)];
+}
+
+const INDEX_NODES = new Set(['Index Scan', 'Index Only Scan', 'Bitmap Index Scan']);
+
+interface Shape {
+  name: string;
+  filter: AuditEventFilter;
+  /** The index (by a fragment of its generated name) the big partitions must be read through. */
+  index: RegExp;
+  /** The index must deliver the rows in page order: no Sort node in the plan. */
+  inOrder?: boolean;
+  /** Why, when the shape is not served by an index of its own. */
+  note?: string;
+}
+
+describe('EXPLAIN of the page query over 100,000 rows in monthly partitions', () => {
+  let t: TestApp;
+  let db: Database;
+  let reader: AuditEventReader;
+  const tenant = newTenant('explain');
+  const schema = `t_${tenant}`;
+  const now = new Date();
+  // The bulk rows fill the three whole months before the current one, so every one of those
+  // partitions is big whatever today's date (on the 1st the current month would be nearly
+  // empty). The current month and the months created ahead stay (almost) empty.
+  const thisMonth = monthStart(now);
+  const firstMonth = addMonths(thisMonth, -3);
+  const middleMonth = addMonths(thisMonth, -2);
+  const lastMonth = addMonths(thisMonth, -1);
+  let partitions: string[] = [];
+  let big = new Set<string>();
+
+  beforeAll(async () => {
+    t = await startApp();
+    // Provision through the service: one event in each month creates the tenant and partitions.
+    const events = [
+      event({ occurredAt: new Date(firstMonth.getTime() + 86_400_000).toISOString() }),
+      event({ occurredAt: new Date(middleMonth.getTime() + 86_400_000).toISOString() }),
+      event({ occurredAt: new Date(lastMonth.getTime() + 86_400_000).toISOString() }),
+      event({ occurredAt: new Date(now.getTime() - 60_000).toISOString() }),
+    ];
+    const r = await t.gql(tenant, CREATE, { input: { events } });
+    expect(r.createAuditEvents.stored, JSON.stringify(r)).toBe(4);
+
+    const c = await sqlClient();
+    try {
+      const from = firstMonth.getTime();
+      const span = thisMonth.getTime() - 1 - from;
+      await c.query(
+        `insert into "${schema}".audit_events
+           (id, occurred_at, received_at, event_type, category, action, outcome, correlation_id,
+            actor_type, actor_id, actor_ip, resource_type, resource_id, resource_name, severity,
+            duration_ms, data, batch_id)
+         select gen_random_uuid(), ts, ts,
+                'type.' || (g % 40),
+                (array['auth','workflow','data','admin','billing'])[g % 5 + 1],
+                'act-' || (g % 10),
+                case when g % 10 < 7 then 'SUCCESS' when g % 10 < 9 then 'FAILURE' else 'PENDING' end,
+                'corr-' || (g % 2000),
+                (array['user','service','system'])[g % 3 + 1], 'user-' || (g % 997), '10.0.0.1',
+                (array['workflow','document','project','account'])[g % 4 + 1], 'res-' || (g % 1999),
+                'name', (array['info','notice','warning','error'])[g % 4 + 1],
+                g % 5000,
+                jsonb_build_object('seq', g, 'tag', 'tag-' || (g % 1000), 'region', 'eu'),
+                '00000000-0000-4000-8000-000000000000'
+         from generate_series(1, $3::int) g,
+              lateral (select $1::timestamptz + ((g::bigint * $2::bigint / $3::int) * interval '1 millisecond') as ts) x`,
+        [firstMonth.toISOString(), span, ROWS],
+      );
+      await c.query(`analyze "${schema}".audit_events`);
+      const { rows } = await c.query<{ name: string; tuples: number }>(
+        `select c.relname as name, c.reltuples::bigint as tuples
+         from pg_inherits i join pg_class c on c.oid = i.inhrelid
+         where i.inhparent = $1::regclass order by c.relname`,
+        [`"${schema}".audit_events`],
+      );
+      partitions = rows.map((r) => r.name);
+      big = new Set(rows.filter((r) => Number(r.tuples) > BIG_PARTITION).map((r) => r.name));
+      const [count] = (await c.query(`select count(*)::int as n from "${schema}".audit_events`))
+        .rows;
+      expect(count.n).toBeGreaterThanOrEqual(ROWS);
+    } finally {
+      await c.end();
+    }
+    expect(partitions.length).toBeGreaterThan(4);
+    expect([...big].sort()).toEqual([firstMonth, middleMonth, lastMonth].map(partitionName));
+
+    db = createDatabase(
+      { kind: 'pg', url: databaseUrl(), poolSize: 2, applicationName: 'explain-test' },
+      createLogger({ logLevel: 'silent' }),
+    );
+    reader = new AuditEventReader(db);
+  });
+
+  afterAll(async () => {
+    await db?.close();
+    await t?.stop();
+    await dropTenants(tenant);
+  });
+
+  const rangeFrom = new Date(middleMonth.getTime() + 5 * 86_400_000);
+  const rangeTo = new Date(middleMonth.getTime() + 20 * 86_400_000);
+  // Cursor positions in the middle month (and inside the time range).
+  const cursorAt = new Date(middleMonth.getTime() + 12 * 86_400_000 + 1234);
+  const cursor: KeysetPosition = {
+    occurredAt: cursorAt,
+    id: '7f000000-0000-4000-8000-000000000000',
+  };
+
+  const shapes: Shape[] = [
+    { name: 'none', filter: {}, index: /pkey/, inOrder: true },
+    { name: 'correlationId', filter: { correlationId: 'corr-42' }, index: /correlation_id/ },
+    { name: 'eventTypes (one)', filter: { eventTypes: ['type.3'] }, index: /event_type/ },
+    {
+      name: 'eventTypes (two)',
+      filter: { eventTypes: ['type.3', 'type.17'] },
+      index: /event_type|pkey/,
+      note: 'IN list: the planner may prefer (occurred_at, id) in order + filter',
+    },
+    {
+      name: 'category',
+      filter: { category: 'billing' },
+      index: /pkey/,
+      inOrder: true,
+      note: 'no index of its own: (occurred_at, id) in order + filter',
+    },
+    {
+      name: 'action',
+      filter: { action: 'act-3' },
+      index: /pkey/,
+      inOrder: true,
+      note: 'no index of its own: (occurred_at, id) in order + filter',
+    },
+    {
+      name: 'outcome',
+      filter: { outcome: 'FAILURE' },
+      index: /pkey/,
+      inOrder: true,
+      note: 'no index of its own: (occurred_at, id) in order + filter',
+    },
+    {
+      name: 'actorType+actorId',
+      filter: { actorType: 'service', actorId: 'user-42' },
+      index: /actor_type/,
+    },
+    {
+      name: 'resourceType+resourceId',
+      filter: { resourceType: 'document', resourceId: 'res-41' },
+      index: /resource_type/,
+    },
+    {
+      name: 'severity',
+      filter: { severity: 'error' },
+      index: /pkey/,
+      inOrder: true,
+      note: 'no index of its own: (occurred_at, id) in order + filter',
+    },
+    {
+      name: 'occurredAfter/Before',
+      filter: { occurredAfter: rangeFrom, occurredBefore: rangeTo },
+      index: /pkey/,
+      inOrder: true,
+    },
+    {
+      name: 'dataContains',
+      filter: { dataContains: { tag: 'tag-7' } },
+      // The planner picks by statistics: the GIN index for a rare value, the (occurred_at, id)
+      // key read in order with a filter for a common one. Both are index plans; neither sorts
+      // a whole partition.
+      index: /data|pkey/,
+      note: 'GIN on data, or (occurred_at, id) in order + filter, by selectivity',
+    },
+  ];
+
+  async function explain(sql: string, params: unknown[], settings: string[] = []) {
+    const c = await sqlClient();
+    try {
+      await c.query('begin');
+      for (const s of settings) await c.query(s);
+      const { rows } = await c.query(`explain (format json) ${sql}`, params);
+      await c.query('rollback');
+      return rows[0]['QUERY PLAN'][0].Plan as PlanNode;
+    } finally {
+      await c.end();
+    }
+  }
+
+  function pageSql(filter: AuditEventFilter, order: AuditEventOrder, after?: KeysetPosition) {
+    return reader
+      .pageQuery({ schema, filter, order, direction: 'forward', limit: 50, after })
+      .toSQL();
+  }
+
+  /** Partitions whose month overlaps [lo, hi) — what a well-pruned plan may touch. */
+  function partitionsIn(lo: Date | null, hi: Date | null): string[] {
+    return partitions.filter((name) => {
+      const m = /y(\d{4})m(\d{2})$/.exec(name)!;
+      const start = Date.UTC(Number(m[1]), Number(m[2]) - 1, 1);
+      const end = addMonths(new Date(start), 1).getTime();
+      return (lo === null || end > lo.getTime()) && (hi === null || start < hi.getTime());
+    });
+  }
+
+  function expectedPartitions(s: Shape, order: AuditEventOrder, withCursor: boolean): string[] {
+    let lo = s.filter.occurredAfter ?? null;
+    let hi = s.filter.occurredBefore ?? null;
+    if (withCursor) {
+      const justPast = new Date(cursorAt.getTime() + 1);
+      // DESC: after the cursor means older (occurred_at <= cursor); ASC: newer (>= cursor).
+      if (order === 'OCCURRED_AT_DESC') hi = hi && hi < justPast ? hi : justPast;
+      else lo = lo && lo > cursorAt ? lo : cursorAt;
+    }
+    return partitionsIn(lo, hi);
+  }
+
+  function summarise(plan: PlanNode) {
+    const all = flatten(plan);
+    const touched = [...new Set(all.flatMap((n) => n['Relation Name'] ?? []))]
+      .filter((r) => partitions.includes(r))
+      .sort();
+    const bigSeqScans = all.filter(
+      (n) => n['Node Type'] === 'Seq Scan' && big.has(n['Relation Name'] ?? ''),
+    );
+    const indexNodes = all.filter((n) => INDEX_NODES.has(n['Node Type']));
+    const removed = all.reduce((a, n) => a + (n['Subplans Removed'] ?? 0), 0);
+    return { all, touched, bigSeqScans, indexNodes, removed };
+  }
+
+  it('uses an index and prunes partitions for every filter shape, order and cursor', async () => {
+    expect(partitions).toContain(partitionName(middleMonth));
+    const table: Record<string, string>[] = [];
+    const failures: string[] = [];
+    for (const s of shapes) {
+      for (const order of ['OCCURRED_AT_DESC', 'OCCURRED_AT_ASC'] as const) {
+        for (const withCursor of [false, true]) {
+          const { sql, params } = pageSql(s.filter, order, withCursor ? cursor : undefined);
+          const plan = await explain(sql, params);
+          const sum = summarise(plan);
+          const label = `${s.name} ${order === 'OCCURRED_AT_DESC' ? 'desc' : 'asc'}${withCursor ? ' +after' : ''}`;
+          const nodeTypes = [...new Set(sum.all.map((n) => n['Node Type']))].join(', ');
+          const indexes = [
+            ...new Set(
+              sum.indexNodes.map((n) =>
+                (n['Index Name'] ?? '').replace(/^audit_events_y\d{4}m\d{2}_/, ''),
+              ),
+            ),
+          ].join(', ');
+          table.push({
+            shape: label,
+            nodes: nodeTypes,
+            indexes,
+            partitions: `${sum.touched.length}/${partitions.length}${sum.removed ? ` (${sum.removed} removed at start)` : ''}`,
+            note: s.note ?? '',
+          });
+
+          const expected = expectedPartitions(s, order, withCursor);
+          if (sum.indexNodes.length === 0) failures.push(`${label}: no index node`);
+          if (sum.bigSeqScans.length > 0)
+            failures.push(
+              `${label}: Seq Scan on ${sum.bigSeqScans.map((n) => n['Relation Name']).join(', ')}`,
+            );
+          // Every big partition the plan reads is read through the shape's index.
+          const bigTouched = sum.touched.filter((r) => big.has(r));
+          for (const rel of bigTouched) {
+            const viaIndex = sum.all.some(
+              (n) =>
+                INDEX_NODES.has(n['Node Type']) &&
+                (n['Index Name'] ?? '').startsWith(`${rel}_`) &&
+                s.index.test(n['Index Name'] ?? ''),
+            );
+            if (!viaIndex) failures.push(`${label}: ${rel} not read through ${s.index}`);
+          }
+          if (s.inOrder && sum.all.some((n) => n['Node Type'] === 'Sort')) {
+            failures.push(`${label}: sorts instead of reading the index in order`);
+          }
+          if (JSON.stringify(sum.touched) !== JSON.stringify(expected)) {
+            failures.push(
+              `${label}: touches [${sum.touched.join(', ')}], expected [${expected.join(', ')}]`,
+            );
+          }
+          if ((withCursor || s.filter.occurredAfter) && sum.touched.length >= partitions.length) {
+            failures.push(`${label}: no partition pruned`);
+          }
+        }
+      }
+    }
+    console.log(
+      `EXPLAIN of AuditEventReader.pageQuery, ${ROWS} rows, partitions: ${partitions.join(', ')}`,
+    );
+    console.log(formatTable(table));
+    expect(failures).toEqual([]);
+  });
+
+  it('flags a plan that reads a big partition sequentially (negative control)', async () => {
+    const { sql, params } = pageSql({ category: 'billing' }, 'OCCURRED_AT_DESC');
+    const plan = await explain(sql, params, [
+      'set local enable_indexscan = off',
+      'set local enable_bitmapscan = off',
+      'set local enable_indexonlyscan = off',
+    ]);
+    const sum = summarise(plan);
+    expect(sum.bigSeqScans.length).toBeGreaterThan(0);
+    expect(sum.indexNodes).toHaveLength(0);
+  });
+
+  it('prunes only thanks to the plain occurred_at bound beside the row comparison (negative control)', async () => {
+    const { sql, params } = pageSql({}, 'OCCURRED_AT_DESC', cursor);
+    const bound = /\("t_[a-z0-9_]+"\."audit_events"\."occurred_at" <= \$(\d+)\)/;
+    expect(sql).toMatch(bound);
+    const rowOnly = sql.replace(bound, (_m, n) => `($${n}::timestamptz is not null)`);
+    const pruned = summarise(await explain(sql, params));
+    const unpruned = summarise(await explain(rowOnly, params));
+    expect(pruned.touched.length).toBeLessThan(partitions.length);
+    expect(unpruned.touched).toEqual([...partitions].sort());
+  });
+});

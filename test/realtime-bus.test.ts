@@ -1,0 +1,130 @@
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterEach, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config.js';
+import type { TenantId } from '../src/domain/tenant.js';
+import { createLogger } from '../src/logger.js';
+import { LiveSubscription, SubscriptionReady } from '../src/realtime/live-subscription.js';
+import { createRealtimeBus, type RealtimeBus } from '../src/realtime/pubsub.js';
+import type { FlushCompletedMessage } from '../src/realtime/topics.js';
+import { redisEnv } from './support/realtime.js';
+
+const log = createLogger({ logLevel: 'silent' });
+const A = 'tenant_a' as TenantId;
+const B = 'tenant_b' as TenantId;
+
+function message(batchId: string): FlushCompletedMessage {
+  return {
+    batchId,
+    trigger: 'flush',
+    attempts: 1,
+    committedAt: new Date().toISOString(),
+    durationMs: 1,
+    instanceId: 'x',
+    correlations: [{ correlationId: 'c', stored: 1, duplicates: 0, deadLettered: 0 }],
+  };
+}
+
+describe('LiveSubscription', () => {
+  it('ends a next() that is waiting when the subscriber returns (no wait for a message)', async () => {
+    const sub = new LiveSubscription<number>(10);
+    const waiting = sub.next();
+    await sub.return();
+    await expect(waiting).resolves.toEqual({ value: undefined, done: true });
+  });
+
+  it('puts the ready marker first, before messages that arrived while registering', async () => {
+    const sub = new LiveSubscription<number>(10);
+    sub.push(1);
+    sub.ready(new SubscriptionReady('i', new Date()));
+    expect((await sub.next()).value).toBeInstanceOf(SubscriptionReady);
+    expect((await sub.next()).value).toBe(1);
+  });
+
+  it('interrupts a slow consumer after what was queued, never thinning the stream', async () => {
+    const sub = new LiveSubscription<number>(3);
+    let released = 0;
+    sub.onEnd(() => released++);
+    for (let i = 1; i <= 5; i++) sub.push(i);
+    const got = [];
+    for await (const v of sub) got.push(v);
+    expect(got.slice(0, 3)).toEqual([1, 2, 3]);
+    expect(got[3]).toMatchObject({ reason: 'SLOW_CONSUMER', retryable: true });
+    expect(got).toHaveLength(4);
+    expect(released).toBe(1);
+  });
+});
+
+describe.each(['in-process', 'redis'] as const)('realtime bus (%s)', (mode) => {
+  const buses: RealtimeBus[] = [];
+  const prefix = `test:${randomBytes(4).toString('hex')}:`;
+  async function bus(instanceId: string): Promise<RealtimeBus> {
+    const config = loadConfig(mode === 'redis' ? redisEnv(prefix) : {});
+    const b = createRealtimeBus(config, { instanceId, log });
+    await b.start();
+    buses.push(b);
+    return b;
+  }
+  afterEach(async () => {
+    await Promise.all(buses.splice(0).map((b) => b.stop()));
+  });
+
+  it("delivers after ready what any instance publishes, only to the topic's tenant", async () => {
+    const here = await bus('here');
+    const there = mode === 'redis' ? await bus('there') : here;
+    const subA = here.subscribe(A, 'flushCompleted', (m) => [m.batchId]);
+    const subB = here.subscribe(B, 'flushCompleted', (m) => [m.batchId]);
+    expect((await subA.next()).value).toMatchObject({ instanceId: 'here' });
+    expect((await subB.next()).value).toBeInstanceOf(SubscriptionReady);
+    there.publish(B, 'flushCompleted', message('for-b'));
+    there.publish(A, 'flushCompleted', message('for-a'));
+    expect((await subB.next()).value).toBe('for-b');
+    // Published after B's: had it leaked to A, it would be A's first message.
+    expect((await subA.next()).value).toBe('for-a');
+    expect(here.size).toBe(2);
+    await subA.return();
+    await subB.return();
+    expect(here.size).toBe(0);
+  });
+
+  it('ends every subscription with SHUTTING_DOWN on stop, after what was published', async () => {
+    const b = await bus('stopping');
+    const sub = b.subscribe(A, 'flushCompleted', (m) => [m.batchId]);
+    await sub.next();
+    b.publish(A, 'flushCompleted', message('last'));
+    await b.stop();
+    const rest = [];
+    for await (const v of sub) rest.push(v);
+    expect(rest[0]).toBe('last');
+    expect(rest[1]).toMatchObject({ reason: 'SHUTTING_DOWN' });
+    const late = b.subscribe(A, 'flushCompleted', (m) => [m.batchId]);
+    expect((await late.next()).value).toMatchObject({ reason: 'SHUTTING_DOWN' });
+  });
+
+  it.runIf(mode === 'redis')(
+    'interrupts subscriptions (FANOUT_LOST) when the subscriber connection drops',
+    async () => {
+      const instanceId = `lost-${randomBytes(3).toString('hex')}`;
+      const b = await bus(instanceId);
+      const sub = b.subscribe(A, 'flushCompleted', (m) => [m.batchId]);
+      await sub.next();
+      const admin = new Redis(redisEnv().REDIS_URL);
+      try {
+        // Only this bus's own subscriber connection, found by its name.
+        const list = (await admin.client('LIST')) as string;
+        const line = list.split('\n').find((l) => l.includes(`name=auditgraph-sub-${instanceId} `));
+        const id = /id=(\d+)/.exec(line ?? '')?.[1];
+        expect(id).toBeDefined();
+        await admin.client('KILL', 'ID', id!);
+      } finally {
+        admin.disconnect();
+      }
+      expect((await sub.next()).value).toMatchObject({ reason: 'FANOUT_LOST', retryable: true });
+      expect((await sub.next()).done).toBe(true);
+      // Once Redis answers again, new subscriptions work.
+      const again = b.subscribe(A, 'flushCompleted', (m) => [m.batchId]);
+      expect((await again.next()).value).toBeInstanceOf(SubscriptionReady);
+      await again.return();
+    },
+  );
+});

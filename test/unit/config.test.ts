@@ -1,0 +1,133 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../src/config.js';
+
+/** loadConfig's ConfigError, or a failure if it did not throw one. */
+function problemsOf(env: Record<string, string | undefined>): string[] {
+  try {
+    loadConfig(env);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as ConfigError).problems;
+  }
+  throw new Error('loadConfig accepted an invalid environment');
+}
+
+const PG = 'postgres://root@127.0.0.1:5432/auditgraph';
+
+describe('loadConfig', () => {
+  it('reports every bad variable at once, each by name', () => {
+    const problems = problemsOf({
+      PORT: 'eighty',
+      DATABASE_POOL_SIZE: '0',
+      LOG_LEVEL: 'loud',
+      CURSOR_SECRET: 'too-short',
+      TENANT_AUTO_PROVISION: 'maybe',
+      REDIS_URL: 'http://127.0.0.1:6379',
+      MAX_EVENTS_PER_CALL: '1.5',
+    });
+    const named = problems.map((p) => p.split(':')[0]);
+    expect(named).toEqual(
+      expect.arrayContaining([
+        'PORT',
+        'DATABASE_POOL_SIZE',
+        'LOG_LEVEL',
+        'CURSOR_SECRET',
+        'TENANT_AUTO_PROVISION',
+        'REDIS_URL',
+        'MAX_EVENTS_PER_CALL',
+      ]),
+    );
+    expect(problems).toHaveLength(7);
+  });
+
+  it('names all bad variables in the error message too', () => {
+    try {
+      loadConfig({ PORT: '70000', BATCH_SIZE: '-1' });
+      expect.unreachable('loadConfig accepted PORT=70000');
+    } catch (err) {
+      expect((err as Error).message).toMatch(/PORT/);
+      expect((err as Error).message).toMatch(/BATCH_SIZE/);
+    }
+  });
+
+  it('rejects a DATABASE_URL that is not postgres:// or postgresql://', () => {
+    expect(problemsOf({ DATABASE_URL: 'mysql://root@127.0.0.1/db', AUTH_MODE: 'dev' })).toEqual([
+      expect.stringMatching(/^DATABASE_URL:/),
+    ]);
+    expect(
+      loadConfig({ DATABASE_URL: 'postgresql://root@127.0.0.1/db', AUTH_MODE: 'dev' }).database,
+    ).toMatchObject({ kind: 'pg', url: 'postgresql://root@127.0.0.1/db' });
+  });
+
+  it('rejects an AUTH_MODE it does not implement', () => {
+    expect(problemsOf({ AUTH_MODE: 'none' })).toEqual([expect.stringMatching(/^AUTH_MODE:/)]);
+  });
+
+  it('requires AUTH_MODE explicitly when DATABASE_URL is set', () => {
+    const problems = problemsOf({ DATABASE_URL: PG });
+    expect(problems).toEqual([expect.stringMatching(/^AUTH_MODE:/)]);
+  });
+
+  // "Every bad variable is reported at once": the missing AUTH_MODE is a bad setting like any
+  // other, so it must be listed together with the others, not only after they are fixed.
+  it('reports a missing AUTH_MODE together with the other bad variables', () => {
+    const problems = problemsOf({ DATABASE_URL: PG, PORT: 'eighty' });
+    expect(problems.map((p) => p.split(':')[0]).sort()).toEqual(['AUTH_MODE', 'PORT']);
+  });
+
+  it('defaults to the embedded database, dev auth and auto-provisioning with no DATABASE_URL', () => {
+    const c = loadConfig({});
+    expect(c.database).toEqual({ kind: 'pglite', dataDir: './.data/pglite' });
+    expect(c.authMode).toBe('dev');
+    expect(c.tenantAutoProvision).toBe(true);
+  });
+
+  it('uses the documented defaults for the settings DESIGN.md names', () => {
+    const c = loadConfig({});
+    expect(c).toMatchObject({
+      port: 4000,
+      batchSize: 500,
+      flushIntervalMs: 1000,
+      commitLingerMs: 2,
+      commitTimeoutMs: 10_000,
+      bufferCapacity: 10_000,
+      bufferMaxBytes: 64 * 1024 * 1024,
+      maxEventsPerCall: 1000,
+      maxFutureSkewMs: 5 * 60_000,
+      partitionsAhead: 3,
+      cursorSecret: undefined,
+      graphiql: true,
+    });
+  });
+
+  it('turns auto-provisioning off by default with DATABASE_URL, and uses the pool settings', () => {
+    const c = loadConfig({ DATABASE_URL: PG, AUTH_MODE: 'dev' });
+    expect(c.tenantAutoProvision).toBe(false);
+    expect(c.database).toEqual({
+      kind: 'pg',
+      url: PG,
+      poolSize: 10,
+      applicationName: 'auditgraph',
+    });
+    const sized = loadConfig({
+      DATABASE_URL: PG,
+      AUTH_MODE: 'dev',
+      DATABASE_POOL_SIZE: '2',
+      DATABASE_APPLICATION_NAME: 'ag-x',
+      TENANT_AUTO_PROVISION: 'on',
+    });
+    expect(sized.database).toMatchObject({ poolSize: 2, applicationName: 'ag-x' });
+    expect(sized.tenantAutoProvision).toBe(true);
+  });
+
+  it('treats an empty variable as unset', () => {
+    const c = loadConfig({ PORT: '', DATABASE_URL: '', AUTH_MODE: '' });
+    expect(c.port).toBe(4000);
+    expect(c.database.kind).toBe('pglite');
+  });
+
+  it('parses numbers and booleans from strings', () => {
+    const c = loadConfig({ PORT: '0', BATCH_SIZE: '7', GRAPHIQL: 'false', RETENTION_DAYS: '30' });
+    expect(c).toMatchObject({ port: 0, batchSize: 7, graphiql: false, retentionDays: 30 });
+  });
+});

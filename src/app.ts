@@ -20,8 +20,10 @@ import { IngestService } from './ingest/ingest-service.js';
 import { RedisDeadLetterStore } from './ingest/redis-dead-letter-store.js';
 import { RetryWorker } from './ingest/retry-worker.js';
 import { createLogger, type Logger } from './logger.js';
+import { createMetrics, type Metrics } from './metrics.js';
 import { AuditEventQueries } from './query/audit-event-queries.js';
 import { AuditEventReader } from './query/audit-event-reader.js';
+import { type Cluster, LocalCluster, RedisCluster } from './realtime/cluster.js';
 import { createRealtimeBus } from './realtime/pubsub.js';
 import { createRedis, RedisKeys } from './realtime/redis.js';
 import {
@@ -40,6 +42,8 @@ export interface App {
   readonly log: Logger;
   /** The yoga instance, for in-process requests (`app.graphql.fetch`). */
   readonly graphql: ReturnType<typeof createGraphQLServer>;
+  /** Prometheus metrics of this app (its own registry), served at /metrics. */
+  readonly metrics: Metrics;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,100}$/;
@@ -93,6 +97,8 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       ...config,
       instanceId,
       deadLetterFirstRetryMs: config.dlqRetryScheduleMs[0] ?? 0,
+      // Called only once requests flow, after `metrics` below exists.
+      onCommitWait: (ms, outcome) => metrics.observeCommit(ms, outcome),
     },
     spool,
   );
@@ -110,6 +116,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     },
     spool,
   );
+  const metrics = createMetrics({ ingest, events, retryWorker, instanceId });
   if (!config.cursorSecret) {
     log.warn(
       'CURSOR_SECRET is not set: page cursors are signed with a random key and stop working after a restart',
@@ -117,7 +124,18 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   }
   const cursors = new KeysetCursorCodec(config.cursorSecret ?? randomBytes(32).toString('hex'));
   const queries = new AuditEventQueries(new AuditEventReader(db), cursors);
+  const cluster: Cluster = config.redisUrl
+    ? new RedisCluster(
+        config.redisUrl,
+        redisKeys,
+        instanceId,
+        ingest,
+        log.child({ component: 'cluster' }),
+        config.clusterHeartbeatMs,
+      )
+    : new LocalCluster(ingest, instanceId);
   const services: Services = {
+    cluster,
     config,
     ingest,
     events,
@@ -186,6 +204,20 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       json(res, 200, { status: 'ok' });
     } else if (path === '/readyz') {
       void readiness().then((r) => json(res, r.ready ? 200 : 503, r));
+    } else if (path === '/metrics') {
+      void metrics.render().then(
+        (text) => {
+          res.writeHead(200, {
+            'content-type': metrics.contentType,
+            'content-length': Buffer.byteLength(text),
+          });
+          res.end(text);
+        },
+        (err: unknown) => {
+          log.error({ err }, 'metrics could not be rendered');
+          json(res, 500, { error: 'metrics could not be rendered' });
+        },
+      );
     } else if (path !== '/graphql') {
       json(res, 404, { error: 'not found; GraphQL is at /graphql' });
     } else if (req.headers['transfer-encoding'] && length === undefined) {
@@ -206,6 +238,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     db,
     log,
     graphql,
+    metrics,
     async start() {
       const controlRan = await migrator.migrateControl();
       if (controlRan) log.info({ migrations: controlRan }, 'control schema migrated');
@@ -224,6 +257,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
         );
       }
       await realtime.start();
+      await cluster.start();
       server = createServer(handle);
       server.keepAliveTimeout = 5_000;
       ws = attachWebSocket(server, graphql, {
@@ -246,8 +280,9 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       stopping ??= (async () => {
         log.info('stopping: refusing new writes, writing buffers');
         const left = await ingest.stop(config.shutdownTimeoutMs);
-        log.info('stopping: retry worker');
+        log.info('stopping: retry worker, cluster membership');
         await retryWorker.stop();
+        await cluster.stop();
         // After the last batch settled: deliver its messages, end every subscription, then close
         // the WebSocket connections (they would hold the HTTP server open).
         log.info('stopping: subscriptions');

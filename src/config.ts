@@ -69,6 +69,8 @@ const envSchema = z.object({
   DLQ_LEASE_MS: int(1000, 3_600_000).default(60_000),
   /** Local directory: the dead-letter queue without Redis, and the shutdown spool with it. */
   DLQ_DIR: z.string().min(1).default('./.data/dead-letters'),
+  /** How often an instance announces itself (with REDIS_URL); silent for 3 beats = not live. */
+  CLUSTER_HEARTBEAT_MS: int(100, 60_000).default(1000),
   /** Events accepted per createAuditEvents call. */
   MAX_EVENTS_PER_CALL: int(1, 100_000).default(1000),
   /** How far in the future an occurredAt may lie. */
@@ -122,6 +124,7 @@ export interface Config {
   dlqPollMs: number;
   dlqLeaseMs: number;
   dlqDir: string;
+  clusterHeartbeatMs: number;
   maxEventsPerCall: number;
   maxFutureSkewMs: number;
   retentionDays: number;
@@ -192,6 +195,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     dlqPollMs: e.DLQ_POLL_MS,
     dlqLeaseMs: e.DLQ_LEASE_MS,
     dlqDir: e.DLQ_DIR,
+    clusterHeartbeatMs: e.CLUSTER_HEARTBEAT_MS,
     maxEventsPerCall: e.MAX_EVENTS_PER_CALL,
     maxFutureSkewMs: e.MAX_FUTURE_SKEW_MS,
     retentionDays: e.RETENTION_DAYS,

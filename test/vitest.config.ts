@@ -11,6 +11,7 @@ export default defineConfig({
     root: new URL('..', import.meta.url).pathname,
     include: ['test/**/*.test.ts'],
     globalSetup: ['test/support/global-setup.ts'],
+    setupFiles: ['test/support/file-database.ts'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     // Files run in parallel (each uses its own tenants); 2 cores here.

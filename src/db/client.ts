@@ -1,3 +1,4 @@
+import { mkdirSync } from 'node:fs';
 import { PGlite } from '@electric-sql/pglite';
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
 import type { PgAsyncDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
@@ -40,6 +41,12 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
   });
   // An idle client that loses its server emits here; without a listener the process would crash.
   pool.on('error', (err) => log.warn({ err }, 'idle database connection failed'));
+  // A connection can report its loss more than once (the server's FATAL, then the socket's
+  // end), at moments when pg-pool has no listener on it. Every client keeps one for its life, so
+  // a lost connection is a failed query for its caller, never a crashed process.
+  pool.on('connect', (client) => {
+    client.on('error', (err) => log.debug({ err: err.message }, 'database connection lost'));
+  });
   const orm = drizzlePg({ client: pool }) as unknown as PgAsyncDatabase<PgQueryResultHKT>;
   return {
     kind: 'pg',
@@ -51,6 +58,13 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
     async transaction<T>(fn: (tx: Sql) => Promise<T>): Promise<T> {
       const client = await pool.connect();
       let broken: Error | undefined;
+      // A checked-out client whose server goes away emits 'error'; unheard, that would crash
+      // the process. The query in progress fails on its own and the caller retries.
+      const onError = (err: Error) => {
+        broken = err;
+        log.warn({ err: err.message }, 'database connection lost during a transaction');
+      };
+      client.on('error', onError);
       try {
         await client.query('BEGIN');
         const tx: Sql = {
@@ -70,6 +84,7 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
         }
         throw err;
       } finally {
+        client.off('error', onError);
         client.release(broken);
       }
     },
@@ -80,6 +95,8 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
 }
 
 function createPgliteDatabase(dataDir: string): Database {
+  // A fresh clone has no ./.data yet; PGlite creates only the last path segment.
+  mkdirSync(dataDir, { recursive: true });
   const lite = new PGlite(dataDir);
   const orm = drizzlePglite({ client: lite }) as unknown as PgAsyncDatabase<PgQueryResultHKT>;
   return {

@@ -105,6 +105,8 @@ export class FlushTimeoutError extends AuditError {
     readonly timeoutMs: number,
     readonly pending: number,
     readonly lastError: string | null,
+    /** Instances that did not answer in time (their pending events are not in `pending`). */
+    readonly unresponsive: string[] = [],
   ) {
     super(
       `flush did not complete within ${timeoutMs} ms: ${pending} events still pending` +

@@ -123,9 +123,9 @@ function canonicalJson(value: unknown): string {
 }
 
 /**
- * Whether a record satisfies a (validated) filter: the in-memory twin of the SQL conditions of
- * `auditEvents`, used by the live tail. Like the reader, an empty string or empty list is no
- * condition; `dataContains` follows jsonb `@>` (see jsonContains).
+ * Whether a record satisfies a filter checked by validateFilter: the in-memory twin of the SQL
+ * conditions of `auditEvents`, used by the live tail. `dataContains` follows jsonb `@>`
+ * (see jsonContains).
  */
 export function matchesFilter(record: AuditEventRecord, f: AuditEventFilter): boolean {
   if (f.correlationId && record.correlationId !== f.correlationId) return false;

@@ -8,6 +8,7 @@ import type { IngestService } from '../ingest/ingest-service.js';
 import type { RetryWorker } from '../ingest/retry-worker.js';
 import type { Logger } from '../logger.js';
 import type { AuditEventQueries } from '../query/audit-event-queries.js';
+import type { Cluster } from '../realtime/cluster.js';
 import type { RealtimeBus } from '../realtime/pubsub.js';
 
 /** What resolvers may use; built once by app.ts. */
@@ -19,6 +20,8 @@ export interface Services {
   queries: AuditEventQueries;
   tenants: TenantRegistry;
   deadLetters: DeadLetterStore;
+  /** Every live instance: flushAudit and auditStats span them all. */
+  cluster: Cluster;
   retryWorker: RetryWorker;
   /** Tenant-scoped pub/sub behind the subscriptions (Redis fan-out, or in-process). */
   realtime: RealtimeBus;

@@ -100,8 +100,17 @@ builder.objectType(FlushTimeoutError, {
   isTypeOf: (e) => e instanceof FlushTimeoutError,
   fields: (t) => ({
     timeoutMs: t.exposeInt('timeoutMs'),
-    pending: t.exposeInt('pending', { description: 'Events still pending on this instance.' }),
-    lastError: t.exposeString('lastError', { nullable: true }),
+    pending: t.exposeInt('pending', {
+      description: 'Events still pending on the instances that answered.',
+    }),
+    lastError: t.exposeString('lastError', {
+      nullable: true,
+      description: 'Why, per instance where known.',
+    }),
+    unresponsive: t.exposeStringList('unresponsive', {
+      description:
+        'Instances that did not answer in time; what they hold is not counted in pending.',
+    }),
   }),
 });
 

@@ -200,7 +200,7 @@ builder.mutationField('flushAudit', (t) =>
     args: { input: t.arg({ type: FlushAuditInput }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
-      const { config, ingest, tenants } = ctx.services;
+      const { config, cluster, tenants } = ctx.services;
       const timeoutMs = input?.timeoutMs ?? 10_000;
       if (timeoutMs < 1 || timeoutMs > config.flushMaxTimeoutMs) {
         throw ValidationError.single(
@@ -209,7 +209,7 @@ builder.mutationField('flushAudit', (t) =>
         );
       }
       await tenants.ensure(tenant, false);
-      return ingest.flush(tenant, timeoutMs);
+      return cluster.flush(tenant, timeoutMs);
     },
   }),
 );
@@ -258,7 +258,7 @@ builder.queryField('auditStats', (t) =>
     resolve: async (_root, _args, ctx) => {
       const tenant = requireTenant(ctx);
       await ctx.services.tenants.ensure(tenant, false);
-      return { ...ctx.services.ingest.stats(tenant), instances: [ctx.services.instanceId] };
+      return ctx.services.cluster.stats(tenant);
     },
   }),
 );

@@ -92,10 +92,11 @@ export function attachWebSocket(
         const socket = ctx.extra.socket;
         const state = stateOf(socket);
         const claim = ctx.connectionParams?.tenantId;
+        const invalid = typeof claim === 'string' && claim !== '' ? tenantIdProblem(claim) : null;
         const problem =
           typeof claim !== 'string' || claim === ''
             ? 'the connection_init payload must carry tenantId (AUTH_MODE=dev)'
-            : tenantIdProblem(claim) && `tenantId ${tenantIdProblem(claim)}`;
+            : invalid && `tenantId ${invalid}`;
         if (problem) {
           log.info({ connection: state.id, reason: problem }, 'websocket refused');
           // Closing first makes this the close reason the client sees (graphql-ws' own

@@ -33,6 +33,8 @@ export interface IngestOptions {
   /** Delay before the retry worker's first replay of a new dead letter. */
   deadLetterFirstRetryMs: number;
   instanceId: string;
+  /** Told how long each COMMITTED call waited for its events (metrics). */
+  onCommitWait?: (ms: number, outcome: 'settled' | 'timeout') => void;
 }
 
 /** Why events are being dead-lettered. */
@@ -186,12 +188,22 @@ export class IngestService {
     if (ack === 'BUFFERED') {
       return records.map((r) => ({ id: r.id, occurredAt: r.occurredAt, status: 'BUFFERED' }));
     }
+    const waitStarted = performance.now();
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), this.opts.commitTimeoutMs);
     });
     const outcome = await Promise.race([ticket.done.then(() => 'done' as const), timedOut]);
     clearTimeout(timer);
+    try {
+      this.opts.onCommitWait?.(
+        performance.now() - waitStarted,
+        outcome === 'done' ? 'settled' : 'timeout',
+      );
+    } catch (err) {
+      // The events are accepted whatever an observer does: never turn that into an error.
+      this.log.error({ err }, 'commit-wait observer failed');
+    }
     const events = records.map((r, i) => ({
       id: r.id,
       occurredAt: r.occurredAt,
@@ -257,6 +269,16 @@ export class IngestService {
   stats(tenant: TenantId): TenantStats {
     const s = this.tenants.get(tenant)?.stats ?? emptyStats();
     return { ...s };
+  }
+
+  /** Tenants this process has accepted events for (or counted dead letters of) since it started. */
+  tenantIds(): TenantId[] {
+    return [...this.tenants.keys()];
+  }
+
+  /** Bytes held by pending events over all tenants (bounded by bufferMaxBytes). */
+  get bufferBytes(): number {
+    return this.bytesHeld;
   }
 
   /** Sum of pending events over all tenants. */
@@ -343,23 +365,28 @@ export class IngestService {
 
   /**
    * At shutdown, what is still buffered or in backoff goes to the dead-letter queue, or, when
-   * that is unreachable too, to the local spool that the next start re-queues.
+   * that is unreachable too, to the local spool that the next start re-queues. A batch in
+   * backoff keeps its id (its commit may have happened unseen; the ledger will tell).
    */
   private async putAside(state: TenantState): Promise<void> {
-    const entries = state.queue.splice(0);
-    for (const b of state.backoff) {
-      clearTimeout(b.retryTimer);
-      entries.push(...b.entries);
-    }
+    const groups: Batch[] = [...state.backoff];
+    for (const b of groups) clearTimeout(b.retryTimer);
     state.backoff.clear();
-    if (entries.length === 0) return;
+    const queued = state.queue.splice(0);
+    if (queued.length > 0) {
+      groups.push({ id: randomUUID(), entries: queued, trigger: 'shutdown', attempts: 0 });
+    }
+    for (const batch of groups) await this.putBatchAside(state, batch);
+  }
+
+  private async putBatchAside(state: TenantState, batch: Batch): Promise<void> {
+    const { entries } = batch;
     const failure = {
       code: null,
       message: 'the instance stopped before these events could be written',
     };
-    const batch: Batch = { id: randomUUID(), entries, trigger: 'shutdown', attempts: 0 };
     try {
-      await this.deadLetter(state, batch, entries, failure);
+      await this.deadLetter(state, batch, entries, failure, batch.id);
       return;
     } catch (err) {
       this.log.error(
@@ -377,8 +404,8 @@ export class IngestService {
         records: entries.map((e) => e.record),
         errorCode: null,
         error: failure.message,
-        attempts: 0,
-        firstFailedAt: now,
+        attempts: batch.attempts,
+        firstFailedAt: batch.firstFailedAt ?? now,
         lastFailedAt: now,
         nextAttemptAt: now,
       });
@@ -547,10 +574,16 @@ export class IngestService {
     batch: Batch,
     entries: Entry[],
     failure: Failure,
+    /**
+     * The failed batch's own id when the whole batch goes: its commit may have happened with the
+     * answer lost, and a replay under the same id then finds it in the ledger (stored, not
+     * duplicates). Rows that never committed get a new id.
+     */
+    id: string = randomUUID(),
   ): Promise<void> {
     const now = new Date();
     const dl: DeadLetter = {
-      id: randomUUID(),
+      id,
       tenant: state.tenant,
       state: 'ACTIVE',
       records: entries.map((e) => e.record),
@@ -600,10 +633,13 @@ export class IngestService {
       (batch.force || state.flushing > 0 || batch.attempts >= this.opts.writeMaxAttempts)
     ) {
       try {
-        await this.deadLetter(state, batch, batch.entries, {
-          code: sqlState(err) ?? null,
-          message,
-        });
+        await this.deadLetter(
+          state,
+          batch,
+          batch.entries,
+          { code: sqlState(err) ?? null, message },
+          batch.id,
+        );
         state.backoff.delete(batch);
         this.events.batchSettled({
           tenant: state.tenant,

@@ -27,7 +27,13 @@ export default async function setup(project: TestProject) {
   return async () => {
     const c = new pg.Client({ connectionString: adminUrl });
     await c.connect();
-    await c.query(`drop database if exists "${name}" with (force)`);
+    // The run's database, and any per-file database a crashed file left behind.
+    const left = await c.query<{ datname: string }>(
+      'select datname from pg_database where datname = $1 or datname like $2',
+      [name, `${name}\\_%`],
+    );
+    for (const { datname } of left.rows)
+      await c.query(`drop database if exists "${datname}" with (force)`);
     await c.end();
   };
 }

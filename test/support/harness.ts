@@ -12,8 +12,12 @@ export function newTenant(prefix = 't'): string {
   return `${prefix}_${randomBytes(5).toString('hex')}`;
 }
 
+/** This test file's own database (see file-database.ts). */
 export function databaseUrl(): string {
-  return inject('databaseUrl');
+  return (
+    (globalThis as { __auditgraphDatabaseUrl?: string }).__auditgraphDatabaseUrl ??
+    inject('databaseUrl')
+  );
 }
 
 export interface TestApp {

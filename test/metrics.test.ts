@@ -1,0 +1,237 @@
+import { randomUUID } from 'node:crypto';
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { countEvents } from './support/db.js';
+import {
+  CREATE,
+  dropTenants,
+  event,
+  FLUSH,
+  newTenant,
+  STATS,
+  sqlClient,
+  startApp,
+  type TestApp,
+} from './support/harness.js';
+
+/**
+ * GET /metrics: Prometheus text that a scraper can parse, whose per-tenant counters are the same
+ * numbers as auditStats and count(*), with the accounting identity, batch histograms and the
+ * dead-letter queue's gauges.
+ */
+
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+interface Exposition {
+  types: Map<string, string>;
+  samples: Sample[];
+}
+
+const NAME = '[a-zA-Z_:][a-zA-Z0-9_:]*';
+const SAMPLE = new RegExp(`^(${NAME})(?:\\{(.*)\\})?\\s+(\\S+)(?:\\s+-?\\d+)?$`);
+const LABEL = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?\s*/gy;
+
+/** A small parser of the Prometheus text format (0.0.4); throws on any line it cannot read. */
+function parseExposition(text: string): Exposition {
+  const types = new Map<string, string>();
+  const samples: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (line.trim() === '') continue;
+    if (line.startsWith('#')) {
+      const type = /^# TYPE (\S+) (counter|gauge|histogram|summary|untyped)$/.exec(line);
+      if (type) types.set(type[1]!, type[2]!);
+      else if (!/^# HELP \S+ /.test(line)) throw new Error(`bad comment line: ${line}`);
+      continue;
+    }
+    const m = SAMPLE.exec(line);
+    if (!m) throw new Error(`bad sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    const body = m[2] ?? '';
+    LABEL.lastIndex = 0;
+    while (LABEL.lastIndex < body.length) {
+      const l = LABEL.exec(body);
+      if (!l) throw new Error(`bad labels: ${line}`);
+      labels[l[1]!] = l[2]!.replace(/\\n/g, '\n').replace(/\\"/g, '"').replace(/\\\\/g, '\\');
+    }
+    const raw = m[3]!;
+    const value =
+      raw === '+Inf' ? Number.POSITIVE_INFINITY : raw === '-Inf' ? -Infinity : Number(raw);
+    if (Number.isNaN(value) && raw !== 'NaN') throw new Error(`bad value: ${line}`);
+    samples.push({ name: m[1]!, labels, value });
+  }
+  // Every sample belongs to a declared family (histograms add _bucket, _sum, _count).
+  for (const s of samples) {
+    const family = s.name.replace(/_(bucket|sum|count)$/, '');
+    if (!types.has(s.name) && !types.has(family)) throw new Error(`no TYPE for ${s.name}`);
+  }
+  return { types, samples };
+}
+
+/** The one sample named `name` whose labels include `labels`; throws when absent or ambiguous. */
+function value(e: Exposition, name: string, labels: Record<string, string> = {}): number {
+  const found = e.samples.filter(
+    (s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v),
+  );
+  if (found.length !== 1) {
+    throw new Error(`${found.length} samples for ${name} ${JSON.stringify(labels)}`);
+  }
+  return found[0]!.value;
+}
+
+/** Sum over every sample named `name` (e.g. a histogram's _count across its label values). */
+function total(e: Exposition, name: string): number {
+  return e.samples.filter((s) => s.name === name).reduce((n, s) => n + s.value, 0);
+}
+
+async function scrape(t: TestApp): Promise<{ contentType: string | null; e: Exposition }> {
+  const res = await fetch(new URL('/metrics', t.url));
+  expect(res.status).toBe(200);
+  return { contentType: res.headers.get('content-type'), e: parseExposition(await res.text()) };
+}
+
+describe('GET /metrics', () => {
+  let t: TestApp;
+  let c: pg.Client;
+  const tenants: string[] = [];
+  const tenant = () => {
+    const id = newTenant('metrics');
+    tenants.push(id);
+    return id;
+  };
+
+  beforeAll(async () => {
+    // BUFFERED events stay pending until flushAudit: the scrape before it sees them pending.
+    t = await startApp({ FLUSH_INTERVAL_MS: '60000' });
+    c = await sqlClient();
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await c?.end();
+    await dropTenants(...tenants);
+  });
+
+  it('reports the tenant’s counters exactly as auditStats and count(*) do', async () => {
+    const id = tenant();
+    const committed = await t.gql(id, CREATE, {
+      input: { events: [event(), event(), event()], ack: 'COMMITTED' },
+    });
+    expect(committed.createAuditEvents.stored).toBe(3);
+    const buffered = await t.gql(id, CREATE, {
+      input: {
+        events: Array.from({ length: 4 }, () => event({ id: randomUUID() })),
+        ack: 'BUFFERED',
+      },
+    });
+    expect(buffered.createAuditEvents.buffered).toBe(4);
+
+    const before = await scrape(t);
+    expect(before.contentType).toMatch(/^text\/plain; version=0\.0\.4/);
+    expect(value(before.e, 'auditgraph_events_accepted_total', { tenant: id })).toBe(7);
+    expect(value(before.e, 'auditgraph_events_stored_total', { tenant: id })).toBe(3);
+    expect(value(before.e, 'auditgraph_events_pending', { tenant: id })).toBe(4);
+    expect(value(before.e, 'auditgraph_buffer_events')).toBeGreaterThanOrEqual(4);
+    expect(value(before.e, 'auditgraph_buffer_bytes')).toBeGreaterThan(0);
+    expect(value(before.e, 'auditgraph_accounting_identity_holds', { tenant: id })).toBe(1);
+
+    const f = await t.gql(id, FLUSH, { timeoutMs: 10_000 });
+    expect(f.flushAudit).toMatchObject({ __typename: 'FlushAuditPayload', stored: 4 });
+
+    const { e } = await scrape(t);
+    const s = (await t.gql(id, STATS)).auditStats;
+    expect(s).toMatchObject({ accepted: 7, stored: 7, pending: 0, identityHolds: true });
+    const series = {
+      accepted: value(e, 'auditgraph_events_accepted_total', { tenant: id }),
+      stored: value(e, 'auditgraph_events_stored_total', { tenant: id }),
+      duplicates: value(e, 'auditgraph_events_duplicate_total', { tenant: id }),
+      pending: value(e, 'auditgraph_events_pending', { tenant: id }),
+      deadLettered: value(e, 'auditgraph_events_dead_lettered', { tenant: id }),
+      discarded: value(e, 'auditgraph_events_discarded_total', { tenant: id }),
+    };
+    expect(series).toEqual({
+      accepted: s.accepted,
+      stored: s.stored,
+      duplicates: s.duplicates,
+      pending: s.pending,
+      deadLettered: s.deadLettered,
+      discarded: s.discarded,
+    });
+    expect(series.stored).toBe(await countEvents(c, id));
+    // The identity from the scraped series themselves, not only the gauge.
+    expect(series.accepted).toBe(
+      series.stored + series.duplicates + series.pending + series.deadLettered + series.discarded,
+    );
+    expect(value(e, 'auditgraph_accounting_identity_holds', { tenant: id })).toBe(1);
+
+    expect(e.types.get('auditgraph_events_accepted_total')).toBe('counter');
+    expect(e.types.get('auditgraph_events_pending')).toBe('gauge');
+    expect(e.types.get('auditgraph_batch_size_events')).toBe('histogram');
+    expect(total(e, 'auditgraph_batch_size_events_count')).toBeGreaterThanOrEqual(2);
+    expect(total(e, 'auditgraph_batch_size_events_sum')).toBeGreaterThanOrEqual(7);
+    expect(total(e, 'auditgraph_batch_write_seconds_count')).toBeGreaterThanOrEqual(2);
+    expect(
+      value(e, 'auditgraph_commit_wait_seconds_count', { outcome: 'settled' }),
+    ).toBeGreaterThanOrEqual(1);
+    expect(
+      value(e, 'auditgraph_batch_size_events_bucket', { trigger: 'flush', le: '+Inf' }),
+    ).toBeGreaterThanOrEqual(1);
+    expect(value(e, 'auditgraph_instance_info', { instance_id: t.app.services.instanceId })).toBe(
+      1,
+    );
+    // Node.js process metrics come from the app's own registry too.
+    expect(e.types.has('process_cpu_user_seconds_total')).toBe(true);
+  });
+
+  it('shows a dead-lettered row in the tenant’s series and the queue’s gauges', async () => {
+    const id = tenant();
+    await t.gql(id, CREATE, { input: { events: [event()] } }); // provisions the schema
+    await c.query(
+      `alter table "t_${id}".audit_events add constraint poison check (event_type <> 'poison')`,
+    );
+    const r = await t.gql(id, CREATE, {
+      input: { events: [event({ eventType: 'ok' }), event({ eventType: 'poison' })] },
+    });
+    expect(r.createAuditEvents.events.map((x: { status: string }) => x.status)).toEqual([
+      'STORED',
+      'DEAD_LETTERED',
+    ]);
+    // The depth gauges are the retry worker's last observation: take one now.
+    await t.app.services.retryWorker.runOnce();
+
+    const { e } = await scrape(t);
+    const s = (await t.gql(id, STATS)).auditStats;
+    expect(s).toMatchObject({ accepted: 3, stored: 2, deadLettered: 1, identityHolds: true });
+    expect(value(e, 'auditgraph_events_dead_lettered', { tenant: id })).toBe(1);
+    expect(value(e, 'auditgraph_events_stored_total', { tenant: id })).toBe(2);
+    expect(value(e, 'auditgraph_accounting_identity_holds', { tenant: id })).toBe(1);
+    expect(value(e, 'auditgraph_dead_letter_queue_up')).toBe(1);
+    expect(value(e, 'auditgraph_dead_letter_entries')).toBeGreaterThanOrEqual(1);
+    expect(value(e, 'auditgraph_dead_letter_events')).toBeGreaterThanOrEqual(1);
+    expect(value(e, 'auditgraph_dead_letter_parked_events')).toBe(0);
+    expect(value(e, 'auditgraph_dead_letter_oldest_age_seconds')).toBeGreaterThanOrEqual(0);
+    expect(
+      value(e, 'auditgraph_dead_letter_steps_total', { kind: 'ENQUEUED' }),
+    ).toBeGreaterThanOrEqual(1);
+    expect(value(e, 'auditgraph_dead_letter_steps_total', { kind: 'PARKED' })).toBe(0);
+  });
+
+  it('keeps each app’s metrics in its own registry', async () => {
+    const other = await startApp();
+    try {
+      const id = tenant();
+      await other.gql(id, CREATE, { input: { events: [event()] } });
+      const mine = await scrape(t);
+      const theirs = await scrape(other);
+      expect(value(theirs.e, 'auditgraph_events_accepted_total', { tenant: id })).toBe(1);
+      expect(
+        mine.e.samples.some((x) => x.labels.tenant === id),
+        'a tenant of another app shows up in this app’s metrics',
+      ).toBe(false);
+      expect(other.app.metrics.registry).not.toBe(t.app.metrics.registry);
+    } finally {
+      await other.stop();
+    }
+  });
+});

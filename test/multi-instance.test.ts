@@ -10,6 +10,7 @@ import {
   sqlClient,
 } from './support/harness.js';
 import { type Instance, spawnInstance } from './support/processes.js';
+import { FLUSH_COMPLETED, sseSubscribe, waitForSettled } from './support/realtime.js';
 
 const STATS = `query { auditStats { __typename ... on AuditStats {
   accepted stored duplicates pending deadLettered discarded replayed identityHolds instances } } }`;
@@ -83,6 +84,32 @@ describe('several instances (separate processes) on one PostgreSQL and Redis', (
     expect(await countRows(tenant)).toBe(120);
     const after = (await viaB.gql(tenant, STATS)).auditStats;
     expect(after).toMatchObject({ accepted: 120, stored: 120, pending: 0, identityHolds: true });
+  });
+
+  it('delivers flushCompleted to a subscriber on B for events written through A', async () => {
+    const tenant = newTenant('multi');
+    tenants.push(tenant);
+    const onB = await sseSubscribe(b.url, tenant, 'flushCompleted', FLUSH_COMPLETED, {
+      correlationId: 'fan',
+    });
+    try {
+      expect(await onB.next()).toMatchObject({
+        __typename: 'SubscriptionReady',
+        instanceId: 'inst-b',
+      });
+      const viaA = graphqlClient(a.url);
+      await viaA.gql(tenant, CREATE, {
+        input: {
+          ack: 'BUFFERED',
+          events: Array.from({ length: 30 }, () => event({ correlationId: 'fan' })),
+        },
+      });
+      await viaA.gql(tenant, FLUSH_FULL, { timeoutMs: 10_000 });
+      const settled = await waitForSettled(onB, 'fan', 30);
+      expect(settled.stored).toBe(30);
+    } finally {
+      await onB.close();
+    }
   });
 
   it('answers FlushTimeoutError naming an instance that does not answer, instead of hanging', async () => {

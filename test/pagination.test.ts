@@ -135,6 +135,8 @@ describe('keyset pagination over 1,000 events with one shared occurredAt', () =>
         for (const e of p.edges) expect(e.node.occurredAt).toBe(at.toISOString());
       checkPageInfo(pages, direction, size, TOTAL);
     },
+    // A size-1 walk is 1,000 requests: on a loaded 2-core machine that can take over a minute.
+    180_000,
   );
 
   it('orders ties by id ascending under OCCURRED_AT_ASC and descending under OCCURRED_AT_DESC', async () => {

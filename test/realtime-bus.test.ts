@@ -20,6 +20,7 @@ function message(batchId: string): FlushCompletedMessage {
     attempts: 1,
     committedAt: new Date().toISOString(),
     durationMs: 1,
+    recovered: false,
     instanceId: 'x',
     correlations: [{ correlationId: 'c', stored: 1, duplicates: 0, deadLettered: 0 }],
   };

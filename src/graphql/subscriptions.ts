@@ -151,6 +151,11 @@ const FlushCompletedRef = builder.objectRef<FlushCompletedMessage>('FlushComplet
     committedAt: t.field({ type: 'DateTime', resolve: (m) => new Date(m.committedAt) }),
     durationMs: t.float({ resolve: (m) => Math.round(m.durationMs * 1000) / 1000 }),
     instanceId: t.exposeString('instanceId', { description: 'The instance that wrote it.' }),
+    recovered: t.exposeBoolean('recovered', {
+      description:
+        'True for events written out of the dead-letter queue: they were reported before as ' +
+        'deadLettered, so do not count them again when waiting for your events to settle.',
+    }),
   }),
 });
 

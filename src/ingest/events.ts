@@ -16,6 +16,11 @@ export interface BatchSettled {
   instanceId: string;
   records: readonly AuditEventRecord[];
   statuses: readonly SettledStatus[];
+  /**
+   * True when these events come out of the dead-letter queue: they were already reported once
+   * (as DEAD_LETTERED), so a waiter counting its events must not count them again.
+   */
+  recovered?: boolean;
 }
 
 export type DeadLetterEventKind =

@@ -142,6 +142,7 @@ export class RetryWorker {
         tenant: dl.tenant,
         batchId: dl.id,
         trigger: 'retry',
+        recovered: true,
         attempts: dl.attempts + 1,
         committedAt: new Date(),
         durationMs: performance.now() - started,

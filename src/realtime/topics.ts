@@ -29,6 +29,7 @@ export interface FlushCompletedMessage {
   committedAt: string;
   durationMs: number;
   instanceId: string;
+  recovered: boolean;
   correlations: CorrelationCounts[];
 }
 
@@ -81,6 +82,7 @@ export function flushCompletedMessage(b: BatchSettled): FlushCompletedMessage {
     committedAt: b.committedAt.toISOString(),
     durationMs: b.durationMs,
     instanceId: b.instanceId,
+    recovered: b.recovered ?? false,
     correlations: [...byCorrelation.values()],
   };
 }

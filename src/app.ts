@@ -4,14 +4,19 @@ import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Config } from './config.js';
+import { ApiKeyStore } from './db/api-key-store.js';
 import { createDatabase, type Database } from './db/client.js';
 import { Migrator } from './db/migrations.js';
 import { PartitionManager } from './db/partitions.js';
+import { TenantDirectory } from './db/tenant-directory.js';
 import { TenantRegistry } from './db/tenant-registry.js';
 import { KeysetCursorCodec } from './domain/keyset-cursor.js';
+import { TenantConnectionLimiter } from './graphql/connection-limiter.js';
 import type { Services } from './graphql/context.js';
+import { KeyWatcher } from './graphql/key-watcher.js';
 import { attachWebSocket, type WebSocketTransport } from './graphql/ws.js';
 import { createGraphQLServer, requestScope } from './graphql/yoga.js';
+import { AccessLog } from './ingest/access-log.js';
 import { BatchWriter } from './ingest/batch-writer.js';
 import type { DeadLetterStore } from './ingest/dead-letter-queue.js';
 import { IngestEvents } from './ingest/events.js';
@@ -19,6 +24,7 @@ import { FileDeadLetterStore } from './ingest/file-dead-letter-store.js';
 import { IngestService } from './ingest/ingest-service.js';
 import { RedisDeadLetterStore } from './ingest/redis-dead-letter-store.js';
 import { RetryWorker } from './ingest/retry-worker.js';
+import { WriteRateLimiter } from './ingest/write-rate-limiter.js';
 import { createLogger, type Logger } from './logger.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { AuditEventQueries } from './query/audit-event-queries.js';
@@ -80,7 +86,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   const dlqLog = log.child({ component: 'dead-letters' });
   const redisKeys = new RedisKeys(config.redisKeyPrefix);
   const dlqRedis = config.redisUrl
-    ? createRedis(config.redisUrl, `auditgraph-dlq-${instanceId}`, dlqLog)
+    ? createRedis(config.redisUrl, `auditgraph-dlq-${instanceId}`, dlqLog, { failFast: true })
     : undefined;
   // Without Redis the queue is files beside the embedded database; with it, a local spool keeps
   // what Redis could not take at shutdown until the next start re-queues it.
@@ -134,7 +140,28 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
         config.clusterHeartbeatMs,
       )
     : new LocalCluster(ingest, instanceId);
+  const authLog = log.child({ component: 'auth' });
+  const apiKeys = new ApiKeyStore(db, authLog, {
+    cacheMs: config.apiKeyCacheMs,
+    touchIntervalMs: config.apiKeyTouchIntervalMs,
+  });
   const services: Services = {
+    apiKeys,
+    tenantDirectory: new TenantDirectory(db),
+    accessLog: new AccessLog(ingest, tenants, log.child({ component: 'access' }), {
+      auditReads: config.auditReads,
+    }),
+    rateLimiter: new WriteRateLimiter(
+      {
+        eventsPerSecond: config.rateLimitEventsPerSecond,
+        burstEvents: config.rateLimitBurstEvents,
+        keyPrefix: config.redisKeyPrefix,
+      },
+      dlqRedis,
+      log.child({ component: 'rate-limit' }),
+    ),
+    connections: new TenantConnectionLimiter(config.maxConnectionsPerTenant),
+    keyWatcher: new KeyWatcher(apiKeys, authLog, config.authRecheckMs),
     cluster,
     config,
     ingest,
@@ -253,7 +280,12 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       await retryWorker.start();
       if (config.authMode === 'dev') {
         log.warn(
-          'AUTH_MODE=dev: the tenant is taken from the x-tenant-id header and nothing is authenticated',
+          'AUTH_MODE=dev: NOTHING IS AUTHENTICATED — the tenant is taken from the x-tenant-id header ' +
+            'and every caller has every scope. Never expose this instance to untrusted clients.',
+        );
+      } else {
+        log.info(
+          'AUTH_MODE=keys: every request needs "Authorization: Bearer <key>"; create keys with `npm run keys`',
         );
       }
       await realtime.start();
@@ -264,6 +296,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
         path: '/graphql',
         maxOperationsPerConnection: config.maxSubscriptionsPerConnection,
         log: log.child({ component: 'ws' }),
+        services,
       });
       await new Promise<void>((resolve, reject) => {
         server!.once('error', reject);
@@ -278,27 +311,44 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     },
     stop() {
       stopping ??= (async () => {
+        // One deadline for the whole stop: writing the buffers gets most of it; every later step
+        // gets what is left (at least a moment), and a step that overruns is logged and skipped,
+        // so a Redis that answers nothing cannot hold the process forever.
+        const deadline = Date.now() + config.shutdownTimeoutMs;
+        const step = async (name: string, work: () => Promise<unknown>) => {
+          log.info(`stopping: ${name}`);
+          const ms = Math.max(250, deadline - Date.now());
+          await withTimeout(work(), ms, `${name} did not finish within ${ms} ms`).catch(
+            (err: Error) => log.error({ err: err.message }, `stopping: ${name} failed; going on`),
+          );
+        };
         log.info('stopping: refusing new writes, writing buffers');
-        const left = await ingest.stop(config.shutdownTimeoutMs);
-        log.info('stopping: retry worker, cluster membership');
-        await retryWorker.stop();
-        await cluster.stop();
+        const left = await ingest.stop(Math.floor(config.shutdownTimeoutMs * 0.85));
+        await step('retry worker', () => retryWorker.stop());
+        await step('cluster membership', () => cluster.stop());
         // After the last batch settled: deliver its messages, end every subscription, then close
         // the WebSocket connections (they would hold the HTTP server open).
-        log.info('stopping: subscriptions');
-        await realtime.stop();
-        await ws?.close();
+        await step('subscriptions', async () => {
+          await realtime.stop();
+          await ws?.close();
+        });
+        services.keyWatcher.stop();
         if (server) {
-          log.info('stopping: HTTP server');
-          const closed = new Promise<void>((resolve) => server!.close(() => resolve()));
-          server.closeIdleConnections();
-          setTimeout(() => server?.closeAllConnections(), 1_000).unref();
-          await closed;
+          const srv = server;
+          await step('HTTP server', () => {
+            const closed = new Promise<void>((resolve) => srv.close(() => resolve()));
+            srv.closeIdleConnections();
+            setTimeout(() => srv.closeAllConnections(), 1_000).unref();
+            return closed;
+          });
         }
-        await deadLetters.stop();
-        await spool.stop();
-        if (dlqRedis) await dlqRedis.quit().catch(() => dlqRedis.disconnect());
-        await db.close();
+        await step('dead-letter queue', async () => {
+          await deadLetters.stop();
+          await spool.stop();
+          if (dlqRedis) await dlqRedis.quit().catch(() => dlqRedis.disconnect());
+        });
+        dlqRedis?.disconnect();
+        await step('database', () => db.close());
         log.info({ pendingLost: left }, 'stopped');
       })();
       return stopping;

@@ -32,8 +32,38 @@ const envSchema = z.object({
     .string()
     .regex(/^[A-Za-z0-9:_.-]{1,64}$/)
     .default('auditgraph:'),
-  /** `dev` takes the tenant from the `x-tenant-id` header. */
-  AUTH_MODE: z.enum(['dev']).optional(),
+  /**
+   * `keys`: every request presents an API key (`Authorization: Bearer <key>`), whose tenant and
+   * scopes it gets. `dev`: nothing is authenticated; the tenant is the `x-tenant-id` header.
+   * Default: `keys` with DATABASE_URL, `dev` in the embedded mode.
+   */
+  AUTH_MODE: z.enum(['dev', 'keys']).optional(),
+  /** How long this process reuses an API key look-up (revocations elsewhere take this long). */
+  API_KEY_CACHE_MS: int(0, 60_000).default(5_000),
+  /** `last_used_at` of a key is written at most this often. */
+  API_KEY_TOUCH_INTERVAL_MS: int(0, 86_400_000).default(60_000),
+  /** How often open subscriptions re-check their key (closed when revoked or expired). */
+  AUTH_RECHECK_MS: int(100, 60_000).default(1_000),
+  /** Record reads of the audit log (auditEvents, auditEvent, auditEventsAdded) as events. */
+  AUDIT_READS: bool.default(true),
+  /** Answer introspection queries (`__schema`, `__type`). */
+  INTROSPECTION: bool.default(true),
+  /** Deepest field nesting of an operation (introspection fields aside); 0: no limit. */
+  MAX_QUERY_DEPTH: int(0, 1_000).default(12),
+  /** Highest estimated cost of an operation (fields × page sizes); 0: no limit. */
+  MAX_QUERY_COMPLEXITY: int(0).default(50_000),
+  /** Aliased fields in one document; 0: no limit. */
+  MAX_ALIASES: int(0).default(30),
+  /** Lexical tokens in one document; 0: no limit. */
+  MAX_QUERY_TOKENS: int(0).default(20_000),
+  /** Operations in one HTTP request: 1 turns batching off, n > 1 allows batches of n, 0 any. */
+  MAX_OPERATIONS_PER_REQUEST: int(0, 1_000).default(1),
+  /** Subscription connections (WebSocket, SSE) one tenant may hold open on an instance; 0: no limit. */
+  MAX_CONNECTIONS_PER_TENANT: int(0).default(100),
+  /** Events per second one tenant may write (shared across instances with Redis); 0: no limit. */
+  RATE_LIMIT_EVENTS_PER_SECOND: int(0).default(10_000),
+  /** Events a tenant may write beyond that rate within 10 seconds. */
+  RATE_LIMIT_BURST_EVENTS: int(0).default(50_000),
   /** Provision a tenant's schema on its first write. */
   TENANT_AUTO_PROVISION: bool.optional(),
   /** Events per batch transaction. */
@@ -107,7 +137,20 @@ export interface Config {
     | { kind: 'pglite'; dataDir: string };
   redisUrl: string | undefined;
   redisKeyPrefix: string;
-  authMode: 'dev';
+  authMode: 'dev' | 'keys';
+  apiKeyCacheMs: number;
+  apiKeyTouchIntervalMs: number;
+  authRecheckMs: number;
+  auditReads: boolean;
+  introspection: boolean;
+  maxQueryDepth: number;
+  maxQueryComplexity: number;
+  maxAliases: number;
+  maxQueryTokens: number;
+  maxOperationsPerRequest: number;
+  maxConnectionsPerTenant: number;
+  rateLimitEventsPerSecond: number;
+  rateLimitBurstEvents: number;
   tenantAutoProvision: boolean;
   batchSize: number;
   flushIntervalMs: number;
@@ -155,12 +198,16 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const problems = parsed.success
     ? []
     : parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
-  if (cleaned.DATABASE_URL !== undefined && cleaned.AUTH_MODE === undefined) {
-    // With real servers the default is key authentication, which this release does not have
-    // yet: refuse to guess rather than silently open the service to header-chosen tenants.
-    problems.push(
-      'AUTH_MODE: must be set explicitly when DATABASE_URL is set (only "dev" is available)',
-    );
+  if (parsed.success) {
+    const e = parsed.data;
+    const perSecond = e.RATE_LIMIT_EVENTS_PER_SECOND;
+    if (perSecond > 0 && e.MAX_EVENTS_PER_CALL > perSecond + e.RATE_LIMIT_BURST_EVENTS) {
+      // Such a call could never pass the rate limit: refuse the configuration instead.
+      problems.push(
+        'RATE_LIMIT_EVENTS_PER_SECOND: with RATE_LIMIT_BURST_EVENTS it must allow at least ' +
+          `MAX_EVENTS_PER_CALL (${e.MAX_EVENTS_PER_CALL}) events at once`,
+      );
+    }
   }
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
   const e = parsed.data;
@@ -178,7 +225,21 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       : { kind: 'pglite', dataDir: e.DATA_DIR },
     redisUrl: e.REDIS_URL,
     redisKeyPrefix: e.REDIS_KEY_PREFIX,
-    authMode: e.AUTH_MODE ?? 'dev',
+    // With real servers, clients are authenticated unless dev mode is asked for by name.
+    authMode: e.AUTH_MODE ?? (servers ? 'keys' : 'dev'),
+    apiKeyCacheMs: e.API_KEY_CACHE_MS,
+    apiKeyTouchIntervalMs: e.API_KEY_TOUCH_INTERVAL_MS,
+    authRecheckMs: e.AUTH_RECHECK_MS,
+    auditReads: e.AUDIT_READS,
+    introspection: e.INTROSPECTION,
+    maxQueryDepth: e.MAX_QUERY_DEPTH,
+    maxQueryComplexity: e.MAX_QUERY_COMPLEXITY,
+    maxAliases: e.MAX_ALIASES,
+    maxQueryTokens: e.MAX_QUERY_TOKENS,
+    maxOperationsPerRequest: e.MAX_OPERATIONS_PER_REQUEST,
+    maxConnectionsPerTenant: e.MAX_CONNECTIONS_PER_TENANT,
+    rateLimitEventsPerSecond: e.RATE_LIMIT_EVENTS_PER_SECOND,
+    rateLimitBurstEvents: e.RATE_LIMIT_BURST_EVENTS,
     tenantAutoProvision: e.TENANT_AUTO_PROVISION ?? !servers,
     batchSize: e.BATCH_SIZE,
     flushIntervalMs: e.FLUSH_INTERVAL_MS,

@@ -2,14 +2,17 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { countEvents } from './support/db.js';
+import { countEvents, waitUntil } from './support/db.js';
 import {
   balances,
   deleteRedisKeys,
   type FullStats,
   readStats,
+  type ServiceProcess,
+  spawnService,
   untilNothingOutstanding,
   watchLedger,
+  within,
 } from './support/faults.js';
 import {
   CREATE,
@@ -17,19 +20,26 @@ import {
   dropTenants,
   event,
   FLUSH,
+  graphqlClient,
   newTenant,
   sqlClient,
   startApp,
   type TestApp,
 } from './support/harness.js';
-import { type CommitProxy, startCommitProxy } from './support/pg-commit-proxy.js';
+import { type FaultProxy, startFaultProxy } from './support/pg-fault-proxy.js';
 
 /**
- * Promises 1, 2 and 5 under a database outage: while events stream in, the service's own
- * connections (found by application_name) are terminated again and again, some of them in the
- * middle of a COMMIT. Afterwards every accepted event is stored exactly once, nothing accepted is
- * missing, nothing is counted as a duplicate by mistake, and the accounting identity held in
- * every sample taken during the outage.
+ * Promises 1, 2 and 5 under database faults.
+ *
+ * - Outage: while events stream in, the service's own connections (found by application_name)
+ *   are terminated every 50–100 ms for 3.5 s. Afterwards every accepted event is stored exactly
+ *   once, nothing rejected is stored, nothing is counted as a duplicate by mistake, and the
+ *   accounting identity held in every auditStats sample taken meanwhile.
+ * - Lost COMMIT answers: the cutter above hits a COMMIT in flight only by luck, so a loopback
+ *   proxy makes it certain: the COMMIT happens, its answer never arrives. The batch ledger must
+ *   recognise the retry (or the dead letter's replay) as already done: stored, not duplicates.
+ * - A connection that dies as it opens (its "ready" and its termination arrive in one read)
+ *   must cost a retry, not the process: the service runs as a child process for this one.
  */
 
 /** Every stored row of these ids, grouped: ids stored more than once, and how many are present. */
@@ -99,9 +109,13 @@ describe('Database outage', () => {
     // Stats sampled every 100 ms for the whole run, identity checked in each sample.
     const samples: FullStats[] = [];
     let sampling = true;
+    let cutting = false;
+    let samplesDuringCuts = 0;
     const sampler = (async () => {
       while (sampling && samples.length < 1_000) {
+        const during = cutting;
         samples.push(await readStats(t, tenant));
+        if (during && cutting) samplesDuringCuts++;
         await delay(100);
       }
     })();
@@ -109,6 +123,7 @@ describe('Database outage', () => {
     // The cutter: terminate the service's connections (and only those) every 50–100 ms.
     const cut = { rounds: 0, terminated: 0, inCommit: 0 };
     const cutFor = async (ms: number) => {
+      cutting = true;
       const until = Date.now() + ms;
       while (Date.now() < until) {
         const { rows } = await admin.query<{ ok: boolean; commit: boolean }>(
@@ -122,6 +137,7 @@ describe('Database outage', () => {
         cut.inCommit += rows.filter((r) => r.ok && r.commit).length;
         await delay(50 + Math.random() * 50);
       }
+      cutting = false;
     };
 
     // Four writers for 5 s with client-chosen ids: two send BUFFERED calls of 40 events every
@@ -192,17 +208,17 @@ describe('Database outage', () => {
         `cutter rounds ${cut.rounds}, connections terminated ${cut.terminated} ` +
         `(${cut.inCommit} while running COMMIT); failedWrites ${end.failedWrites}; ` +
         `batches recognised by the ledger ${ledger.recognised}; replayed from the DLQ ${end.replayed}; ` +
-        `stats samples ${samples.length}; flush ${JSON.stringify(f.flushAudit)}`,
+        `stats samples ${samples.length} (${samplesDuringCuts} during the cuts); flush ${JSON.stringify(f.flushAudit)}`,
     );
 
     // The fault really happened, and the writes really were retried.
-    expect(cut.terminated).toBeGreaterThan(10);
+    expect(cut.terminated).toBeGreaterThan(5);
     expect(end.failedWrites).toBeGreaterThan(0);
     // No call was answered outside the contract (no top-level error, no wrong status).
     expect(unexpected).toEqual([]);
     expect(wrongStatuses).toEqual([]);
     expect(distinct.size).toBe(accepted.length);
-    expect(distinct.size).toBeGreaterThan(2_000);
+    expect(distinct.size).toBeGreaterThan(500);
 
     // Every accepted event stored exactly once; nothing rejected was stored.
     expect(storedRows).toBe(distinct.size);
@@ -222,20 +238,20 @@ describe('Database outage', () => {
     });
     const broken = samples.filter((s) => !s.identityHolds || !balances(s));
     expect(broken).toEqual([]);
-    expect(samples.length).toBeGreaterThan(20);
+    expect(samplesDuringCuts).toBeGreaterThanOrEqual(5);
   });
 });
 
 describe('a COMMIT whose answer is lost (the outcome is unknown to the service)', () => {
   const prefix = `test:faultdbc:${randomBytes(4).toString('hex')}:`;
   const tenants: string[] = [];
-  let proxy: CommitProxy;
+  let proxy: FaultProxy;
   let admin: pg.Client;
   let t: TestApp;
 
   beforeAll(async () => {
     admin = await sqlClient();
-    proxy = await startCommitProxy();
+    proxy = await startFaultProxy();
     t = await startApp({
       DATABASE_URL: proxy.url(databaseUrl()),
       DATABASE_APPLICATION_NAME: `ag-fault-${randomBytes(5).toString('hex')}`,
@@ -308,5 +324,77 @@ describe('a COMMIT whose answer is lost (the outcome is unknown to the service)'
     // The events were stored by the first attempt; the replay must find that batch in the
     // ledger, so they end as stored, never as duplicates of themselves.
     expect(s).toMatchObject({ accepted: 11, stored: 11, duplicates: 0, deadLettered: 0 });
+  });
+});
+
+describe('a connection that dies as it opens', () => {
+  const tenant = newTenant('dies');
+  let proxy: FaultProxy;
+  let admin: pg.Client;
+  let svc: ServiceProcess | undefined;
+
+  beforeAll(async () => {
+    admin = await sqlClient();
+    proxy = await startFaultProxy();
+  });
+
+  afterAll(async () => {
+    await svc?.kill();
+    await proxy?.close();
+    await admin?.end();
+    await dropTenants(tenant);
+  });
+
+  it('does not take the service process down: the write is retried on a new connection and stored', async () => {
+    const applicationName = `ag-fault-${randomBytes(5).toString('hex')}`;
+    svc = await spawnService({
+      DATABASE_URL: proxy.url(databaseUrl()),
+      DATABASE_APPLICATION_NAME: applicationName,
+      DATABASE_POOL_SIZE: '2',
+      RETRY_BASE_MS: '20',
+      RETRY_MAX_MS: '100',
+    });
+    await svc.ready();
+    const client = graphqlClient(`${svc.base}/graphql`);
+    expect(
+      (await client.gql(tenant, CREATE, { input: { events: [event()] } })).createAuditEvents,
+    ).toMatchObject({ stored: 1 });
+
+    // Empty the pool (its idle connections are ended by the server), so the next write needs a
+    // new connection: that one reports "ready" and "terminated" in the same read.
+    const { rows } = await admin.query<{ ok: boolean }>(
+      'select pg_terminate_backend(pid) as ok from pg_stat_activity where application_name = $1',
+      [applicationName],
+    );
+    expect(rows.filter((r) => r.ok).length).toBeGreaterThan(0);
+    await waitUntil(
+      'the service has no connection left',
+      async () =>
+        (
+          await admin.query<{ n: number }>(
+            'select count(*)::int as n from pg_stat_activity where application_name = $1',
+            [applicationName],
+          )
+        ).rows[0]!.n,
+      (n) => n === 0,
+    );
+    proxy.killNextConnectionsAfterStartup(1);
+
+    const events = Array.from({ length: 5 }, () => event({ id: randomUUID() }));
+    const answer = await Promise.race([
+      client.raw(tenant, { query: CREATE, variables: { input: { events } } }).then(
+        (r) => r.body?.data?.createAuditEvents,
+        (err: Error) => ({ __typename: `no answer: ${err.message}` }),
+      ),
+      svc.exited.then((code) => ({ __typename: `process exited (${code})` })),
+    ]);
+    expect(proxy.killedAfterStartup).toBe(1);
+    expect(answer.__typename, svc.stderr()).toBe('CreateAuditEventsPayload');
+    expect(answer.stored).toBe(5);
+    expect(svc.child.exitCode).toBeNull();
+    expect(await countEvents(admin, tenant)).toBe(6);
+
+    svc.child.kill('SIGTERM');
+    expect(await within(svc.exited, 20_000, 'exit after SIGTERM')).toBe(0);
   });
 });

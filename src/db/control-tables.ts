@@ -1,6 +1,15 @@
-import { integer, pgSchema, primaryKey, text, timestamp, varchar } from 'drizzle-orm/pg-core';
+import {
+  index,
+  integer,
+  pgSchema,
+  primaryKey,
+  text,
+  timestamp,
+  uuid,
+  varchar,
+} from 'drizzle-orm/pg-core';
 
-/** The control schema: which tenants exist and which migration each tenant schema is at. */
+/** The control schema: which tenants exist, which migration each is at, and the API keys. */
 export const control = pgSchema('auditgraph');
 
 const ts = (name: string) => timestamp(name, { precision: 3, withTimezone: true, mode: 'date' });
@@ -33,3 +42,26 @@ export const controlMigrations = control.table('control_migrations', {
   hash: text('hash').notNull(),
   appliedAt: ts('applied_at').notNull().defaultNow(),
 });
+
+/**
+ * API keys (AUTH_MODE=keys). Only a SHA-256 of each key is stored; the key itself is shown once,
+ * when it is created. `tenant_id` null is a platform key (tenant administration only). No
+ * foreign key to `tenants`: a key row outlives nothing it could block, and keys are checked
+ * against the tenant when they are created.
+ */
+export const apiKeys = control.table(
+  'api_keys',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    keyHash: varchar('key_hash', { length: 64 }).notNull().unique(),
+    prefix: varchar('prefix', { length: 16 }).notNull(),
+    tenantId: varchar('tenant_id', { length: 40 }),
+    scopes: text('scopes').array().notNull(),
+    label: varchar('label', { length: 100 }).notNull(),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    lastUsedAt: ts('last_used_at'),
+    expiresAt: ts('expires_at'),
+    revokedAt: ts('revoked_at'),
+  },
+  (t) => [index('api_keys_tenant_idx').on(t.tenantId, t.createdAt)],
+);

@@ -32,7 +32,13 @@ export class TenantRegistry {
         this.log.error({ tenant: tenant_id }, 'control schema holds an invalid tenant id; skipped');
         continue;
       }
-      await this.prepare(tenant_id as TenantId);
+      try {
+        await this.prepare(tenant_id as TenantId);
+      } catch (err) {
+        // One broken tenant schema must not keep the service (and every other tenant) down: it
+        // stays not ready and is tried again on its next request.
+        this.log.error({ err, tenant: tenant_id }, 'tenant could not be migrated at start-up');
+      }
     }
     return rows.length;
   }

@@ -51,19 +51,41 @@ export class BackpressureError extends AuditError {
   }
 }
 
+/** The tenant's write rate was reached; nothing from this call was accepted. */
 export class RateLimitedError extends AuditError {
   readonly retryable = true;
-  constructor(readonly retryAfterMs: number) {
-    super(`rate limit reached; retry after ${retryAfterMs} ms`);
+  constructor(
+    readonly retryAfterMs: number,
+    readonly limit: 'RATE_LIMIT_EVENTS_PER_SECOND' = 'RATE_LIMIT_EVENTS_PER_SECOND',
+  ) {
+    super(
+      `write rate of the tenant reached (${limit}); nothing from this call was accepted, ` +
+        `retry after ${retryAfterMs} ms`,
+    );
   }
 }
 
+/** No valid credential: missing, malformed, unknown, revoked or expired. */
 export class UnauthenticatedError extends AuditError {
   readonly retryable = false;
 }
 
+/** A valid credential that may not do this (a scope it lacks, a tenant it cannot choose). */
 export class ForbiddenError extends AuditError {
   readonly retryable = false;
+}
+
+/** A configured limit other than the write rate was reached; the message names the setting. */
+export class LimitExceededError extends AuditError {
+  readonly retryable = true;
+  constructor(
+    /** The setting, e.g. `MAX_CONNECTIONS_PER_TENANT`. */
+    readonly limit: string,
+    readonly max: number,
+    what: string,
+  ) {
+    super(`${what}: at most ${max} (${limit})`);
+  }
 }
 
 export class UnknownTenantError extends AuditError {

@@ -3,8 +3,9 @@ import { OUTCOMES } from '../domain/event.js';
 import { FILTER_LIMITS } from '../domain/filter.js';
 import { type Connection, PAGE_DEFAULT, PAGE_MAX } from '../query/audit-event-queries.js';
 import type { AuditEventRow } from '../query/audit-event-reader.js';
+import { refusedAsResult } from './auth.js';
 import { builder } from './builder.js';
-import { requireTenant } from './context.js';
+import { recordRead, requireTenant } from './context.js';
 import { TENANT_ERRORS } from './errors.js';
 
 export const OutcomeEnum = builder.enumType('Outcome', { values: OUTCOMES });
@@ -116,6 +117,8 @@ builder.queryField('auditEvents', (t) =>
       `backward with last/before; page size defaults to ${PAGE_DEFAULT}, at most ${PAGE_MAX}. ` +
       'Cursors are bound to the tenant, order and filter they were issued for.',
     errors: { types: [...TENANT_ERRORS, InvalidCursorError], union: { name: 'AuditEventsResult' } },
+    authScopes: { eventsRead: true },
+    unauthorizedResolver: refusedAsResult,
     args: {
       first: t.arg.int(),
       after: t.arg.string(),
@@ -127,7 +130,13 @@ builder.queryField('auditEvents', (t) =>
     resolve: async (_root, args, ctx) => {
       const tenant = requireTenant(ctx);
       await ctx.services.tenants.ensure(tenant, false);
-      return ctx.services.queries.list(tenant, args);
+      const page = await ctx.services.queries.list(tenant, args);
+      await recordRead(ctx, tenant, 'auditEvents', {
+        returned: page.edges.length,
+        filter: args.filter ?? null,
+        order: args.order ?? null,
+      });
+      return page;
     },
   }),
 );
@@ -141,6 +150,8 @@ builder.queryField('auditEvent', (t) =>
     description:
       'One event by id (null when absent). Give occurredAt too to make the look-up exact and cheaper.',
     errors: { types: TENANT_ERRORS, union: { name: 'AuditEventResult' } },
+    authScopes: { eventsRead: true },
+    unauthorizedResolver: refusedAsResult,
     args: {
       id: t.arg.string({ required: true }),
       occurredAt: t.arg({ type: 'DateTime' }),
@@ -149,7 +160,12 @@ builder.queryField('auditEvent', (t) =>
       const tenant = requireTenant(ctx);
       if (!UUID.test(args.id)) throw ValidationError.single('id', 'must be a UUID');
       await ctx.services.tenants.ensure(tenant, false);
-      return ctx.services.queries.byId(tenant, args.id.toLowerCase(), args.occurredAt);
+      const event = await ctx.services.queries.byId(tenant, args.id.toLowerCase(), args.occurredAt);
+      await recordRead(ctx, tenant, 'auditEvent', {
+        id: args.id.toLowerCase(),
+        found: event !== null,
+      });
+      return event;
     },
   }),
 );

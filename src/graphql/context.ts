@@ -1,15 +1,22 @@
 import type { Config } from '../config.js';
+import type { ApiKeyStore } from '../db/api-key-store.js';
+import type { TenantDirectory } from '../db/tenant-directory.js';
 import type { TenantRegistry } from '../db/tenant-registry.js';
-import { UnauthenticatedError, ValidationError } from '../domain/errors.js';
+import type { ApiKeyRecord } from '../domain/api-key.js';
+import { ForbiddenError, UnauthenticatedError, ValidationError } from '../domain/errors.js';
 import { type TenantId, tenantIdProblem } from '../domain/tenant.js';
+import type { AccessLog, AccessRecord } from '../ingest/access-log.js';
 import type { DeadLetterStore } from '../ingest/dead-letter-queue.js';
 import type { IngestEvents } from '../ingest/events.js';
 import type { IngestService } from '../ingest/ingest-service.js';
 import type { RetryWorker } from '../ingest/retry-worker.js';
+import type { WriteRateLimiter } from '../ingest/write-rate-limiter.js';
 import type { Logger } from '../logger.js';
 import type { AuditEventQueries } from '../query/audit-event-queries.js';
 import type { Cluster } from '../realtime/cluster.js';
 import type { RealtimeBus } from '../realtime/pubsub.js';
+import type { TenantConnectionLimiter } from './connection-limiter.js';
+import type { KeyWatcher } from './key-watcher.js';
 
 /** What resolvers may use; built once by app.ts. */
 export interface Services {
@@ -27,28 +34,98 @@ export interface Services {
   realtime: RealtimeBus;
   /** This process's name in flush reports and stats. */
   instanceId: string;
+  /** API keys (AUTH_MODE=keys). */
+  apiKeys: ApiKeyStore;
+  /** Tenant administration's reads: tenants, event counts, partition ranges. */
+  tenantDirectory: TenantDirectory;
+  /** Records access (key and tenant administration, dead-letter handling, reads) as events. */
+  accessLog: AccessLog;
+  /** Per-tenant write rate (RATE_LIMIT_EVENTS_PER_SECOND). */
+  rateLimiter: WriteRateLimiter;
+  /** Open subscription connections per tenant (MAX_CONNECTIONS_PER_TENANT). */
+  connections: TenantConnectionLimiter;
+  /** Ends what a revoked or expired key holds open. */
+  keyWatcher: KeyWatcher;
 }
+
+/**
+ * Who is calling (see auth.ts): in AUTH_MODE=dev a tenant claim, unchecked; in AUTH_MODE=keys
+ * a valid key; or a refusal that every field answers as its typed error.
+ */
+export type Caller =
+  | { kind: 'dev'; tenantClaim: string | null }
+  | { kind: 'key'; key: ApiKeyRecord; keyHash: string }
+  | { kind: 'refused'; error: UnauthenticatedError | ForbiddenError };
 
 export interface GraphQLContext {
   requestId: string;
   log: Logger;
   services: Services;
-  /** The tenant named by the request (`x-tenant-id` in AUTH_MODE=dev), unchecked; null if absent. */
-  tenantClaim: string | null;
+  /** Who is calling: fixed for the request (for a WebSocket operation, for its connection). */
+  caller: Caller;
+  /** `ws` for an operation on a WebSocket connection; `http` for HTTP and SSE. */
+  transport: 'http' | 'ws';
 }
 
 export const TENANT_HEADER = 'x-tenant-id';
 
 /**
- * The caller's tenant, from the request and only from it. Missing or malformed is a typed
- * error; there is no default tenant to fall back to.
+ * The caller's tenant, from the request and only from it: the API key's tenant, or in
+ * AUTH_MODE=dev the tenant the request names. Missing or malformed is a typed error; there is
+ * no default tenant to fall back to.
  */
 export function requireTenant(ctx: GraphQLContext): TenantId {
-  const claim = ctx.tenantClaim;
+  const caller = ctx.caller;
+  if (caller.kind === 'refused') throw caller.error;
+  if (caller.kind === 'key') {
+    if (caller.key.tenantId === null) {
+      throw new ForbiddenError('a platform key acts on no tenant; use a key of the tenant');
+    }
+    return caller.key.tenantId;
+  }
+  const claim = caller.tenantClaim;
   if (claim === null || claim === '') {
     throw new UnauthenticatedError(`the ${TENANT_HEADER} header is required (AUTH_MODE=dev)`);
   }
   const problem = tenantIdProblem(claim);
   if (problem) throw ValidationError.single(TENANT_HEADER, `tenant id ${problem}`);
   return claim as TenantId;
+}
+
+/**
+ * Records an access made with an API key in the affected tenant's log (AccessLog), naming the
+ * key's label as the actor. Nothing is recorded in AUTH_MODE=dev: nobody is authenticated there,
+ * so there is no one to name.
+ */
+export async function recordAccess(
+  ctx: GraphQLContext,
+  record: Omit<AccessRecord, 'actor' | 'correlationId' | 'data'> & {
+    data?: Record<string, unknown>;
+  },
+): Promise<void> {
+  const caller = ctx.caller;
+  if (caller.kind !== 'key') return;
+  await ctx.services.accessLog.record({
+    ...record,
+    actor: { type: 'api_key', id: caller.key.label },
+    correlationId: ctx.requestId,
+    data: { ...record.data, keyId: caller.key.id, requestId: ctx.requestId },
+  });
+}
+
+/** Records a read of the tenant's audit log (AUDIT_READS), before the read is answered. */
+export async function recordRead(
+  ctx: GraphQLContext,
+  tenant: TenantId,
+  field: string,
+  data: Record<string, unknown>,
+): Promise<void> {
+  if (!ctx.services.accessLog.auditsReads) return;
+  await recordAccess(ctx, {
+    tenant,
+    eventType: 'auditgraph.access.read',
+    action: 'read',
+    resource: { type: 'audit_log', id: field },
+    data,
+  });
 }

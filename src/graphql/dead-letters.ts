@@ -1,7 +1,8 @@
 import { ValidationError } from '../domain/errors.js';
 import type { DeadLetter } from '../ingest/dead-letter-queue.js';
+import { refusedAsResult } from './auth.js';
 import { builder } from './builder.js';
-import { requireTenant } from './context.js';
+import { recordAccess, requireTenant } from './context.js';
 import { TENANT_ERRORS } from './errors.js';
 
 const DeadLetterStateEnum = builder.enumType('DeadLetterState', {
@@ -89,6 +90,8 @@ builder.queryField('deadLetters', (t) =>
     type: DeadLetterConnection,
     description: 'The caller’s dead letters, oldest first. Cursors are dead-letter ids.',
     errors: { types: TENANT_ERRORS, union: { name: 'DeadLettersResult' } },
+    authScopes: { deadlettersAdmin: true },
+    unauthorizedResolver: refusedAsResult,
     args: {
       first: t.arg.int({ defaultValue: 50 }),
       after: t.arg.string(),
@@ -146,6 +149,8 @@ builder.mutationField('replayDeadLetters', (t) =>
   t.field({
     type: ReplayPayload,
     errors: { types: TENANT_ERRORS, union: { name: 'ReplayDeadLettersResult' } },
+    authScopes: { deadlettersAdmin: true },
+    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: ReplayDeadLettersInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
@@ -179,6 +184,15 @@ builder.mutationField('replayDeadLetters', (t) =>
         { tenant, replayed: replayed.length, requestId: ctx.requestId },
         'dead letters replayed by request',
       );
+      for (const dl of replayed) {
+        await recordAccess(ctx, {
+          tenant,
+          eventType: 'auditgraph.deadletter.replayed',
+          action: 'replay',
+          resource: { type: 'dead_letter', id: dl.id },
+          data: { events: dl.records.length, attempts: dl.attempts },
+        });
+      }
       if (replayed.length) void retryWorker.runOnce();
       return { replayed, notFound };
     },
@@ -201,6 +215,8 @@ builder.mutationField('discardDeadLetter', (t) =>
     description:
       'Gives up a PARKED dead letter for good. Counted in auditStats.discarded and logged with the reason — never silent.',
     errors: { types: TENANT_ERRORS, union: { name: 'DiscardDeadLetterResult' } },
+    authScopes: { deadlettersAdmin: true },
+    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: DiscardDeadLetterInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
@@ -232,6 +248,13 @@ builder.mutationField('discardDeadLetter', (t) =>
         error: reason,
         at: new Date(),
         instanceId: ctx.services.instanceId,
+      });
+      await recordAccess(ctx, {
+        tenant,
+        eventType: 'auditgraph.deadletter.discarded',
+        action: 'discard',
+        resource: { type: 'dead_letter', id: dl.id },
+        data: { events: dl.records.length, attempts: dl.attempts, reason },
       });
       return dl;
     },

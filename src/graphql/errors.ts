@@ -3,7 +3,9 @@ import {
   BackpressureError,
   CommitTimeoutError,
   FlushTimeoutError,
+  ForbiddenError,
   InvalidCursorError,
+  LimitExceededError,
   RateLimitedError,
   ShuttingDownError,
   UnauthenticatedError,
@@ -55,17 +57,44 @@ builder.objectType(BackpressureError, {
 
 builder.objectType(RateLimitedError, {
   name: 'RateLimitedError',
+  description: 'The tenant’s write rate was reached; nothing from this call was accepted.',
   interfaces: [AuditErrorInterface],
   isTypeOf: (e) => e instanceof RateLimitedError,
-  fields: (t) => ({ retryAfterMs: t.exposeInt('retryAfterMs') }),
+  fields: (t) => ({
+    retryAfterMs: t.exposeInt('retryAfterMs'),
+    limit: t.exposeString('limit', { description: 'The setting that was reached.' }),
+  }),
 });
 
 builder.objectType(UnauthenticatedError, {
   name: 'UnauthenticatedError',
-  description: 'The request does not say who it is for.',
+  description:
+    'The request does not say who it is: no API key, or one that is unknown, revoked or expired ' +
+    '(AUTH_MODE=dev: no tenant).',
   interfaces: [AuditErrorInterface],
   isTypeOf: (e) => e instanceof UnauthenticatedError,
   fields: () => ({}),
+});
+
+builder.objectType(ForbiddenError, {
+  name: 'ForbiddenError',
+  description:
+    'The caller is known but may not do this: its key lacks the scope, or the request tried to ' +
+    'choose its tenant.',
+  interfaces: [AuditErrorInterface],
+  isTypeOf: (e) => e instanceof ForbiddenError,
+  fields: () => ({}),
+});
+
+builder.objectType(LimitExceededError, {
+  name: 'LimitExceededError',
+  description: 'A configured limit was reached; `limit` names the setting.',
+  interfaces: [AuditErrorInterface],
+  isTypeOf: (e) => e instanceof LimitExceededError,
+  fields: (t) => ({
+    limit: t.exposeString('limit'),
+    max: t.exposeInt('max'),
+  }),
 });
 
 builder.objectType(UnknownTenantError, {
@@ -115,6 +144,11 @@ builder.objectType(FlushTimeoutError, {
 });
 
 /** The errors every tenant-scoped field can answer with. */
-export const TENANT_ERRORS = [ValidationError, UnauthenticatedError, UnknownTenantError];
+export const TENANT_ERRORS = [
+  ValidationError,
+  UnauthenticatedError,
+  ForbiddenError,
+  UnknownTenantError,
+];
 
 export { AuditError, CommitTimeoutError };

@@ -2,6 +2,7 @@ import {
   BackpressureError,
   CommitTimeoutError,
   FlushTimeoutError,
+  RateLimitedError,
   ShuttingDownError,
   ValidationError,
 } from '../domain/errors.js';
@@ -9,6 +10,7 @@ import { type AuditEventInput, LIMITS, validateEvents } from '../domain/event.js
 import type { AcceptedEvent, FlushResult } from '../ingest/ingest-service.js';
 import { identityHolds, type TenantStats } from '../ingest/stats.js';
 import { OutcomeEnum } from './audit-event.js';
+import { refusedAsResult } from './auth.js';
 import { builder } from './builder.js';
 import { requireTenant } from './context.js';
 import { AuditErrorInterface, TENANT_ERRORS } from './errors.js';
@@ -145,9 +147,17 @@ builder.mutationField('createAuditEvents', (t) =>
       'Accepts every event of the call or none. Rejections (typed errors) mean nothing was accepted; ' +
       'CommitTimeoutError means everything was accepted and is still pending.',
     errors: {
-      types: [...TENANT_ERRORS, BackpressureError, ShuttingDownError, CommitTimeoutError],
+      types: [
+        ...TENANT_ERRORS,
+        BackpressureError,
+        RateLimitedError,
+        ShuttingDownError,
+        CommitTimeoutError,
+      ],
       union: { name: 'CreateAuditEventsResult' },
     },
+    authScopes: { eventsWrite: true },
+    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: CreateAuditEventsInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
@@ -160,6 +170,7 @@ builder.mutationField('createAuditEvents', (t) =>
         maxEvents: config.maxEventsPerCall,
       });
       await tenants.ensure(tenant, config.tenantAutoProvision);
+      await ctx.services.rateLimiter.consume(tenant, records.length);
       const events = await ingest.accept(tenant, records, input.ack ?? 'COMMITTED');
       return { events };
     },
@@ -197,6 +208,8 @@ builder.mutationField('flushAudit', (t) =>
     description:
       'A barrier: returns when every event of the tenant accepted before the call has a final status.',
     errors: { types: [...TENANT_ERRORS, FlushTimeoutError], union: { name: 'FlushAuditResult' } },
+    authScopes: { eventsWrite: true },
+    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: FlushAuditInput }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
@@ -255,6 +268,8 @@ builder.queryField('auditStats', (t) =>
   t.field({
     type: AuditStatsRef,
     errors: { types: TENANT_ERRORS, union: { name: 'AuditStatsResult' } },
+    authScopes: { eventsRead: true },
+    unauthorizedResolver: refusedAsResult,
     resolve: async (_root, _args, ctx) => {
       const tenant = requireTenant(ctx);
       await ctx.services.tenants.ensure(tenant, false);

@@ -6,6 +6,7 @@ import './audit-event.js';
 import './ingest.js';
 import './dead-letters.js';
 import './subscriptions.js';
+import './admin.js';
 
 let schema: GraphQLSchema | undefined;
 

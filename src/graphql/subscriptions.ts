@@ -1,5 +1,11 @@
 import { errorTypeMap, wrapErrorIfMatches } from '@pothos/plugin-errors';
-import { UnauthenticatedError, UnknownTenantError, ValidationError } from '../domain/errors.js';
+import {
+  ForbiddenError,
+  LimitExceededError,
+  UnauthenticatedError,
+  UnknownTenantError,
+  ValidationError,
+} from '../domain/errors.js';
 import { LIMITS } from '../domain/event.js';
 import { type AuditEventFilter, matchesFilter, validateFilter } from '../domain/filter.js';
 import type { TenantId } from '../domain/tenant.js';
@@ -20,7 +26,7 @@ import {
 } from '../realtime/topics.js';
 import { AuditEvent, AuditEventFilterInput } from './audit-event.js';
 import { builder } from './builder.js';
-import { type GraphQLContext, requireTenant } from './context.js';
+import { type GraphQLContext, recordRead, requireTenant } from './context.js';
 import { AuditErrorInterface } from './errors.js';
 
 builder.subscriptionType({
@@ -68,7 +74,9 @@ builder.objectType(SubscriptionInterruptedError, {
 const SUBSCRIPTION_ERRORS = [
   ValidationError,
   UnauthenticatedError,
+  ForbiddenError,
   UnknownTenantError,
+  LimitExceededError,
   SubscriptionInterruptedError,
 ] as const;
 
@@ -88,6 +96,20 @@ function typeOf(value: unknown, payload: string): string {
  */
 function resolveMessage<T>(item: T): T {
   return wrapErrorIfMatches(item, [...SUBSCRIPTION_ERRORS]) as T;
+}
+
+/**
+ * `unauthorizedResolver` of the subscription fields: scope-auth checks them when they are
+ * opened, and a refusal is the stream's only message, as every other expected failure is.
+ */
+function refusedAsStream(
+  _parent: unknown,
+  _args: unknown,
+  _ctx: unknown,
+  _info: unknown,
+  error: Error,
+): never {
+  return single(error) as never;
 }
 
 const FlushTriggerEnum = builder.enumType('FlushTrigger', {
@@ -219,20 +241,88 @@ async function open<A, T>(
   field: string,
   check: () => A,
   start: (tenant: TenantId, checked: A) => AsyncIterable<LiveItem<T>>,
+  read?: (checked: A) => Record<string, unknown>,
 ): Promise<AsyncIterable<LiveItem<T> | SubscriptionError>> {
+  let release: (() => void) | undefined;
   try {
     const tenant = requireTenant(ctx);
     const checked = check();
     // A subscription creates nothing; with auto-provisioning on, a tenant's first subscriber may
     // come before its first write (that is how a test waits for its own events).
-    const { config, tenants } = ctx.services;
+    const { config, tenants, connections } = ctx.services;
     if (!config.tenantAutoProvision) await tenants.ensure(tenant, false);
+    // A WebSocket counts once, when it connects (ws.ts); an SSE stream is a connection itself.
+    if (ctx.transport === 'http') {
+      release = connections.acquire(tenant) ?? undefined;
+      if (!release) {
+        throw new LimitExceededError(
+          'MAX_CONNECTIONS_PER_TENANT',
+          connections.max,
+          'subscription connections open for this tenant',
+        );
+      }
+    }
+    if (read) await recordRead(ctx, tenant, field, read(checked));
     ctx.log.debug({ tenant, field, requestId: ctx.requestId }, 'subscription opened');
-    return start(tenant, checked);
+    return guarded(ctx, start(tenant, checked), release);
   } catch (err) {
+    release?.();
     if (SUBSCRIPTION_ERRORS.some((E) => err instanceof E)) return single(err as SubscriptionError);
     throw err;
   }
+}
+
+/**
+ * The stream, ended early when the caller's key is revoked or expires — its last message is
+ * then the UnauthenticatedError — and with `release` called however it ends.
+ */
+function guarded<T>(
+  ctx: GraphQLContext,
+  source: AsyncIterable<T>,
+  release: (() => void) | undefined,
+): AsyncIterableIterator<T | UnauthenticatedError> {
+  const it = source[Symbol.asyncIterator]();
+  const caller = ctx.caller;
+  let revoked: UnauthenticatedError | undefined;
+  let finished = false;
+  let wake: (() => void) | undefined;
+  const stopped = new Promise<void>((resolve) => {
+    wake = resolve;
+  });
+  const unwatch =
+    caller.kind === 'key'
+      ? ctx.services.keyWatcher.watch(caller.keyHash, (err) => {
+          revoked = err;
+          wake?.();
+        })
+      : undefined;
+  const finish = () => {
+    if (finished) return;
+    finished = true;
+    unwatch?.();
+    release?.();
+    void it.return?.();
+  };
+  const done = { value: undefined, done: true } as const;
+  return {
+    async next(): Promise<IteratorResult<T | UnauthenticatedError>> {
+      if (finished) return done;
+      const r = await Promise.race([it.next(), stopped.then(() => null)]);
+      if (r === null || revoked) {
+        finish();
+        return revoked ? { value: revoked, done: false } : done;
+      }
+      if (r.done) finish();
+      return r;
+    },
+    async return(): Promise<IteratorResult<T | UnauthenticatedError>> {
+      finish();
+      return done;
+    },
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+  };
 }
 
 function checkCorrelationId(id: string | null | undefined): string | null {
@@ -253,6 +343,8 @@ builder.subscriptionField('flushCompleted', (t) =>
       'One message per batch settled on any instance (with a filter: per batch holding that ' +
       'correlation id, with only its counts). First message: SubscriptionReady.',
     args: { filter: t.arg({ type: FlushCompletedFilter }) },
+    authScopes: { eventsRead: true },
+    unauthorizedResolver: refusedAsStream,
     subscribe: (_root, args, ctx) =>
       open(
         ctx,
@@ -274,6 +366,8 @@ builder.subscriptionField('deadLetterEvents', (t) =>
     type: DeadLetterEventMessageUnion,
     description:
       'Every step of every dead letter of the tenant, on any instance. First message: SubscriptionReady.',
+    authScopes: { deadlettersAdmin: true },
+    unauthorizedResolver: refusedAsStream,
     subscribe: (_root, _args, ctx) =>
       open(
         ctx,
@@ -303,6 +397,8 @@ builder.subscriptionField('auditEventsAdded', (t) =>
       'not repeated), in commit order, from any instance. First message: SubscriptionReady. ' +
       'After a reconnect, re-query auditEvents from your last position, then rely on the tail.',
     args: { filter: t.arg({ type: AuditEventFilterInput }) },
+    authScopes: { eventsRead: true },
+    unauthorizedResolver: refusedAsStream,
     subscribe: (_root, args, ctx) =>
       open(
         ctx,
@@ -314,6 +410,7 @@ builder.subscriptionField('auditEventsAdded', (t) =>
               .filter((e) => matchesFilter(storedEventRecord(e), filter))
               .map((e) => eventRow(e, m.batchId)),
           ),
+        (filter) => ({ filter }),
       ),
     resolve: resolveMessage,
   }),

@@ -6,13 +6,19 @@ import type { Context } from 'graphql-ws';
 import { type Extra, useServer } from 'graphql-ws/use/ws';
 import { createGraphQLError, type YogaServerInstance } from 'graphql-yoga';
 import { type WebSocket, WebSocketServer } from 'ws';
+import { UnauthenticatedError } from '../domain/errors.js';
 import { tenantIdProblem } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
-import type { GraphQLContext } from './context.js';
+import { authenticateConnection } from './auth.js';
+import type { Caller, GraphQLContext, Services } from './context.js';
 import { type RequestScope, requestScope, type ServerContext } from './yoga.js';
 
 /** Close code for a refused connection_init (graphql-ws' own "Forbidden"). */
 const FORBIDDEN = 4403;
+/** Close code for a missing, invalid, revoked or expired key (graphql-ws' "Unauthorized"). */
+const UNAUTHORIZED = 4401;
+/** Close code for a connection over MAX_CONNECTIONS_PER_TENANT (graphql-ws' "too many"). */
+const TOO_MANY = 4429;
 
 export interface WebSocketOptions {
   /** The GraphQL path; upgrades anywhere else are answered 404. */
@@ -20,6 +26,8 @@ export interface WebSocketOptions {
   /** Operations one connection may have open at once (MAX_SUBSCRIPTIONS_PER_CONNECTION). */
   maxOperationsPerConnection: number;
   log: Logger;
+  /** Authentication, the per-tenant connection count and the key watcher. */
+  services: Services;
 }
 
 export interface WebSocketTransport {
@@ -36,8 +44,11 @@ export interface WebSocketTransport {
 interface ConnectionState {
   id: string;
   tenant: string | null;
+  caller: Caller | null;
   openedAt: number;
   operations: number;
+  /** Frees the connection's place in MAX_CONNECTIONS_PER_TENANT and stops watching its key. */
+  release: (() => void) | null;
 }
 
 /** The envelop entry points carried to execute/subscribe through `rootValue` (yoga's ws example). */
@@ -49,10 +60,14 @@ interface EnvelopedRoot {
 
 /**
  * graphql-ws (`graphql-transport-ws`) on the HTTP server's own port and path. Operations run
- * through yoga's envelop (same schema, plugins, error masking and context as HTTP). In
- * AUTH_MODE=dev the tenant is the `tenantId` of the connection_init payload, checked with the
- * rules of the header and fixed for the connection's life; a missing or invalid one closes the
- * connection with 4403 and a reason that says why.
+ * through yoga's envelop (same schema, plugins, error masking and context as HTTP). The caller is
+ * fixed by connection_init for the connection's life:
+ * - AUTH_MODE=dev: the tenant is the payload's `tenantId`, checked with the rules of the header;
+ *   a missing or invalid one closes the connection with 4403 and a reason that says why;
+ * - AUTH_MODE=keys: the payload's `authorization: "Bearer <key>"`; a missing or invalid key
+ *   closes with 4401, a payload that names a tenant itself with 4403. The key is re-checked
+ *   every AUTH_RECHECK_MS while the connection is open: revoked or expired, it closes with 4401.
+ * A tenant's connections beyond MAX_CONNECTIONS_PER_TENANT are closed with 4429.
  */
 export function attachWebSocket(
   server: Server,
@@ -68,7 +83,14 @@ export function attachWebSocket(
   const stateOf = (socket: WebSocket): ConnectionState => {
     let s = states.get(socket);
     if (!s) {
-      s = { id: randomUUID(), tenant: null, openedAt: Date.now(), operations: 0 };
+      s = {
+        id: randomUUID(),
+        tenant: null,
+        caller: null,
+        openedAt: Date.now(),
+        operations: 0,
+        release: null,
+      };
       states.set(socket, s);
     }
     return s;
@@ -88,26 +110,72 @@ export function attachWebSocket(
       isProd: true,
       execute: (args) => run(args, 'execute'),
       subscribe: (args) => run(args, 'subscribe'),
-      onConnect(ctx) {
+      async onConnect(ctx) {
         const socket = ctx.extra.socket;
         const state = stateOf(socket);
-        const claim = ctx.connectionParams?.tenantId;
-        const invalid = typeof claim === 'string' && claim !== '' ? tenantIdProblem(claim) : null;
-        const problem =
-          typeof claim !== 'string' || claim === ''
-            ? 'the connection_init payload must carry tenantId (AUTH_MODE=dev)'
-            : invalid && `tenantId ${invalid}`;
-        if (problem) {
-          log.info({ connection: state.id, reason: problem }, 'websocket refused');
+        const refuse = (code: number, reason: string) => {
+          log.info({ connection: state.id, code, reason }, 'websocket refused');
           // Closing first makes this the close reason the client sees (graphql-ws' own
           // "Forbidden" that follows is ignored by an already closing socket).
-          socket.close(FORBIDDEN, `Forbidden: ${problem}`.slice(0, 123));
+          socket.close(code, reason.slice(0, 123));
+          return false;
+        };
+        let caller: Caller;
+        try {
+          caller = await authenticateConnection(opts.services, ctx.connectionParams);
+        } catch (err) {
+          log.error({ err, connection: state.id }, 'websocket authentication failed');
+          return refuse(1011, 'Internal error: authentication failed, try again');
+        }
+        if (caller.kind === 'refused') {
+          const unauthenticated = caller.error instanceof UnauthenticatedError;
+          return refuse(
+            unauthenticated ? UNAUTHORIZED : FORBIDDEN,
+            `${unauthenticated ? 'Unauthorized' : 'Forbidden'}: ${caller.error.message}`,
+          );
+        }
+        let tenant: string;
+        if (caller.kind === 'dev') {
+          const claim = caller.tenantClaim;
+          const invalid = claim ? tenantIdProblem(claim) : null;
+          const problem = !claim
+            ? 'the connection_init payload must carry tenantId (AUTH_MODE=dev)'
+            : invalid && `tenantId ${invalid}`;
+          if (problem) return refuse(FORBIDDEN, `Forbidden: ${problem}`);
+          tenant = claim!;
+        } else {
+          // A platform key may connect; its subscriptions answer ForbiddenError (no tenant).
+          tenant = caller.key.tenantId ?? '(platform)';
+        }
+        const releaseSlot = opts.services.connections.acquire(tenant);
+        if (!releaseSlot) {
+          return refuse(
+            TOO_MANY,
+            `Too many connections: at most ${opts.services.connections.max} per tenant ` +
+              '(MAX_CONNECTIONS_PER_TENANT)',
+          );
+        }
+        const unwatch =
+          caller.kind === 'key'
+            ? opts.services.keyWatcher.watch(caller.keyHash, (err) => {
+                log.info({ connection: state.id, reason: err.message }, 'websocket key revoked');
+                socket.close(UNAUTHORIZED, `Unauthorized: ${err.message}`.slice(0, 123));
+              })
+            : undefined;
+        state.release = () => {
+          releaseSlot();
+          unwatch?.();
+        };
+        // The socket may have gone while we authenticated: onClose has run already then.
+        if (socket.readyState !== socket.OPEN) {
+          state.release();
           return false;
         }
-        state.tenant = claim as string;
+        state.tenant = tenant;
+        state.caller = caller;
         open.add(ctx);
-        log.info({ connection: state.id, tenant: state.tenant }, 'websocket connected');
-        return { tenantId: state.tenant };
+        log.info({ connection: state.id, tenant }, 'websocket connected');
+        return caller.kind === 'dev' ? { tenantId: tenant } : { tenantId: caller.key.tenantId };
       },
       async onSubscribe(ctx, id, payload) {
         const state = stateOf(ctx.extra.socket);
@@ -124,9 +192,10 @@ export function attachWebSocket(
           ];
         }
         const requestId = randomUUID();
+        if (!state.caller) return [createGraphQLError('the connection is not initialised')];
         const enveloped = yoga.getEnveloped({
           req: ctx.extra.request,
-          connectionTenant: state.tenant ?? '',
+          connectionCaller: state.caller,
           requestId,
           params: payload,
         });
@@ -170,6 +239,8 @@ export function attachWebSocket(
       onClose(ctx, code, reason) {
         open.delete(ctx);
         const state = stateOf(ctx.extra.socket);
+        state.release?.();
+        state.release = null;
         if (state.tenant === null) return; // refused (logged) or never initialised
         log.info(
           {

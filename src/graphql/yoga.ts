@@ -3,7 +3,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { createYoga, maskError, type YogaServerInstance } from 'graphql-yoga';
 import type { Logger } from '../logger.js';
-import { type GraphQLContext, type Services, TENANT_HEADER } from './context.js';
+import { authenticateRequest } from './auth.js';
+import { type Caller, type GraphQLContext, type Services, TENANT_HEADER } from './context.js';
+import { useRequestLimits } from './limits.js';
 import { buildSchema } from './schema.js';
 
 export interface RequestScope {
@@ -15,19 +17,27 @@ export const requestScope = new AsyncLocalStorage<RequestScope>();
 
 /**
  * What a transport hands to yoga: the node request (and response, for HTTP and SSE). A WebSocket
- * operation has no response and brings the tenant its connection was opened for, and its own
- * request id.
+ * operation has no response and brings the caller its connection was authenticated as, and its
+ * own request id.
  */
 export type ServerContext = {
   req: IncomingMessage;
   res?: ServerResponse;
-  connectionTenant?: string;
+  connectionCaller?: Caller;
   requestId?: string;
 };
 
-const EXAMPLE_OPERATIONS = `# auditgraph — every request is scoped to the tenant in the x-tenant-id header
-# (see the Headers tab below). Run "Create", then "Flush", then "Page".
+const DEV_INTRO = `# auditgraph — every request is scoped to the tenant in the x-tenant-id header
+# (see the Headers tab below; AUTH_MODE=dev). Run "Create", then "Flush", then "Page".
+`;
 
+const KEYS_INTRO = `# auditgraph — every request carries an API key: put yours in the Headers tab below
+# ("Authorization": "Bearer agk_…"; create one with \`npm run keys -- create --tenant <id>
+# --scopes events:write,events:read --label me\`). The tenant is the key's.
+# Run "Create", then "Flush", then "Page".
+`;
+
+const EXAMPLE_OPERATIONS = `
 mutation Create {
   createAuditEvents(input: {
     ack: COMMITTED
@@ -92,20 +102,37 @@ export function createGraphQLServer(
   services: Services,
   log: Logger,
 ): YogaServerInstance<ServerContext, GraphQLContext> {
+  const { config } = services;
+  const keys = config.authMode === 'keys';
   return createYoga<ServerContext, GraphQLContext>({
     schema: buildSchema(),
     graphqlEndpoint: '/graphql',
     landingPage: false,
     logging: log.child({ component: 'yoga' }),
     renderGraphiQL,
-    graphiql: services.config.graphiql
+    graphiql: config.graphiql
       ? {
           title: 'auditgraph',
-          defaultQuery: EXAMPLE_OPERATIONS,
-          headers: JSON.stringify({ [TENANT_HEADER]: 'demo' }, null, 2),
+          defaultQuery: (keys ? KEYS_INTRO : DEV_INTRO) + EXAMPLE_OPERATIONS,
+          headers: JSON.stringify(
+            keys ? { authorization: 'Bearer <your API key>' } : { [TENANT_HEADER]: 'demo' },
+            null,
+            2,
+          ),
           shouldPersistHeaders: true,
         }
       : false,
+    // The limits plugin refuses batches over MAX_OPERATIONS_PER_REQUEST with an error naming it;
+    // yoga's own check (which follows) is set to the same bound.
+    batching:
+      config.maxOperationsPerRequest === 1
+        ? false
+        : {
+            limit:
+              config.maxOperationsPerRequest === 0 ? 1_000_000 : config.maxOperationsPerRequest,
+          },
+    maxRequestBodySize: config.maxRequestBytes,
+    plugins: [useRequestLimits(config)],
     maskedErrors: {
       maskError(error, message) {
         // Never in "dev" form: that would put stack traces and SQL into responses.
@@ -121,12 +148,13 @@ export function createGraphQLServer(
         return masked;
       },
     },
-    context: ({ request, connectionTenant, requestId }) => ({
+    context: async ({ request, connectionCaller, requestId }) => ({
       requestId: requestId ?? requestScope.getStore()?.requestId ?? 'none',
       log,
       services,
-      // A WebSocket's tenant was fixed by its connection_init; HTTP and SSE name it per request.
-      tenantClaim: connectionTenant ?? request.headers.get(TENANT_HEADER),
+      // A WebSocket's caller was fixed by its connection_init; HTTP and SSE name it per request.
+      caller: connectionCaller ?? (await authenticateRequest(services, request.headers)),
+      transport: connectionCaller ? 'ws' : 'http',
     }),
   });
 }

@@ -342,7 +342,7 @@ export class IngestService {
       clearTimeout(state.lingerTimer);
     }
     // Most of the deadline goes to writing; the rest to putting aside what could not be written.
-    const flushBudget = Math.max(1, Math.floor(deadlineMs * 0.8));
+    const flushBudget = Math.max(1, Math.floor(deadlineMs * 0.6));
     await Promise.all(
       [...this.tenants.keys()].map(async (tenant) => {
         try {
@@ -352,6 +352,11 @@ export class IngestService {
         }
       }),
     );
+    // Writes still in flight finish (or fail back into backoff) before what is left is put aside;
+    // a batch being written must not also be spooled.
+    while (Date.now() < deadline && [...this.tenants.values()].some((t) => t.inFlight > 0)) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
     for (const state of this.tenants.values()) await this.putAside(state);
     const left = this.pendingTotal;
     if (left > 0) {
@@ -539,23 +544,33 @@ export class IngestService {
       }
       state.backoff.delete(batch);
       state.stats.batches++;
-      this.events.batchSettled({
-        tenant: state.tenant,
-        instanceId: this.opts.instanceId,
-        batchId: batch.id,
-        trigger: batch.trigger,
-        attempts: batch.attempts,
-        committedAt: new Date(),
-        durationMs: performance.now() - started,
-        records: settled.map((s) => s.record),
-        statuses: settled.map((s) => s.status),
-      });
+      this.reportSettled(state, batch, settled, performance.now() - started);
     } catch (err) {
       await this.onWriteFailure(state, batch, err);
     } finally {
       state.inFlight--;
       if (state.queue.length > 0) this.drain(state);
     }
+  }
+
+  /** Tells listeners (flushCompleted, metrics) what a batch settled. */
+  private reportSettled(
+    state: TenantState,
+    batch: Batch,
+    settled: { record: AuditEventRecord; status: SettledStatus }[],
+    durationMs: number,
+  ): void {
+    this.events.batchSettled({
+      tenant: state.tenant,
+      instanceId: this.opts.instanceId,
+      batchId: batch.id,
+      trigger: batch.trigger,
+      attempts: batch.attempts,
+      committedAt: new Date(),
+      durationMs,
+      records: settled.map((s) => s.record),
+      statuses: settled.map((s) => s.status),
+    });
   }
 
   /** Settles one entry: it leaves `pending` and the buffer's byte count. */
@@ -641,17 +656,11 @@ export class IngestService {
           batch.id,
         );
         state.backoff.delete(batch);
-        this.events.batchSettled({
-          tenant: state.tenant,
-          instanceId: this.opts.instanceId,
-          batchId: batch.id,
-          trigger: batch.trigger,
-          attempts: batch.attempts,
-          committedAt: new Date(),
-          durationMs: 0,
-          records: batch.entries.map((e) => e.record),
-          statuses: batch.entries.map(() => 'DEAD_LETTERED' as const),
-        });
+        const settled = batch.entries.map((e) => ({
+          record: e.record,
+          status: 'DEAD_LETTERED' as const,
+        }));
+        this.reportSettled(state, batch, settled, 0);
         return;
       } catch (dlqErr) {
         this.log.error(
@@ -686,6 +695,9 @@ export class IngestService {
     if (!state.backoff.has(batch) || batch.retryTimer === undefined) return;
     clearTimeout(batch.retryTimer);
     batch.retryTimer = undefined;
+    // In flight now, not in backoff: a shutdown must not put aside a batch still being written
+    // (a failure puts it back).
+    state.backoff.delete(batch);
     void this.run(state, batch);
   }
 

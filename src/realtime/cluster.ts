@@ -74,6 +74,8 @@ export class RedisCluster implements Cluster {
   private readonly sub: Redis;
   private timer: NodeJS.Timeout | undefined;
   private readonly waiting = new Map<string, (r: Reply) => void>();
+  /** The live instances at the last successful look (used while Redis cannot be asked). */
+  private lastSeen: string[] = [];
 
   constructor(
     redisUrl: string,
@@ -83,7 +85,7 @@ export class RedisCluster implements Cluster {
     private readonly log: Logger,
     private readonly heartbeatMs: number,
   ) {
-    this.pub = createRedis(redisUrl, `auditgraph-cluster-${instanceId}`, log);
+    this.pub = createRedis(redisUrl, `auditgraph-cluster-${instanceId}`, log, { failFast: true });
     this.sub = createRedis(redisUrl, `auditgraph-cluster-sub-${instanceId}`, log);
   }
 
@@ -127,7 +129,8 @@ export class RedisCluster implements Cluster {
   async liveInstances(): Promise<string[]> {
     const since = Date.now() - 3 * this.heartbeatMs;
     const live = await this.pub.zrangebyscore(this.membersKey, since, '+inf');
-    return [...new Set([this.instanceId, ...live])].sort();
+    this.lastSeen = [...new Set([this.instanceId, ...live])].sort();
+    return this.lastSeen;
   }
 
   private onMessage(text: string): void {
@@ -178,7 +181,16 @@ export class RedisCluster implements Cluster {
     make: (requestId: string) => Request,
     timeoutMs: number,
   ): Promise<{ replies: Reply[]; silent: string[] }> {
-    const others = (await this.liveInstances()).filter((i) => i !== this.instanceId);
+    let live: string[];
+    try {
+      live = await this.liveInstances();
+    } catch (err) {
+      // Redis is unreachable: the other instances cannot be asked. This instance still answers
+      // for itself; the instances last seen alive are named as not answering.
+      this.log.warn({ err: (err as Error).message }, 'cannot list live instances');
+      return { replies: [], silent: this.lastSeen.filter((i) => i !== this.instanceId) };
+    }
+    const others = live.filter((i) => i !== this.instanceId);
     if (others.length === 0) return { replies: [], silent: [] };
     const requestId = randomUUID();
     const replies = new Map<string, Reply>();
@@ -224,7 +236,7 @@ export class RedisCluster implements Cluster {
     if (local.ok) add(local.r);
     else if (local.err instanceof FlushTimeoutError) {
       pending += local.err.pending;
-      problems.push(`${this.instanceId}: ${local.err.pending} pending`);
+      problems.push(`${this.instanceId}: ${local.err.message}`);
     } else throw local.err;
     for (const r of remote.replies) {
       if (r.ok && r.flush) add(r.flush);

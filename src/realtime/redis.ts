@@ -2,15 +2,25 @@ import { Redis } from 'ioredis';
 import type { Logger } from '../logger.js';
 
 /**
- * Redis connections. Commands fail fast while Redis is unreachable (no unbounded offline
- * queue), so callers see the outage and keep events pending instead of waiting forever.
+ * A Redis connection. Every command is bounded (`commandTimeout`). With `failFast`, a command
+ * issued while the connection is down fails at once instead of waiting in the offline queue:
+ * the dead-letter queue and the cluster use that, so an outage turns into events kept pending
+ * (or spooled) right away, not into calls that wait out their timeout.
  */
-export function createRedis(url: string, name: string, log: Logger): Redis {
+export function createRedis(
+  url: string,
+  name: string,
+  log: Logger,
+  opts: { failFast?: boolean } = {},
+): Redis {
   const client = new Redis(url, {
     connectionName: name,
     lazyConnect: true,
     maxRetriesPerRequest: 1,
-    enableOfflineQueue: true,
+    // A Redis that accepts connections but answers nothing must fail calls, not hang them:
+    // writes, flushes, readiness and shutdown all wait on Redis somewhere.
+    commandTimeout: opts.failFast ? 1_000 : 2_000,
+    enableOfflineQueue: !opts.failFast,
     retryStrategy: (times) => Math.min(times * 200, 2_000),
   });
   let down = false;

@@ -115,6 +115,18 @@ export function watchLedger(app: App): { recognised: number } {
   return seen;
 }
 
+/**
+ * A child this test process started must not outlive it (a test that timed out may never reach
+ * its cleanup): SIGKILL it when this process exits.
+ */
+function killWithThisProcess(child: ChildProcess): void {
+  const onExit = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  };
+  process.once('exit', onExit);
+  child.once('exit', () => process.off('exit', onExit));
+}
+
 /** A loopback port nobody listens on right now. */
 export async function freePort(): Promise<number> {
   const server = createServer();
@@ -168,6 +180,7 @@ export class OwnRedis {
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     this.child = child;
+    killWithThisProcess(child);
     let output = '';
     await within(
       new Promise<void>((resolve, reject) => {
@@ -189,6 +202,27 @@ export class OwnRedis {
       child.kill('SIGKILL');
       throw err;
     });
+  }
+
+  private watchdog: NodeJS.Timeout | undefined;
+
+  /**
+   * SIGSTOP: the server keeps its connections but answers nothing (a partition without resets).
+   * A watchdog sends SIGCONT after `watchdogMs`, so a test that times out before its own
+   * `resume()` cannot leave the server frozen for the hooks that follow.
+   */
+  pause(watchdogMs = 20_000): void {
+    if (!this.running) return;
+    this.child!.kill('SIGSTOP');
+    clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(() => this.resume(), watchdogMs);
+    this.watchdog.unref();
+  }
+
+  /** SIGCONT after `pause()`. */
+  resume(): void {
+    clearTimeout(this.watchdog);
+    if (this.running) this.child!.kill('SIGCONT');
   }
 
   /** SIGKILL, and resolves once the process is gone. */
@@ -252,6 +286,7 @@ export async function spawnService(env: Record<string, string>): Promise<Service
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  killWithThisProcess(child);
   const logs: Record<string, any>[] = [];
   let stderr = '';
   let partial = '';

@@ -120,6 +120,7 @@ export async function sseSubscribe(
   field: string,
   query: string,
   variables: Record<string, unknown> = {},
+  headers: Record<string, string> = {},
 ): Promise<Stream & { events: SseEvent[] }> {
   const controller = new AbortController();
   const res = await fetch(httpUrl, {
@@ -128,6 +129,7 @@ export async function sseSubscribe(
       'content-type': 'application/json',
       accept: 'text/event-stream',
       ...(tenant ? { 'x-tenant-id': tenant } : {}),
+      ...headers,
     },
     body: JSON.stringify({ query, variables }),
     signal: controller.signal,

@@ -63,16 +63,25 @@ describe('loadConfig', () => {
     expect(problemsOf({ AUTH_MODE: 'none' })).toEqual([expect.stringMatching(/^AUTH_MODE:/)]);
   });
 
-  it('requires AUTH_MODE explicitly when DATABASE_URL is set', () => {
-    const problems = problemsOf({ DATABASE_URL: PG });
-    expect(problems).toEqual([expect.stringMatching(/^AUTH_MODE:/)]);
+  // DESIGN.md "Modes": with servers the default is key authentication; dev mode (the tenant
+  // from a header, nothing authenticated) only when asked for by name.
+  it('defaults to AUTH_MODE=keys when DATABASE_URL is set', () => {
+    expect(loadConfig({ DATABASE_URL: PG }).authMode).toBe('keys');
+    expect(loadConfig({ DATABASE_URL: PG, AUTH_MODE: 'dev' }).authMode).toBe('dev');
+    expect(loadConfig({ AUTH_MODE: 'keys' }).authMode).toBe('keys');
   });
 
-  // "Every bad variable is reported at once": the missing AUTH_MODE is a bad setting like any
-  // other, so it must be listed together with the others, not only after they are fixed.
-  it('reports a missing AUTH_MODE together with the other bad variables', () => {
-    const problems = problemsOf({ DATABASE_URL: PG, PORT: 'eighty' });
-    expect(problems.map((p) => p.split(':')[0]).sort()).toEqual(['AUTH_MODE', 'PORT']);
+  it('refuses a write rate limit that no call of MAX_EVENTS_PER_CALL events could pass', () => {
+    const problems = problemsOf({
+      RATE_LIMIT_EVENTS_PER_SECOND: '100',
+      RATE_LIMIT_BURST_EVENTS: '100',
+      MAX_EVENTS_PER_CALL: '1000',
+    });
+    expect(problems).toEqual([expect.stringMatching(/^RATE_LIMIT_EVENTS_PER_SECOND:/)]);
+    expect(
+      loadConfig({ RATE_LIMIT_EVENTS_PER_SECOND: '0', MAX_EVENTS_PER_CALL: '100000' })
+        .rateLimitEventsPerSecond,
+    ).toBe(0);
   });
 
   it('defaults to the embedded database, dev auth and auto-provisioning with no DATABASE_URL', () => {

@@ -1,0 +1,74 @@
+import type { Redis } from 'ioredis';
+import {
+  BurstyRateLimiter,
+  RateLimiterMemory,
+  RateLimiterRedis,
+  RateLimiterRes,
+} from 'rate-limiter-flexible';
+import { RateLimitedError } from '../domain/errors.js';
+import type { TenantId } from '../domain/tenant.js';
+import type { Logger } from '../logger.js';
+
+export interface WriteRateOptions {
+  /** Events per second per tenant; 0 switches the limit off. */
+  eventsPerSecond: number;
+  /** Events a tenant may send beyond that rate within `BURST_WINDOW_S`. */
+  burstEvents: number;
+  /** Key prefix in Redis. */
+  keyPrefix: string;
+}
+
+/** The window over which the burst allowance is counted. */
+export const BURST_WINDOW_S = 10;
+
+/**
+ * The per-tenant write rate, counted in events (a call of 100 events costs 100). With Redis the
+ * budget is shared by every instance; without it (embedded mode) it is this process's. Built on
+ * rate-limiter-flexible's BurstyRateLimiter: `eventsPerSecond` per one-second window, plus
+ * `burstEvents` per ten-second window for the seconds that go over — a bucket that holds
+ * `eventsPerSecond + burstEvents` and refills at `eventsPerSecond`, approximated with fixed
+ * windows. When Redis does not answer, each instance limits on its own (in memory) rather than
+ * refusing writes or letting them through unlimited.
+ */
+export class WriteRateLimiter {
+  private readonly limiter: BurstyRateLimiter | null;
+
+  constructor(opts: WriteRateOptions, redis: Redis | undefined, log: Logger) {
+    if (opts.eventsPerSecond <= 0) {
+      this.limiter = null;
+      return;
+    }
+    const memory = (keyPrefix: string, points: number, duration: number) =>
+      new RateLimiterMemory({ keyPrefix, points, duration });
+    const limiter = (name: string, points: number, duration: number) => {
+      const keyPrefix = `${opts.keyPrefix}ratelimit:${name}`;
+      if (!redis) return memory(keyPrefix, points, duration);
+      return new RateLimiterRedis({
+        storeClient: redis,
+        keyPrefix,
+        points,
+        duration,
+        rejectIfRedisNotReady: true,
+        insuranceLimiter: memory(keyPrefix, points, duration),
+      });
+    };
+    this.limiter = new BurstyRateLimiter(
+      limiter('rate', opts.eventsPerSecond, 1),
+      limiter('burst', Math.max(1, opts.burstEvents), BURST_WINDOW_S),
+    );
+    log.debug({ ...opts, shared: !!redis }, 'write rate limit on');
+  }
+
+  /** Takes `events` from the tenant's budget, or throws RateLimitedError. */
+  async consume(tenant: TenantId, events: number): Promise<void> {
+    if (!this.limiter || events <= 0) return;
+    try {
+      await this.limiter.consume(tenant, events);
+    } catch (res) {
+      if (res instanceof RateLimiterRes) {
+        throw new RateLimitedError(Math.max(1, Math.ceil(res.msBeforeNext)));
+      }
+      throw res;
+    }
+  }
+}

@@ -1,0 +1,788 @@
+import { runWorker, spawnServer, startWorker } from './child-processes.js';
+import { type Bench, ingestAcross, log, sum } from './context.js';
+import { peakRssBytes, processCpuSeconds, resetPeakRss, rssBytes } from './proc-stats.js';
+import { fmt } from './report.js';
+import { median, percentile, sleep } from './util.js';
+import type {
+  LatencyResult,
+  ReadsResult,
+  SqlLoadResult,
+  SubscribersResult,
+  VisibleResult,
+} from './worker-protocol.js';
+
+export const SCRATCH = { copy: 'bench_copy', insert: 'bench_insert', raw: 'bench_raw' };
+
+const p50 = (xs: number[]) => percentile(xs, 50);
+const p99 = (xs: number[]) => percentile(xs, 99);
+const range = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}_${i}`);
+
+/** Events per call in every ingest scenario. */
+const EVENTS_PER_CALL = 100;
+
+function checkFailures(
+  bench: Bench,
+  what: string,
+  r: { otherFailures?: number; failures?: number; failureSamples: string[] },
+) {
+  const n = r.otherFailures ?? r.failures ?? 0;
+  if (n > 0)
+    bench.problems.push(
+      `${what}: ${n} failed calls, e.g. ${r.failureSamples.slice(0, 3).join(' | ')}`,
+    );
+}
+
+/** 1. Ingest ceiling: COPY, 4×1000-row INSERT, no-op Yoga, then the service BUFFERED and COMMITTED. */
+export async function ingestCeiling(bench: Bench): Promise<void> {
+  const { p } = bench;
+  const now = Date.now();
+  const sqlJob = {
+    databaseUrl: bench.databaseUrl,
+    from: now - 5_000,
+    to: now,
+    perCorrelation: 100,
+    seed: 1,
+  };
+  const copy = await bench.phase('1 COPY baseline', async () => {
+    const r = await runWorker<SqlLoadResult>({
+      kind: 'copy',
+      schema: SCRATCH.copy,
+      rows: p.baselineRows,
+      ...sqlJob,
+    });
+    return { value: r, workerCpu: r.cpuSeconds };
+  });
+  const copyRate = copy.rows / copy.seconds;
+  const insert = await bench.phase('1 INSERT baseline', async () => {
+    const r = await runWorker<SqlLoadResult>({
+      kind: 'insert',
+      schema: SCRATCH.insert,
+      rows: p.baselineRows,
+      connections: 4,
+      rowsPerStatement: 1000,
+      ...sqlJob,
+    });
+    return { value: r, workerCpu: r.cpuSeconds };
+  });
+  const insertRate = insert.rows / insert.seconds;
+  bench.add({
+    scenario: '1 ingest',
+    figure: 'COPY FROM STDIN, 1 connection (baseline)',
+    value: fmt.rate(copyRate),
+    baseline: '—',
+    ratio: '—',
+    target: 'reference',
+    met: null,
+    data: { ...copy, rowsPerSecond: copyRate },
+  });
+  bench.add({
+    scenario: '1 ingest',
+    figure: 'multi-row INSERT (prepared), 1000 rows × 4 connections (baseline)',
+    value: fmt.rate(insertRate),
+    baseline: `COPY ${fmt.rate(copyRate)}`,
+    ratio: fmt.ratio(insertRate / copyRate),
+    target: 'reference',
+    met: null,
+    data: { ...insert, rowsPerSecond: insertRate },
+  });
+
+  const common = {
+    durationMs: p.ingestMs,
+    warmupMs: p.ingestWarmupMs,
+    eventsPerCall: EVENTS_PER_CALL,
+    honourBackpressure: true,
+  } as const;
+  const tenants = (prefix: string) => range(prefix, 4);
+  // 8 clients over 4 tenants: two worker processes of 4 connections, each covering all 4 tenants.
+  const parts = (ts: string[]) => [
+    { tenants: ts, connections: 4 },
+    { tenants: ts, connections: 4 },
+  ];
+
+  const noopResult = await bench.phase('1 no-op Yoga', async () => {
+    const noop = await spawnServer('test/bench/noop-server.ts', {});
+    try {
+      const r = await ingestAcross(
+        parts(tenants('noop')),
+        { url: noop.url, ack: 'BUFFERED', ...common },
+        100,
+      );
+      // Read before it exits: its start-up and the whole run are its CPU in this phase.
+      return { value: r, workerCpu: r.cpuSeconds, noopCpu: processCpuSeconds(noop.pid) };
+    } finally {
+      await noop.stop();
+    }
+  });
+  const noopRate = noopResult.acceptedEvents / (noopResult.windowMs / 1000);
+  checkFailures(bench, 'no-op Yoga', noopResult);
+  bench.add({
+    scenario: '1 ingest',
+    figure: 'Yoga, same input types, no-op resolver (GraphQL layer ceiling)',
+    value: fmt.rate(noopRate),
+    baseline: `COPY ${fmt.rate(copyRate)}`,
+    ratio: fmt.ratio(noopRate / copyRate),
+    target: 'reference',
+    met: null,
+    data: {
+      rate: noopRate,
+      calls: noopResult.calls,
+      latencyP50: p50(noopResult.latenciesMs),
+      latencyP99: p99(noopResult.latenciesMs),
+    },
+  });
+
+  const rates = { buffered: 0, committed: 0 };
+  for (const ack of ['BUFFERED', 'COMMITTED'] as const) {
+    const ts = tenants(ack === 'BUFFERED' ? 's1_buf' : 's1_com');
+    const r = await bench.phase(`1 service ${ack}`, async () => {
+      const r = await ingestAcross(
+        parts(ts),
+        { url: bench.service.url, ack, ...common },
+        ack === 'BUFFERED' ? 200 : 300,
+      );
+      // BUFFERED counts until what was accepted is stored: the window plus the final flush.
+      const drainMs = await bench.flushAll(ts);
+      return { value: { ...r, drainMs }, workerCpu: r.cpuSeconds };
+    });
+    bench.countAll(r.byTenant);
+    checkFailures(bench, `service ${ack}`, r);
+    const seconds = (r.windowMs + (ack === 'BUFFERED' ? r.drainMs : 0)) / 1000;
+    const rate = r.acceptedEvents / seconds;
+    rates[ack === 'BUFFERED' ? 'buffered' : 'committed'] = rate;
+    const want = ack === 'BUFFERED' ? 0.6 : 0.5;
+    bench.add({
+      scenario: '1 ingest',
+      figure: `createAuditEvents ${ack}, 8 clients × 100 events, 4 tenants${ack === 'BUFFERED' ? ' (accepted ÷ window + final flush)' : ''}`,
+      value: fmt.rate(rate),
+      baseline: `COPY ${fmt.rate(copyRate)}`,
+      ratio: fmt.ratio(rate / copyRate),
+      target: `≥ ${want}× COPY`,
+      met: rate >= want * copyRate,
+      data: {
+        rate,
+        vsNoop: rate / noopRate,
+        vsInsert: rate / insertRate,
+        calls: r.calls,
+        accepted: r.acceptedEvents,
+        backpressure: r.backpressure,
+        windowMs: r.windowMs,
+        drainMs: r.drainMs,
+        callP50: p50(r.latenciesMs),
+        callP99: p99(r.latenciesMs),
+      },
+    });
+  }
+  bench.ceiling = rates;
+}
+
+/** Short BUFFERED and COMMITTED runs, when scenario 1 was not run but 4 or 5 need a ceiling. */
+export async function calibrate(bench: Bench): Promise<void> {
+  const rates = { buffered: 0, committed: 0 };
+  for (const ack of ['BUFFERED', 'COMMITTED'] as const) {
+    const ts = range(ack === 'BUFFERED' ? 'cal_buf' : 'cal_com', 4);
+    const r = await bench.phase(`calibrate ${ack}`, async () => {
+      const r = await ingestAcross(
+        [
+          { tenants: ts, connections: 4 },
+          { tenants: ts, connections: 4 },
+        ],
+        {
+          url: bench.service.url,
+          ack,
+          durationMs: 5_000,
+          warmupMs: 1_000,
+          eventsPerCall: EVENTS_PER_CALL,
+          honourBackpressure: true,
+        },
+        400,
+      );
+      const drainMs = await bench.flushAll(ts);
+      return { value: { ...r, drainMs }, workerCpu: r.cpuSeconds };
+    });
+    bench.countAll(r.byTenant);
+    rates[ack === 'BUFFERED' ? 'buffered' : 'committed'] =
+      r.acceptedEvents / ((r.windowMs + (ack === 'BUFFERED' ? r.drainMs : 0)) / 1000);
+  }
+  bench.ceiling = rates;
+  log(`calibrated ceiling: ${JSON.stringify(rates)}`);
+}
+
+/** 2. Commit latency: COMMITTED calls at a modest rate, and flushAudit with 1,000 pending. */
+export async function commitLatency(bench: Bench): Promise<void> {
+  const { p } = bench;
+  const target = (raw: number) => 2 * raw + bench.lingerMs;
+  const commit = await bench.phase('2 commit latency', async () => {
+    const r = await runWorker<LatencyResult>({
+      kind: 'commit-latency',
+      url: bench.service.url,
+      tenant: 's2_commit',
+      databaseUrl: bench.databaseUrl,
+      scratchSchema: SCRATCH.raw,
+      samples: p.commitSamples,
+      callsPerSecond: p.commitCallsPerSecond,
+      eventsPerCall: 100,
+      seed: 21,
+    });
+    return { value: r, workerCpu: r.cpuSeconds };
+  });
+  bench.count('s2_commit', commit.acceptedEvents);
+  checkFailures(bench, 'commit latency', commit);
+  bench.add({
+    scenario: '2 commit',
+    figure: `COMMITTED call, 100 events, ${p.commitCallsPerSecond}/s, p50`,
+    value: fmt.ms(p50(commit.api)),
+    baseline: `raw prepared INSERT txn ${fmt.ms(p50(commit.raw))}`,
+    ratio: fmt.ratio(p50(commit.api) / p50(commit.raw)),
+    target: 'reference',
+    met: null,
+  });
+  bench.add({
+    scenario: '2 commit',
+    figure: 'COMMITTED call, 100 events, p99',
+    value: fmt.ms(p99(commit.api)),
+    baseline: `raw prepared INSERT txn ${fmt.ms(p99(commit.raw))}`,
+    ratio: fmt.ratio(p99(commit.api) / p99(commit.raw)),
+    target: `≤ 2× + ${bench.lingerMs} ms linger = ${fmt.ms(target(p99(commit.raw)))}`,
+    met: p99(commit.api) <= target(p99(commit.raw)),
+    data: {
+      samples: commit.api.length,
+      apiP50: p50(commit.api),
+      apiP99: p99(commit.api),
+      rawP50: p50(commit.raw),
+      rawP99: p99(commit.raw),
+    },
+  });
+
+  const flush = await bench.phase('2 flush latency', async () => {
+    const r = await runWorker<LatencyResult>({
+      kind: 'flush-latency',
+      url: bench.service.url,
+      tenant: 's2_flush',
+      databaseUrl: bench.databaseUrl,
+      scratchSchema: SCRATCH.raw,
+      samples: p.flushSamples,
+      callsPerSecond: 0,
+      eventsPerCall: 1000,
+      seed: 22,
+    });
+    return { value: r, workerCpu: r.cpuSeconds };
+  });
+  bench.count('s2_flush', flush.acceptedEvents);
+  checkFailures(bench, 'flush latency', flush);
+  bench.add({
+    scenario: '2 commit',
+    figure: 'flushAudit with 1,000 events pending (1 BUFFERED call of 1,000 just before), p50',
+    value: fmt.ms(p50(flush.api)),
+    baseline: `raw prepared INSERT txn of 1,000 ${fmt.ms(p50(flush.raw))}`,
+    ratio: fmt.ratio(p50(flush.api) / p50(flush.raw)),
+    target: 'reference',
+    met: null,
+  });
+  bench.add({
+    scenario: '2 commit',
+    figure: 'flushAudit with 1,000 events pending, p99',
+    value: fmt.ms(p99(flush.api)),
+    baseline: `raw prepared INSERT txn of 1,000 ${fmt.ms(p99(flush.raw))}`,
+    ratio: fmt.ratio(p99(flush.api) / p99(flush.raw)),
+    target: `≤ 2× + ${bench.lingerMs} ms = ${fmt.ms(target(p99(flush.raw)))}`,
+    met: p99(flush.api) <= target(p99(flush.raw)),
+    data: {
+      samples: flush.api.length,
+      apiP50: p50(flush.api),
+      apiP99: p99(flush.api),
+      rawP50: p50(flush.raw),
+      rawP99: p99(flush.raw),
+      waitedForMedian: median(flush.waitedFor),
+    },
+  });
+  bench.add({
+    scenario: '2 commit',
+    figure: 'BUFFERED write of 1,000 + flushAudit, end to end, p99',
+    value: fmt.ms(p99(flush.apiEndToEnd)),
+    baseline: `raw prepared INSERT txn of 1,000 ${fmt.ms(p99(flush.raw))}`,
+    ratio: fmt.ratio(p99(flush.apiEndToEnd) / p99(flush.raw)),
+    target: `≤ 2× + ${bench.lingerMs} ms = ${fmt.ms(target(p99(flush.raw)))}`,
+    met: p99(flush.apiEndToEnd) <= target(p99(flush.raw)),
+    data: { p50: p50(flush.apiEndToEnd), p99: p99(flush.apiEndToEnd) },
+  });
+}
+
+function monthStart(d: Date, add = 0): Date {
+  return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + add, 1));
+}
+
+/** 3. Reading: 1,000,000 rows over 3 months (COPY), pages through GraphQL against raw SQL. */
+export async function reading(bench: Bench): Promise<void> {
+  const { p } = bench;
+  const tenant = 's3_read';
+  const now = new Date();
+  const from = monthStart(now, -2);
+  await bench.phase('3 load (COPY)', async () => {
+    // Provisioned through the API; one event per month also creates those months' partitions.
+    await bench.provision(
+      [tenant],
+      [0, 1, 2].map((m) => new Date(monthStart(now, -m).getTime() + 3_600_000)),
+    );
+    bench.notAccounted.add(tenant);
+    const r = await runWorker<SqlLoadResult>({
+      kind: 'copy',
+      databaseUrl: bench.databaseUrl,
+      schema: `t_${tenant}`,
+      rows: p.readRows,
+      from: from.getTime() + 7_200_000,
+      to: now.getTime() - 60_000,
+      perCorrelation: 150,
+      seed: 7,
+    });
+    // Settle the table so autovacuum and a checkpoint do not land in the measurements.
+    await bench.db.query(`vacuum analyze "t_${tenant}".audit_events`);
+    await bench.db.query('checkpoint');
+    bench.details.readLoad = {
+      rows: r.rows,
+      seconds: r.seconds,
+      rowBytes: r.rowBytes,
+      rowsPerSecond: r.rows / r.seconds,
+    };
+    return { value: r, workerCpu: r.cpuSeconds };
+  });
+  const correlations = Math.floor(p.readRows / 150);
+  const correlationIds = Array.from(
+    { length: Math.min(2_000, correlations) },
+    (_, i) => `run-7-${Math.floor((i * correlations) / Math.min(2_000, correlations))}`,
+  );
+  const r = await bench.phase('3 reads', async () => {
+    const r = await runWorker<ReadsResult>({
+      kind: 'reads',
+      url: bench.service.url,
+      tenant,
+      databaseUrl: bench.databaseUrl,
+      schema: `t_${tenant}`,
+      depth: p.readDepth,
+      samples: p.readSamples,
+      offsetSamples: p.offsetSamples,
+      correlationIds,
+      seed: 31,
+    });
+    return { value: r, workerCpu: r.cpuSeconds };
+  });
+  checkFailures(bench, 'reads', r);
+  if (!r.deepIsExact) {
+    bench.problems.push(
+      'reads: the walk by cursor skipped or repeated rows, or its deep page differs from raw SQL',
+    );
+  }
+  const depth = fmt.int(p.readDepth);
+  const target = (raw: number) => 1.5 * raw + 2;
+  const kinds = [
+    ['first page (newest 50)', r.first],
+    [`page ${depth} rows deep, by cursor`, r.deep],
+    ['first page of one correlation id (150 events)', r.correlation],
+  ] as const;
+  for (const [name, s] of kinds) {
+    bench.add({
+      scenario: '3 read',
+      figure: `auditEvents(first: 50) ${name}, p50`,
+      value: fmt.ms(p50(s.api)),
+      baseline: `raw keyset SQL ${fmt.ms(p50(s.raw))}`,
+      ratio: fmt.ratio(p50(s.api) / p50(s.raw)),
+      target: 'reference',
+      met: null,
+    });
+    bench.add({
+      scenario: '3 read',
+      figure: `auditEvents(first: 50) ${name}, p99`,
+      value: fmt.ms(p99(s.api)),
+      baseline: `raw keyset SQL ${fmt.ms(p99(s.raw))}`,
+      ratio: fmt.ratio(p99(s.api) / p99(s.raw)),
+      target: `≤ 1.5× + 2 ms = ${fmt.ms(target(p99(s.raw)))}`,
+      met: p99(s.api) <= target(p99(s.raw)),
+      data: {
+        samples: s.api.length,
+        apiP50: p50(s.api),
+        apiP99: p99(s.api),
+        rawP50: p50(s.raw),
+        rawP99: p99(s.raw),
+      },
+    });
+  }
+  bench.add({
+    scenario: '3 read',
+    figure: `deep page (${depth}) p99 vs first page p99, GraphQL`,
+    value: fmt.ms(p99(r.deep.api)),
+    baseline: `first page ${fmt.ms(p99(r.first.api))}`,
+    ratio: fmt.ratio(p99(r.deep.api) / p99(r.first.api)),
+    target: '≤ 1.2× first page',
+    met: p99(r.deep.api) <= 1.2 * p99(r.first.api),
+  });
+  bench.add({
+    scenario: '3 read',
+    figure: `OFFSET ${depth} (what keyset avoids), p50 / p99`,
+    value: `${fmt.ms(p50(r.offset))} / ${fmt.ms(p99(r.offset))}`,
+    baseline: `raw keyset deep ${fmt.ms(p50(r.deep.raw))} / ${fmt.ms(p99(r.deep.raw))}`,
+    ratio: fmt.ratio(p50(r.offset) / p50(r.deep.raw)),
+    target: `reference (${r.offset.length} samples)`,
+    met: null,
+    data: { p50: p50(r.offset), p99: p99(r.offset), walk: r.walk },
+  });
+}
+
+/** 4. Subscriptions: graphql-ws and SSE subscribers to flushCompleted during ingest at half the ceiling. */
+export async function subscriptions(bench: Bench): Promise<void> {
+  const { p } = bench;
+  if (!bench.ceiling) await calibrate(bench);
+  const tenants = range('s4_sub', p.subTenants);
+  const subs = tenants.flatMap((tenant) => [
+    ...Array.from({ length: p.wsPerTenant }, () => ({ tenant, transport: 'ws' as const })),
+    ...Array.from({ length: p.ssePerTenant }, () => ({ tenant, transport: 'sse' as const })),
+  ]);
+  const halves = [subs.filter((_, i) => i % 2 === 0), subs.filter((_, i) => i % 2 === 1)];
+  const rate = bench.ceiling!.committed / 2;
+  const result = await bench.phase('4 subscriptions', async () => {
+    const workers = halves.map((part) =>
+      startWorker<SubscribersResult>({
+        kind: 'subscribers',
+        url: bench.service.url,
+        subscriptions: part,
+        connectConcurrency: 50,
+      }),
+    );
+    const ready = await Promise.all(
+      workers.map(
+        (w) =>
+          new Promise<{ ready: number; failed: number; readyMs: number }>((resolve, reject) => {
+            w.onProgress((m) => resolve(m as { ready: number; failed: number; readyMs: number }));
+            w.result.catch(reject);
+          }),
+      ),
+    );
+    const failedToSubscribe = sum(ready.map((r) => r.failed));
+    if (failedToSubscribe > 0)
+      bench.problems.push(`subscriptions: ${failedToSubscribe} never got SubscriptionReady`);
+    // COMMITTED ingest (one batch per call or so: the most messages) at half the COMMITTED ceiling.
+    const half = Math.ceil(tenants.length / 2);
+    const ingest = await ingestAcross(
+      [
+        {
+          tenants: tenants.slice(0, half),
+          connections: half,
+          callsPerSecond: rate / EVENTS_PER_CALL / 2,
+        },
+        {
+          tenants: tenants.slice(half),
+          connections: tenants.length - half,
+          callsPerSecond: rate / EVENTS_PER_CALL / 2,
+        },
+      ],
+      {
+        url: bench.service.url,
+        ack: 'COMMITTED',
+        durationMs: p.subMs,
+        warmupMs: 0,
+        eventsPerCall: EVENTS_PER_CALL,
+        honourBackpressure: true,
+      },
+      500,
+    );
+    await bench.flushAll(tenants);
+    const expected: Record<string, string[]> = {};
+    for (const t of tenants) {
+      const rows = await bench.db.query<{ batch_id: string }>(
+        `select batch_id from "t_${t}".batch_ledger`,
+      );
+      expected[t] = rows.rows.map((r) => r.batch_id);
+    }
+    for (const w of workers) w.send({ type: 'check', expected, timeoutMs: 10_000 });
+    const results = await Promise.all(workers.map((w) => w.result));
+    return {
+      value: { ingest, results, ready, batches: sum(Object.values(expected).map((e) => e.length)) },
+      workerCpu: ingest.cpuSeconds + sum(results.map((r) => r.cpuSeconds)),
+    };
+  });
+  bench.countAll(result.ingest.byTenant);
+  checkFailures(bench, 'subscriptions ingest', result.ingest);
+  const achieved = result.ingest.acceptedEvents / (result.ingest.windowMs / 1000);
+  bench.details.subscriptions = {
+    offeredRate: rate,
+    achievedRate: achieved,
+    batches: result.batches,
+    readyMs: result.ready.map((r) => r.readyMs),
+  };
+  for (const transport of ['ws', 'sse'] as const) {
+    const parts = result.results.map((r) => r[transport]);
+    const lat = parts.flatMap((x) => x.latenciesMs);
+    const missing = sum(parts.map((x) => x.missing));
+    const unexpected = sum(parts.map((x) => x.unexpected));
+    const interrupted = sum(parts.map((x) => x.interrupted));
+    const errors = parts.flatMap((x) => x.errors);
+    const n = sum(parts.map((x) => x.subscribers));
+    const name = transport === 'ws' ? 'graphql-ws' : 'SSE';
+    if (errors.length)
+      bench.problems.push(`${name} subscribers: ${errors.slice(0, 3).join(' | ')}`);
+    bench.add({
+      scenario: '4 subscribe',
+      figure: `${name}: ${fmt.int(n)} subscribers over ${tenants.length} tenants, ingest ${fmt.rate(achieved)} COMMITTED; commit → client p50`,
+      value: fmt.ms(p50(lat)),
+      baseline: '—',
+      ratio: '—',
+      target: 'reference',
+      met: null,
+    });
+    bench.add({
+      scenario: '4 subscribe',
+      figure: `${name}: commit → client p99 (${fmt.int(lat.length)} messages)`,
+      value: fmt.ms(p99(lat)),
+      baseline: '—',
+      ratio: '—',
+      target: '≤ 20 ms',
+      met: p99(lat) <= 20,
+      data: { p50: p50(lat), p99: p99(lat), max: Math.max(...lat), messages: lat.length },
+    });
+    bench.add({
+      scenario: '4 subscribe',
+      figure: `${name}: messages lost (expected = batches in each tenant's ledger × its subscribers)`,
+      value: fmt.int(missing),
+      baseline: `${fmt.int(result.batches)} batches`,
+      ratio: '—',
+      target: '0',
+      met: missing === 0 && interrupted === 0,
+      data: { missing, unexpected, interrupted, duplicates: sum(parts.map((x) => x.duplicates)) },
+    });
+  }
+}
+
+/** 5. Overload: 10× the sustainable rate, open loop; backpressure, memory, and nothing lost. */
+export async function overload(bench: Bench): Promise<void> {
+  const { p } = bench;
+  if (!bench.ceiling) await calibrate(bench);
+  const sustainable = bench.ceiling!.buffered;
+  const offered = 10 * sustainable;
+  const tenants = range('s5_ovl', p.overloadTenants);
+  await bench.provision(tenants);
+  const pid = bench.service.pid;
+  await sleep(2_000);
+  const baselineRss = rssBytes(pid);
+  resetPeakRss(pid);
+  let sampledPeak = baselineRss;
+  const sampler = setInterval(() => {
+    sampledPeak = Math.max(sampledPeak, rssBytes(pid));
+  }, 100);
+  const half = Math.ceil(tenants.length / 2);
+  const r = await bench.phase('5 overload', async () => {
+    const r = await ingestAcross(
+      [
+        {
+          tenants: tenants.slice(0, half),
+          connections: 1,
+          callsPerSecond: offered / EVENTS_PER_CALL / 2,
+        },
+        {
+          tenants: tenants.slice(half),
+          connections: 1,
+          callsPerSecond: offered / EVENTS_PER_CALL / 2,
+        },
+      ],
+      {
+        url: bench.service.url,
+        ack: 'BUFFERED',
+        durationMs: p.overloadMs,
+        warmupMs: 0,
+        eventsPerCall: EVENTS_PER_CALL,
+        honourBackpressure: false,
+        openLoop: { maxInFlight: p.overloadInFlightPerWorker },
+      },
+      600,
+    );
+    return { value: r, workerCpu: r.cpuSeconds };
+  });
+  bench.countAll(r.byTenant);
+  const flushMs = await bench.phase('5 final flush', async () => ({
+    value: await bench.flushAll(tenants),
+    workerCpu: 0,
+  }));
+  const peak = Math.max(sampledPeak, peakRssBytes(pid));
+  // Back near the baseline: within 25% or 50 MB of it, whichever is larger, within recoveryMs.
+  const near = Math.max(baselineRss * 1.25, baselineRss + 50 * 2 ** 20);
+  const recoveryStart = performance.now();
+  let after = rssBytes(pid);
+  while (after > near && performance.now() - recoveryStart < p.recoveryMs) {
+    await sleep(250);
+    after = rssBytes(pid);
+  }
+  const recoveredMs = performance.now() - recoveryStart;
+  clearInterval(sampler);
+
+  let stored = 0;
+  let lost = 0;
+  for (const t of tenants) {
+    const rows = await bench.countRows(t, 'clients');
+    stored += rows;
+    lost += Math.max(0, (bench.accepted.get(t) ?? 0) - rows);
+  }
+  const acceptedTotal = sum(tenants.map((t) => bench.accepted.get(t) ?? 0));
+  const sent = r.calls;
+  bench.details.overload = {
+    sustainable,
+    offered,
+    sentCalls: sent,
+    skippedCalls: r.skipped,
+    accepted: r.acceptedEvents,
+    backpressure: r.backpressure,
+    otherFailures: r.otherFailures,
+    baselineRss,
+    peak,
+    after,
+    recoveredMs,
+    flushMs,
+  };
+  const offeredCalls = sent + r.skipped;
+  bench.add({
+    scenario: '5 overload',
+    figure:
+      `offered ${fmt.rate(offered)} (${fmt.int(offeredCalls)} calls of 100) for ${p.overloadMs / 1000} s, open loop; ` +
+      `${fmt.int(r.skipped)} not sent (${2 * p.overloadInFlightPerWorker} already in flight); answered accepted / BackpressureError / other`,
+    value: `${fmt.int(sent - r.backpressure - r.otherFailures)} / ${fmt.int(r.backpressure)} / ${fmt.int(r.otherFailures)}`,
+    baseline: `sustainable ${fmt.rate(sustainable)}`,
+    ratio: `${fmt.ratio((sent * EVENTS_PER_CALL) / (r.windowMs / 1000) / sustainable)} sent`,
+    target: 'other = 0',
+    met: r.otherFailures === 0,
+    data: {
+      samples: r.failureSamples,
+      skipped: r.skipped,
+      acceptedRate: r.acceptedEvents / (r.windowMs / 1000),
+      callP50: p50(r.latenciesMs),
+      callP99: p99(r.latenciesMs),
+    },
+  });
+  checkFailures(bench, 'overload', r);
+  bench.add({
+    scenario: '5 overload',
+    figure: 'peak RSS of the service',
+    value: fmt.mb(peak),
+    baseline: `before ${fmt.mb(baselineRss)}`,
+    ratio: fmt.ratio(peak / baselineRss),
+    target: '≤ 512 MB',
+    met: peak <= 512 * 2 ** 20,
+  });
+  bench.add({
+    scenario: '5 overload',
+    figure: `RSS after the final flush (waited ${(recoveredMs / 1000).toFixed(1)} s)`,
+    value: fmt.mb(after),
+    baseline: `before ${fmt.mb(baselineRss)}`,
+    ratio: fmt.ratio(after / baselineRss),
+    target: `≤ ${fmt.mb(near)} within ${p.recoveryMs / 1000} s`,
+    met: after <= near,
+  });
+  bench.add({
+    scenario: '5 overload',
+    figure: 'accepted events stored after the final flushAudit',
+    value: `${fmt.int(stored)} of ${fmt.int(acceptedTotal)}`,
+    baseline: '—',
+    ratio: '—',
+    target: 'all',
+    met: lost === 0 && stored === acceptedTotal,
+  });
+}
+
+/** 6. Time to visible: the incident (12 tenants × 150 events), flushed and committed. */
+export async function timeToVisible(bench: Bench): Promise<void> {
+  const { p } = bench;
+  const tenants = range('s6_vis', 12);
+  await bench.provision(tenants);
+  const run = (
+    mode: 'buffered-flush' | 'committed',
+    ts: string[],
+    reps: number,
+    seed: number,
+    baseline: boolean,
+  ) =>
+    bench.phase(`6 visible ${mode}${ts === tenants ? '' : ' (cold)'}`, async () => {
+      const r = await runWorker<VisibleResult>({
+        kind: 'visible',
+        url: bench.service.url,
+        tenants: ts,
+        reps,
+        mode,
+        eventsPerTenant: 150,
+        baseline: baseline
+          ? { databaseUrl: bench.databaseUrl, scratchSchema: SCRATCH.raw }
+          : undefined,
+        seed,
+      });
+      bench.countAll(r.byTenant);
+      checkFailures(bench, `visible ${mode}`, r);
+      return { value: r, workerCpu: r.cpuSeconds };
+    });
+  const flushed = await run('buffered-flush', tenants, p.visibleReps, 61, true);
+  const committed = await run('committed', tenants, p.visibleReps, 62, false);
+  const cold = await run('buffered-flush', range('s6_cold', 12), 1, 63, false);
+  const raw = Math.max(...flushed.baselineMs);
+  const rows = [
+    ['BUFFERED, then flushAudit, then read (12 tenants × 150 at once)', flushed],
+    ['COMMITTED, no flush, then read', committed],
+  ] as const;
+  for (const [name, r] of rows) {
+    const worst = Math.max(...r.wallMs);
+    bench.add({
+      scenario: '6 visible',
+      figure: `${name}: worst of ${r.wallMs.length} (median ${fmt.ms(median(r.wallMs))}), first write → 1,800 read back`,
+      value: fmt.ms(worst),
+      baseline: `raw SQL INSERT + SELECT ${fmt.ms(raw)}`,
+      ratio: fmt.ratio(worst / raw),
+      target: '≤ 1000 ms',
+      met: worst <= 1000 && r.rereads === 0,
+      data: { wallMs: r.wallMs, rereads: r.rereads, baselineMs: flushed.baselineMs },
+    });
+  }
+  bench.add({
+    scenario: '6 visible',
+    figure: 'same, BUFFERED + flushAudit, 12 new tenants (provisioned by their first write)',
+    value: fmt.ms(Math.max(...cold.wallMs)),
+    baseline: `raw SQL ${fmt.ms(raw)}`,
+    ratio: fmt.ratio(Math.max(...cold.wallMs) / raw),
+    target: 'reference',
+    met: null,
+    data: { wallMs: cold.wallMs, rereads: cold.rereads },
+  });
+}
+
+/** The accounting identity for every tenant written through the API, and stored = count(*). */
+export async function accounting(bench: Bench): Promise<void> {
+  const tenants = [...bench.accepted.keys()].filter((t) => !bench.notAccounted.has(t));
+  await bench.flushAll(tenants);
+  let identity = 0;
+  let matches = 0;
+  let acceptedMatches = 0;
+  const bad: unknown[] = [];
+  for (const t of tenants) {
+    const s = await bench.stats(t);
+    const rows = await bench.countRows(t);
+    // The service's own records (provisioning, reads: AUDIT_READS) are accepted like any other.
+    const own = await bench.countRows(t, 'service');
+    const clientAccepted = bench.accepted.get(t) ?? 0;
+    const holds = s.__typename === 'AuditStats' && s.identityHolds === true && s.pending === 0;
+    if (holds) identity++;
+    if (s.stored === rows) matches++;
+    if (s.accepted === clientAccepted + own) acceptedMatches++;
+    if (!holds || s.stored !== rows || s.accepted !== clientAccepted + own) {
+      bad.push({ tenant: t, stats: s, countStar: rows, serviceWritten: own, clientAccepted });
+    }
+  }
+  bench.details.accounting = {
+    tenants: tenants.length,
+    bad,
+    notAccounted: [...bench.notAccounted],
+  };
+  const ok = bad.length === 0;
+  if (!ok) bench.problems.push(`accounting: ${JSON.stringify(bad).slice(0, 1000)}`);
+  bench.add({
+    scenario: 'accounting',
+    figure:
+      'every API-written tenant, after flushAudit: identity holds and pending 0 / stored = count(*) / ' +
+      'accepted = what the clients counted + the service’s own records',
+    value: `${identity} / ${matches} / ${acceptedMatches} of ${tenants.length}`,
+    baseline: '—',
+    ratio: '—',
+    target: 'all',
+    met: ok,
+  });
+}

@@ -12,6 +12,7 @@ import {
   startApp,
   type TestApp,
 } from './support/harness.js';
+import { sseSubscribe } from './support/realtime.js';
 
 const DEAD_LETTERS = `query DL($filter: DeadLetterFilter) { deadLetters(filter: $filter) { __typename
   ... on DeadLetterConnection { totalCount edges { node { id state errorCode error attempts replays eventCount events { id eventType } } } }
@@ -22,7 +23,9 @@ const DISCARD = `mutation D($input: DiscardDeadLetterInput!) { discardDeadLetter
   ... on DeadLetter { id eventCount } ... on AuditError { message } } }`;
 
 const STATS = `query { auditStats { __typename ... on AuditStats {
-  accepted stored duplicates pending deadLettered discarded replayed identityHolds } } }`;
+  accepted stored duplicates pending deadLettered parked discarded replayed identityHolds } } }`;
+const DEAD_LETTER_EVENTS = `subscription { deadLetterEvents { __typename
+  ... on SubscriptionReady { instanceId } ... on DeadLetterEvent { kind deadLetterId events attempts error } } }`;
 
 /** Resolves with the first dead-letter event of `kind` for `tenant` reported by the app. */
 function nextDeadLetterEvent(t: TestApp, tenant: string, kind: DeadLetterEventKind) {
@@ -137,10 +140,14 @@ describe.each(stores)('dead letters in $name', ({ redis }) => {
     await sql(
       `alter table "t_${id}".audit_events add constraint poison check (event_type <> 'poison')`,
     );
+    // Every step is also published to the tenant's deadLetterEvents subscription.
+    const steps = await sseSubscribe(t.url, id, 'deadLetterEvents', DEAD_LETTER_EVENTS);
+    expect((await steps.next()).__typename).toBe('SubscriptionReady');
     const parked = nextDeadLetterEvent(t, id, 'PARKED');
     const r = await t.gql(id, CREATE, { input: { events: [event({ eventType: 'poison' })] } });
     expect(r.createAuditEvents.events[0].status).toBe('DEAD_LETTERED');
     const { deadLetterId } = await parked;
+    expect((await t.gql(id, STATS)).auditStats).toMatchObject({ deadLettered: 1, parked: 1 });
 
     const listed = await t.gql(id, DEAD_LETTERS, { filter: { state: 'PARKED' } });
     expect(listed.deadLetters.edges.map((e: { node: { id: string } }) => e.node.id)).toEqual([
@@ -156,6 +163,9 @@ describe.each(stores)('dead letters in $name', ({ redis }) => {
     expect(replay.replayDeadLetters.replayed).toHaveLength(1);
     expect(replay.replayDeadLetters.notFound).toEqual(['00000000-0000-0000-0000-000000000000']);
     await recovered;
+    const kinds = (await steps.until((m) => m.kind === 'RECOVERED')).map((m) => m.kind);
+    await steps.close();
+    expect(kinds).toEqual(['ENQUEUED', 'RETRIED', 'RETRIED', 'PARKED', 'REPLAYED', 'RECOVERED']);
 
     expect(await countRows(id)).toBe(2);
     expect((await t.gql(id, DEAD_LETTERS)).deadLetters.totalCount).toBe(0);
@@ -266,5 +276,39 @@ describe.each(stores)('dead letters in $name', ({ redis }) => {
     } finally {
       await sql(`alter table "t_${id}".audit_events_away rename to audit_events`);
     }
+  });
+  it('refuses new writes, and says not ready, when the dead-letter queue reaches DLQ_MAX_EVENTS', async () => {
+    const t = await app({ DLQ_MAX_EVENTS: '2', DLQ_RETRY_SCHEDULE_MS: '600000' });
+    const id = tenant();
+    await t.gql(id, CREATE, { input: { events: [event()] } });
+    await sql(
+      `alter table "t_${id}".audit_events add constraint poison check (event_type <> 'poison')`,
+    );
+    const r = await t.gql(id, CREATE, {
+      input: { events: [event({ eventType: 'poison' }), event({ eventType: 'poison' })] },
+    });
+    expect(r.createAuditEvents.events.map((e: { status: string }) => e.status)).toEqual([
+      'DEAD_LETTERED',
+      'DEAD_LETTERED',
+    ]);
+    // The worker's next look sees the queue at capacity.
+    await t.app.services.retryWorker.runOnce();
+    const refused = await t.gql(id, CREATE, { input: { events: [event()] } });
+    expect(refused.createAuditEvents).toMatchObject({
+      __typename: 'BackpressureError',
+      limit: 'DLQ_MAX_EVENTS',
+      retryable: true,
+    });
+    const ready = await fetch(t.url.replace('/graphql', '/readyz'));
+    expect(ready.status).toBe(503);
+    expect(((await ready.json()) as { reasons: string[] }).reasons.join(' ')).toMatch(
+      /dead-letter queue full/,
+    );
+    // Nothing was dropped to make room, and nothing of the refused call was accepted.
+    const s = (await t.gql(id, STATS)).auditStats;
+    expect(s).toMatchObject({ accepted: 3, stored: 1, deadLettered: 2, identityHolds: true });
+    const held = (await t.gql(id, DEAD_LETTERS)).deadLetters;
+    expect(held.totalCount).toBe(1); // the two refused rows of one batch: one dead letter
+    expect(held.edges[0].node.eventCount).toBe(2);
   });
 });

@@ -7,6 +7,7 @@ import {
   ValidationError,
 } from '../domain/errors.js';
 import { type AuditEventInput, LIMITS, validateEvents } from '../domain/event.js';
+import type { TenantId } from '../domain/tenant.js';
 import type { AcceptedEvent, FlushResult } from '../ingest/ingest-service.js';
 import { identityHolds, type TenantStats } from '../ingest/stats.js';
 import { OutcomeEnum } from './audit-event.js';
@@ -228,7 +229,7 @@ builder.mutationField('flushAudit', (t) =>
 );
 
 const AuditStatsRef = builder
-  .objectRef<TenantStats & { instances: string[] }>('AuditStats')
+  .objectRef<TenantStats & { instances: string[]; tenant: TenantId }>('AuditStats')
   .implement({
     description:
       'Counters of the caller’s tenant since the instance started. Each term is counted on its own; ' +
@@ -241,6 +242,16 @@ const AuditStatsRef = builder
         description: 'In a buffer, in a write in flight, or waiting in backoff.',
       }),
       deadLettered: t.exposeInt('deadLettered'),
+      parked: t.int({
+        description:
+          'Events in the tenant’s PARKED dead letters right now (read from the queue, so across ' +
+          'instances and restarts; not a term of the identity).',
+        resolve: async (s, _args, ctx) =>
+          (await ctx.services.deadLetters.list(s.tenant, { state: 'PARKED' })).reduce(
+            (n, d) => n + d.records.length,
+            0,
+          ),
+      }),
       discarded: t.exposeInt('discarded', {
         description: 'Dead-lettered events given up on purpose (discardDeadLetter).',
       }),
@@ -273,7 +284,7 @@ builder.queryField('auditStats', (t) =>
     resolve: async (_root, _args, ctx) => {
       const tenant = requireTenant(ctx);
       await ctx.services.tenants.ensure(tenant, false);
-      return ctx.services.cluster.stats(tenant);
+      return { ...(await ctx.services.cluster.stats(tenant)), tenant };
     },
   }),
 );

@@ -165,21 +165,6 @@ async function authenticateKey(services: Services, secret: string): Promise<Call
   return { kind: 'key', key, keyHash };
 }
 
-/**
- * Whether a caller's key is still usable (a connection or subscription re-checks it while open).
- * Null when it is; else the refusal. Callers without a key always pass.
- */
-export async function recheck(
-  services: Services,
-  caller: Caller,
-): Promise<UnauthenticatedError | null> {
-  if (caller.kind !== 'key') return null;
-  const key = await services.apiKeys.byHash(caller.keyHash);
-  if (!key) return new UnauthenticatedError('the API key was deleted');
-  const problem = apiKeyProblem(key);
-  return problem ? new UnauthenticatedError(problem) : null;
-}
-
 function refused(error: UnauthenticatedError | ForbiddenError): Caller {
   return { kind: 'refused', error };
 }

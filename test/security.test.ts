@@ -544,11 +544,13 @@ describe('who may do what', () => {
     let attempts = 0;
     const unexpected: string[] = [];
     const succeeded: string[] = [];
+    const outcomes: { c: Caller; a: Attempt; ok: boolean }[] = [];
     for (const c of callers) {
       for (const a of ATTEMPTS) {
         attempts++;
         const label = `${c.name} → ${a.field} on ${a.target}${a.via ? ` via ${a.via}` : ''}`;
         const ok = await a.run(c);
+        outcomes.push({ c, a, ok });
         if (ok) succeeded.push(label);
         if (ok !== allowed(c, a)) unexpected.push(`${ok ? 'ALLOWED' : 'REFUSED'}: ${label}`);
       }
@@ -560,6 +562,22 @@ describe('who may do what', () => {
     );
     expect(unexpected).toEqual([]);
     expect(succeeded).toHaveLength(expected);
+    // Negative controls: the same outcomes judged by broken rules must disagree, proving the
+    // comparison above can fail. A server that ignored scopes, or tenants, or key validity would
+    // have allowed what these rules allow; the real one refused some of each.
+    const broken: Record<string, (c: Caller, a: Attempt) => boolean> = {
+      'scopes ignored': (c, a) =>
+        c.valid && (a.target === 'admin' ? c.side === null : c.side !== null),
+      'tenants ignored': (c, a) =>
+        c.valid && c.scopes.has(a.scope) && (a.target !== 'admin' || c.side === null),
+      'validity ignored': (c, a) =>
+        c.scopes.has(a.scope) &&
+        (a.target === 'admin' ? c.side === null : a.target === 'own' && c.side !== null),
+    };
+    for (const [name, rule] of Object.entries(broken)) {
+      const disagreements = outcomes.filter(({ c, a, ok }) => ok !== rule(c, a)).length;
+      expect(disagreements, `a server with ${name} would be caught`).toBeGreaterThan(0);
+    }
     expect(attempts).toBe(callers.length * ATTEMPTS.length);
     // Each tenant holds exactly what its own keys were allowed to write.
     const flush = (side: Side) =>

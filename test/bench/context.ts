@@ -251,6 +251,7 @@ export async function ingestAcross(
     latenciesMs: results.flatMap((r) => r.latenciesMs),
     windowMs: Math.max(...results.map((r) => r.windowMs)),
     byTenant,
+    slowCalls: results.flatMap((r) => r.slowCalls).slice(0, 20),
     cpuSeconds: sum(results.map((r) => r.cpuSeconds)),
   };
 }

@@ -7,6 +7,9 @@
  *   npm run bench -- --only=1,3   some scenarios (4 and 5 calibrate a ceiling if 1 is left out)
  *   npm run bench -- --cpu-prof   write a CPU profile of the service to .bench-results/
  *   npm run bench -- --keep-db    leave the database in place afterwards
+ *   npm run bench -- --service-node-args="--max-old-space-size=256"
+ *                                 Node flags for the service process (try a setting; the
+ *                                 report names them)
  *
  * Creates a fresh database (dropped at the end), starts the service as a child process against
  * it and Redis (own key prefix), drives it from separate worker processes, and prints one
@@ -49,6 +52,7 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     'cpu-prof': { type: 'boolean', default: false },
     'keep-db': { type: 'boolean', default: false },
+    'service-node-args': { type: 'string', default: '' },
   },
 });
 
@@ -85,6 +89,7 @@ async function main(): Promise<number> {
   const redisPrefix = `bench:${randomBytes(4).toString('hex')}:`;
   const dlqDir = mkdtempSync(join(tmpdir(), 'auditgraph-bench-'));
   const profileDir = join(resultsDir, `profile-${stamp}`);
+  const serviceNodeArgs = (args['service-node-args'] ?? '').split(' ').filter(Boolean);
 
   const busyBefore = await machineBusyPercent();
   if (busyBefore > 15) {
@@ -123,7 +128,12 @@ async function main(): Promise<number> {
         // older service ignores). Every other limit keeps its default.
         RATE_LIMIT_EVENTS_PER_SECOND: '0',
       },
-      { nodeArgs: args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [] },
+      {
+        nodeArgs: [
+          ...(args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []),
+          ...serviceNodeArgs,
+        ],
+      },
     );
     log(`service pid ${service.pid} at ${service.url}`);
     bench = new Bench(
@@ -176,7 +186,8 @@ async function main(): Promise<number> {
     '',
     `${machine.cores} cores (${machine.cpuModel}), ${machine.memoryGiB} GiB, Node ${machine.node}, ` +
       `PostgreSQL ${machine.postgres}, Redis ${machine.redis}; machine ${busyBefore}% busy before the run ` +
-      `(load average ${machine.loadAverageAtStart.join(' ')}).`,
+      `(load average ${machine.loadAverageAtStart.join(' ')}).` +
+      (serviceNodeArgs.length ? ` Service Node flags: \`${serviceNodeArgs.join(' ')}\`.` : ''),
     '',
   ].join('\n');
   const out = [
@@ -200,6 +211,7 @@ async function main(): Promise<number> {
         only: only ? [...only] : null,
         machine: { ...machine, busyPercentBefore: busyBefore },
         params: p,
+        serviceNodeArgs,
         rows,
         cpu: bench?.cpu,
         rssByPhase: bench?.rss,

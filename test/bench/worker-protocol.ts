@@ -37,6 +37,8 @@ export interface IngestResult {
   windowMs: number;
   /** Events accepted per tenant, warm-up included (for the accounting check). */
   byTenant: Record<string, number>;
+  /** Calls that took over 5 s: when they were sent (ms after the job started) and how long. */
+  slowCalls: { sentAtMs: number; tookMs: number }[];
   cpuSeconds: number;
 }
 
@@ -108,6 +110,8 @@ export interface SubscribersJob {
 export interface SubscribersCheck {
   type: 'check';
   expected: Record<string, string[]>;
+  /** Batches settled before the subscribers were ready: received or not, they do not count. */
+  ignore: Record<string, string[]>;
   timeoutMs: number;
 }
 

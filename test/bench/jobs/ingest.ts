@@ -30,6 +30,7 @@ export async function runIngest(job: IngestJob): Promise<IngestResult> {
   let accepted = 0;
   let backpressure = 0;
   let skipped = 0;
+  const slow: { sentAtMs: number; tookMs: number }[] = [];
 
   const start = performance.now();
   const windowStart = start + job.warmupMs;
@@ -46,6 +47,9 @@ export async function runIngest(job: IngestJob): Promise<IngestResult> {
       calls++;
       latencies.push(answered - sent);
       lastAnswer = Math.max(lastAnswer, answered);
+      if (answered - sent > 5_000 && slow.length < 20) {
+        slow.push({ sentAtMs: Math.round(sent - start), tookMs: Math.round(answered - sent) });
+      }
     }
     const outcome = classify(r, job.eventsPerCall);
     if (outcome.accepted > 0) {
@@ -121,6 +125,7 @@ export async function runIngest(job: IngestJob): Promise<IngestResult> {
     latenciesMs: latencies,
     windowMs: Math.max(lastAnswer, end) - windowStart,
     byTenant,
+    slowCalls: slow,
     cpuSeconds: ownCpuSeconds() - cpuStart,
   };
 }

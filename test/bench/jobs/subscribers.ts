@@ -211,7 +211,7 @@ export async function runSubscribers(
     }),
   );
   channel.progress({ ready: subs.length - failedToStart, failed: failedToStart, readyMs });
-  const { expected, timeoutMs } = await check;
+  const { expected, ignore, timeoutMs } = await check;
 
   // Everything committed has been published; give delivery until the deadline to finish.
   const complete = (s: Subscriber) => (expected[s.tenant] ?? []).every((id) => s.received.has(id));
@@ -227,8 +227,9 @@ export async function runSubscribers(
     let unexpected = 0;
     for (const s of mine) {
       const want = new Set(expected[s.tenant] ?? []);
+      const old = new Set(ignore[s.tenant] ?? []);
       for (const id of want) if (!s.received.has(id)) missing++;
-      for (const id of s.received) if (!want.has(id)) unexpected++;
+      for (const id of s.received) if (!want.has(id) && !old.has(id)) unexpected++;
     }
     return {
       subscribers: mine.length,

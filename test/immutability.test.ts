@@ -1,0 +1,99 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  CREATE,
+  dropTenants,
+  event,
+  newTenant,
+  sqlClient,
+  startApp,
+  type TestApp,
+} from './support/harness.js';
+
+/**
+ * Stored events never change, whoever asks: the PostgreSQL here is reached as a superuser, so
+ * grants prove nothing — the tenant migrations install triggers, and raw SQL is what tries them.
+ */
+describe('immutability of stored events', () => {
+  let t: TestApp;
+  const tenants = [newTenant('immut'), newTenant('immut'), newTenant('immut')];
+
+  beforeAll(async () => {
+    t = await startApp();
+    for (const id of tenants) {
+      const r = await t.gql(id, CREATE, {
+        input: { events: [event({ correlationId: 'keep' }), event()] },
+      });
+      expect(r.createAuditEvents.stored).toBe(2);
+    }
+  });
+  afterAll(async () => {
+    await t.stop();
+    await dropTenants(...tenants);
+  });
+
+  async function attempt(sql: string): Promise<string> {
+    const c = await sqlClient();
+    try {
+      await c.query(sql);
+      return 'accepted';
+    } catch (err) {
+      return (err as { code?: string }).code ?? 'error';
+    } finally {
+      await c.end();
+    }
+  }
+
+  it('refuses UPDATE and DELETE by raw SQL in every tenant schema, on the table and on a partition', async () => {
+    for (const id of tenants) {
+      const s = `"t_${id}"`;
+      const c = await sqlClient();
+      const part = (
+        await c.query(
+          `select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
+           where i.inhparent = $1::regclass order by 1 limit 1`,
+          [`${s}.audit_events`],
+        )
+      ).rows[0].relname as string;
+      const before = (
+        await c.query(`select id, event_type, data from ${s}.audit_events order by id`)
+      ).rows;
+      await c.end();
+      expect(await attempt(`update ${s}.audit_events set event_type = 'forged'`)).toBe('42501');
+      expect(await attempt(`delete from ${s}.audit_events where correlation_id = 'keep'`)).toBe(
+        '42501',
+      );
+      expect(await attempt(`update ${s}."${part}" set data = '{"x":1}'`)).toBe('42501');
+      expect(await attempt(`delete from ${s}."${part}"`)).toBe('42501');
+      expect(await attempt(`update ${s}.batch_ledger set stored_count = 0`)).toBe('42501');
+      expect(await attempt(`delete from ${s}.batch_ledger`)).toBe('42501');
+      const c2 = await sqlClient();
+      const after = (
+        await c2.query(`select id, event_type, data from ${s}.audit_events order by id`)
+      ).rows;
+      await c2.end();
+      expect(after).toEqual(before);
+    }
+  });
+
+  it('is the trigger that refuses: with it disabled (as a superuser could) the same UPDATE goes through', async () => {
+    const s = `"t_${tenants[0]}"`;
+    const c = await sqlClient();
+    try {
+      const part = (
+        await c.query(
+          `select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
+           join ${s}.audit_events e on e.tableoid = c.oid
+           where i.inhparent = $1::regclass limit 1`,
+          [`${s}.audit_events`],
+        )
+      ).rows[0].relname as string;
+      await c.query('begin');
+      await c.query(`alter table ${s}."${part}" disable trigger audit_events_immutable`);
+      const r = await c.query(`update ${s}."${part}" set event_type = 'forged'`);
+      expect(r.rowCount).toBeGreaterThan(0);
+      await c.query('rollback'); // leave the tenant as it was
+    } finally {
+      await c.end();
+    }
+  });
+});

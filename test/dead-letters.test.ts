@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import type { DeadLetterEventKind } from '../src/ingest/events.js';
+import { countEventsNow } from './support/db.js';
 import {
   CREATE,
   dropTenants,
@@ -37,16 +38,6 @@ function nextDeadLetterEvent(t: TestApp, tenant: string, kind: DeadLetterEventKi
       }
     });
   });
-}
-
-async function countRows(tenant: string): Promise<number> {
-  const c = await sqlClient();
-  try {
-    const r = await c.query(`select count(*)::int as n from "t_${tenant}".audit_events`);
-    return r.rows[0].n;
-  } finally {
-    await c.end();
-  }
 }
 
 async function sql(text: string): Promise<void> {
@@ -116,7 +107,7 @@ describe.each(stores)('dead letters in $name', ({ redis }) => {
     const statuses = r.createAuditEvents.events.map((e: { status: string }) => e.status);
     expect(statuses.filter((s: string) => s === 'STORED')).toHaveLength(99);
     expect(statuses[42]).toBe('DEAD_LETTERED');
-    expect(await countRows(id)).toBe(100); // 99 + the provisioning event
+    expect(await countEventsNow(id)).toBe(100); // 99 + the provisioning event
 
     const dl = await t.gql(id, DEAD_LETTERS);
     expect(dl.deadLetters.totalCount).toBe(1);
@@ -167,7 +158,7 @@ describe.each(stores)('dead letters in $name', ({ redis }) => {
     await steps.close();
     expect(kinds).toEqual(['ENQUEUED', 'RETRIED', 'RETRIED', 'PARKED', 'REPLAYED', 'RECOVERED']);
 
-    expect(await countRows(id)).toBe(2);
+    expect(await countEventsNow(id)).toBe(2);
     expect((await t.gql(id, DEAD_LETTERS)).deadLetters.totalCount).toBe(0);
     const s = (await t.gql(id, STATS)).auditStats;
     expect(s).toMatchObject({
@@ -233,7 +224,7 @@ describe.each(stores)('dead letters in $name', ({ redis }) => {
     const recovered = nextDeadLetterEvent(t, id, 'RECOVERED');
     await sql(`alter table "t_${id}".audit_events_away rename to audit_events`);
     await recovered;
-    expect(await countRows(id)).toBe(11);
+    expect(await countEventsNow(id)).toBe(11);
     const s = (await t.gql(id, STATS)).auditStats;
     expect(s).toMatchObject({
       accepted: 11,

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { countEventsNow } from './support/db.js';
 import {
   CREATE,
   dropTenants,
@@ -17,15 +18,6 @@ const STATS = `query { auditStats { __typename ... on AuditStats {
 const FLUSH_FULL = `mutation F($timeoutMs: Int) { flushAudit(input: { timeoutMs: $timeoutMs }) { __typename
   ... on FlushAuditPayload { stored duplicates deadLettered waitedFor instances }
   ... on FlushTimeoutError { pending lastError unresponsive } ... on AuditError { message } } }`;
-
-async function countRows(tenant: string): Promise<number> {
-  const c = await sqlClient();
-  try {
-    return (await c.query(`select count(*)::int as n from "t_${tenant}".audit_events`)).rows[0].n;
-  } finally {
-    await c.end();
-  }
-}
 
 describe('several instances (separate processes) on one PostgreSQL and Redis', () => {
   const prefix = `test:${randomBytes(4).toString('hex')}:`;
@@ -65,7 +57,7 @@ describe('several instances (separate processes) on one PostgreSQL and Redis', (
     const events = Array.from({ length: 120 }, () => event({ correlationId: 'multi' }));
     const r = await viaA.gql(tenant, CREATE, { input: { ack: 'BUFFERED', events } });
     expect(r.createAuditEvents.buffered).toBe(120);
-    expect(await countRows(tenant)).toBe(0); // A holds them for a minute
+    expect(await countEventsNow(tenant)).toBe(0); // A holds them for a minute
 
     const before = (await viaB.gql(tenant, STATS)).auditStats;
     expect(before).toMatchObject({
@@ -81,7 +73,7 @@ describe('several instances (separate processes) on one PostgreSQL and Redis', (
       stored: 120,
       instances: ['inst-a', 'inst-b'],
     });
-    expect(await countRows(tenant)).toBe(120);
+    expect(await countEventsNow(tenant)).toBe(120);
     const after = (await viaB.gql(tenant, STATS)).auditStats;
     expect(after).toMatchObject({ accepted: 120, stored: 120, pending: 0, identityHolds: true });
   });
@@ -128,7 +120,7 @@ describe('several instances (separate processes) on one PostgreSQL and Redis', (
       b.child.kill('SIGCONT');
     }
     // A's own part was written all the same.
-    expect(await countRows(tenant)).toBe(1);
+    expect(await countEventsNow(tenant)).toBe(1);
   });
 
   it('shares the retry work: each dead letter is replayed by one instance, once', async () => {
@@ -166,7 +158,7 @@ describe('several instances (separate processes) on one PostgreSQL and Redis', (
       await viaA.gql(tenant, 'mutation { replayDeadLetters(input: { all: true }) { __typename } }');
       await new Promise((r) => setTimeout(r, 100));
     }
-    expect(await countRows(tenant)).toBe(41);
+    expect(await countEventsNow(tenant)).toBe(41);
     const s = (await viaB.gql(tenant, STATS)).auditStats;
     // Done twice, a replay would be found in the ledger and counted again.
     expect(s).toMatchObject({

@@ -14,6 +14,16 @@ export async function countEvents(c: pg.Client, tenant: string): Promise<number>
   return rows[0]!.n;
 }
 
+/** `count(*)` of a tenant's events on a connection of its own (for tests that hold none). */
+export async function countEventsNow(tenant: string): Promise<number> {
+  const c = await sqlClient();
+  try {
+    return await countEvents(c, tenant);
+  } finally {
+    await c.end();
+  }
+}
+
 export interface PartitionInfo {
   name: string;
   /** `pg_get_expr(relpartbound)`, e.g. `FOR VALUES FROM (...) TO (...)` or `DEFAULT`. */

@@ -10,6 +10,7 @@ import { Migrator } from './db/migrations.js';
 import { PartitionManager } from './db/partitions.js';
 import { TenantDirectory } from './db/tenant-directory.js';
 import { TenantRegistry } from './db/tenant-registry.js';
+import { ChainHasher } from './domain/chain.js';
 import { KeysetCursorCodec } from './domain/keyset-cursor.js';
 import { TenantConnectionLimiter } from './graphql/connection-limiter.js';
 import type { Services } from './graphql/context.js';
@@ -25,6 +26,9 @@ import { IngestService } from './ingest/ingest-service.js';
 import { RedisDeadLetterStore } from './ingest/redis-dead-letter-store.js';
 import { RetryWorker } from './ingest/retry-worker.js';
 import { WriteRateLimiter } from './ingest/write-rate-limiter.js';
+import { ChainAuditor } from './integrity/chain-auditor.js';
+import { CheckpointService } from './integrity/checkpoints.js';
+import { loadSigningKey } from './integrity/signing-key.js';
 import { createLogger, type Logger } from './logger.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { AuditEventQueries } from './query/audit-event-queries.js';
@@ -70,7 +74,23 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       partitionsAhead: config.partitionsAhead,
     },
   );
-  const writer = new BatchWriter(db, partitions, log.child({ component: 'writer' }), instanceId);
+  const writer = new BatchWriter(db, partitions, log.child({ component: 'writer' }), instanceId, {
+    hashing: config.chainHashing,
+    hmacSecret: config.chainHmacSecret,
+  });
+  const integrityLog = log.child({ component: 'integrity' });
+  const checkpoints = new CheckpointService(
+    db,
+    loadSigningKey(config.checkpointKeyFile, integrityLog),
+    integrityLog,
+    config.checkpointIntervalMs,
+  );
+  const chainAuditor = new ChainAuditor(
+    db,
+    new ChainHasher(config.chainHmacSecret),
+    checkpoints,
+    integrityLog,
+  );
   const events = new IngestEvents(log.child({ component: 'events' }));
   const realtime = createRealtimeBus(config, {
     instanceId,
@@ -172,6 +192,8 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     deadLetters,
     retryWorker,
     realtime,
+    checkpoints,
+    chainAuditor,
   };
   const graphql = createGraphQLServer(services, log);
 
@@ -290,6 +312,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       }
       await realtime.start();
       await cluster.start();
+      checkpoints.start();
       server = createServer(handle);
       server.keepAliveTimeout = 5_000;
       ws = attachWebSocket(server, graphql, {
@@ -325,6 +348,11 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
         log.info('stopping: refusing new writes, writing buffers');
         const left = await ingest.stop(Math.floor(config.shutdownTimeoutMs * 0.85));
         await step('retry worker', () => retryWorker.stop());
+        // The last heads this instance moved are signed before it goes.
+        await step('checkpoints', async () => {
+          await checkpoints.stop();
+          if (config.checkpointIntervalMs > 0) await checkpoints.checkpointAll();
+        });
         await step('cluster membership', () => cluster.stop());
         // After the last batch settled: deliver its messages, end every subscription, then close
         // the WebSocket connections (they would hold the HTTP server open).

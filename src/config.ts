@@ -105,8 +105,28 @@ const envSchema = z.object({
   MAX_EVENTS_PER_CALL: int(1, 100_000).default(1000),
   /** How far in the future an occurredAt may lie. */
   MAX_FUTURE_SKEW_MS: int(0).default(5 * 60_000),
-  /** Oldest accepted occurredAt, in days before now (the retention window). */
+  /**
+   * Default retention window in days (a tenant may have its own): the oldest accepted occurredAt,
+   * and months wholly older than this are dropped by the maintenance job.
+   */
   RETENTION_DAYS: int(1, 36_500).default(400),
+  /**
+   * Hash-chain every stored event (SHA-256 over RFC 8785 canonical JSON). `off` exists to measure
+   * what hashing costs: events stored with it off hold chain positions but no hash, and
+   * verifyAuditChain reports them as UNHASHED.
+   */
+  CHAIN_HASHING: bool.default(true),
+  /** Keys the chain (HMAC-SHA-256) with this secret; verifying then needs the same secret. */
+  CHAIN_HMAC_SECRET: z.string().min(32).optional(),
+  /**
+   * Ed25519 private key (PKCS#8 PEM) that signs chain checkpoints. Created (mode 0600) when the
+   * file does not exist; every instance of a deployment must use the same key.
+   */
+  CHECKPOINT_KEY_FILE: z.string().min(1).default('./.data/checkpoint-ed25519.pem'),
+  /** How often each tenant's chain heads are signed as checkpoints; 0: only on request. */
+  CHECKPOINT_INTERVAL_MS: int(0, 86_400_000).default(60_000),
+  /** How often the maintenance job (partitions ahead, retention) runs; 0: only on request. */
+  MAINTENANCE_INTERVAL_MS: int(0, 86_400_000).default(3_600_000),
   /** Monthly partitions created ahead of the current month. */
   PARTITIONS_AHEAD: int(0, 120).default(3),
   /** Secret that signs page cursors; set it in production so cursors survive restarts. */
@@ -171,6 +191,11 @@ export interface Config {
   maxEventsPerCall: number;
   maxFutureSkewMs: number;
   retentionDays: number;
+  chainHashing: boolean;
+  chainHmacSecret: string | undefined;
+  checkpointKeyFile: string;
+  checkpointIntervalMs: number;
+  maintenanceIntervalMs: number;
   partitionsAhead: number;
   cursorSecret: string | undefined;
   maxRequestBytes: number;
@@ -260,6 +285,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     maxEventsPerCall: e.MAX_EVENTS_PER_CALL,
     maxFutureSkewMs: e.MAX_FUTURE_SKEW_MS,
     retentionDays: e.RETENTION_DAYS,
+    chainHashing: e.CHAIN_HASHING,
+    chainHmacSecret: e.CHAIN_HMAC_SECRET,
+    checkpointKeyFile: e.CHECKPOINT_KEY_FILE,
+    checkpointIntervalMs: e.CHECKPOINT_INTERVAL_MS,
+    maintenanceIntervalMs: e.MAINTENANCE_INTERVAL_MS,
     partitionsAhead: e.PARTITIONS_AHEAD,
     cursorSecret: e.CURSOR_SECRET,
     maxRequestBytes: e.MAX_REQUEST_BYTES,

@@ -39,6 +39,7 @@ function config() {
     DATA_DIR: dataDir,
     // The local dead-letter directory (where the release has one) stays out of the repo too.
     DLQ_DIR: join(root, 'dead-letters'),
+    CHECKPOINT_KEY_FILE: join(root, 'checkpoint-ed25519.pem'),
     PORT: '0',
     HOST: '127.0.0.1',
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',

@@ -72,7 +72,10 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
     const tenants = new TenantRegistry(db, migrator, partitions, log, {
       partitionsAhead: config.partitionsAhead,
     });
-    const writer = new BatchWriter(db, partitions, log, `cli-${process.pid}`);
+    const writer = new BatchWriter(db, partitions, log, `cli-${process.pid}`, {
+      hashing: config.chainHashing,
+      hmacSecret: config.chainHmacSecret,
+    });
     const actor = { type: 'operator', id: operator() };
     const correlationId = `cli-${randomUUID()}`;
     const cli: Cli = {

@@ -1,6 +1,8 @@
 import {
+  bigint,
   index,
   integer,
+  jsonb,
   pgSchema,
   primaryKey,
   text,
@@ -64,4 +66,29 @@ export const apiKeys = control.table(
     revokedAt: ts('revoked_at'),
   },
   (t) => [index('api_keys_tenant_idx').on(t.tenantId, t.createdAt)],
+);
+
+/**
+ * Months removed by retention, one row per dropped partition, with the chain's head at the cut
+ * (the signed checkpoint of the month's final state), so a later verification knows the month
+ * was dropped on purpose and what it held.
+ */
+export const retentionDrops = control.table(
+  'retention_drops',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    tenantId: varchar('tenant_id', { length: 40 }).notNull(),
+    month: ts('month').notNull(),
+    partitionName: varchar('partition_name', { length: 63 }).notNull(),
+    rowCount: bigint('row_count', { mode: 'number' }).notNull(),
+    chainSeq: bigint('chain_seq', { mode: 'number' }).notNull(),
+    /** Hex SHA-256 of the month's last event (null for an empty month). */
+    chainHash: varchar('chain_hash', { length: 64 }),
+    /** The signed checkpoint at the cut, as stored in the tenant's chain_checkpoints. */
+    checkpoint: jsonb('checkpoint'),
+    retentionDays: integer('retention_days').notNull(),
+    droppedAt: ts('dropped_at').notNull().defaultNow(),
+    instanceId: varchar('instance_id', { length: 100 }).notNull(),
+  },
+  (t) => [index('retention_drops_tenant_idx').on(t.tenantId, t.month)],
 );

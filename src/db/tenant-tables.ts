@@ -1,5 +1,7 @@
 import { sql } from 'drizzle-orm';
 import {
+  bigint,
+  bytea,
   check,
   index,
   integer,
@@ -50,6 +52,14 @@ const auditEventColumns = {
   spanId: varchar('span_id', { length: 255 }),
   data: jsonb('data').$type<Record<string, unknown>>(),
   batchId: uuid('batch_id').notNull(),
+  /**
+   * Position in the month's hash chain (1, 2, …), in commit order; `prev_hash` is the hash of the
+   * event before it (or the month's genesis hash) and `hash` = SHA-256(prev_hash || JCS(event)).
+   * Null `hash` only when written with CHAIN_HASHING=off.
+   */
+  chainSeq: bigint('chain_seq', { mode: 'number' }),
+  prevHash: bytea('prev_hash'),
+  hash: bytea('hash'),
 };
 
 // Every keyset order and filter has an index ending in (occurred_at, id).
@@ -61,6 +71,8 @@ export const auditEvents = pgTable('audit_events', auditEventColumns, (t) => [
   index('audit_events_actor_idx').on(t.actorType, t.actorId, t.occurredAt, t.id),
   index('audit_events_resource_idx').on(t.resourceType, t.resourceId, t.occurredAt, t.id),
   index('audit_events_data_idx').using('gin', sql`${t.data} jsonb_path_ops`),
+  // Partition-local: a month's chain is read in order by walking this index of its partition.
+  index('audit_events_chain_idx').on(t.chainSeq),
   check('audit_events_outcome_check', sql`${t.outcome} in ('SUCCESS', 'FAILURE', 'PENDING')`),
   check('audit_events_duration_check', sql`${t.durationMs} >= 0`),
 ]);
@@ -83,6 +95,60 @@ const batchLedgerColumns = {
  */
 export const batchLedger = pgTable('batch_ledger', batchLedgerColumns);
 
+const chainHeadColumns = {
+  /** First instant of the UTC month: one chain per month partition. */
+  month: ts('month').primaryKey(),
+  /** Last position written; 0 before the first event. */
+  seq: bigint('seq', { mode: 'number' }).notNull(),
+  /** Hash of the event at `seq`; null before the first event (the genesis hash is derived). */
+  hash: bytea('hash'),
+  updatedAt: ts('updated_at').notNull().defaultNow(),
+};
+
+/**
+ * The head of each month's chain. A batch locks the heads of its months once (in month order),
+ * appends, and moves them. It is bookkeeping, not evidence: signed checkpoints are the evidence.
+ */
+export const chainHeads = pgTable('chain_heads', chainHeadColumns);
+
+const chainCheckpointColumns = {
+  month: ts('month').notNull(),
+  seq: bigint('seq', { mode: 'number' }).notNull(),
+  hash: bytea('hash').notNull(),
+  signedAt: ts('signed_at').notNull(),
+  /** SHA-256 of the signing public key (SPKI DER), hex. */
+  keyId: varchar('key_id', { length: 64 }).notNull(),
+  /** Ed25519 signature over the checkpoint's canonical (JCS) statement. */
+  signature: bytea('signature').notNull(),
+};
+
+/** Signed statements "month M's chain had hash H at position N"; append-only. */
+export const chainCheckpoints = pgTable('chain_checkpoints', chainCheckpointColumns, (t) => [
+  primaryKey({ name: 'chain_checkpoints_pkey', columns: [t.month, t.seq] }),
+]);
+
+const legalHoldColumns = {
+  id: uuid('id').primaryKey(),
+  /** A hold covers the events of one correlation id, or every event in a time range. */
+  correlationId: varchar('correlation_id', { length: 255 }),
+  occurredFrom: ts('occurred_from'),
+  occurredTo: ts('occurred_to'),
+  reason: varchar('reason', { length: 1000 }).notNull(),
+  placedAt: ts('placed_at').notNull().defaultNow(),
+  placedBy: varchar('placed_by', { length: 200 }).notNull(),
+  releasedAt: ts('released_at'),
+  releasedBy: varchar('released_by', { length: 200 }),
+  releaseReason: varchar('release_reason', { length: 1000 }),
+};
+
+/** Legal holds: while active, retention keeps every month holding a covered event. */
+export const legalHolds = pgTable('legal_holds', legalHoldColumns, (t) => [
+  check(
+    'legal_holds_scope_check',
+    sql`${t.correlationId} is not null or (${t.occurredFrom} is not null and ${t.occurredTo} is not null)`,
+  ),
+]);
+
 /**
  * The same tables qualified with a tenant's schema, for the query builder. Keys and indexes are
  * left out: they matter to migrations, which use the unqualified definitions above.
@@ -92,6 +158,9 @@ export function tenantTables(schemaName: string) {
   return {
     auditEvents: schema.table('audit_events', auditEventColumns),
     batchLedger: schema.table('batch_ledger', batchLedgerColumns),
+    chainHeads: schema.table('chain_heads', chainHeadColumns),
+    chainCheckpoints: schema.table('chain_checkpoints', chainCheckpointColumns),
+    legalHolds: schema.table('legal_holds', legalHoldColumns),
   };
 }
 export type TenantTables = ReturnType<typeof tenantTables>;

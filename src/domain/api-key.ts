@@ -3,19 +3,25 @@ import { ValidationError } from './errors.js';
 import { type TenantId, tenantIdProblem } from './tenant.js';
 
 /**
- * What a key may do. A tenant key holds any of the first three and acts on its own tenant only;
+ * What a key may do. A tenant key holds any of the first four and acts on its own tenant only;
  * a platform key is bound to no tenant and holds exactly `tenants:admin`.
  */
 export const SCOPES = [
   'events:write',
   'events:read',
   'deadletters:admin',
+  'audit:admin',
   'tenants:admin',
 ] as const;
 export type Scope = (typeof SCOPES)[number];
 
 /** Scopes a tenant key may hold. */
-export const TENANT_SCOPES: readonly Scope[] = ['events:write', 'events:read', 'deadletters:admin'];
+export const TENANT_SCOPES: readonly Scope[] = [
+  'events:write',
+  'events:read',
+  'deadletters:admin',
+  'audit:admin',
+];
 
 /** `agk_` and 43 base64url characters: 32 random bytes. The prefix makes leaked keys greppable. */
 const KEY_PATTERN = /^agk_[A-Za-z0-9_-]{43}$/;

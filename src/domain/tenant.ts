@@ -32,3 +32,9 @@ export function parseTenantId(raw: string): TenantId {
 export function tenantSchema(tenant: TenantId): string {
   return `t_${tenant}`;
 }
+
+/** The tenant whose schema is `schema` (the inverse of tenantSchema). */
+export function tenantOfSchema(schema: string): TenantId {
+  if (!schema.startsWith('t_')) throw new Error(`"${schema}" is not a tenant schema`);
+  return parseTenantId(schema.slice(2));
+}

@@ -31,6 +31,11 @@ const ScopeEnum = builder.enumType('ApiScope', {
       value: 'deadletters:admin',
       description: 'deadLetters, replayDeadLetters, discardDeadLetter, deadLetterEvents.',
     },
+    AUDIT_ADMIN: {
+      value: 'audit:admin',
+      description:
+        'Integrity and lifecycle: signAuditCheckpoints, placeLegalHold, releaseLegalHold, retention settings.',
+    },
     TENANTS_ADMIN: {
       value: 'tenants:admin',
       description: 'Tenant administration; platform keys only (no tenant).',

@@ -8,6 +8,10 @@ import { builder } from './builder.js';
 import { recordRead, requireTenant } from './context.js';
 import { TENANT_ERRORS } from './errors.js';
 
+function hex(b: Uint8Array | null | undefined): string | null {
+  return b ? Buffer.from(b).toString('hex') : null;
+}
+
 export const OutcomeEnum = builder.enumType('Outcome', { values: OUTCOMES });
 
 export const AuditEventOrderEnum = builder.enumType('AuditEventOrder', {
@@ -58,6 +62,24 @@ export const AuditEvent = builder.objectRef<AuditEventRow>('AuditEvent').impleme
     traceId: t.exposeString('traceId', { nullable: true }),
     spanId: t.exposeString('spanId', { nullable: true }),
     data: t.field({ type: 'JSONObject', nullable: true, resolve: (e) => e.data ?? null }),
+    chainSeq: t.float({
+      nullable: true,
+      description:
+        'Position in its month’s hash chain (an integer, 1 first), in commit order. Null in live-tail messages.',
+      resolve: (e) => e.chainSeq ?? null,
+    }),
+    prevHash: t.string({
+      nullable: true,
+      description:
+        'Hex hash of the event before it in the chain (the month’s genesis hash for the first).',
+      resolve: (e) => hex(e.prevHash),
+    }),
+    hash: t.string({
+      nullable: true,
+      description:
+        'Hex SHA-256(prevHash || RFC 8785 canonical JSON of the event), HMAC-keyed when CHAIN_HMAC_SECRET is set.',
+      resolve: (e) => hex(e.hash),
+    }),
     batchId: t.exposeString('batchId', { description: 'The batch (transaction) that stored it.' }),
   }),
 });

@@ -27,6 +27,7 @@ export const SCOPE_OF = {
   eventsWrite: 'events:write',
   eventsRead: 'events:read',
   deadlettersAdmin: 'deadletters:admin',
+  auditAdmin: 'audit:admin',
   tenantsAdmin: 'tenants:admin',
 } as const satisfies Record<string, Scope>;
 
@@ -36,6 +37,7 @@ export interface AuthScopes {
   eventsWrite: boolean;
   eventsRead: boolean;
   deadlettersAdmin: boolean;
+  auditAdmin: boolean;
   tenantsAdmin: boolean;
 }
 
@@ -53,6 +55,7 @@ export function authScopesOf(ctx: GraphQLContext): AuthScopes {
     eventsWrite: granted.has('events:write'),
     eventsRead: granted.has('events:read'),
     deadlettersAdmin: granted.has('deadletters:admin'),
+    auditAdmin: granted.has('audit:admin'),
     tenantsAdmin: granted.has('tenants:admin'),
   };
 }

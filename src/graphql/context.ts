@@ -11,6 +11,8 @@ import type { IngestEvents } from '../ingest/events.js';
 import type { IngestService } from '../ingest/ingest-service.js';
 import type { RetryWorker } from '../ingest/retry-worker.js';
 import type { WriteRateLimiter } from '../ingest/write-rate-limiter.js';
+import type { ChainAuditor } from '../integrity/chain-auditor.js';
+import type { CheckpointService } from '../integrity/checkpoints.js';
 import type { Logger } from '../logger.js';
 import type { AuditEventQueries } from '../query/audit-event-queries.js';
 import type { Cluster } from '../realtime/cluster.js';
@@ -46,6 +48,10 @@ export interface Services {
   connections: TenantConnectionLimiter;
   /** Ends what a revoked or expired key holds open. */
   keyWatcher: KeyWatcher;
+  /** Signs chain heads as checkpoints, lists them. */
+  checkpoints: CheckpointService;
+  /** Re-computes a tenant's hash chains (verifyAuditChain). */
+  chainAuditor: ChainAuditor;
 }
 
 /**

@@ -386,6 +386,10 @@ function eventRow(e: StoredEventMessage, batchId: string): AuditEventRow {
     ...record,
     data: dataJson === null ? null : (JSON.parse(dataJson) as Record<string, unknown>),
     batchId,
+    // The live tail carries events, not their chain links: `auditEvent(id)` reads those.
+    chainSeq: null,
+    prevHash: null,
+    hash: null,
   };
 }
 

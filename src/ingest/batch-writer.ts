@@ -1,7 +1,9 @@
 import { isDeepStrictEqual } from 'node:util';
 import { type Database, type Sql, sqlState } from '../db/client.js';
 import type { PartitionManager } from '../db/partitions.js';
+import { ChainHasher, canonicalEvent, chainMonth, genesisHash } from '../domain/chain.js';
 import { type AuditEventRecord, eventKey } from '../domain/event.js';
+import { tenantOfSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 import { classifyWriteError, describeWriteError } from './failure-classifier.js';
 
@@ -51,6 +53,18 @@ const COLUMNS = [
   ['data', 'jsonb'],
 ] as const;
 
+/** The chain columns of the rows a batch stores: bytea travels as hex text (pg and PGlite alike). */
+interface ChainColumns {
+  seq: number[];
+  prevHash: (string | null)[];
+  hash: (string | null)[];
+}
+
+/** The hashed fields of a record, as the chain sees them. */
+export function chainedFieldsOf(r: AuditEventRecord) {
+  return { ...r, data: r.dataJson === null ? null : JSON.parse(r.dataJson) };
+}
+
 function columnArrays(records: readonly AuditEventRecord[]): unknown[][] {
   const cols: unknown[][] = COLUMNS.map(() => new Array(records.length));
   records.forEach((r, i) => {
@@ -87,26 +101,51 @@ function columnArrays(records: readonly AuditEventRecord[]): unknown[][] {
   return cols;
 }
 
+/** How the writer chains what it stores. */
+export interface ChainOptions {
+  /** Compute hashes (CHAIN_HASHING). Off: positions are still assigned, hashes left null. */
+  hashing: boolean;
+  /** Keys the chain with HMAC-SHA-256 (CHAIN_HMAC_SECRET). */
+  hmacSecret?: string | undefined;
+}
+
+interface Head {
+  seq: number;
+  /** Hash of the event at `seq`; the genesis hash when the chain is empty. */
+  hash: Buffer | null;
+}
+
 /**
- * Writes one batch of one tenant in one transaction: a single `INSERT … SELECT FROM unnest(…)`
- * (a fixed 26 bind parameters whatever the batch size, so the 65,535-parameter cap never
- * applies), `ON CONFLICT DO NOTHING` for idempotency, and the batch id into the ledger in the
- * same transaction. Partitions are ensured beforehand, outside the transaction.
+ * Writes one batch of one tenant in one transaction: the heads of the batch's month chains are
+ * locked once (in month order, so two writers cannot deadlock), the rows already stored are
+ * found under that lock, each new row gets its chain position and hash, and a single
+ * `INSERT … SELECT FROM unnest(…)` stores them (a fixed number of bind parameters whatever the
+ * batch size), with the batch id into the ledger in the same transaction. Partitions are ensured
+ * beforehand, outside the transaction, and canonical JSON is computed before the lock is taken,
+ * so the lock is held only for the hashing itself (two SHA-256 blocks per event) and the insert.
  */
 export class BatchWriter {
+  private readonly hasher: ChainHasher;
+  private readonly hashing: boolean;
+
   constructor(
     private readonly db: Database,
     private readonly partitions: PartitionManager,
     private readonly log: Logger,
     private readonly instanceId: string,
-  ) {}
+    chain: ChainOptions = { hashing: true },
+  ) {
+    this.hasher = new ChainHasher(chain.hmacSecret);
+    this.hashing = chain.hashing;
+  }
 
   /**
    * Writes the batch. A data error (SQLSTATE class 22/23) never condemns the batch: the write is
-   * redone in one transaction that bisects the rows under savepoints, stores every good row and
-   * reports the bad ones as REJECTED with their error — all under the same ledger entry, so the
-   * good rows, the ledger row and the rejections commit together or not at all.
-   * Anything else (connection lost, lock timeout, …) is thrown for the caller to retry.
+   * redone in one transaction that first finds the bad rows by bisecting under savepoints (each
+   * probe rolled back), then chains and stores every good row and reports the bad ones as
+   * REJECTED with their error — all under the same ledger entry, so the good rows, the ledger
+   * row and the rejections commit together or not at all, and no rejected row holds a place in
+   * the chain. Anything else (connection lost, lock timeout, …) is thrown for the caller to retry.
    */
   async write(
     schema: string,
@@ -115,9 +154,12 @@ export class BatchWriter {
   ): Promise<BatchWriteResult> {
     const dates = records.map((r) => r.occurredAt);
     await this.partitions.ensureFor(schema, dates);
+    const canonical = this.hashing
+      ? records.map((r) => canonicalEvent(chainedFieldsOf(r)))
+      : undefined;
     let result: BatchWriteResult;
     try {
-      result = await this.insert(schema, batchId, records, false);
+      result = await this.insert(schema, batchId, records, canonical, false);
     } catch (err) {
       const kind = classifyWriteError(err);
       if (kind === 'missing-partition') {
@@ -125,13 +167,13 @@ export class BatchWriter {
         // again and retry once; a second failure goes to the caller's retry path.
         this.partitions.forget(schema);
         await this.partitions.ensureFor(schema, dates);
-        result = await this.insert(schema, batchId, records, false);
+        result = await this.insert(schema, batchId, records, canonical, false);
       } else if (kind === 'data') {
         this.log.warn(
           { schema, batchId, error: describeWriteError(err) },
           'batch has rows the database rejects; isolating them',
         );
-        result = await this.insert(schema, batchId, records, true);
+        result = await this.insert(schema, batchId, records, canonical, true);
       } else {
         throw err;
       }
@@ -146,33 +188,81 @@ export class BatchWriter {
     schema: string,
     batchId: string,
     records: readonly AuditEventRecord[],
+    canonical: readonly Buffer[] | undefined,
     isolate: boolean,
   ): Promise<BatchWriteResult> {
     return this.db.transaction(async (tx) => {
+      const rejections = new Map<number, RowRejection>();
+      const all = records.map((_, i) => i);
+      if (isolate) await this.findRejections(tx, schema, batchId, records, all, rejections);
+      const candidates = all.filter((i) => !rejections.has(i));
+      // The chain lock comes first: a retry of a batch whose COMMIT outcome was unknown waits
+      // here for that earlier attempt, then finds it in the ledger.
+      const heads = await this.lockHeads(
+        tx,
+        schema,
+        candidates.map((i) => records[i]!.occurredAt),
+      );
       const previous = await this.ledgerLookup(tx, schema, batchId, records.length);
       if (previous) return previous;
-      const rejections = new Map<number, RowRejection>();
-      const positions = records.map((_, i) => i);
-      const rows = isolate
-        ? await this.insertIsolating(tx, schema, batchId, records, positions, rejections)
-        : await this.insertRows(tx, schema, batchId, records);
-      const inserted = new Set(rows.map((r) => eventKey(r.id, new Date(r.occurred_at))));
+      const stored = await this.findStored(
+        tx,
+        schema,
+        candidates.map((i) => records[i]!),
+      );
       const statuses: WriteStatus[] = [];
       const duplicatePositions: number[] = [];
+      const fresh: number[] = [];
       records.forEach((r, i) => {
         const key = eventKey(r.id, r.occurredAt);
-        // The first occurrence of a key inserted claims STORED; any repeat is a duplicate.
+        // The first occurrence of a key not yet stored claims STORED; any repeat is a duplicate.
         if (rejections.has(i)) statuses.push('REJECTED');
-        else if (inserted.delete(key)) statuses.push('STORED');
-        else {
+        else if (stored.has(key)) {
           statuses.push('DUPLICATE');
           duplicatePositions.push(i);
+        } else {
+          stored.add(key);
+          statuses.push('STORED');
+          fresh.push(i);
         }
       });
       // A batch whose every row was refused committed nothing: leaving it out of the ledger lets
       // a later replay under the same id (after the cause is fixed) be judged afresh.
       if (rejections.size === records.length) {
         return { statuses, rejections, conflicts: 0, alreadyCommitted: false };
+      }
+      if (fresh.length > 0) {
+        const tenant = tenantOfSchema(schema);
+        const chain: ChainColumns = { seq: [], prevHash: [], hash: [] };
+        for (const i of fresh) {
+          const month = chainMonth(records[i]!.occurredAt);
+          const head = heads.get(month.getTime())!;
+          head.seq += 1;
+          chain.seq.push(head.seq);
+          if (canonical) {
+            const prev = head.hash ?? genesisHash(tenant, month);
+            head.hash = this.hasher.link(prev, canonical[i]!);
+            chain.prevHash.push(prev.toString('hex'));
+            chain.hash.push(head.hash.toString('hex'));
+          } else {
+            chain.prevHash.push(null);
+            chain.hash.push(null);
+          }
+        }
+        const rows = await this.insertRows(
+          tx,
+          schema,
+          batchId,
+          fresh.map((i) => records[i]!),
+          chain,
+        );
+        if (rows.length !== fresh.length) {
+          // Cannot happen while every writer takes the chain lock; if it does, write nothing.
+          throw new Error(
+            `chain invariant: ${fresh.length} rows chained but ${rows.length} inserted in ${schema}`,
+          );
+        }
+        await this.moveHeads(tx, schema, heads);
       }
       await tx.query(
         `/* ingest.ledger_insert */
@@ -182,7 +272,7 @@ export class BatchWriter {
         [
           batchId,
           records.length,
-          rows.length,
+          fresh.length,
           duplicatePositions,
           [...rejections.keys()],
           this.instanceId,
@@ -192,74 +282,129 @@ export class BatchWriter {
     });
   }
 
+  /**
+   * Locks the chain heads of the months of `dates` (creating missing ones) in month order, in one
+   * statement; returns them by month (epoch ms).
+   */
+  private async lockHeads(tx: Sql, schema: string, dates: readonly Date[]) {
+    const months = [...new Set(dates.map((d) => chainMonth(d).getTime()))].sort((a, b) => a - b);
+    const heads = new Map<number, Head>();
+    if (months.length === 0) return heads;
+    const rows = await tx.query<{ month: Date; seq: string | number; hash: Uint8Array | null }>(
+      `/* ingest.chain_lock */
+       insert into "${schema}".chain_heads as h (month, seq)
+       select m, 0 from unnest($1::timestamptz[]) with ordinality as u(m, n) order by n
+       on conflict (month) do update set updated_at = h.updated_at
+       returning month, seq, hash`,
+      [months.map((m) => new Date(m).toISOString())],
+    );
+    for (const r of rows) {
+      heads.set(new Date(r.month).getTime(), {
+        seq: Number(r.seq),
+        hash: r.hash ? Buffer.from(r.hash) : null,
+      });
+    }
+    return heads;
+  }
+
+  private async moveHeads(tx: Sql, schema: string, heads: Map<number, Head>): Promise<void> {
+    const entries = [...heads.entries()];
+    await tx.query(
+      `/* ingest.chain_move */
+       update "${schema}".chain_heads h
+          set seq = v.seq, hash = decode(v.hash, 'hex'), updated_at = now()
+         from unnest($1::timestamptz[], $2::int8[], $3::text[]) as v(month, seq, hash)
+        where h.month = v.month`,
+      [
+        entries.map(([m]) => new Date(m).toISOString()),
+        entries.map(([, h]) => h.seq),
+        entries.map(([, h]) => h.hash?.toString('hex') ?? null),
+      ],
+    );
+  }
+
+  /** Keys of the given records that are already stored (read under the chain lock). */
+  private async findStored(
+    tx: Sql,
+    schema: string,
+    records: readonly AuditEventRecord[],
+  ): Promise<Set<string>> {
+    if (records.length === 0) return new Set();
+    const rows = await tx.query<{ id: string; occurred_at: Date }>(
+      `/* ingest.find_stored */
+       select e.id, e.occurred_at from "${schema}".audit_events e
+       join unnest($1::timestamptz[], $2::uuid[]) as k(occurred_at, id)
+         on e.occurred_at = k.occurred_at and e.id = k.id`,
+      [records.map((r) => r.occurredAt.toISOString()), records.map((r) => r.id)],
+    );
+    return new Set(rows.map((r) => eventKey(r.id, new Date(r.occurred_at))));
+  }
+
   private insertRows(
     tx: Sql,
     schema: string,
     batchId: string,
     records: readonly AuditEventRecord[],
+    chain: ChainColumns | null,
   ): Promise<{ id: string; occurred_at: Date }[]> {
     const names = COLUMNS.map(([name]) => name).join(', ');
     const unnest = COLUMNS.map(([, type], i) => `$${i + 1}::${type}[]`).join(', ');
-    const batchParam = COLUMNS.length + 1;
+    const n = COLUMNS.length;
+    const chainParams = chain
+      ? [chain.seq, chain.prevHash, chain.hash]
+      : [records.map(() => null), records.map(() => null), records.map(() => null)];
     return tx.query<{ id: string; occurred_at: Date }>(
       `/* ingest.insert_batch */
-       insert into "${schema}".audit_events (${names}, batch_id)
-       select u.*, $${batchParam}::uuid from unnest(${unnest}) as u
+       insert into "${schema}".audit_events (${names}, batch_id, chain_seq, prev_hash, hash)
+       select ${COLUMNS.map(([name]) => `u.${name}`).join(', ')}, $${n + 1}::uuid,
+              u.chain_seq, decode(u.prev_hash, 'hex'), decode(u.hash, 'hex')
+       from unnest(${unnest}, $${n + 2}::int8[], $${n + 3}::text[], $${n + 4}::text[])
+         as u(${names}, chain_seq, prev_hash, hash)
        on conflict do nothing
        returning id, occurred_at`,
-      [...columnArrays(records), batchId],
+      [...columnArrays(records), batchId, ...chainParams],
     );
   }
 
-  /** Inserts `positions` under a savepoint; on a data error, splits them until each bad row is alone. */
-  private async insertIsolating(
+  /**
+   * Finds the rows of `positions` the database refuses: inserts them under a savepoint and
+   * always rolls back (a probe); on a data error, splits them until each bad row is alone.
+   */
+  private async findRejections(
     tx: Sql,
     schema: string,
     batchId: string,
     records: readonly AuditEventRecord[],
     positions: number[],
     rejections: Map<number, RowRejection>,
-  ): Promise<{ id: string; occurred_at: Date }[]> {
-    await tx.query('savepoint isolate');
+  ): Promise<void> {
+    await tx.query('savepoint probe');
+    let failure: unknown;
     try {
-      const rows = await this.insertRows(
+      await this.insertRows(
         tx,
         schema,
         batchId,
         positions.map((p) => records[p]!),
+        null,
       );
-      await tx.query('release savepoint isolate');
-      return rows;
     } catch (err) {
-      await tx.query('rollback to savepoint isolate');
-      await tx.query('release savepoint isolate');
-      if (classifyWriteError(err) !== 'data') throw err;
-      if (positions.length === 1) {
-        rejections.set(positions[0]!, {
-          sqlState: sqlState(err) ?? null,
-          message: describeWriteError(err),
-        });
-        return [];
-      }
-      const mid = positions.length >> 1;
-      const left = await this.insertIsolating(
-        tx,
-        schema,
-        batchId,
-        records,
-        positions.slice(0, mid),
-        rejections,
-      );
-      const right = await this.insertIsolating(
-        tx,
-        schema,
-        batchId,
-        records,
-        positions.slice(mid),
-        rejections,
-      );
-      return [...left, ...right];
+      failure = err;
     }
+    await tx.query('rollback to savepoint probe');
+    await tx.query('release savepoint probe');
+    if (failure === undefined) return;
+    if (classifyWriteError(failure) !== 'data') throw failure;
+    if (positions.length === 1) {
+      rejections.set(positions[0]!, {
+        sqlState: sqlState(failure) ?? null,
+        message: describeWriteError(failure),
+      });
+      return;
+    }
+    const mid = positions.length >> 1;
+    await this.findRejections(tx, schema, batchId, records, positions.slice(0, mid), rejections);
+    await this.findRejections(tx, schema, batchId, records, positions.slice(mid), rejections);
   }
 
   private async ledgerLookup(

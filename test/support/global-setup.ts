@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 
@@ -11,6 +14,8 @@ declare module 'vitest' {
   export interface ProvidedContext {
     databaseUrl: string;
     redisUrl: string;
+    /** One checkpoint signing key for the run (created by the first app), as in a deployment. */
+    checkpointKeyFile: string;
   }
 }
 
@@ -24,6 +29,8 @@ export default async function setup(project: TestProject) {
   url.pathname = `/${name}`;
   project.provide('databaseUrl', url.toString());
   project.provide('redisUrl', process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379');
+  const keyDir = mkdtempSync(join(tmpdir(), 'auditgraph-keys-'));
+  project.provide('checkpointKeyFile', join(keyDir, 'checkpoint-ed25519.pem'));
   return async () => {
     const c = new pg.Client({ connectionString: adminUrl });
     await c.connect();
@@ -35,5 +42,6 @@ export default async function setup(project: TestProject) {
     for (const { datname } of left.rows)
       await c.query(`drop database if exists "${datname}" with (force)`);
     await c.end();
+    rmSync(keyDir, { recursive: true, force: true });
   };
 }

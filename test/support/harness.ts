@@ -51,6 +51,7 @@ export async function startApp(env: Record<string, string> = {}): Promise<TestAp
     DATABASE_APPLICATION_NAME: `auditgraph-test-${process.pid}`,
     // Each app its own dead-letter directory, so no app replays another's files.
     DLQ_DIR: mkdtempSync(join(tmpdir(), 'auditgraph-dlq-')),
+    CHECKPOINT_KEY_FILE: inject('checkpointKeyFile'),
     ...env,
   });
   const app = buildApp(config);

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { inject } from 'vitest';
 import { databaseUrl } from './harness.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -41,6 +42,7 @@ export async function spawnInstance(
       LOG_LEVEL: 'info',
       CURSOR_SECRET: 'test-secret-test-secret-test-secret-0123',
       DLQ_DIR: mkdtempSync(join(tmpdir(), 'auditgraph-proc-')),
+      CHECKPOINT_KEY_FILE: inject('checkpointKeyFile'),
       INSTANCE_ID: instanceId,
       DATABASE_APPLICATION_NAME: `ag-${instanceId}`,
       ...env,

@@ -1,0 +1,140 @@
+import { asc, eq } from 'drizzle-orm';
+import type { Database } from '../db/client.js';
+import { tenantTables } from '../db/tenant-tables.js';
+import {
+  type Checkpoint,
+  checkpointSignatureValid,
+  checkpointToJson,
+  signCheckpoint,
+} from '../domain/checkpoint.js';
+import { CONTROL_SCHEMA, type TenantId, tenantIdProblem, tenantSchema } from '../domain/tenant.js';
+import type { Logger } from '../logger.js';
+import type { SigningKey } from './signing-key.js';
+
+/**
+ * Publishes each tenant's chain heads as signed checkpoints: stored (append-only) in the tenant's
+ * `chain_checkpoints`, and logged, so a copy lives outside the database too. Any instance may
+ * sign (they share the key); two signing the same head store it once.
+ */
+export class CheckpointService {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<unknown> | undefined;
+
+  constructor(
+    private readonly db: Database,
+    readonly key: SigningKey,
+    private readonly log: Logger,
+    private readonly intervalMs: number,
+  ) {}
+
+  start(): void {
+    if (this.intervalMs <= 0 || this.timer) return;
+    this.timer = setInterval(() => {
+      this.running ??= this.checkpointAll()
+        .catch((err: unknown) => this.log.warn({ err }, 'periodic checkpoint failed; will retry'))
+        .finally(() => {
+          this.running = undefined;
+        });
+    }, this.intervalMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    await this.running;
+  }
+
+  /** Signs the heads of every tenant that moved since their last checkpoint. */
+  async checkpointAll(now = new Date()): Promise<number> {
+    const tenants = await this.db.query<{ tenant_id: string }>(
+      `/* checkpoints.tenants */ select tenant_id from ${CONTROL_SCHEMA}.tenants order by tenant_id`,
+    );
+    let signed = 0;
+    for (const { tenant_id } of tenants) {
+      if (tenantIdProblem(tenant_id)) continue;
+      signed += (await this.checkpointTenant(tenant_id as TenantId, now)).length;
+    }
+    return signed;
+  }
+
+  /**
+   * Signs every chain head of the tenant that has moved since its last checkpoint (a month
+   * whose head is already checkpointed gets nothing new). Returns the checkpoints made.
+   */
+  async checkpointTenant(tenant: TenantId, now = new Date()): Promise<Checkpoint[]> {
+    const schema = tenantSchema(tenant);
+    const heads = await this.db.query<{ month: Date; seq: string | number; hash: Uint8Array }>(
+      `/* checkpoints.moved_heads */
+       select h.month, h.seq, h.hash from "${schema}".chain_heads h
+        where h.seq > 0 and h.hash is not null
+          and not exists (select 1 from "${schema}".chain_checkpoints c
+                           where c.month = h.month and c.seq >= h.seq)
+        order by h.month`,
+    );
+    const made: Checkpoint[] = [];
+    for (const h of heads) {
+      const checkpoint = signCheckpoint(
+        {
+          tenant,
+          month: new Date(h.month),
+          seq: Number(h.seq),
+          hash: Buffer.from(h.hash),
+          signedAt: now,
+        },
+        this.key.privateKey,
+      );
+      const inserted = await this.db.query(
+        `/* checkpoints.insert */
+         insert into "${schema}".chain_checkpoints (month, seq, hash, signed_at, key_id, signature)
+         values ($1, $2, decode($3, 'hex'), $4, $5, decode($6, 'hex'))
+         on conflict do nothing returning seq`,
+        [
+          checkpoint.month.toISOString(),
+          checkpoint.seq,
+          checkpoint.hash.toString('hex'),
+          checkpoint.signedAt.toISOString(),
+          checkpoint.keyId,
+          checkpoint.signature.toString('hex'),
+        ],
+      );
+      if (inserted.length === 0) continue;
+      made.push(checkpoint);
+      // The log line is the copy outside the database: keep logs where the database's writers
+      // cannot reach them, and a rewrite of history cannot be re-signed behind your back.
+      this.log.info({ checkpoint: checkpointToJson(checkpoint) }, 'chain checkpoint signed');
+    }
+    return made;
+  }
+
+  /** Stored checkpoints of a tenant, oldest month and position first; optionally one month. */
+  async list(tenant: TenantId, month?: Date): Promise<Checkpoint[]> {
+    const t = tenantTables(tenantSchema(tenant)).chainCheckpoints;
+    const rows = await this.db.orm
+      .select()
+      .from(t)
+      .where(month ? eq(t.month, month) : undefined)
+      .orderBy(asc(t.month), asc(t.seq));
+    return rows.map((r) => ({
+      tenant,
+      month: r.month,
+      seq: r.seq,
+      hash: Buffer.from(r.hash),
+      signedAt: r.signedAt,
+      keyId: r.keyId,
+      signature: Buffer.from(r.signature),
+    }));
+  }
+
+  /** The newest checkpoint of each month of the tenant. */
+  async latest(tenant: TenantId): Promise<Checkpoint[]> {
+    const byMonth = new Map<number, Checkpoint>();
+    for (const c of await this.list(tenant)) byMonth.set(c.month.getTime(), c);
+    return [...byMonth.values()];
+  }
+
+  /** True when this deployment's key signed `c` and the signature holds. */
+  isValid(c: Checkpoint): boolean {
+    return checkpointSignatureValid(c, this.key.publicKey);
+  }
+}

@@ -1,0 +1,64 @@
+import {
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+} from 'node:crypto';
+import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { keyIdOf } from '../domain/checkpoint.js';
+import type { Logger } from '../logger.js';
+
+/** The Ed25519 key pair that signs checkpoints, and how it is named. */
+export interface SigningKey {
+  privateKey: KeyObject;
+  publicKey: KeyObject;
+  /** SHA-256 of the public key (SPKI DER), hex. */
+  keyId: string;
+  /** The public key as SPKI PEM: give it to whoever verifies exports. */
+  publicKeyPem: string;
+}
+
+export function signingKeyFrom(privateKey: KeyObject): SigningKey {
+  if (privateKey.asymmetricKeyType !== 'ed25519') {
+    throw new Error(`checkpoint key must be Ed25519, not ${privateKey.asymmetricKeyType}`);
+  }
+  const publicKey = createPublicKey(privateKey);
+  return {
+    privateKey,
+    publicKey,
+    keyId: keyIdOf(publicKey),
+    publicKeyPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+  };
+}
+
+/**
+ * Reads the checkpoint signing key (PKCS#8 PEM), creating it when the file does not exist. The
+ * new file appears atomically (written aside, then hard-linked into place), so instances that
+ * start together on a shared volume all end up with the one key that won.
+ */
+export function loadSigningKey(file: string, log: Logger): SigningKey {
+  let pem: string;
+  try {
+    pem = readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    mkdirSync(dirname(file), { recursive: true });
+    const { privateKey } = generateKeyPairSync('ed25519');
+    const aside = `${file}.${process.pid}.${Date.now()}.tmp`;
+    writeFileSync(aside, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+    try {
+      linkSync(aside, file);
+      log.warn(
+        { file },
+        'created a new checkpoint signing key: back it up, and give every instance the same file',
+      );
+    } catch (linkErr) {
+      if ((linkErr as NodeJS.ErrnoException).code !== 'EEXIST') throw linkErr;
+    } finally {
+      rmSync(aside, { force: true });
+    }
+    pem = readFileSync(file, 'utf8');
+  }
+  return signingKeyFrom(createPrivateKey(pem));
+}

@@ -7,6 +7,7 @@ import './ingest.js';
 import './dead-letters.js';
 import './subscriptions.js';
 import './admin.js';
+import './integrity.js';
 
 let schema: GraphQLSchema | undefined;
 

@@ -16,6 +16,8 @@ import type { CheckpointService } from './checkpoints.js';
 
 /** Rows read per statement while walking a chain: memory stays flat whatever the month's size. */
 const PAGE = 2_000;
+/** A long verification says how far it is every this many events. */
+const PROGRESS_LOG_EVERY = 100_000;
 
 export interface MonthVerification {
   month: Date;
@@ -52,6 +54,9 @@ export interface VerifyProgress {
  * signatures checked with this deployment's key). Reports the first broken link.
  */
 export class ChainAuditor {
+  /** One verification per tenant at a time on this instance: callers queue behind it. */
+  private readonly running = new Map<string, Promise<unknown>>();
+
   constructor(
     private readonly db: Database,
     private readonly hasher: ChainHasher,
@@ -59,12 +64,50 @@ export class ChainAuditor {
     private readonly log: Logger,
   ) {}
 
-  async verify(
+  verify(
     tenant: TenantId,
     from: Date,
     to: Date,
     onProgress?: (p: VerifyProgress) => void,
   ): Promise<ChainVerification> {
+    const before = this.running.get(tenant) ?? Promise.resolve();
+    const run = before
+      .catch(() => undefined)
+      .then(() => this.verifyNow(tenant, from, to, onProgress));
+    this.running.set(tenant, run);
+    void run
+      .finally(() => {
+        if (this.running.get(tenant) === run) this.running.delete(tenant);
+      })
+      .catch(() => undefined);
+    return run;
+  }
+
+  private async verifyNow(
+    tenant: TenantId,
+    from: Date,
+    to: Date,
+    onProgress?: (p: VerifyProgress) => void,
+  ): Promise<ChainVerification> {
+    const started = Date.now();
+    let nextLog = PROGRESS_LOG_EVERY;
+    const report = (p: VerifyProgress) => {
+      onProgress?.(p);
+      if (p.eventsVerified >= nextLog) {
+        nextLog += PROGRESS_LOG_EVERY;
+        this.log.info(
+          {
+            tenant,
+            month: p.month.toISOString(),
+            monthIndex: p.monthIndex + 1,
+            months: p.months,
+            eventsVerified: p.eventsVerified,
+            elapsedMs: Date.now() - started,
+          },
+          'verifying audit chain',
+        );
+      }
+    };
     const schema = tenantSchema(tenant);
     const t = tenantTables(schema);
     const first = monthStart(from);
@@ -126,7 +169,7 @@ export class ChainAuditor {
           .orderBy(asc(t.auditEvents.chainSeq))
           .limit(PAGE);
         for (const r of rows) if (!walker.push(chainedRow(r))) break;
-        onProgress?.({
+        report({
           month,
           monthIndex,
           months: months.length,
@@ -152,6 +195,16 @@ export class ChainAuditor {
         this.log.warn({ tenant, break: broken }, 'audit chain verification found a broken link');
       }
     }
+    this.log.info(
+      {
+        tenant,
+        ok: result.ok,
+        months: result.months.length,
+        eventsVerified: result.eventsVerified,
+        elapsedMs: Date.now() - started,
+      },
+      'audit chain verified',
+    );
     return result;
   }
 

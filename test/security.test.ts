@@ -115,10 +115,17 @@ beforeAll(async () => {
       });
       callers.push(keyCaller(`${side} key [${scopes.join(' ')}]`, k.secret, side, scopes));
     }
+    // audit:admin alone and with every other scope (all its subsets would double the table).
+    for (const scopes of [['audit:admin'], [...TENANT_SCOPES, 'audit:admin']] as Scope[][]) {
+      const k = await createKey(t, tenantOf(side), scopes, {
+        label: `${side}:${scopes.join('+')}`,
+      });
+      callers.push(keyCaller(`${side} key [${scopes.join(' ')}]`, k.secret, side, scopes));
+    }
   }
   const platform = await createKey(t, null, ['tenants:admin'], { label: 'platform' });
   callers.push(keyCaller('platform key', platform.secret, null, ['tenants:admin']));
-  const all: Scope[] = [...TENANT_SCOPES];
+  const all: Scope[] = [...TENANT_SCOPES, 'audit:admin'];
   const revoked = await createKey(t, A, all, { label: 'revoked' });
   await t.app.services.apiKeys.revoke(revoked.id);
   callers.push(keyCaller('revoked A key', revoked.secret, 'A', all, false));
@@ -222,6 +229,11 @@ const DEAD_LETTERS =
 const REPLAY = `mutation($ids: [String!]) { replayDeadLetters(input: { ids: $ids }) {
   __typename ... on ReplayDeadLettersPayload { replayed { id } } } }`;
 const DISCARD = `mutation($id: String!) { discardDeadLetter(input: { id: $id, reason: "security" }) { __typename } }`;
+
+const VERIFY_CHAIN = `{ verifyAuditChain(from: "2026-01-01T00:00:00Z", to: "2027-01-01T00:00:00Z") {
+  __typename ... on AuditChainVerification { ok } } }`;
+const CHECKPOINTS = '{ auditCheckpoints { __typename } }';
+const SIGN_CHECKPOINTS = 'mutation { signAuditCheckpoints { __typename } }';
 
 /** Writes one event; a success is counted for the tenant it went to. */
 async function tryWrite(c: Caller, extra: Record<string, string>, side: Side): Promise<boolean> {
@@ -461,6 +473,28 @@ const ATTEMPTS: Attempt[] = [
       ];
     },
   ),
+  ...(
+    [
+      ['verifyAuditChain', 'events:read', 'AuditChainVerification', VERIFY_CHAIN],
+      ['auditChainKey', 'events:read', 'AuditChainKey', '{ auditChainKey { __typename } }'],
+      ['auditCheckpoints', 'events:read', 'AuditCheckpointList', CHECKPOINTS],
+      ['signAuditCheckpoints', 'audit:admin', 'SignedAuditCheckpoints', SIGN_CHECKPOINTS],
+    ] as const
+  ).flatMap(([field, scope, success, query]): Attempt[] => [
+    {
+      field,
+      target: 'own',
+      scope,
+      run: async (c) => typename((await gql(c, query))[field]) === success,
+    },
+    {
+      field,
+      target: 'other',
+      via: 'x-tenant-id',
+      scope,
+      run: async (c) => typename((await gql(c, query, {}, nameOther(c)))[field]) === success,
+    },
+  ]),
   {
     field: 'tenants',
     target: 'admin',

@@ -16,6 +16,7 @@ import {
   startApp,
   type TestApp,
 } from './support/harness.js';
+import { wsClient, wsSubscribe } from './support/realtime.js';
 
 /**
  * Tamper evidence: each tenant's events form one hash chain per month, in commit order, and
@@ -262,6 +263,44 @@ describe('hash chain and signed checkpoints', () => {
     expect(v.ok).toBe(false);
     // Every link holds now, but the signed checkpoint at position 20 names another hash.
     expect(v.firstBreak).toMatchObject({ kind: 'CHECKPOINT_MISMATCH', seq: 20 });
+  });
+
+  it('streams a verification over graphql-ws: ready, progress, and last the result', async () => {
+    const id = tenant('stream');
+    await writeEvents(t, id, 25, 25);
+    const client = wsClient(t.url, { tenantId: id });
+    try {
+      const s = wsSubscribe(
+        client,
+        'auditChainVerification',
+        `subscription($from: DateTime!, $to: DateTime!) { auditChainVerification(from: $from, to: $to) {
+          __typename
+          ... on AuditChainVerificationProgress { done eventsVerified months result { ok eventsVerified } }
+          ... on ValidationError { message }
+        } }`,
+        { from: FROM, to: TO },
+      );
+      const messages = await s.until((m) => m.done === true);
+      expect(messages[0]!.__typename).toBe('SubscriptionReady');
+      expect(messages.at(-1)).toMatchObject({
+        __typename: 'AuditChainVerificationProgress',
+        done: true,
+        eventsVerified: 25,
+        result: { ok: true, eventsVerified: 25 },
+      });
+      const refused = wsSubscribe(
+        client,
+        'auditChainVerification',
+        `subscription($from: DateTime!, $to: DateTime!) { auditChainVerification(from: $from, to: $to) {
+          __typename } }`,
+        { from: TO, to: FROM },
+      );
+      expect((await refused.next()).__typename).toBe('ValidationError');
+      await s.close();
+      await refused.close();
+    } finally {
+      await client.dispose();
+    }
   });
 
   it('reports an event slipped in around the writer, and refuses a range that is backwards', async () => {

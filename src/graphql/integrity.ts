@@ -7,8 +7,18 @@ import { builder } from './builder.js';
 import { requireTenant } from './context.js';
 import { TENANT_ERRORS } from './errors.js';
 
-/** Widest range one verifyAuditChain call may cover (it re-reads whole months). */
+/** Widest range one verification may cover (it re-reads whole months). */
 const MAX_RANGE_MS = 10 * 366 * 86_400_000;
+
+/** Checks a verification range; throws ValidationError. */
+export function checkVerifyRange(from: Date, to: Date): void {
+  if (from.getTime() >= to.getTime()) {
+    throw ValidationError.single('to', 'must be later than from');
+  }
+  if (to.getTime() - from.getTime() > MAX_RANGE_MS) {
+    throw ValidationError.single('to', 'the range may span at most 10 years');
+  }
+}
 
 interface ChainKey {
   algorithm: string;
@@ -104,7 +114,7 @@ const AuditChainMonth = builder.objectRef<MonthVerification>('AuditChainMonth').
   }),
 });
 
-const AuditChainVerification = builder
+export const AuditChainVerification = builder
   .objectRef<ChainVerification & { elapsedMs: number }>('AuditChainVerification')
   .implement({
     fields: (t) => ({
@@ -204,12 +214,7 @@ builder.queryField('verifyAuditChain', (t) =>
     },
     resolve: async (_root, { from, to }, ctx) => {
       const tenant = requireTenant(ctx);
-      if (from.getTime() >= to.getTime()) {
-        throw ValidationError.single('to', 'must be later than from');
-      }
-      if (to.getTime() - from.getTime() > MAX_RANGE_MS) {
-        throw ValidationError.single('to', 'the range may span at most 10 years');
-      }
+      checkVerifyRange(from, to);
       await ctx.services.tenants.ensure(tenant, false);
       const started = Date.now();
       const result = await ctx.services.chainAuditor.verify(tenant, from, to);

@@ -10,6 +10,7 @@ import { LIMITS } from '../domain/event.js';
 import { type AuditEventFilter, matchesFilter, validateFilter } from '../domain/filter.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { DeadLetterEventKind, FlushTrigger } from '../ingest/events.js';
+import type { ChainVerification } from '../integrity/chain-auditor.js';
 import type { AuditEventRow } from '../query/audit-event-reader.js';
 import {
   type LiveItem,
@@ -28,6 +29,7 @@ import { AuditEvent, AuditEventFilterInput } from './audit-event.js';
 import { builder } from './builder.js';
 import { type GraphQLContext, recordRead, requireTenant } from './context.js';
 import { AuditErrorInterface } from './errors.js';
+import { AuditChainVerification, checkVerifyRange } from './integrity.js';
 
 builder.subscriptionType({
   description:
@@ -415,6 +417,114 @@ builder.subscriptionField('auditEventsAdded', (t) =>
               .map((e) => eventRow(e, m.batchId)),
           ),
         (filter) => ({ filter }),
+      ),
+    resolve: resolveMessage,
+  }),
+);
+
+/** One message of a running verification: how far it is, and at the end its result. */
+interface VerificationProgress {
+  month: Date;
+  monthIndex: number;
+  months: number;
+  eventsVerified: number;
+  elapsedMs: number;
+  result: (ChainVerification & { elapsedMs: number }) | null;
+}
+
+const VerificationProgressRef = builder
+  .objectRef<VerificationProgress>('AuditChainVerificationProgress')
+  .implement({
+    description: 'Progress of a chain verification; the last message carries the result.',
+    fields: (t) => ({
+      month: t.expose('month', { type: 'DateTime', description: 'The month being walked.' }),
+      monthIndex: t.exposeInt('monthIndex', { description: '0-based, of `months`.' }),
+      months: t.exposeInt('months'),
+      eventsVerified: t.exposeInt('eventsVerified'),
+      elapsedMs: t.exposeInt('elapsedMs'),
+      done: t.boolean({ resolve: (p) => p.result !== null }),
+      result: t.field({ type: AuditChainVerification, nullable: true, resolve: (p) => p.result }),
+    }),
+  });
+
+const VerificationMessageUnion = builder.unionType('AuditChainVerificationMessage', {
+  types: [SubscriptionReady, VerificationProgressRef, ...SUBSCRIPTION_ERRORS],
+  resolveType: (v) => typeOf(v, 'AuditChainVerificationProgress'),
+});
+
+/** Progress messages at most this often (the last one, with the result, always). */
+const PROGRESS_EVERY_MS = 250;
+
+/** Runs a verification, yielding its progress and, last, its result. */
+async function* verification(
+  ctx: GraphQLContext,
+  tenant: TenantId,
+  from: Date,
+  to: Date,
+): AsyncGenerator<LiveItem<VerificationProgress>> {
+  yield new SubscriptionReady(ctx.services.instanceId, new Date());
+  const started = Date.now();
+  const queue: VerificationProgress[] = [];
+  let wake: (() => void) | undefined;
+  let lastSent = 0;
+  const run = ctx.services.chainAuditor.verify(tenant, from, to, (p) => {
+    if (Date.now() - lastSent < PROGRESS_EVERY_MS) return;
+    lastSent = Date.now();
+    queue.push({ ...p, elapsedMs: lastSent - started, result: null });
+    wake?.();
+  });
+  let settled = false;
+  void run.then(
+    () => {
+      settled = true;
+      wake?.();
+    },
+    () => {
+      settled = true;
+      wake?.();
+    },
+  );
+  while (!settled || queue.length > 0) {
+    const next = queue.shift();
+    if (next) {
+      yield next;
+      continue;
+    }
+    await new Promise<void>((resolve) => {
+      wake = resolve;
+    });
+  }
+  const result = await run;
+  const last = result.months.at(-1);
+  const elapsedMs = Date.now() - started;
+  yield {
+    month: last?.month ?? from,
+    monthIndex: Math.max(0, result.months.length - 1),
+    months: result.months.length,
+    eventsVerified: result.eventsVerified,
+    elapsedMs,
+    result: { ...result, elapsedMs },
+  };
+}
+
+builder.subscriptionField('auditChainVerification', (t) =>
+  t.field({
+    type: VerificationMessageUnion,
+    description:
+      'verifyAuditChain as a stream, for long ranges: SubscriptionReady, progress messages (at ' +
+      'most every 250 ms) and, last, one with `done: true` and the result; then it ends.',
+    args: {
+      from: t.arg({ type: 'DateTime', required: true }),
+      to: t.arg({ type: 'DateTime', required: true }),
+    },
+    authScopes: { eventsRead: true },
+    unauthorizedResolver: refusedAsStream,
+    subscribe: (_root, { from, to }, ctx) =>
+      open(
+        ctx,
+        'auditChainVerification',
+        () => checkVerifyRange(from, to),
+        (tenant) => verification(ctx, tenant, from, to),
       ),
     resolve: resolveMessage,
   }),

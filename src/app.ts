@@ -29,6 +29,10 @@ import { WriteRateLimiter } from './ingest/write-rate-limiter.js';
 import { ChainAuditor } from './integrity/chain-auditor.js';
 import { CheckpointService } from './integrity/checkpoints.js';
 import { loadSigningKey } from './integrity/signing-key.js';
+import { LegalHoldStore } from './lifecycle/legal-holds.js';
+import { LifecycleLog } from './lifecycle/lifecycle-events.js';
+import { MaintenanceJob } from './lifecycle/retention.js';
+import { TenantRetention } from './lifecycle/tenant-retention.js';
 import { createLogger, type Logger } from './logger.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { AuditEventQueries } from './query/audit-event-queries.js';
@@ -149,7 +153,8 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     );
   }
   const cursors = new KeysetCursorCodec(config.cursorSecret ?? randomBytes(32).toString('hex'));
-  const queries = new AuditEventQueries(new AuditEventReader(db), cursors);
+  const reader = new AuditEventReader(db);
+  const queries = new AuditEventQueries(reader, cursors);
   const cluster: Cluster = config.redisUrl
     ? new RedisCluster(
         config.redisUrl,
@@ -164,6 +169,21 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   const apiKeys = new ApiKeyStore(db, authLog, {
     cacheMs: config.apiKeyCacheMs,
     touchIntervalMs: config.apiKeyTouchIntervalMs,
+  });
+  const lifecycleLogger = log.child({ component: 'lifecycle' });
+  const legalHolds = new LegalHoldStore(db, lifecycleLogger);
+  const retention = new TenantRetention(db, lifecycleLogger, { defaultDays: config.retentionDays });
+  const maintenance = new MaintenanceJob({
+    db,
+    partitions,
+    checkpoints,
+    holds: legalHolds,
+    retention,
+    stats: ingest,
+    log: log.child({ component: 'maintenance' }),
+    instanceId,
+    intervalMs: config.maintenanceIntervalMs,
+    partitionsAhead: config.partitionsAhead,
   });
   const services: Services = {
     apiKeys,
@@ -194,6 +214,10 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     realtime,
     checkpoints,
     chainAuditor,
+    legalHolds,
+    retention,
+    maintenance,
+    lifecycleLog: new LifecycleLog(ingest, lifecycleLogger),
   };
   const graphql = createGraphQLServer(services, log);
 
@@ -313,6 +337,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       await realtime.start();
       await cluster.start();
       checkpoints.start();
+      maintenance.start();
       server = createServer(handle);
       server.keepAliveTimeout = 5_000;
       ws = attachWebSocket(server, graphql, {
@@ -345,8 +370,11 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
             (err: Error) => log.error({ err: err.message }, `stopping: ${name} failed; going on`),
           );
         };
+        // No new maintenance run from here; one in progress ends after its current month.
+        const maintenanceStopped = maintenance.stop();
         log.info('stopping: refusing new writes, writing buffers');
         const left = await ingest.stop(Math.floor(config.shutdownTimeoutMs * 0.85));
+        await step('maintenance', () => maintenanceStopped);
         await step('retry worker', () => retryWorker.stop());
         // The last heads this instance moved are signed before it goes.
         await step('checkpoints', async () => {

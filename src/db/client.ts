@@ -13,6 +13,15 @@ export interface Sql {
 }
 
 /**
+ * One connection held by one caller for a while: statements and transactions on it, in order.
+ * For work that needs the same session throughout (a session-level advisory lock).
+ */
+export interface Connection extends Sql {
+  /** Runs `fn` in one transaction on this connection; rolls back when it throws. */
+  transaction<T>(fn: (tx: Sql) => Promise<T>): Promise<T>;
+}
+
+/**
  * The one door to the database, the same for PostgreSQL (pooled `pg`) and embedded PGlite.
  * There is no way to run a session-level `SET` through it on a pooled connection: per-tenant
  * SQL is schema-qualified, and anything else that needs settings uses set_config(..., true)
@@ -22,6 +31,12 @@ export interface Database extends Sql {
   readonly kind: 'pg' | 'pglite';
   /** Runs `fn` in one transaction; rolls back when it throws. */
   transaction<T>(fn: (tx: Sql) => Promise<T>): Promise<T>;
+  /**
+   * Runs `fn` on one connection of its own, held for the whole call (a pooled client with `pg`,
+   * the only connection with PGlite). When `fn` throws, the pooled client is discarded rather
+   * than handed back, so no session state it may have left (an advisory lock) outlives the call.
+   */
+  withConnection<T>(fn: (conn: Connection) => Promise<T>): Promise<T>;
   /** The drizzle query builder over the same connections (reads). */
   readonly orm: PgAsyncDatabase<PgQueryResultHKT>;
   close(): Promise<void>;
@@ -88,6 +103,44 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
         client.release(broken);
       }
     },
+    async withConnection<T>(fn: (conn: Connection) => Promise<T>): Promise<T> {
+      const client = await pool.connect();
+      let broken: Error | undefined;
+      const onError = (err: Error) => {
+        broken = err;
+        log.warn({ err: err.message }, 'database connection lost while held');
+      };
+      client.on('error', onError);
+      const run = async <R>(text: string, params: readonly unknown[] = []) =>
+        (await client.query(text, params as unknown[])).rows as R[];
+      const conn: Connection = {
+        query: run,
+        async transaction<T2>(work: (tx: Sql) => Promise<T2>): Promise<T2> {
+          await client.query('BEGIN');
+          try {
+            const result = await work({ query: run });
+            await client.query('COMMIT');
+            return result;
+          } catch (err) {
+            try {
+              await client.query('ROLLBACK');
+            } catch (rollbackErr) {
+              broken = rollbackErr as Error;
+            }
+            throw err;
+          }
+        },
+      };
+      try {
+        return await fn(conn);
+      } catch (err) {
+        broken ??= err as Error;
+        throw err;
+      } finally {
+        client.off('error', onError);
+        client.release(broken);
+      }
+    },
     async close() {
       await pool.end();
     },
@@ -99,7 +152,7 @@ function createPgliteDatabase(dataDir: string): Database {
   mkdirSync(dataDir, { recursive: true });
   const lite = new PGlite(dataDir);
   const orm = drizzlePglite({ client: lite }) as unknown as PgAsyncDatabase<PgQueryResultHKT>;
-  return {
+  const self: Database = {
     kind: 'pglite',
     orm,
     async query<R>(text: string, params: readonly unknown[] = []) {
@@ -114,10 +167,15 @@ function createPgliteDatabase(dataDir: string): Database {
         }),
       );
     },
+    // One process, one connection: holding it means using it (callers serialise their own runs).
+    withConnection<T>(fn: (conn: Connection) => Promise<T>): Promise<T> {
+      return fn(self);
+    },
     async close() {
       await lite.close();
     },
   };
+  return self;
 }
 
 /** Quotes an identifier for SQL text. Callers pass only names built from validated tenant ids. */

@@ -13,6 +13,10 @@ import type { RetryWorker } from '../ingest/retry-worker.js';
 import type { WriteRateLimiter } from '../ingest/write-rate-limiter.js';
 import type { ChainAuditor } from '../integrity/chain-auditor.js';
 import type { CheckpointService } from '../integrity/checkpoints.js';
+import type { LegalHoldStore } from '../lifecycle/legal-holds.js';
+import type { LifecycleLog } from '../lifecycle/lifecycle-events.js';
+import type { MaintenanceJob } from '../lifecycle/retention.js';
+import type { TenantRetention } from '../lifecycle/tenant-retention.js';
 import type { Logger } from '../logger.js';
 import type { AuditEventQueries } from '../query/audit-event-queries.js';
 import type { Cluster } from '../realtime/cluster.js';
@@ -52,6 +56,14 @@ export interface Services {
   checkpoints: CheckpointService;
   /** Re-computes a tenant's hash chains (verifyAuditChain). */
   chainAuditor: ChainAuditor;
+  /** Legal holds of each tenant (placeLegalHold, releaseLegalHold, legalHolds). */
+  legalHolds: LegalHoldStore;
+  /** Per-tenant retention: the write path's oldest accepted occurredAt, and what is dropped. */
+  retention: TenantRetention;
+  /** Partitions ahead and retention by whole months (leader-elected; runMaintenance). */
+  maintenance: MaintenanceJob;
+  /** Writes legal-hold and retention changes as audit events of the tenant. */
+  lifecycleLog: LifecycleLog;
 }
 
 /**

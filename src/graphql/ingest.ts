@@ -164,9 +164,12 @@ builder.mutationField('createAuditEvents', (t) =>
       const tenant = requireTenant(ctx);
       const { config, ingest, tenants } = ctx.services;
       if (ingest.isStopping) throw new ShuttingDownError();
+      // The tenant's own retention (cached): an event older than it could recreate a month
+      // that retention already dropped.
+      const retentionDays = await ctx.services.retention.days(tenant);
       const records = validateEvents(input.events as AuditEventInput[], {
         now: new Date(),
-        retentionDays: config.retentionDays,
+        retentionDays,
         maxFutureSkewMs: config.maxFutureSkewMs,
         maxEvents: config.maxEventsPerCall,
       });

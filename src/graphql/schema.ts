@@ -8,6 +8,7 @@ import './dead-letters.js';
 import './subscriptions.js';
 import './admin.js';
 import './integrity.js';
+import './lifecycle.js';
 
 let schema: GraphQLSchema | undefined;
 

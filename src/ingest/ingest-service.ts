@@ -304,6 +304,11 @@ export class IngestService {
     s.discarded += events;
   }
 
+  /** Stored events removed by retention (a dropped month): counted, outside the identity. */
+  recordExpired(tenant: TenantId, events: number): void {
+    this.state(tenant).stats.expired += events;
+  }
+
   /** Events moved into the dead-letter queue from outside the buffers (a spool re-queued at start). */
   recordRequeued(tenant: TenantId, events: number): void {
     const s = this.state(tenant).stats;

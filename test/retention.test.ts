@@ -1,8 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PartitionManager } from '../src/db/partitions.js';
 import { type CheckpointJson, checkpointFromJson } from '../src/domain/checkpoint.js';
-import type { TenantId } from '../src/domain/tenant.js';
+import { type AuditEventRecord, validateEvents } from '../src/domain/event.js';
+import { type TenantId, tenantSchema } from '../src/domain/tenant.js';
+import { BatchWriter } from '../src/ingest/batch-writer.js';
 import type { LegalHold } from '../src/lifecycle/legal-holds.js';
 import { MAINTENANCE_LOCK, MaintenanceJob } from '../src/lifecycle/retention.js';
 import { create, listPartitions, partitionNameFor, utcMonth } from './support/db.js';
@@ -396,6 +399,50 @@ describe('retention by whole months, with legal holds', () => {
     expect(report.tenants[0]!.dropped.map((d) => d.partition)).toContain(partitionNameFor(m5));
     // What the real test asserts ("the held month stays") is false here.
     expect(await exists(tenant, partitionNameFor(m5))).toBe(false);
+  });
+
+  it('an event of a dropped month reaching the writer later (buffer, dead-letter replay) is refused, and the month stays dropped', async () => {
+    const tenant = tenantFor('retlate');
+    const now = new Date();
+    await seed(t, tenant, now);
+    await setRetention(t, tenant, daysDropping(now, -3));
+    const report = (await t.gql(tenant, RUN)).runMaintenance;
+    const m6 = utcMonth(now, -6);
+    expect(await exists(tenant, partitionNameFor(m6))).toBe(false);
+    expect(report.__typename).not.toMatch(/Error$/);
+    // As a batch accepted before the drop would arrive: straight to a fresh writer (which has
+    // never seen the tenant's partitions, as on another instance).
+    const schema = tenantSchema(tenant as TenantId);
+    const writer = new BatchWriter(
+      t.app.db,
+      new PartitionManager(t.app.db, t.app.log),
+      t.app.log,
+      'late-writer',
+    );
+    const late = (id: string, at: Date): AuditEventRecord => ({
+      ...validateEvents([{ ...(event() as object), occurredAt: at } as never], {
+        now: at,
+        retentionDays: 400,
+        maxFutureSkewMs: 0,
+        maxEvents: 10,
+      })[0]!,
+      id,
+    });
+    const kept = utcMonth(now, -1).getTime() + 3 * DAY;
+    const result = await writer.write(schema, randomUUID(), [
+      late(randomUUID(), new Date(m6.getTime() + DAY)),
+      late(randomUUID(), new Date(kept)),
+    ]);
+    expect(result.statuses).toEqual(['REJECTED', 'STORED']);
+    expect(result.rejections.get(0)?.message).toMatch(/dropped by retention/);
+    expect(await exists(tenant, partitionNameFor(m6))).toBe(false);
+    const v = await t.app.services.chainAuditor.verify(
+      tenant as TenantId,
+      utcMonth(now, -7),
+      new Date(now.getTime() + DAY),
+    );
+    expect(v.ok).toBe(true);
+    expect(v.months.find((m) => m.month.getTime() === m6.getTime())?.status).toBe('DROPPED');
   });
 
   it('refuses a write older than the tenant’s own retention (a late event cannot recreate a dropped month)', async () => {

@@ -1,3 +1,4 @@
+import { CONTROL_SCHEMA } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 import type { Database } from './client.js';
 
@@ -32,16 +33,23 @@ export class PartitionManager {
     private readonly lockTimeoutMs = 5_000,
   ) {}
 
-  /** Makes sure every month touched by `dates` has a partition. Cheap when all are known. */
-  async ensureFor(schema: string, dates: Iterable<Date>): Promise<void> {
+  /**
+   * Makes sure every month touched by `dates` has a partition. Cheap when all are known. Returns
+   * the months (epoch ms) retention has dropped: they are never created again — an event of such
+   * a month (accepted before the drop, or replayed from the dead-letter queue) is refused, so a
+   * month's chain cannot restart behind its recorded drop.
+   */
+  async ensureFor(schema: string, dates: Iterable<Date>): Promise<Set<number>> {
     const months = new Map<number, Date>();
     for (const d of dates) {
       const m = monthStart(d);
       if (!this.known.has(`${schema}|${m.getTime()}`)) months.set(m.getTime(), m);
     }
+    const dropped = new Set<number>();
     for (const m of [...months.values()].sort((a, b) => a.getTime() - b.getTime())) {
-      await this.ensureMonth(schema, m);
+      if (!(await this.ensureMonth(schema, m))) dropped.add(m.getTime());
     }
+    return dropped;
   }
 
   /** The current month and `ahead` months after it. */
@@ -56,11 +64,12 @@ export class PartitionManager {
     for (const key of this.known) if (key.startsWith(`${schema}|`)) this.known.delete(key);
   }
 
-  private async ensureMonth(schema: string, month: Date): Promise<void> {
+  /** Creates the month's partition unless it exists; false when retention dropped the month. */
+  private async ensureMonth(schema: string, month: Date): Promise<boolean> {
     const name = partitionName(month);
     const from = month.toISOString();
     const to = addMonths(month, 1).toISOString();
-    const created = await this.db.transaction(async (tx) => {
+    const created = await this.db.transaction(async (tx): Promise<boolean | 'dropped'> => {
       await tx.query(`select set_config('lock_timeout', $1, true)`, [`${this.lockTimeoutMs}ms`]);
       await tx.query(`/* partitions.lock */ select pg_advisory_xact_lock(hashtext($1))`, [
         `auditgraph:partitions:${schema}`,
@@ -76,6 +85,13 @@ export class PartitionManager {
         [`"${schema}".audit_events`, schema, name],
       );
       if (found?.attached) return false;
+      const [drop] = await tx.query<{ one: number }>(
+        `/* partitions.dropped */
+         select 1 as one from ${CONTROL_SCHEMA}.retention_drops
+          where tenant_id = $1 and month = $2 limit 1`,
+        [schema.slice(2), from],
+      );
+      if (drop) return 'dropped';
       await tx.query(
         `create table if not exists "${schema}"."${name}"
            (like "${schema}".audit_events including defaults including constraints)`,
@@ -87,7 +103,9 @@ export class PartitionManager {
       );
       return true;
     });
+    if (created === 'dropped') return false;
     this.known.add(`${schema}|${month.getTime()}`);
     if (created) this.log.info({ schema, partition: name, from, to }, 'partition created');
+    return true;
   }
 }

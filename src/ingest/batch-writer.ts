@@ -153,35 +153,60 @@ export class BatchWriter {
     records: readonly AuditEventRecord[],
   ): Promise<BatchWriteResult> {
     const dates = records.map((r) => r.occurredAt);
-    await this.partitions.ensureFor(schema, dates);
+    let dropped = this.refuseDropped(records, await this.partitions.ensureFor(schema, dates));
     const canonical = this.hashing
       ? records.map((r) => canonicalEvent(chainedFieldsOf(r)))
       : undefined;
     let result: BatchWriteResult;
     try {
-      result = await this.insert(schema, batchId, records, canonical, false);
+      result = await this.insert(schema, batchId, records, canonical, false, dropped);
     } catch (err) {
       const kind = classifyWriteError(err);
       if (kind === 'missing-partition') {
         // A partition this process believed in is gone (dropped by retention elsewhere): learn
         // again and retry once; a second failure goes to the caller's retry path.
         this.partitions.forget(schema);
-        await this.partitions.ensureFor(schema, dates);
-        result = await this.insert(schema, batchId, records, canonical, false);
+        dropped = this.refuseDropped(records, await this.partitions.ensureFor(schema, dates));
+        result = await this.insert(schema, batchId, records, canonical, false, dropped);
       } else if (kind === 'data') {
         this.log.warn(
           { schema, batchId, error: describeWriteError(err) },
           'batch has rows the database rejects; isolating them',
         );
-        result = await this.insert(schema, batchId, records, canonical, true);
+        result = await this.insert(schema, batchId, records, canonical, true, dropped);
       } else {
         throw err;
       }
+    }
+    if (dropped.size > 0) {
+      this.log.warn(
+        { schema, batchId, events: dropped.size },
+        'events of months dropped by retention refused; they go to the dead-letter queue',
+      );
     }
     if (result.statuses.includes('DUPLICATE') && !result.alreadyCommitted) {
       result.conflicts = await this.countConflicts(schema, records, result.statuses);
     }
     return result;
+  }
+
+  /** Rejections (by position) of the records whose month retention has dropped. */
+  private refuseDropped(
+    records: readonly AuditEventRecord[],
+    droppedMonths: Set<number>,
+  ): Map<number, RowRejection> {
+    const refused = new Map<number, RowRejection>();
+    if (droppedMonths.size === 0) return refused;
+    records.forEach((r, i) => {
+      const month = chainMonth(r.occurredAt);
+      if (droppedMonths.has(month.getTime())) {
+        refused.set(i, {
+          sqlState: null,
+          message: `month ${month.toISOString().slice(0, 7)} was dropped by retention; its events can no longer be stored`,
+        });
+      }
+    });
+    return refused;
   }
 
   private insert(
@@ -190,10 +215,11 @@ export class BatchWriter {
     records: readonly AuditEventRecord[],
     canonical: readonly Buffer[] | undefined,
     isolate: boolean,
+    refused: ReadonlyMap<number, RowRejection>,
   ): Promise<BatchWriteResult> {
     return this.db.transaction(async (tx) => {
-      const rejections = new Map<number, RowRejection>();
-      const all = records.map((_, i) => i);
+      const rejections = new Map<number, RowRejection>(refused);
+      const all = records.map((_, i) => i).filter((i) => !refused.has(i));
       if (isolate) await this.findRejections(tx, schema, batchId, records, all, rejections);
       const candidates = all.filter((i) => !rejections.has(i));
       // The chain lock comes first: a retry of a batch whose COMMIT outcome was unknown waits

@@ -234,6 +234,11 @@ const VERIFY_CHAIN = `{ verifyAuditChain(from: "2026-01-01T00:00:00Z", to: "2027
   __typename ... on AuditChainVerification { ok } } }`;
 const CHECKPOINTS = '{ auditCheckpoints { __typename } }';
 const SIGN_CHECKPOINTS = 'mutation { signAuditCheckpoints { __typename } }';
+const PLACE_HOLD = `mutation { placeLegalHold(input: { correlationId: "sec-hold", reason: "security table" }) {
+  __typename } }`;
+// null: back to the default, so the attempts change nothing another attempt depends on.
+const SET_RETENTION = 'mutation { setRetention(input: { days: null }) { __typename } }';
+const RUN_MAINTENANCE = 'mutation { runMaintenance { __typename } }';
 
 /** Writes one event; a success is counted for the tenant it went to. */
 async function tryWrite(c: Caller, extra: Record<string, string>, side: Side): Promise<boolean> {
@@ -479,6 +484,11 @@ const ATTEMPTS: Attempt[] = [
       ['auditChainKey', 'events:read', 'AuditChainKey', '{ auditChainKey { __typename } }'],
       ['auditCheckpoints', 'events:read', 'AuditCheckpointList', CHECKPOINTS],
       ['signAuditCheckpoints', 'audit:admin', 'SignedAuditCheckpoints', SIGN_CHECKPOINTS],
+      ['legalHolds', 'audit:admin', 'LegalHoldList', '{ legalHolds { __typename } }'],
+      ['placeLegalHold', 'audit:admin', 'LegalHoldPayload', PLACE_HOLD],
+      ['retention', 'audit:admin', 'Retention', '{ retention { __typename } }'],
+      ['setRetention', 'audit:admin', 'SetRetentionPayload', SET_RETENTION],
+      ['runMaintenance', 'audit:admin', 'MaintenanceReport', RUN_MAINTENANCE],
     ] as const
   ).flatMap(([field, scope, success, query]): Attempt[] => [
     {
@@ -567,7 +577,8 @@ function allowed(c: Caller, a: Attempt): boolean {
 
 async function rows(tenant: string): Promise<number> {
   const r = await sql.query(
-    `select count(*)::int as n from "t_${tenant}".audit_events where category <> 'access'`,
+    // Access and lifecycle records (legal holds, retention changes) are the service's own.
+    `select count(*)::int as n from "t_${tenant}".audit_events where category not in ('access', 'lifecycle')`,
   );
   return r.rows[0].n;
 }

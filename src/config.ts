@@ -21,8 +21,11 @@ const envSchema = z.object({
   DATABASE_URL: z.url({ protocol: /^postgres(ql)?$/ }).optional(),
   /** Directory of the embedded database (used only without DATABASE_URL). */
   DATA_DIR: z.string().min(1).default('./.data/pglite'),
-  /** Size of the PostgreSQL connection pool. */
-  DATABASE_POOL_SIZE: int(1, 200).default(10),
+  /**
+   * Size of the PostgreSQL connection pool. At least 2: the maintenance job holds one connection
+   * (its leader lock) while it works through another.
+   */
+  DATABASE_POOL_SIZE: int(2, 200).default(10),
   /** `application_name` of every connection, so operators (and fault tests) can find them. */
   DATABASE_APPLICATION_NAME: z.string().min(1).max(63).default('auditgraph'),
   /** Redis connection string: dead letters, fan-out across instances, heartbeats. */

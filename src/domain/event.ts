@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { isIP } from 'node:net';
+import canonicalize from 'canonicalize';
 import { z } from 'zod';
 import { ValidationError, type ValidationIssue } from './errors.js';
 
@@ -78,6 +79,11 @@ export interface AuditEventRecord {
   traceId: string | null;
   spanId: string | null;
   dataJson: string | null;
+  /**
+   * True when `dataJson` is RFC 8785 canonical JSON (validation writes it so): the hash chain
+   * then takes it as it is. Records made elsewhere leave it unset and are canonicalised anew.
+   */
+  dataCanonical?: boolean;
 }
 
 /** The idempotency key: the same (id, occurredAt) again is a duplicate. */
@@ -190,19 +196,20 @@ function checkData(data: unknown, issues: ValidationIssue[], index: number): str
     });
     return null;
   }
-  const json = JSON.stringify(data);
+  const text = unstorableText(data);
+  if (text) {
+    // Rejected here rather than refused by the database later (a dead letter that can never be replayed).
+    issues.push({ index, field: 'data', message: text });
+    return null;
+  }
+  // Canonical (RFC 8785) from the start: the hash chain uses this text as it is.
+  const json = canonicalize(data) as string;
   if (Buffer.byteLength(json, 'utf8') > LIMITS.dataBytes) {
     issues.push({
       index,
       field: 'data',
       message: `larger than ${LIMITS.dataBytes} bytes serialised`,
     });
-    return null;
-  }
-  const text = unstorableText(data);
-  if (text) {
-    // Rejected here rather than refused by the database later (a dead letter that can never be replayed).
-    issues.push({ index, field: 'data', message: text });
     return null;
   }
   return json;
@@ -293,6 +300,7 @@ export function validateEvents(
       traceId: e.traceId ?? null,
       spanId: e.spanId ?? null,
       dataJson,
+      dataCanonical: true,
     });
   });
   if (issues.length > 0) throw new ValidationError(issues);

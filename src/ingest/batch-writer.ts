@@ -1,7 +1,13 @@
 import { isDeepStrictEqual } from 'node:util';
 import { type Database, type Sql, sqlState } from '../db/client.js';
 import type { PartitionManager } from '../db/partitions.js';
-import { ChainHasher, canonicalEvent, chainMonth, genesisHash } from '../domain/chain.js';
+import {
+  ChainHasher,
+  canonicalEvent,
+  canonicalEventWithData,
+  chainMonth,
+  genesisHash,
+} from '../domain/chain.js';
 import { type AuditEventRecord, eventKey } from '../domain/event.js';
 import { tenantOfSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
@@ -63,6 +69,13 @@ interface ChainColumns {
 /** The hashed fields of a record, as the chain sees them. */
 export function chainedFieldsOf(r: AuditEventRecord) {
   return { ...r, data: r.dataJson === null ? null : JSON.parse(r.dataJson) };
+}
+
+/** A record's canonical JSON bytes; its `data` text is used as is when already canonical. */
+export function canonicalRecord(r: AuditEventRecord): Buffer {
+  return r.dataCanonical
+    ? canonicalEventWithData(r, r.dataJson)
+    : canonicalEvent(chainedFieldsOf(r));
 }
 
 function columnArrays(records: readonly AuditEventRecord[]): unknown[][] {
@@ -154,9 +167,7 @@ export class BatchWriter {
   ): Promise<BatchWriteResult> {
     const dates = records.map((r) => r.occurredAt);
     let dropped = this.refuseDropped(records, await this.partitions.ensureFor(schema, dates));
-    const canonical = this.hashing
-      ? records.map((r) => canonicalEvent(chainedFieldsOf(r)))
-      : undefined;
+    const canonical = this.hashing ? records.map(canonicalRecord) : undefined;
     let result: BatchWriteResult;
     try {
       result = await this.insert(schema, batchId, records, canonical, false, dropped);

@@ -1,9 +1,13 @@
 import { generateKeyPairSync } from 'node:crypto';
+import canonicalize from 'canonicalize';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   type ChainedRow,
   ChainHasher,
   canonicalEvent,
+  canonicalEventWithData,
+  canonicalObject,
   genesisHash,
   MonthChainWalker,
 } from '../../src/domain/chain.js';
@@ -13,6 +17,8 @@ import {
   checkpointToJson,
   signCheckpoint,
 } from '../../src/domain/checkpoint.js';
+import { validateEvents } from '../../src/domain/event.js';
+import { canonicalRecord, chainedFieldsOf } from '../../src/ingest/batch-writer.js';
 
 const MONTH = new Date('2026-03-01T00:00:00.000Z');
 
@@ -76,6 +82,83 @@ describe('canonical form and links', () => {
     expect(genesisHash('acme', MONTH).equals(genesisHash('other', MONTH))).toBe(false);
     expect(genesisHash('acme', MONTH).equals(genesisHash('acme', new Date('2026-04-02')))).toBe(
       false,
+    );
+  });
+});
+
+describe('the fast canonical form is the library’s, byte for byte', () => {
+  const text = fc.string({ unit: 'grapheme', maxLength: 20 });
+  const maybe = fc.option(text, { nil: null });
+  const instant = fc.date({
+    min: new Date('2000-01-01'),
+    max: new Date('2100-01-01'),
+    noInvalidDate: true,
+  });
+  const fieldsArb = fc.record({
+    id: fc.uuid(),
+    occurredAt: instant,
+    receivedAt: instant,
+    eventType: text,
+    category: text,
+    action: text,
+    outcome: fc.constantFrom('SUCCESS', 'FAILURE', 'PENDING'),
+    correlationId: text,
+    actorType: text,
+    actorId: text,
+    actorIp: maybe,
+    resourceType: text,
+    resourceId: text,
+    resourceName: maybe,
+    parentEventId: fc.option(fc.uuid(), { nil: null }),
+    severity: maybe,
+    durationMs: fc.option(fc.integer({ min: 0, max: 2 ** 31 - 1 }), { nil: null }),
+    errorCode: maybe,
+    errorMessage: maybe,
+    namespace: maybe,
+    clusterId: maybe,
+    traceId: maybe,
+    spanId: maybe,
+    data: fc.option(fc.dictionary(text, fc.jsonValue({ maxDepth: 3 })), { nil: null }),
+  });
+
+  it('for any event: the envelope written natively equals canonicalize() of the whole object', () => {
+    fc.assert(
+      fc.property(fieldsArb, (e) => {
+        const library = Buffer.from(canonicalize(canonicalObject(e))!, 'utf8');
+        expect(canonicalEvent(e).equals(library)).toBe(true);
+        const data = e.data === null ? null : canonicalize(e.data)!;
+        expect(canonicalEventWithData(e, data).equals(library)).toBe(true);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('validation stores data canonically, so the writer’s shortcut hashes what a verifier recomputes', () => {
+    fc.assert(
+      fc.property(fc.dictionary(text, fc.jsonValue({ maxDepth: 3 })), (data) => {
+        // NUL is refused by validation (PostgreSQL cannot store it), which is another test's.
+        fc.pre(!JSON.stringify(data).includes('\\u0000'));
+        const [r] = validateEvents(
+          [
+            {
+              occurredAt: MONTH,
+              eventType: 'e',
+              category: 'c',
+              action: 'a',
+              outcome: 'SUCCESS',
+              correlationId: 'k',
+              actor: { type: 't', id: 'i' },
+              resource: { type: 't', id: 'i' },
+              data,
+            },
+          ],
+          { now: MONTH, retentionDays: 30, maxFutureSkewMs: 0, maxEvents: 1 },
+        );
+        expect(r!.dataCanonical).toBe(true);
+        // What a verifier does: the stored data parsed back, canonicalised anew.
+        expect(canonicalRecord(r!).equals(canonicalEvent(chainedFieldsOf(r!)))).toBe(true);
+      }),
+      { numRuns: 300 },
     );
   });
 });

@@ -36,6 +36,22 @@ export interface Params {
   overloadInFlightPerWorker: number;
   recoveryMs: number;
   visibleReps: number;
+  /** Scenario 7: on/off rounds, and each ingest run's window and warm-up. */
+  chainRounds: number;
+  chainMs: number;
+  chainWarmupMs: number;
+  /** Scenario 7: events (and timed repeats) of the in-process hashing cost. */
+  chainCostEvents: number;
+  chainCostRepeats: number;
+}
+
+/** How run.ts started the service: scenario 7 starts a second one the same way. */
+export interface ServiceSpec {
+  entry: string;
+  env: Record<string, string>;
+  nodeArgs: string[];
+  /** The run's temporary directory (removed at the end). */
+  tempDir: string;
 }
 
 export const FULL: Params = {
@@ -58,6 +74,11 @@ export const FULL: Params = {
   overloadInFlightPerWorker: 64,
   recoveryMs: 30_000,
   visibleReps: 5,
+  chainRounds: 2,
+  chainMs: 10_000,
+  chainWarmupMs: 2_000,
+  chainCostEvents: 50_000,
+  chainCostRepeats: 3,
 };
 
 export const QUICK: Params = {
@@ -80,6 +101,11 @@ export const QUICK: Params = {
   overloadInFlightPerWorker: 32,
   recoveryMs: 5_000,
   visibleReps: 1,
+  chainRounds: 1,
+  chainMs: 1_500,
+  chainWarmupMs: 500,
+  chainCostEvents: 10_000,
+  chainCostRepeats: 1,
 };
 
 /** What the scenarios share: the service, the database, and what the report collects. */
@@ -91,7 +117,10 @@ export class Bench {
   readonly problems: string[] = [];
   /** Events each tenant had accepted, as the clients counted them. */
   readonly accepted = new Map<string, number>();
-  /** Tenants written through the API and left out of accounting (the COPY-loaded read tenant). */
+  /**
+   * Tenants written through the API and left out of accounting: the COPY-loaded read tenant, and
+   * those of a second service that has stopped (checked by their scenario while it ran).
+   */
   readonly notAccounted = new Set<string>();
   ceiling?: { buffered: number; committed: number };
   readonly api: GqlConnection;
@@ -110,6 +139,7 @@ export class Bench {
     readonly service: Server,
     readonly lingerMs: number,
     redisPort: number,
+    readonly serviceSpec: ServiceSpec,
   ) {
     this.api = new GqlConnection(service.url);
     this.trackers = {
@@ -124,31 +154,36 @@ export class Bench {
     });
   }
 
-  snapshot(): CpuSnapshot {
-    return cpuSnapshot({ service: this.service.pid }, this.trackers);
+  snapshot(service: Server = this.service): CpuSnapshot {
+    return cpuSnapshot({ service: service.pid }, this.trackers);
   }
 
-  /** Runs a phase and records the CPU each side used during it. */
+  /**
+   * Runs a phase and records the CPU each side used during it. `service`: the service process the
+   * phase drives, when not the main one (its CPU, RSS and heap are the phase's "Service").
+   */
   async phase<T>(
     name: string,
     fn: () => Promise<{ value: T; workerCpu: number; noopCpu?: number }>,
+    opts: { service?: Server } = {},
   ): Promise<T> {
+    const service = opts.service ?? this.service;
     log(`${name} …`);
-    const a = this.snapshot();
+    const a = this.snapshot(service);
     const { value, workerCpu, noopCpu } = await fn();
-    const b = this.snapshot();
+    const b = this.snapshot(service);
     this.cpu[name] = cpuSplit(a, b, workerCpu, noopCpu);
-    this.rss[name] = rssBytes(this.service.pid);
-    const heap = await this.heap();
+    this.rss[name] = rssBytes(service.pid);
+    const heap = await this.heap(service);
     if (heap !== undefined) this.heapUsed[name] = heap;
     log(`${name} done in ${this.cpu[name].wallSeconds.toFixed(1)} s`);
     return value;
   }
 
   /** `nodejs_heap_size_used_bytes` from the service's /metrics (undefined if unavailable). */
-  async heap(): Promise<number | undefined> {
+  async heap(service: Server = this.service): Promise<number | undefined> {
     try {
-      const res = await fetch(this.service.url.replace(/\/graphql$/, '/metrics'));
+      const res = await fetch(service.url.replace(/\/graphql$/, '/metrics'));
       const text = await res.text();
       const m = text.match(/^nodejs_heap_size_used_bytes(?:\{[^}]*\})? (\S+)/m);
       return m ? Number(m[1]) : undefined;
@@ -165,12 +200,12 @@ export class Bench {
     for (const [t, n] of Object.entries(byTenant)) this.count(t, n);
   }
 
-  /** flushAudit for each tenant at once; resolves with the wall time. */
-  async flushAll(tenants: readonly string[]): Promise<number> {
+  /** flushAudit for each tenant at once (through `api`); resolves with the wall time. */
+  async flushAll(tenants: readonly string[], api: GqlConnection = this.api): Promise<number> {
     const t = performance.now();
     await Promise.all(
       tenants.map(async (tenant) => {
-        const data = await this.api.request(tenant, FLUSH_MUTATION, { timeoutMs: 60_000 });
+        const data = await api.request(tenant, FLUSH_MUTATION, { timeoutMs: 60_000 });
         if (data.flushAudit.__typename !== 'FlushAuditPayload') {
           this.problems.push(`flushAudit ${tenant}: ${JSON.stringify(data.flushAudit)}`);
         }
@@ -179,8 +214,8 @@ export class Bench {
     return performance.now() - t;
   }
 
-  async stats(tenant: string): Promise<Record<string, any>> {
-    const data = await this.api.request(tenant, STATS_QUERY);
+  async stats(tenant: string, api: GqlConnection = this.api): Promise<Record<string, any>> {
+    const data = await api.request(tenant, STATS_QUERY);
     return data.auditStats as Record<string, any>;
   }
 
@@ -200,12 +235,19 @@ export class Bench {
     return Number(r.rows[0]!.n);
   }
 
-  /** Provisions tenants through the API (one COMMITTED event each), outside any measurement. */
-  async provision(tenants: readonly string[], occurredAt: Date[] = [new Date()]): Promise<void> {
+  /**
+   * Provisions tenants through the API (one COMMITTED event each; through `api`, the main
+   * service's by default), outside any measurement.
+   */
+  async provision(
+    tenants: readonly string[],
+    occurredAt: Date[] = [new Date()],
+    api: GqlConnection = this.api,
+  ): Promise<void> {
     const random = rng(99);
     for (const tenant of tenants) {
       const events = occurredAt.map((at) => makeEvent(random, at, `provision-${tenant}`));
-      const data = await this.api.post(tenant, createBody('COMMITTED', events));
+      const data = await api.post(tenant, createBody('COMMITTED', events));
       const r = data.data?.createAuditEvents;
       if (r?.__typename !== 'CreateAuditEventsPayload') {
         throw new Error(`provisioning ${tenant}: ${JSON.stringify(data)}`);

@@ -23,12 +23,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ROOT, type Server, spawnServer } from './child-processes.js';
-import { Bench, FULL, log, QUICK } from './context.js';
+import { Bench, FULL, log, QUICK, type ServiceSpec } from './context.js';
 import { machineCpuSeconds } from './proc-stats.js';
 import { summariseProfile } from './profile-summary.js';
 import { cpuTable, resultsTable } from './report.js';
 import {
   accounting,
+  chainHashingCost,
   commitLatency,
   ingestCeiling,
   overload,
@@ -67,6 +68,7 @@ const SCENARIOS = [
   ['4', subscriptions],
   ['5', overload],
   ['6', timeToVisible],
+  ['7', chainHashingCost],
 ] as const;
 
 /** Busy CPU of the whole machine over a second: others' work on the same cores skews results. */
@@ -104,9 +106,9 @@ async function main(): Promise<number> {
   const crashed: string[] = [];
   try {
     for (const schema of Object.values(SCRATCH)) await createScratchSchema(databaseUrl, schema);
-    service = await spawnServer(
-      'src/main.ts',
-      {
+    const serviceSpec: ServiceSpec = {
+      entry: 'src/main.ts',
+      env: {
         DATABASE_URL: databaseUrl,
         REDIS_URL,
         REDIS_KEY_PREFIX: redisPrefix,
@@ -117,6 +119,9 @@ async function main(): Promise<number> {
         LOG_LEVEL: 'info',
         CURSOR_SECRET: randomBytes(24).toString('hex'),
         DLQ_DIR: dlqDir,
+        // Not the default ./.data of the checkout: in the run's temporary directory, and shared by
+        // every service the run starts, as the instances of one deployment share it.
+        CHECKPOINT_KEY_FILE: join(dlqDir, 'checkpoint-ed25519.pem'),
         INSTANCE_ID: `bench-${process.pid}`,
         DATABASE_APPLICATION_NAME: 'auditgraph-bench',
         GRAPHIQL: 'false',
@@ -128,13 +133,15 @@ async function main(): Promise<number> {
         // older service ignores). Every other limit keeps its default.
         RATE_LIMIT_EVENTS_PER_SECOND: '0',
       },
-      {
-        nodeArgs: [
-          ...(args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []),
-          ...serviceNodeArgs,
-        ],
-      },
-    );
+      nodeArgs: serviceNodeArgs,
+      tempDir: dlqDir,
+    };
+    service = await spawnServer(serviceSpec.entry, serviceSpec.env, {
+      nodeArgs: [
+        ...(args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []),
+        ...serviceNodeArgs,
+      ],
+    });
     log(`service pid ${service.pid} at ${service.url}`);
     bench = new Bench(
       quick,
@@ -144,6 +151,7 @@ async function main(): Promise<number> {
       service,
       LINGER_MS,
       Number(new URL(REDIS_URL).port || 6379),
+      serviceSpec,
     );
     for (const [id, scenario] of SCENARIOS) {
       if (only && !only.has(id)) continue;

@@ -1,5 +1,8 @@
+import { join } from 'node:path';
+import { measureChainCost } from './chain-cost.js';
 import { runWorker, spawnServer, startWorker } from './child-processes.js';
 import { type Bench, ingestAcross, log, sum } from './context.js';
+import { GqlConnection } from './gql-client.js';
 import { peakRssBytes, processCpuSeconds, resetPeakRss, rssBytes } from './proc-stats.js';
 import { fmt } from './report.js';
 import { median, percentile, sleep } from './util.js';
@@ -760,16 +763,275 @@ export async function timeToVisible(bench: Bench): Promise<void> {
   });
 }
 
-/** The accounting identity for every tenant written through the API, and stored = count(*). */
-export async function accounting(bench: Bench): Promise<void> {
-  const tenants = [...bench.accepted.keys()].filter((t) => !bench.notAccounted.has(t));
-  await bench.flushAll(tenants);
+/** One ingest run of scenario 7. */
+interface ChainRun {
+  round: number;
+  ack: 'BUFFERED' | 'COMMITTED';
+  hashing: 'on' | 'off';
+  accepted: number;
+  /** Counted time: the window, plus the final flush for BUFFERED (as in scenario 1). */
+  seconds: number;
+  rate: number;
+  /** Events written in the run, warm-up included (what the service's CPU was spent on). */
+  written: number;
+  serviceCpuSeconds: number;
+  backpressure: number;
+  callP50: number;
+  callP99: number;
+}
+
+/**
+ * 7. Chain hashing cost: scenario 1's service ingest (BUFFERED and COMMITTED, 8 clients × 100
+ * events over 4 tenants) against the service (CHAIN_HASHING on, its default) and against a second
+ * service started the same way with CHAIN_HASHING=off, on the same database, in alternating
+ * on/off rounds; and what canonical JSON and SHA-256 cost per event in this process alone.
+ */
+export async function chainHashingCost(bench: Bench): Promise<void> {
+  const { p } = bench;
+  const cost = await bench.phase('7 hashing in the bench process', async () => ({
+    value: measureChainCost(p.chainCostEvents, p.chainCostRepeats),
+    workerCpu: 0,
+  }));
+
+  const spec = bench.serviceSpec;
+  const instance = `${spec.env.INSTANCE_ID ?? `bench-${process.pid}`}-hashing-off`;
+  log('7 starting the CHAIN_HASHING=off service …');
+  const offService = await spawnServer(
+    spec.entry,
+    {
+      ...spec.env,
+      CHAIN_HASHING: 'off',
+      INSTANCE_ID: instance,
+      DLQ_DIR: join(spec.tempDir, 'dlq-hashing-off'),
+    },
+    // Not --cpu-prof: the run's profile is the main service's.
+    { nodeArgs: spec.nodeArgs },
+  );
+  log(`7 hashing-off service pid ${offService.pid} at ${offService.url}`);
+  const offApi = new GqlConnection(offService.url);
+  const sides = [
+    { hashing: 'on', server: bench.service, api: bench.api },
+    { hashing: 'off', server: offService, api: offApi },
+  ] as const;
+  const acks = ['BUFFERED', 'COMMITTED'] as const;
+  const tenantsOf = (hashing: 'on' | 'off', ack: 'BUFFERED' | 'COMMITTED') =>
+    range(`s7_${hashing}_${ack === 'BUFFERED' ? 'buf' : 'com'}`, 4);
+  const all = sides.flatMap((s) => acks.flatMap((a) => tenantsOf(s.hashing, a)));
+  const runs: ChainRun[] = [];
+  try {
+    // Existing tenants, each provisioned by the service that writes to it (all at once: 16
+    // tenants one after another would be a good part of the quick run).
+    await Promise.all(
+      sides.flatMap((side) =>
+        acks
+          .flatMap((a) => tenantsOf(side.hashing, a))
+          .map((t) => bench.provision([t], undefined, side.api)),
+      ),
+    );
+    for (let round = 1; round <= p.chainRounds; round++) {
+      for (const ack of acks) {
+        for (const side of sides) {
+          const ts = tenantsOf(side.hashing, ack);
+          const name = `7 round ${round} ${ack} hashing ${side.hashing}`;
+          const r = await bench.phase(
+            name,
+            async () => {
+              const r = await ingestAcross(
+                [
+                  { tenants: ts, connections: 4 },
+                  { tenants: ts, connections: 4 },
+                ],
+                {
+                  url: side.server.url,
+                  ack,
+                  durationMs: p.chainMs,
+                  warmupMs: p.chainWarmupMs,
+                  eventsPerCall: EVENTS_PER_CALL,
+                  honourBackpressure: true,
+                },
+                700 + 10 * round + (ack === 'BUFFERED' ? 0 : 4) + (side.hashing === 'on' ? 0 : 2),
+              );
+              const drainMs = await bench.flushAll(ts, side.api);
+              return { value: { ...r, drainMs }, workerCpu: r.cpuSeconds };
+            },
+            { service: side.server },
+          );
+          bench.countAll(r.byTenant);
+          checkFailures(bench, `chain hashing ${side.hashing} ${ack}`, r);
+          const seconds = (r.windowMs + (ack === 'BUFFERED' ? r.drainMs : 0)) / 1000;
+          runs.push({
+            round,
+            ack,
+            hashing: side.hashing,
+            accepted: r.acceptedEvents,
+            seconds,
+            rate: r.acceptedEvents / seconds,
+            written: sum(Object.values(r.byTenant)),
+            serviceCpuSeconds: bench.cpu[name]!.service,
+            backpressure: r.backpressure,
+            callP50: p50(r.latenciesMs),
+            callP99: p99(r.latenciesMs),
+          });
+        }
+      }
+    }
+
+    // Accounting while both services run (auditStats sums over the live instances): once the
+    // hashing-off service has stopped, its tenants' counters are gone with it.
+    for (const side of sides) {
+      await bench.flushAll(
+        acks.flatMap((a) => tenantsOf(side.hashing, a)),
+        side.api,
+      );
+    }
+    const acc = await checkAccounting(bench, all);
+    // And each side stored what it claims: hashes on the on side, none on the off side.
+    const hashed = { on: { rows: 0, hashed: 0 }, off: { rows: 0, hashed: 0 } };
+    for (const side of sides) {
+      for (const t of acks.flatMap((a) => tenantsOf(side.hashing, a))) {
+        const q = await bench.db.query<{ n: string; hashed: string }>(
+          `select count(*) as n, count(hash) as hashed from "t_${t}".audit_events`,
+        );
+        hashed[side.hashing].rows += Number(q.rows[0]!.n);
+        hashed[side.hashing].hashed += Number(q.rows[0]!.hashed);
+      }
+    }
+    const hashesOk = hashed.on.hashed === hashed.on.rows && hashed.off.hashed === 0;
+    const ok = acc.bad.length === 0;
+    if (!ok)
+      bench.problems.push(`chain hashing accounting: ${JSON.stringify(acc.bad).slice(0, 1000)}`);
+    if (!hashesOk) {
+      bench.problems.push(
+        `chain hashing: rows with a hash: on side ${hashed.on.hashed} of ${hashed.on.rows}, ` +
+          `off side ${hashed.off.hashed} of ${hashed.off.rows} (expected all and none)`,
+      );
+    }
+    const pooled = (ack: string, hashing: string) => {
+      const rs = runs.filter((r) => r.ack === ack && r.hashing === hashing);
+      return {
+        rate: sum(rs.map((r) => r.accepted)) / sum(rs.map((r) => r.seconds)),
+        cpuUsPerEvent:
+          (sum(rs.map((r) => r.serviceCpuSeconds)) * 1e6) / sum(rs.map((r) => r.written)),
+      };
+    };
+    const perRound = (ack: string) =>
+      Array.from({ length: p.chainRounds }, (_, i) => {
+        const of = (h: string) =>
+          runs.find((r) => r.round === i + 1 && r.ack === ack && r.hashing === h)!;
+        return of('on').rate / of('off').rate;
+      });
+    const summary: Record<string, unknown> = {};
+    for (const ack of acks) {
+      const on = pooled(ack, 'on');
+      const offSide = pooled(ack, 'off');
+      const ratio = on.rate / offSide.rate;
+      const rounds = perRound(ack);
+      summary[ack] = { on, off: offSide, ratio, perRound: rounds };
+      bench.add({
+        scenario: '7 chain',
+        figure:
+          `createAuditEvents ${ack}, hashing on (the service) vs off (a second service with ` +
+          `CHAIN_HASHING=off, same database), 8 clients × 100 events over 4 tenants a side; ` +
+          `${p.chainRounds} round${p.chainRounds > 1 ? 's' : ''} of ${p.chainMs / 1000} s on, then off` +
+          (ack === 'BUFFERED' ? ', accepted ÷ window + final flush' : '') +
+          ` (per round: ${rounds.map((x) => fmt.ratio(x)).join(', ')})`,
+        value: fmt.rate(on.rate),
+        baseline: `hashing off ${fmt.rate(offSide.rate)}`,
+        ratio: fmt.ratio(ratio),
+        target: '≥ 0.85× off',
+        met: ratio >= 0.85,
+        data: {
+          on,
+          off: offSide,
+          ratio,
+          perRound: rounds,
+          runs: runs.filter((r) => r.ack === ack),
+        },
+      });
+    }
+    // Service CPU per event written, over both acks: where hashing's cost lands.
+    const cpuPerEvent = (hashing: string) => {
+      const rs = runs.filter((r) => r.hashing === hashing);
+      return (sum(rs.map((r) => r.serviceCpuSeconds)) * 1e6) / sum(rs.map((r) => r.written));
+    };
+    const offCpu = cpuPerEvent('off');
+    const onCpu = cpuPerEvent('on');
+    const us = (n: number) => `${n.toFixed(1)} µs`;
+    bench.add({
+      scenario: '7 chain',
+      figure:
+        'service CPU per event written (all runs, warm-up and flush included), hashing on vs off: ' +
+        'the ratio off ÷ on is the throughput ratio to expect where the service’s CPU is the limit',
+      value: us(onCpu),
+      baseline: `hashing off ${us(offCpu)}`,
+      ratio: fmt.ratio(offCpu / onCpu),
+      target: 'reference',
+      met: null,
+      data: { onUs: onCpu, offUs: offCpu, addedUs: onCpu - offCpu },
+    });
+    bench.add({
+      scenario: '7 chain',
+      figure:
+        `hashing alone, in the bench process: canonical JSON (canonicalRecord: the envelope, data already canonical from validation, ` +
+        `${fmt.int(cost.canonicalBytes)} B) + ChainHasher.link + hex of both hashes, per event over ` +
+        `${fmt.int(cost.events)} typical events; ratio: its share of the hashing-off service’s CPU per event`,
+      value: `${us(cost.totalUs)} (canonical ${us(cost.canonicalUs)}, link ${us(cost.linkUs)}, hex ${us(cost.hexUs)})`,
+      baseline: `service, hashing off ${us(offCpu)}`,
+      ratio: fmt.ratio(cost.totalUs / offCpu),
+      target: 'reference',
+      met: null,
+      data: { ...cost },
+    });
+    bench.add({
+      scenario: '7 chain',
+      figure:
+        'its tenants, after flushAudit with both services up: identity holds and pending 0 / ' +
+        'stored = count(*) / accepted = clients + own; rows with a hash, on side / off side',
+      value:
+        `${acc.identity} / ${acc.matches} / ${acc.acceptedMatches} of ${all.length}; ` +
+        `${fmt.int(hashed.on.hashed)} of ${fmt.int(hashed.on.rows)} / ${fmt.int(hashed.off.hashed)} of ${fmt.int(hashed.off.rows)}`,
+      baseline: '—',
+      ratio: '—',
+      target: 'all; all / none',
+      met: ok && hashesOk,
+      data: { bad: acc.bad, hashed },
+    });
+    bench.details.chainHashing = {
+      cost,
+      summary,
+      runs,
+      offService: { pid: offService.pid, instance },
+    };
+  } finally {
+    await offApi.close();
+    const offExit = await offService.stop();
+    // Its tenants' counters (auditStats) went with it: they were checked above, while it ran.
+    for (const t of acks.flatMap((a) => tenantsOf('off', a))) bench.notAccounted.add(t);
+    log(`7 hashing-off service stopped with exit code ${offExit}`);
+    if (offService.warnings.length) {
+      bench.details.chainHashingOffWarnings = offService.warnings.slice(0, 50);
+    }
+    if (offExit !== 0)
+      bench.problems.push(`the hashing-off service exited with ${offExit} on SIGTERM`);
+  }
+}
+
+/**
+ * The accounting identity of `tenants` (after a flush), asked through `api`: auditStats has the
+ * identity holding and nothing pending, stored = count(*), and accepted = what the clients
+ * counted + the service's own records.
+ */
+async function checkAccounting(
+  bench: Bench,
+  tenants: readonly string[],
+  api: GqlConnection = bench.api,
+): Promise<{ identity: number; matches: number; acceptedMatches: number; bad: unknown[] }> {
   let identity = 0;
   let matches = 0;
   let acceptedMatches = 0;
   const bad: unknown[] = [];
   for (const t of tenants) {
-    const s = await bench.stats(t);
+    const s = await bench.stats(t, api);
     const rows = await bench.countRows(t);
     // The service's own records (provisioning, reads: AUDIT_READS) are accepted like any other.
     const own = await bench.countRows(t, 'service');
@@ -782,6 +1044,14 @@ export async function accounting(bench: Bench): Promise<void> {
       bad.push({ tenant: t, stats: s, countStar: rows, serviceWritten: own, clientAccepted });
     }
   }
+  return { identity, matches, acceptedMatches, bad };
+}
+
+/** The accounting identity for every tenant written through the API, and stored = count(*). */
+export async function accounting(bench: Bench): Promise<void> {
+  const tenants = [...bench.accepted.keys()].filter((t) => !bench.notAccounted.has(t));
+  await bench.flushAll(tenants);
+  const { identity, matches, acceptedMatches, bad } = await checkAccounting(bench, tenants);
   bench.details.accounting = {
     tenants: tenants.length,
     bad,

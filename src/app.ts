@@ -12,8 +12,10 @@ import { TenantDirectory } from './db/tenant-directory.js';
 import { TenantRegistry } from './db/tenant-registry.js';
 import { ChainHasher } from './domain/chain.js';
 import { KeysetCursorCodec } from './domain/keyset-cursor.js';
+import { AuditExporter } from './export/exporter.js';
 import { TenantConnectionLimiter } from './graphql/connection-limiter.js';
 import type { Services } from './graphql/context.js';
+import { createExportRoute } from './graphql/export-route.js';
 import { KeyWatcher } from './graphql/key-watcher.js';
 import { attachWebSocket, type WebSocketTransport } from './graphql/ws.js';
 import { createGraphQLServer, requestScope } from './graphql/yoga.js';
@@ -220,6 +222,11 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     lifecycleLog: new LifecycleLog(ingest, lifecycleLogger),
   };
   const graphql = createGraphQLServer(services, log);
+  const exportRoute = createExportRoute(
+    services,
+    new AuditExporter(reader, checkpoints, { hmac: config.chainHmacSecret !== undefined }),
+    log.child({ component: 'export' }),
+  );
 
   let server: Server | undefined;
   let ws: WebSocketTransport | undefined;
@@ -291,6 +298,8 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
           json(res, 500, { error: 'metrics could not be rendered' });
         },
       );
+    } else if (path === '/export') {
+      requestScope.run({ requestId }, () => exportRoute(req, res, requestId));
     } else if (path !== '/graphql') {
       json(res, 404, { error: 'not found; GraphQL is at /graphql' });
     } else if (req.headers['transfer-encoding'] && length === undefined) {

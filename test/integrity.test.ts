@@ -368,6 +368,8 @@ describe('concurrent writers of one tenant', () => {
           BATCH_SIZE: '25',
           WRITER_CONCURRENCY: '4',
           INSTANCE_ID: `chain-writer-${i}`,
+          // An unexpected error here once answered a write; let the server say what it was.
+          LOG_LEVEL: 'error',
         }),
       );
     }

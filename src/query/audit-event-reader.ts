@@ -1,5 +1,6 @@
-import { and, asc, desc, eq, gte, inArray, lt, lte, type SQL, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, gt, gte, inArray, lt, lte, type SQL, sql } from 'drizzle-orm';
 import type { Database } from '../db/client.js';
+import { addMonths } from '../db/partitions.js';
 import { type TenantTables, tenantTables } from '../db/tenant-tables.js';
 import type { AuditEventFilter, AuditEventOrder } from '../domain/filter.js';
 import type { KeysetPosition } from '../domain/keyset-cursor.js';
@@ -15,6 +16,32 @@ export interface KeysetPageQuery {
   limit: number;
   after?: KeysetPosition;
   before?: KeysetPosition;
+}
+
+/** One window of positions of a month's hash chain, in chain order (see `chainPage`). */
+export interface ChainPageQuery {
+  schema: string;
+  filter: AuditEventFilter;
+  /** First instant of the UTC month whose chain is read. */
+  month: Date;
+  /** Exclusive lower bound on `chain_seq`. */
+  afterSeq: number;
+  /** Inclusive upper bound on `chain_seq`. */
+  throughSeq: number;
+}
+
+/** A month's chain at one moment: see `chainSnapshot`. */
+export interface ChainMonthSnapshot {
+  month: Date;
+  headSeq: number;
+  /** The newest signed checkpoint of the month (its tenant is the schema's), if any. */
+  checkpoint: {
+    seq: number;
+    hash: Buffer;
+    signedAt: Date;
+    keyId: string;
+    signature: Buffer;
+  } | null;
 }
 
 export interface KeysetPage {
@@ -72,6 +99,80 @@ export class AuditEventReader {
     return q.direction === 'forward'
       ? { rows, hasNextPage: more, hasPreviousPage: hasOpposite }
       : { rows, hasNextPage: hasOpposite, hasPreviousPage: more };
+  }
+
+  /**
+   * The statement of one chain page, unexecuted (tests may EXPLAIN its `toSQL()`): the month's
+   * rows with `afterSeq < chain_seq <= throughSeq` that satisfy the filter, in chain order. The
+   * plain bounds on `occurred_at` prune to the month's partition, whose `chain_seq` index gives
+   * the order; rows without a chain position (never written by the service) are not included.
+   *
+   * A page is a window of positions, not a LIMIT: positions are dense (1..n), so a window of w
+   * positions holds at most w rows whatever plan PostgreSQL picks. With LIMIT and an open upper
+   * bound, a partition without statistics yet (just after a bulk load) was planned as a bitmap
+   * scan of everything left in the month, sorted, for every page — quadratic over a month.
+   */
+  chainPageQuery(q: ChainPageQuery) {
+    const t = this.tablesOf(q.schema).auditEvents;
+    return this.db.orm
+      .select()
+      .from(t)
+      .where(
+        and(
+          gte(t.occurredAt, q.month),
+          lt(t.occurredAt, addMonths(q.month, 1)),
+          gt(t.chainSeq, q.afterSeq),
+          lte(t.chainSeq, q.throughSeq),
+          ...this.filterConditions(t, q.filter),
+        ),
+      )
+      .orderBy(asc(t.chainSeq));
+  }
+
+  /** One window of a month's chain (see chainPageQuery). */
+  async chainPage(q: ChainPageQuery): Promise<AuditEventRow[]> {
+    return this.chainPageQuery(q);
+  }
+
+  /**
+   * Each month's chain as it stands: its head (last position written) and its newest signed
+   * checkpoint, oldest month first. Only months with a head: retention deletes a dropped month's
+   * head (its checkpoints stay, append-only, and must not make an export expect its events).
+   * The newest checkpoint is found through the (month, seq) key per month, not by reading them all.
+   */
+  async chainSnapshot(schema: string): Promise<ChainMonthSnapshot[]> {
+    const rows = await this.db.query<{
+      month: Date | string;
+      head_seq: string | number;
+      seq: string | number | null;
+      hash: Uint8Array | null;
+      signed_at: Date | string | null;
+      key_id: string | null;
+      signature: Uint8Array | null;
+    }>(
+      `/* export.chain_snapshot */
+       select h.month, h.seq as head_seq, c.seq, c.hash, c.signed_at, c.key_id, c.signature
+         from "${schema}".chain_heads h
+         left join lateral (
+           select seq, hash, signed_at, key_id, signature from "${schema}".chain_checkpoints c
+            where c.month = h.month order by c.seq desc limit 1) c on true
+        where h.seq > 0
+        order by h.month`,
+    );
+    return rows.map((r) => ({
+      month: new Date(r.month),
+      headSeq: Number(r.head_seq),
+      checkpoint:
+        r.seq === null || !r.hash || !r.signature || r.signed_at === null || r.key_id === null
+          ? null
+          : {
+              seq: Number(r.seq),
+              hash: Buffer.from(r.hash),
+              signedAt: new Date(r.signed_at),
+              keyId: r.key_id,
+              signature: Buffer.from(r.signature),
+            },
+    }));
   }
 
   /** An event by id; `occurredAt` narrows it to one partition. Earliest first if ids repeat. */

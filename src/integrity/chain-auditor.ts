@@ -1,4 +1,4 @@
-import { and, asc, gt, gte, isNull, lt, sql } from 'drizzle-orm';
+import { and, asc, gt, gte, isNull, lt, lte, sql } from 'drizzle-orm';
 import type { Database } from '../db/client.js';
 import { addMonths, monthStart } from '../db/partitions.js';
 import { tenantTables } from '../db/tenant-tables.js';
@@ -14,8 +14,13 @@ import { CONTROL_SCHEMA, type TenantId, tenantSchema } from '../domain/tenant.js
 import type { Logger } from '../logger.js';
 import type { CheckpointService } from './checkpoints.js';
 
-/** Rows read per statement while walking a chain: memory stays flat whatever the month's size. */
-const PAGE = 2_000;
+/**
+ * Chain positions read per statement while walking a month: a window of positions, not a LIMIT,
+ * so each statement is bounded whatever plan PostgreSQL picks (without statistics, right after a
+ * bulk load, an open-ended `chain_seq > n ORDER BY … LIMIT` re-sorted the rest of the month on
+ * every page), and memory stays flat whatever the month's size.
+ */
+const WINDOW = 1_000;
 /** A long verification says how far it is every this many events. */
 const PROGRESS_LOG_EVERY = 100_000;
 
@@ -154,20 +159,25 @@ export class ChainAuditor {
       const { claims, bad } = this.trusted(stored);
       const walker = new MonthChainWalker(this.hasher, tenant, month, claims);
       const next = addMonths(month, 1);
-      let last = 0;
-      for (;;) {
+      const inMonth = and(gte(t.auditEvents.occurredAt, month), lt(t.auditEvents.occurredAt, next));
+      // The highest position stored, not the head: rows past a rewound head are still read.
+      const [top] = await this.db.orm
+        .select({ seq: sql<string | null>`max(${t.auditEvents.chainSeq})` })
+        .from(t.auditEvents)
+        .where(inMonth);
+      const highest = top?.seq === null || top?.seq === undefined ? 0 : Number(top.seq);
+      for (let after = 0; after < highest && !walker.broken; after += WINDOW) {
         const rows = await this.db.orm
           .select()
           .from(t.auditEvents)
           .where(
             and(
-              gte(t.auditEvents.occurredAt, month),
-              lt(t.auditEvents.occurredAt, next),
-              gt(t.auditEvents.chainSeq, last),
+              inMonth,
+              gt(t.auditEvents.chainSeq, after),
+              lte(t.auditEvents.chainSeq, after + WINDOW),
             ),
           )
-          .orderBy(asc(t.auditEvents.chainSeq))
-          .limit(PAGE);
+          .orderBy(asc(t.auditEvents.chainSeq));
         for (const r of rows) if (!walker.push(chainedRow(r))) break;
         report({
           month,
@@ -175,8 +185,6 @@ export class ChainAuditor {
           months: months.length,
           eventsVerified: result.eventsVerified + walker.count,
         });
-        if (walker.broken || rows.length < PAGE) break;
-        last = rows.at(-1)!.chainSeq!;
       }
       let broken = bad ?? walker.finish();
       if (!broken) broken = await this.unchained(schema, month, next);

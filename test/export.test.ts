@@ -929,6 +929,44 @@ describe('export of 1,000,000 events from the service as its own process', () =>
         10_000,
       );
 
+      // verifyAuditChain over the same million rows, in the service: constant memory too.
+      const verifyBefore = rssOf(inst.child.pid!);
+      let verifyPeak = verifyBefore;
+      const verifySampler = setInterval(() => {
+        try {
+          verifyPeak = Math.max(verifyPeak, rssOf(inst.child.pid!));
+        } catch {}
+      }, 100);
+      const verifyStarted = Date.now();
+      let verified: Record<string, any>;
+      try {
+        const res = await fetch(`${inst.base}/graphql`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'x-tenant-id': tenant },
+          body: JSON.stringify({
+            query: `query($from: DateTime!, $to: DateTime!) { verifyAuditChain(from: $from, to: $to) {
+              __typename ... on AuditChainVerification { ok eventsVerified months { status checkpoints } } } }`,
+            variables: {
+              from: months[0]!.toISOString(),
+              to: new Date().toISOString(),
+            },
+          }),
+        });
+        verified = ((await res.json()) as { data: Record<string, any> }).data.verifyAuditChain;
+      } finally {
+        clearInterval(verifySampler);
+      }
+      const verifySeconds = (Date.now() - verifyStarted) / 1000;
+      console.log(
+        `[export] verifyAuditChain over ${TOTAL} events in the service: ${verifySeconds.toFixed(1)} s ` +
+          `(${Math.round(TOTAL / verifySeconds)} events/s); service RSS before ` +
+          `${(verifyBefore / MB).toFixed(0)} MB, peak ${(verifyPeak / MB).toFixed(0)} MB ` +
+          `(+${((verifyPeak - verifyBefore) / MB).toFixed(0)} MB)`,
+      );
+      expect(verified).toMatchObject({ ok: true, eventsVerified: TOTAL });
+      expect(verified.months.map((m: { status: string }) => m.status)).toEqual(['OK', 'OK', 'OK']);
+      expect(verifyPeak - verifyBefore).toBeLessThan(150 * MB);
+
       // Negative control: the same reading without backpressure (test/support/
       // export-without-backpressure.ts writes two months to a slow client, ignoring write()'s
       // answer), as its own process sampled the same way: the bound above must catch it.
@@ -979,5 +1017,5 @@ describe('export of 1,000,000 events from the service as its own process', () =>
     } finally {
       await inst.stop();
     }
-  }, 240_000);
+  }, 420_000);
 });

@@ -149,6 +149,9 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     spool,
   );
   const metrics = createMetrics({ ingest, events, retryWorker, instanceId });
+  checkpoints.onSigned = (tenant, n) => metrics.observeCheckpoints(tenant, n);
+  chainAuditor.onVerified = (tenant, r) =>
+    metrics.observeVerification(tenant, r.ok, r.eventsVerified);
   if (!config.cursorSecret) {
     log.warn(
       'CURSOR_SECRET is not set: page cursors are signed with a random key and stop working after a restart',
@@ -187,6 +190,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     intervalMs: config.maintenanceIntervalMs,
     partitionsAhead: config.partitionsAhead,
   });
+  maintenance.onReport = (r) => metrics.observeMaintenance(r);
   const services: Services = {
     apiKeys,
     tenantDirectory: new TenantDirectory(db),

@@ -4,6 +4,7 @@ import type { DeadLetterEventKind, IngestEvents } from './ingest/events.js';
 import type { IngestService } from './ingest/ingest-service.js';
 import type { RetryWorker } from './ingest/retry-worker.js';
 import { identityHolds, type TenantStats } from './ingest/stats.js';
+import type { MaintenanceReport } from './lifecycle/retention.js';
 
 /** What the metrics read; the real IngestService and RetryWorker satisfy it. */
 export interface MetricsSources {
@@ -27,6 +28,12 @@ export interface Metrics {
   render(): Promise<string>;
   /** A COMMITTED createAuditEvents call answered after `ms` (settled, or CommitTimeoutError). */
   observeCommit(ms: number, outcome?: CommitOutcome): void;
+  /** Chain checkpoints signed for a tenant. */
+  observeCheckpoints(tenant: string, count: number): void;
+  /** A chain verification finished. */
+  observeVerification(tenant: string, ok: boolean, events: number): void;
+  /** A maintenance run finished. */
+  observeMaintenance(report: MaintenanceReport): void;
   /** Stops listening to the write path's events. */
   close(): void;
 }
@@ -222,6 +229,53 @@ export function createMetrics(sources: MetricsSources): Metrics {
     registers: [registry],
   });
 
+  const checkpointsSigned = new Counter({
+    name: `${PREFIX}chain_checkpoints_signed_total`,
+    help: 'Chain heads signed as checkpoints by this instance.',
+    labelNames: ['tenant'],
+    registers: [registry],
+  });
+  const verifications = new Counter({
+    name: `${PREFIX}chain_verifications_total`,
+    help: 'Chain verifications run on this instance, by result (ok, broken).',
+    labelNames: ['tenant', 'result'],
+    registers: [registry],
+  });
+  const verifiedEvents = new Counter({
+    name: `${PREFIX}chain_events_verified_total`,
+    help: 'Events whose chain link was re-computed by verifications on this instance.',
+    labelNames: ['tenant'],
+    registers: [registry],
+  });
+  const maintenanceRuns = new Counter({
+    name: `${PREFIX}maintenance_runs_total`,
+    help: 'Maintenance runs on this instance, by whether it held the leader lock.',
+    labelNames: ['leader'],
+    registers: [registry],
+  });
+  const maintenanceLast = new Gauge({
+    name: `${PREFIX}maintenance_last_run_timestamp_seconds`,
+    help: 'When this instance last finished a maintenance run as leader.',
+    registers: [registry],
+  });
+  const monthsDropped = new Counter({
+    name: `${PREFIX}retention_months_dropped_total`,
+    help: 'Month partitions dropped by retention (runs led by this instance).',
+    labelNames: ['tenant'],
+    registers: [registry],
+  });
+  const monthsHeld = new Gauge({
+    name: `${PREFIX}retention_months_held`,
+    help: 'Months past retention kept because of legal holds, at the last run led here.',
+    labelNames: ['tenant'],
+    registers: [registry],
+  });
+  const maintenanceProblems = new Counter({
+    name: `${PREFIX}maintenance_problems_total`,
+    help: 'Things a maintenance run could not do (each also logged at error).',
+    registers: [registry],
+  });
+
   const unsubscribe = [
     events.onBatchSettled((b) => {
       if (b.records.length > 0) batchSize.observe({ trigger: b.trigger }, b.records.length);
@@ -237,6 +291,23 @@ export function createMetrics(sources: MetricsSources): Metrics {
     render: () => registry.metrics(),
     observeCommit(ms, outcome = 'settled') {
       commitWait.observe({ outcome }, ms / 1000);
+    },
+    observeCheckpoints(tenant, count) {
+      checkpointsSigned.inc({ tenant }, count);
+    },
+    observeVerification(tenant, ok, events) {
+      verifications.inc({ tenant, result: ok ? 'ok' : 'broken' });
+      verifiedEvents.inc({ tenant }, events);
+    },
+    observeMaintenance(report) {
+      maintenanceRuns.inc({ leader: String(report.leader) });
+      if (!report.leader) return;
+      maintenanceLast.set(report.finishedAt.getTime() / 1000);
+      for (const t of report.tenants) {
+        monthsDropped.inc({ tenant: t.tenant }, t.dropped.length);
+        monthsHeld.set({ tenant: t.tenant }, t.held.length);
+        maintenanceProblems.inc(t.problems.length);
+      }
     },
     close() {
       for (const off of unsubscribe) off();

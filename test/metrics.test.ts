@@ -59,7 +59,9 @@ function parseExposition(text: string): Exposition {
     const raw = m[3]!;
     const value =
       raw === '+Inf' ? Number.POSITIVE_INFINITY : raw === '-Inf' ? -Infinity : Number(raw);
-    if (Number.isNaN(value) && raw !== 'NaN') throw new Error(`bad value: ${line}`);
+    // prom-client writes NaN as "Nan" (e.g. an event-loop lag not yet sampled); Prometheus
+    // parses it case-insensitively, as Go's ParseFloat does.
+    if (Number.isNaN(value) && raw.toLowerCase() !== 'nan') throw new Error(`bad value: ${line}`);
     samples.push({ name: m[1]!, labels, value });
   }
   // Every sample belongs to a declared family (histograms add _bucket, _sum, _count).
@@ -215,6 +217,37 @@ describe('GET /metrics', () => {
       value(e, 'auditgraph_dead_letter_steps_total', { kind: 'ENQUEUED' }),
     ).toBeGreaterThanOrEqual(1);
     expect(value(e, 'auditgraph_dead_letter_steps_total', { kind: 'PARKED' })).toBe(0);
+  });
+
+  it('counts checkpoints signed, verifications by result and maintenance runs', async () => {
+    const id = tenant();
+    const r = await t.gql(id, CREATE, { input: { events: [event(), event(), event()] } });
+    expect(r.createAuditEvents.stored).toBe(3);
+    await t.gql(id, 'mutation { signAuditCheckpoints { __typename } }');
+    const range = {
+      from: new Date(Date.now() - 86_400_000 * 40).toISOString(),
+      to: new Date(Date.now() + 60_000).toISOString(),
+    };
+    const verify = `query($from: DateTime!, $to: DateTime!) { verifyAuditChain(from: $from, to: $to) {
+      ... on AuditChainVerification { ok } } }`;
+    expect((await t.gql(id, verify, range)).verifyAuditChain.ok).toBe(true);
+    await t.gql(id, 'mutation { runMaintenance { __typename } }');
+    let { e } = await scrape(t);
+    expect(value(e, 'auditgraph_chain_checkpoints_signed_total', { tenant: id })).toBe(1);
+    expect(value(e, 'auditgraph_chain_verifications_total', { tenant: id, result: 'ok' })).toBe(1);
+    expect(value(e, 'auditgraph_chain_events_verified_total', { tenant: id })).toBe(3);
+    expect(value(e, 'auditgraph_maintenance_runs_total', { leader: 'true' })).toBeGreaterThan(0);
+    expect(value(e, 'auditgraph_retention_months_held', { tenant: id })).toBe(0);
+    expect(e.types.get('auditgraph_retention_months_dropped_total')).toBe('counter');
+    // A broken chain is counted as such.
+    await c.query(`set session_replication_role = replica`);
+    await c.query(`update "t_${id}".audit_events set data = '{"x":1}' where chain_seq = 2`);
+    await c.query(`set session_replication_role = origin`);
+    expect((await t.gql(id, verify, range)).verifyAuditChain.ok).toBe(false);
+    ({ e } = await scrape(t));
+    expect(value(e, 'auditgraph_chain_verifications_total', { tenant: id, result: 'broken' })).toBe(
+      1,
+    );
   });
 
   it('keeps each app’s metrics in its own registry', async () => {

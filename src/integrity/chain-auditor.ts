@@ -61,6 +61,8 @@ export interface VerifyProgress {
 export class ChainAuditor {
   /** One verification per tenant at a time on this instance: callers queue behind it. */
   private readonly running = new Map<string, Promise<unknown>>();
+  /** Told of every finished verification (metrics). */
+  onVerified: ((tenant: TenantId, result: ChainVerification) => void) | undefined;
 
   constructor(
     private readonly db: Database,
@@ -203,6 +205,7 @@ export class ChainAuditor {
         this.log.warn({ tenant, break: broken }, 'audit chain verification found a broken link');
       }
     }
+    this.onVerified?.(tenant, result);
     this.log.info(
       {
         tenant,

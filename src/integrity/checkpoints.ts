@@ -19,6 +19,8 @@ import type { SigningKey } from './signing-key.js';
 export class CheckpointService {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<unknown> | undefined;
+  /** Told of every checkpoint this instance stores (metrics). */
+  onSigned: ((tenant: TenantId, count: number) => void) | undefined;
 
   constructor(
     private readonly db: Database,
@@ -100,6 +102,7 @@ export class CheckpointService {
       );
       if (inserted.length === 0) continue;
       made.push(checkpoint);
+      this.onSigned?.(tenant, 1);
       // The log line is the copy outside the database: keep logs where the database's writers
       // cannot reach them, and a rewrite of history cannot be re-signed behind your back.
       this.log.info({ checkpoint: checkpointToJson(checkpoint) }, 'chain checkpoint signed');

@@ -122,6 +122,8 @@ export class MaintenanceJob {
   private queue: Promise<unknown> = Promise.resolve();
   private periodic: Promise<unknown> | undefined;
   private stopping = false;
+  /** Told of every finished run (metrics). */
+  onReport: ((report: MaintenanceReport) => void) | undefined;
 
   constructor(readonly deps: MaintenanceDeps) {}
 
@@ -158,7 +160,12 @@ export class MaintenanceJob {
    * the current time). Waits for a run already in progress on this instance first.
    */
   runOnce(opts: { tenant?: TenantId; now?: Date } = {}): Promise<MaintenanceReport> {
-    const run = this.queue.then(() => this.run(opts));
+    const run = this.queue
+      .then(() => this.run(opts))
+      .then((report) => {
+        this.onReport?.(report);
+        return report;
+      });
     this.queue = run.catch(() => {});
     return run;
   }

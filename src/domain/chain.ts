@@ -1,5 +1,6 @@
 import { createHash, createHmac } from 'node:crypto';
 import canonicalize from 'canonicalize';
+import type { AuditEventRecord } from './event.js';
 
 /**
  * The hash chain, as pure functions: the service, the database verifier and the offline export
@@ -14,34 +15,16 @@ import canonicalize from 'canonicalize';
 /** Version tag of the canonical form; part of every genesis hash. */
 export const CHAIN_VERSION = 'auditgraph-chain-v1';
 
-/** The stored fields of an event that its hash covers (everything a client or the service set). */
-export interface ChainedFields {
-  id: string;
-  occurredAt: Date;
-  receivedAt: Date;
-  eventType: string;
-  category: string;
-  action: string;
+/**
+ * The stored fields of an event that its hash covers (everything a client or the service set):
+ * a record's fields with `data` as a value (parsed), and `outcome` as any text (a verifier reads
+ * it from a file, unchecked).
+ */
+export type ChainedFields = Omit<AuditEventRecord, 'dataJson' | 'dataCanonical' | 'outcome'> & {
   outcome: string;
-  correlationId: string;
-  actorType: string;
-  actorId: string;
-  actorIp: string | null;
-  resourceType: string;
-  resourceId: string;
-  resourceName: string | null;
-  parentEventId: string | null;
-  severity: string | null;
-  durationMs: number | null;
-  errorCode: string | null;
-  errorMessage: string | null;
-  namespace: string | null;
-  clusterId: string | null;
-  traceId: string | null;
-  spanId: string | null;
   /** The `data` object (parsed), or null. */
   data: unknown;
-}
+};
 
 /** The canonical JSON object of an event, member by member (JCS of it is the canonical form). */
 export function canonicalObject(e: ChainedFields): Record<string, unknown> {

@@ -1,4 +1,4 @@
-import type { ChainedRow } from '../domain/chain.js';
+import type { ChainedFields, ChainedRow } from '../domain/chain.js';
 import type { CheckpointJson } from '../domain/checkpoint.js';
 
 /**
@@ -48,31 +48,7 @@ export interface ExportedEvent {
 }
 
 /** A stored row as the exporter reads it (the drizzle row of `audit_events`). */
-export interface ExportSourceRow {
-  id: string;
-  occurredAt: Date;
-  receivedAt: Date;
-  eventType: string;
-  category: string;
-  action: string;
-  outcome: string;
-  correlationId: string;
-  actorType: string;
-  actorId: string;
-  actorIp: string | null;
-  resourceType: string;
-  resourceId: string;
-  resourceName: string | null;
-  parentEventId: string | null;
-  severity: string | null;
-  durationMs: number | null;
-  errorCode: string | null;
-  errorMessage: string | null;
-  namespace: string | null;
-  clusterId: string | null;
-  traceId: string | null;
-  spanId: string | null;
-  data: unknown;
+export interface ExportSourceRow extends ChainedFields {
   chainSeq: number | null;
   prevHash: Uint8Array | null;
   hash: Uint8Array | null;

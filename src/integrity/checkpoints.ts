@@ -129,13 +129,6 @@ export class CheckpointService {
     }));
   }
 
-  /** The newest checkpoint of each month of the tenant. */
-  async latest(tenant: TenantId): Promise<Checkpoint[]> {
-    const byMonth = new Map<number, Checkpoint>();
-    for (const c of await this.list(tenant)) byMonth.set(c.month.getTime(), c);
-    return [...byMonth.values()];
-  }
-
   /** True when this deployment's key signed `c` and the signature holds. */
   isValid(c: Checkpoint): boolean {
     return checkpointSignatureValid(c, this.key.publicKey);

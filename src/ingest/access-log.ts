@@ -1,6 +1,6 @@
-import { randomUUID } from 'node:crypto';
 import type { TenantRegistry } from '../db/tenant-registry.js';
-import { type AuditEventRecord, LIMITS } from '../domain/event.js';
+import type { AuditEventRecord } from '../domain/event.js';
+import { serviceEventRecord } from '../domain/service-event.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 import type { IngestService } from './ingest-service.js';
@@ -26,25 +26,6 @@ export interface AccessRecord {
   /** The request that did it. */
   correlationId: string;
   data?: Record<string, unknown>;
-}
-
-const clip = (s: string, n: number) => (s.length > n ? s.slice(0, n) : s);
-
-/** What PostgreSQL can store of a client-supplied string: no NUL, no lone surrogate. */
-const storable = (s: string) => s.toWellFormed().replaceAll('\u0000', '\uFFFD');
-
-/** The record's data as JSON that jsonb accepts and the data limits allow. */
-function dataJson(data: Record<string, unknown> | undefined): string | null {
-  if (!data) return null;
-  const json = JSON.stringify(data, (_key, value: unknown) => {
-    if (typeof value === 'string') return storable(value);
-    if (value && typeof value === 'object' && !Array.isArray(value) && !(value instanceof Date)) {
-      return Object.fromEntries(Object.entries(value).map(([k, v]) => [storable(k), v]));
-    }
-    return value;
-  });
-  if (Buffer.byteLength(json, 'utf8') <= LIMITS.dataBytes / 4) return json;
-  return JSON.stringify({ truncated: true, bytes: Buffer.byteLength(json, 'utf8') });
 }
 
 /**
@@ -89,30 +70,5 @@ export class AccessLog {
 
 /** The event an access record is written as (category `access`, the request as correlation id). */
 export function accessEventRecord(r: AccessRecord, now = new Date()): AuditEventRecord {
-  return {
-    id: randomUUID(),
-    occurredAt: now,
-    receivedAt: now,
-    eventType: r.eventType,
-    category: 'access',
-    action: clip(r.action, LIMITS.action),
-    outcome: 'SUCCESS',
-    correlationId: clip(storable(r.correlationId) || 'none', LIMITS.correlationId),
-    actorType: clip(r.actor.type, LIMITS.actorType),
-    actorId: clip(storable(r.actor.id), LIMITS.actorId),
-    actorIp: null,
-    resourceType: clip(r.resource.type, LIMITS.resourceType),
-    resourceId: clip(storable(r.resource.id), LIMITS.resourceId),
-    resourceName: r.resource.name ? clip(storable(r.resource.name), LIMITS.resourceName) : null,
-    parentEventId: null,
-    severity: 'info',
-    durationMs: null,
-    errorCode: null,
-    errorMessage: null,
-    namespace: null,
-    clusterId: null,
-    traceId: null,
-    spanId: null,
-    dataJson: dataJson(r.data),
-  };
+  return serviceEventRecord({ ...r, category: 'access', severity: 'info' }, now);
 }

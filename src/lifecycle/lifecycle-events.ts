@@ -1,6 +1,6 @@
-import { randomUUID } from 'node:crypto';
 import { CommitTimeoutError } from '../domain/errors.js';
-import { type AuditEventRecord, LIMITS } from '../domain/event.js';
+import type { AuditEventRecord } from '../domain/event.js';
+import { serviceEventRecord } from '../domain/service-event.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { IngestService } from '../ingest/ingest-service.js';
 import type { Logger } from '../logger.js';
@@ -36,39 +36,9 @@ export interface RecordedEvent {
   error: string | null;
 }
 
-const clip = (s: string, n: number) => (s.length > n ? s.slice(0, n) : s);
-/** What PostgreSQL can store of a string: no NUL, no lone surrogate. */
-const storable = (s: string) => s.toWellFormed().replaceAll('\u0000', '\uFFFD');
-
 /** The event a lifecycle record is written as (category `lifecycle`). */
 export function lifecycleEventRecord(r: LifecycleRecord, now = new Date()): AuditEventRecord {
-  return {
-    id: randomUUID(),
-    occurredAt: now,
-    receivedAt: now,
-    eventType: r.eventType,
-    category: 'lifecycle',
-    action: clip(r.action, LIMITS.action),
-    outcome: 'SUCCESS',
-    correlationId: clip(storable(r.correlationId) || 'none', LIMITS.correlationId),
-    actorType: clip(storable(r.actor.type), LIMITS.actorType),
-    actorId: clip(storable(r.actor.id) || 'unknown', LIMITS.actorId),
-    actorIp: null,
-    resourceType: clip(r.resource.type, LIMITS.resourceType),
-    resourceId: clip(storable(r.resource.id), LIMITS.resourceId),
-    resourceName: null,
-    parentEventId: null,
-    severity: 'notice',
-    durationMs: null,
-    errorCode: null,
-    errorMessage: null,
-    namespace: null,
-    clusterId: null,
-    traceId: null,
-    spanId: null,
-    // The data holds validated reasons, ids and dates only: small and storable.
-    dataJson: JSON.stringify(r.data),
-  };
+  return serviceEventRecord({ ...r, category: 'lifecycle', severity: 'notice' }, now);
 }
 
 /**

@@ -1,8 +1,10 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { parse, validate } from 'graphql';
 import { describe, expect, it } from 'vitest';
 import { buildSchema } from '../src/graphql/schema.js';
+import { EXAMPLE_OPERATIONS } from '../src/graphql/yoga.js';
 
 /**
  * DESIGN.md: "The printed SDL is committed at schema/schema.graphql and a test fails when it
@@ -198,5 +200,12 @@ describe('schema/schema.graphql', () => {
   it('offers the Ack values COMMITTED and BUFFERED, COMMITTED by default', () => {
     expect(fieldsOf('CreateAuditEventsInput').ack?.defaultValue).toBe('COMMITTED');
     expect(committed).toMatch(/enum Ack \{[^}]*BUFFERED[^}]*COMMITTED[^}]*\}/s);
+  });
+});
+
+describe('GraphiQL example operations', () => {
+  it('are valid against the schema (a renamed field breaks the first page a person sees)', () => {
+    const errors = validate(buildSchema(), parse(EXAMPLE_OPERATIONS));
+    expect(errors.map((e) => e.message)).toEqual([]);
   });
 });

@@ -28,7 +28,8 @@ export type ServerContext = {
 };
 
 const DEV_INTRO = `# auditgraph — every request is scoped to the tenant in the x-tenant-id header
-# (see the Headers tab below; AUTH_MODE=dev). Run "Create", then "Flush", then "Page".
+# (see the Headers tab below; AUTH_MODE=dev). Run "Create", then "Flush", then "Page";
+# "Sign" and "Verify" check the tenant's hash chain. Export: GET /export (see the README).
 `;
 
 const KEYS_INTRO = `# auditgraph — every request carries an API key: put yours in the Headers tab below
@@ -37,7 +38,7 @@ const KEYS_INTRO = `# auditgraph — every request carries an API key: put yours
 # Run "Create", then "Flush", then "Page".
 `;
 
-const EXAMPLE_OPERATIONS = `
+export const EXAMPLE_OPERATIONS = `
 mutation Create {
   createAuditEvents(input: {
     ack: COMMITTED
@@ -82,6 +83,27 @@ query Page($after: String) {
 query Stats {
   auditStats {
     ... on AuditStats { accepted stored duplicates pending deadLettered discarded identityHolds }
+    ... on AuditError { message }
+  }
+}
+
+# Tamper evidence: sign the chain heads now, then re-compute every link (audit:admin to sign).
+mutation Sign {
+  signAuditCheckpoints {
+    __typename
+    ... on SignedAuditCheckpoints { data { month seq hash signedAt keyId } }
+    ... on AuditError { message }
+  }
+}
+
+query Verify {
+  verifyAuditChain(from: "${new Date().getUTCFullYear() - 1}-01-01T00:00:00Z", to: "${new Date().getUTCFullYear() + 1}-01-01T00:00:00Z") {
+    __typename
+    ... on AuditChainVerification {
+      ok eventsVerified elapsedMs
+      months { month status eventsVerified lastSeq checkpoints }
+      firstBreak { kind eventId seq expectedHash actualHash message }
+    }
     ... on AuditError { message }
   }
 }

@@ -367,12 +367,21 @@ export class BatchWriter {
     records: readonly AuditEventRecord[],
   ): Promise<Set<string>> {
     if (records.length === 0) return new Set();
+    const times = records.map((r) => r.occurredAt.getTime());
+    // The plain bounds let PostgreSQL prune to the batch's months at plan time; the join alone
+    // would probe every partition's key index for every row.
     const rows = await tx.query<{ id: string; occurred_at: Date }>(
       `/* ingest.find_stored */
        select e.id, e.occurred_at from "${schema}".audit_events e
        join unnest($1::timestamptz[], $2::uuid[]) as k(occurred_at, id)
-         on e.occurred_at = k.occurred_at and e.id = k.id`,
-      [records.map((r) => r.occurredAt.toISOString()), records.map((r) => r.id)],
+         on e.occurred_at = k.occurred_at and e.id = k.id
+       where e.occurred_at >= $3::timestamptz and e.occurred_at <= $4::timestamptz`,
+      [
+        records.map((r) => r.occurredAt.toISOString()),
+        records.map((r) => r.id),
+        new Date(Math.min(...times)).toISOString(),
+        new Date(Math.max(...times)).toISOString(),
+      ],
     );
     return new Set(rows.map((r) => eventKey(r.id, new Date(r.occurred_at))));
   }

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { TenantId } from '../src/domain/tenant.js';
 import {
   CREATE,
   dropTenants,
@@ -24,6 +25,7 @@ describe('immutability of stored events', () => {
         input: { events: [event({ correlationId: 'keep' }), event()] },
       });
       expect(r.createAuditEvents.stored).toBe(2);
+      await t.app.services.checkpoints.checkpointTenant(id as TenantId);
     }
   });
   afterAll(async () => {
@@ -66,12 +68,47 @@ describe('immutability of stored events', () => {
       expect(await attempt(`delete from ${s}."${part}"`)).toBe('42501');
       expect(await attempt(`update ${s}.batch_ledger set stored_count = 0`)).toBe('42501');
       expect(await attempt(`delete from ${s}.batch_ledger`)).toBe('42501');
+      // TRUNCATE is no row operation: statement triggers refuse it, on every partition too.
+      expect(await attempt(`truncate ${s}.audit_events`)).toBe('42501');
+      expect(await attempt(`truncate ${s}."${part}"`)).toBe('42501');
+      expect(await attempt(`truncate ${s}.batch_ledger`)).toBe('42501');
+      expect(await attempt(`truncate ${s}.chain_checkpoints`)).toBe('42501');
+      expect(await attempt(`delete from ${s}.chain_checkpoints`)).toBe('42501');
       const c2 = await sqlClient();
       const after = (
         await c2.query(`select id, event_type, data from ${s}.audit_events order by id`)
       ).rows;
       await c2.end();
       expect(after).toEqual(before);
+    }
+  });
+
+  it('refuses TRUNCATE of a partition created after the migration (one the writer made for an old month)', async () => {
+    const id = tenants[1]!;
+    const s = `"t_${id}"`;
+    const old = new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth() - 5, 3));
+    const r = await t.gql(id, CREATE, {
+      input: { events: [event({ occurredAt: old.toISOString(), correlationId: 'old' })] },
+    });
+    expect(r.createAuditEvents.stored).toBe(1);
+    const c = await sqlClient();
+    const part = (
+      await c.query(
+        `select c.relname from ${s}.audit_events e join pg_class c on c.oid = e.tableoid
+          where e.correlation_id = 'old'`,
+      )
+    ).rows[0].relname as string;
+    await c.end();
+    expect(await attempt(`truncate ${s}."${part}"`)).toBe('42501');
+    // The control: the same TRUNCATE with the trigger off goes through (rolled back).
+    const c3 = await sqlClient();
+    try {
+      await c3.query('begin');
+      await c3.query(`alter table ${s}."${part}" disable trigger audit_events_no_truncate`);
+      await c3.query(`truncate ${s}."${part}"`);
+      await c3.query('rollback');
+    } finally {
+      await c3.end();
     }
   });
 

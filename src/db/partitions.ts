@@ -101,6 +101,12 @@ export class PartitionManager {
         `alter table "${schema}".audit_events attach partition "${schema}"."${name}"
            for values from ('${from}') to ('${to}')`,
       );
+      // Row triggers (no UPDATE, no DELETE) are cloned by ATTACH; a statement trigger is not,
+      // and a TRUNCATE of this partition alone would fire only the partition's own.
+      await tx.query(
+        `create trigger audit_events_no_truncate before truncate on "${schema}"."${name}"
+           for each statement execute function "${schema}".audit_truncate_refused()`,
+      );
       return true;
     });
     if (created === 'dropped') return false;

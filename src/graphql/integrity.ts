@@ -87,8 +87,16 @@ const AuditChainBreak = builder.objectRef<ChainBreak>('AuditChainBreak').impleme
     seq: t.float({ description: 'Chain position (an integer).', resolve: (b) => b.seq }),
     eventId: t.exposeString('eventId', { nullable: true }),
     occurredAt: t.expose('occurredAt', { type: 'DateTime', nullable: true }),
-    expectedHash: t.exposeString('expectedHash', { nullable: true }),
-    actualHash: t.exposeString('actualHash', { nullable: true }),
+    expectedHash: t.exposeString('expectedHash', {
+      nullable: true,
+      description:
+        'Hex: what the verifier computed from the stored data and the link before it (for a ' +
+        'checkpoint break: what the signed checkpoint says).',
+    }),
+    actualHash: t.exposeString('actualHash', {
+      nullable: true,
+      description: 'Hex: what is stored.',
+    }),
     message: t.exposeString('message'),
   }),
 });

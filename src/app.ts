@@ -182,6 +182,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     db,
     partitions,
     checkpoints,
+    chain: chainAuditor,
     holds: legalHolds,
     retention,
     stats: ingest,

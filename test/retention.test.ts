@@ -378,6 +378,38 @@ describe('retention by whole months, with legal holds', () => {
     expectRecorded(await drops(tenant), seeded, [m6], days);
   });
 
+  it('keeps a month whose chain does not verify (evidence of tampering), and drops the others', async () => {
+    const tenant = tenantFor('retbroken');
+    const now = new Date();
+    await seed(t, tenant, now);
+    await t.app.services.checkpoints.checkpointTenant(tenant as TenantId);
+    await setRetention(t, tenant, daysDropping(now, -3));
+    const [m6, m5, m4] = [utcMonth(now, -6), utcMonth(now, -5), utcMonth(now, -4)];
+    // A superuser rewrites one event of month -5 behind the triggers' back.
+    await c.query('set session_replication_role = replica');
+    try {
+      await c.query(
+        `update "t_${tenant}"."${partitionNameFor(m5)}" set data = '{"forged":true}' where chain_seq = 2`,
+      );
+    } finally {
+      await c.query('set session_replication_role = origin');
+    }
+    const report = (await t.gql(tenant, RUN)).runMaintenance.tenants[0];
+    expect(report.dropped.map((d: { partition: string }) => d.partition)).toEqual([
+      partitionNameFor(m6),
+      partitionNameFor(m4),
+    ]);
+    expect(report.problems).toHaveLength(1);
+    expect(report.problems[0].message).toMatch(/does not verify \(HASH_MISMATCH at position 2/);
+    expect(await exists(tenant, partitionNameFor(m5))).toBe(true);
+    expect((await drops(tenant)).map((d) => d.partition_name).sort()).toEqual(
+      [partitionNameFor(m6), partitionNameFor(m4)].sort(),
+    );
+    // The evidence is still there to be found.
+    const v = await t.app.services.chainAuditor.verify(tenant as TenantId, m6, now);
+    expect(v.firstBreak).toMatchObject({ kind: 'HASH_MISMATCH', seq: 2 });
+  });
+
   it('negative control: without the hold check the held month is dropped (the test can fail)', async () => {
     const tenant = tenantFor('retn');
     const now = new Date();

@@ -2,6 +2,7 @@ import type { Connection, Database, Sql } from '../db/client.js';
 import { addMonths, type PartitionManager, partitionName } from '../db/partitions.js';
 import { type CheckpointJson, checkpointToJson } from '../domain/checkpoint.js';
 import { CONTROL_SCHEMA, type TenantId, tenantIdProblem, tenantSchema } from '../domain/tenant.js';
+import type { ChainAuditor } from '../integrity/chain-auditor.js';
 import type { CheckpointService } from '../integrity/checkpoints.js';
 import type { Logger } from '../logger.js';
 import { holdsLockKey, type LegalHold, type LegalHoldStore } from './legal-holds.js';
@@ -81,6 +82,8 @@ export interface MaintenanceDeps {
   /** The instance's partition manager (the write path's): told to forget dropped months. */
   partitions: PartitionManager;
   checkpoints: Pick<CheckpointService, 'checkpointTenant'>;
+  /** Re-computes a month's chain before it is dropped: a broken month is evidence, and stays. */
+  chain: Pick<ChainAuditor, 'verify'>;
   holds: LegalHoldStore;
   retention: TenantRetention;
   /** Counts dropped rows as `expired` in the tenant's stats (auditStats, metrics). */
@@ -308,6 +311,21 @@ export class MaintenanceJob {
           this.keep(report, month, holds);
           continue;
         }
+        // A month whose chain does not verify is evidence of tampering: dropping it would
+        // destroy that evidence, so it stays (and says why) until someone has looked at it.
+        const verified = await this.deps.chain.verify(tenant, month, new Date(month.getTime() + 1));
+        const broken = verified.firstBreak;
+        if (broken) {
+          problem(
+            month,
+            new Error(
+              `${partition}: its hash chain does not verify (${broken.kind} at position ` +
+                `${broken.seq}${broken.eventId ? `, event ${broken.eventId}` : ''}): kept as ` +
+                'evidence; investigate it, then remove the month by hand if it must go',
+            ),
+          );
+          continue;
+        }
         if (!signed) {
           // The checkpoint at the cut: every head that moved is signed before anything goes.
           await checkpoints.checkpointTenant(tenant);
@@ -452,8 +470,8 @@ export class MaintenanceJob {
         });
       }
       if (rowCount !== chainSeq) {
-        // Not a reason to keep the month (retention must still happen), but worth a loud note:
-        // rows without a chain position were written around the service.
+        // The chain verified just before, so this is a row that appeared since (or an empty
+        // month's head): worth a loud note, not a reason to keep the month.
         this.deps.log.warn(
           { tenant, partition: name, rowCount, chainSeq },
           'retention: the month holds a different number of rows than its chain has positions',

@@ -583,7 +583,14 @@ describe('GET /export (AUTH_MODE=dev)', () => {
 
     // The last line of a month removed (and the trailer left alone).
     r = await verify(rejoin([...all.slice(0, 9), ...all.slice(10)]), opts);
-    expect(r.problem!.kind).toBe('TRUNCATED');
+    const lastLeft = JSON.parse(all[8]!);
+    expect(r.problem).toMatchObject({
+      kind: 'TRUNCATED',
+      // The event named is the last one left, at its own position.
+      eventId: lastLeft.id,
+      seq: lastLeft.chainSeq,
+    });
+    expect(r.problem!.message).toMatch(/1 event\(s\) were removed from its end/);
 
     // The trailer's lastHash.
     const trailer = trailerOf(jsonl);

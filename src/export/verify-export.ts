@@ -538,7 +538,7 @@ class ExportVerifier {
           kind: 'TRAILER_MISMATCH',
           line: m.firstLine,
           month: key,
-          message: `the trailer does not list month ${key}, which has events`,
+          message: `the trailer does not list month ${key.slice(0, 7)}, which has events`,
         });
         continue;
       }
@@ -646,7 +646,7 @@ class ExportVerifier {
             seq: 1,
             expected: genesis.toString('hex'),
             found: m.firstPrevHash.toString('hex'),
-            message: `the first event of ${key} does not start on the genesis hash of tenant ${t.tenant}`,
+            message: `the first event of ${key.slice(0, 7)} does not start on the genesis hash of tenant ${t.tenant}`,
           });
         }
       }
@@ -659,12 +659,16 @@ class ExportVerifier {
           seq: m.lastSeq,
           expected: `at most position ${s.throughSeq}`,
           found: String(m.lastSeq),
-          message: `an event past the position the snapshot of ${key} covers`,
+          message: `an event past the position the snapshot of ${key.slice(0, 7)} covers`,
         });
       }
       if (t.complete) {
         if (!c) {
-          add({ kind: 'UNCOVERED', month: key, message: `no valid checkpoint covers ${key}` });
+          add({
+            kind: 'UNCOVERED',
+            month: key,
+            message: `no valid checkpoint covers ${key.slice(0, 7)}`,
+          });
           continue;
         }
         if (!m) {
@@ -674,7 +678,7 @@ class ExportVerifier {
             seq: c.seq,
             expected: `positions 1..${c.seq}`,
             found: 'no event',
-            message: `the checkpoint of ${key} vouches for ${c.seq} events, and none was exported`,
+            message: `the checkpoint of ${key.slice(0, 7)} vouches for ${c.seq} events, and none was exported`,
           });
           continue;
         }
@@ -687,7 +691,7 @@ class ExportVerifier {
             seq: m.firstSeq,
             expected: 'position 1',
             found: `position ${m.firstSeq}`,
-            message: `${key} does not start at position 1: events are missing`,
+            message: `${key.slice(0, 7)} does not start at position 1: events are missing`,
           });
         } else if (m.gap) {
           add({
@@ -707,10 +711,13 @@ class ExportVerifier {
             line: m.lastLine,
             eventId: m.lastId,
             month: key,
-            seq: c.seq,
+            // The position of the event named (the last one exported), not the checkpoint's.
+            seq: m.lastSeq,
             expected: `position ${c.seq}, hash ${c.hash.toString('hex')}`,
             found: `position ${m.lastSeq}, hash ${m.lastHash.toString('hex')}`,
-            message: `${key} ends before the position its checkpoint vouches for: events were removed from its end`,
+            message:
+              `${key.slice(0, 7)} ends at position ${m.lastSeq}, before position ${c.seq} that ` +
+              `its checkpoint vouches for: ${c.seq - m.lastSeq} event(s) were removed from its end`,
           });
         }
       }
@@ -723,7 +730,7 @@ class ExportVerifier {
           seq: c.seq,
           expected: c.hash.toString('hex'),
           found: m.lastHash.toString('hex'),
-          message: `the checkpoint of ${key} vouches for another hash at position ${c.seq}`,
+          message: `the checkpoint of ${key.slice(0, 7)} vouches for another hash at position ${c.seq}`,
         });
       }
       if (!t.complete && m && !c) {

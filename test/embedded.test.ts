@@ -1,10 +1,13 @@
+import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type App, buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
+import { createDatabase, DataDirInUseError } from '../src/db/client.js';
 import { monthStart, partitionName } from '../src/db/partitions.js';
 import {
   CREATE,
@@ -221,6 +224,21 @@ describe('embedded mode (PGlite)', () => {
     expect(await countRows(app)).toBe(s.stored);
     storedBeforeRestart = s.stored;
   });
+
+  it('refuses a second opener of the data directory while the service holds it (a CLI would lose its writes)', async () => {
+    expect(() => createDatabase({ kind: 'pglite', dataDir }, first.app.log)).toThrow(
+      DataDirInUseError,
+    );
+    // Another process, as `npm run keys` would be: refused, nothing written.
+    const cli = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/keys.ts', 'list'], {
+      cwd: fileURLToPath(new URL('..', import.meta.url)),
+      env: { PATH: process.env.PATH, DATA_DIR: dataDir, AUTH_MODE: 'keys' },
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(cli.status).not.toBe(0);
+    expect(`${cli.stdout}${cli.stderr}`).toMatch(/in use by process \d+/);
+  }, 90_000);
 
   it('keeps every event across a stop and a restart on the same data directory', async () => {
     await first.app.stop();

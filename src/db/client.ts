@@ -1,4 +1,6 @@
-import { mkdirSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
 import type { PgAsyncDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
@@ -147,10 +149,86 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
   };
 }
 
+/** Thrown when another process (or another open in this one) holds the embedded database. */
+export class DataDirInUseError extends Error {
+  constructor(dataDir: string, holder: string) {
+    super(
+      `the embedded database in ${dataDir} is in use by ${holder}; PGlite allows one process at ` +
+        'a time: stop it first (what a second process wrote would be lost)',
+    );
+    this.name = 'DataDirInUseError';
+  }
+}
+
+/** True when `pid` is a live Node.js process (a pid reused by something else is not). */
+function liveNode(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('node');
+  } catch {
+    return true; // no /proc: trust the signal
+  }
+}
+
+/** Lock tokens this process holds (a lock file holding one of them is this process's). */
+const heldLocks = new Set<string>();
+
+/**
+ * Takes the embedded database's directory for this open: a lock file created exclusively, with
+ * the holder's pid and a token. A lock left by a process that is gone is taken over. Returns the
+ * release function.
+ */
+function lockDataDir(dataDir: string): () => void {
+  const file = join(dataDir, 'auditgraph.lock');
+  const token = `${process.pid} ${randomUUID()}`;
+  heldLocks.add(token);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(file, token, { flag: 'wx', mode: 0o600 });
+      return () => {
+        heldLocks.delete(token);
+        try {
+          if (readFileSync(file, 'utf8') === token) rmSync(file, { force: true });
+        } catch {}
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+        heldLocks.delete(token);
+        throw err;
+      }
+      const holder = readFileSync(file, 'utf8');
+      const pid = Number.parseInt(holder, 10);
+      if (heldLocks.has(holder)) {
+        heldLocks.delete(token);
+        throw new DataDirInUseError(dataDir, 'this process (opened twice)');
+      }
+      // The same pid with a token this process never made: a previous run (a container's pid 1).
+      if (pid !== process.pid && Number.isInteger(pid) && liveNode(pid)) {
+        heldLocks.delete(token);
+        throw new DataDirInUseError(dataDir, `process ${pid}`);
+      }
+      rmSync(file, { force: true }); // left by a process that is gone
+    }
+  }
+  heldLocks.delete(token);
+  throw new DataDirInUseError(dataDir, 'another process (the lock could not be taken)');
+}
+
 function createPgliteDatabase(dataDir: string): Database {
   // A fresh clone has no ./.data yet; PGlite creates only the last path segment.
   mkdirSync(dataDir, { recursive: true });
-  const lite = new PGlite(dataDir);
+  const release = lockDataDir(dataDir);
+  let lite: PGlite;
+  try {
+    lite = new PGlite(dataDir);
+  } catch (err) {
+    release();
+    throw err;
+  }
   const orm = drizzlePglite({ client: lite }) as unknown as PgAsyncDatabase<PgQueryResultHKT>;
   const self: Database = {
     kind: 'pglite',
@@ -172,7 +250,11 @@ function createPgliteDatabase(dataDir: string): Database {
       return fn(self);
     },
     async close() {
-      await lite.close();
+      try {
+        await lite.close();
+      } finally {
+        release();
+      }
     },
   };
   return self;

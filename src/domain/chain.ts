@@ -26,8 +26,32 @@ export type ChainedFields = Omit<AuditEventRecord, 'dataJson' | 'dataCanonical' 
   data: unknown;
 };
 
+/** An event as JSON: the object whose RFC 8785 form is hashed (and the shape of an export line). */
+export interface CanonicalEventObject {
+  id: string;
+  occurredAt: string;
+  receivedAt: string;
+  eventType: string;
+  category: string;
+  action: string;
+  outcome: string;
+  correlationId: string;
+  actor: { type: string; id: string; ip: string | null };
+  resource: { type: string; id: string; name: string | null };
+  parentEventId: string | null;
+  severity: string | null;
+  durationMs: number | null;
+  errorCode: string | null;
+  errorMessage: string | null;
+  namespace: string | null;
+  clusterId: string | null;
+  traceId: string | null;
+  spanId: string | null;
+  data: unknown;
+}
+
 /** The canonical JSON object of an event, member by member (JCS of it is the canonical form). */
-export function canonicalObject(e: ChainedFields): Record<string, unknown> {
+export function canonicalObject(e: ChainedFields): CanonicalEventObject {
   return {
     id: e.id,
     occurredAt: e.occurredAt.toISOString(),

@@ -1,4 +1,9 @@
-import type { ChainedFields, ChainedRow } from '../domain/chain.js';
+import {
+  type CanonicalEventObject,
+  type ChainedFields,
+  type ChainedRow,
+  canonicalObject,
+} from '../domain/chain.js';
 import type { CheckpointJson } from '../domain/checkpoint.js';
 
 /**
@@ -18,28 +23,11 @@ export const EXPORT_FORMAT_VERSION = 'auditgraph-export-v1';
 
 export type ExportFormat = 'jsonl' | 'csv';
 
-/** One exported event (JSON Lines), with the field names of GraphQL `AuditEvent`. */
-export interface ExportedEvent {
-  id: string;
-  occurredAt: string;
-  receivedAt: string;
-  eventType: string;
-  category: string;
-  action: string;
-  outcome: string;
-  correlationId: string;
-  actor: { type: string; id: string; ip: string | null };
-  resource: { type: string; id: string; name: string | null };
-  parentEventId: string | null;
-  severity: string | null;
-  durationMs: number | null;
-  errorCode: string | null;
-  errorMessage: string | null;
-  namespace: string | null;
-  clusterId: string | null;
-  traceId: string | null;
-  spanId: string | null;
-  data: unknown;
+/**
+ * One exported event (JSON Lines), with the field names of GraphQL `AuditEvent`: the object its
+ * hash covers, and its place in the chain.
+ */
+export interface ExportedEvent extends CanonicalEventObject {
   chainSeq: number | null;
   prevHash: string | null;
   hash: string | null;
@@ -135,26 +123,7 @@ const hex = (b: Uint8Array | null): string | null => (b ? Buffer.from(b).toStrin
 /** A stored row as an exported event. */
 export function exportedEvent(r: ExportSourceRow): ExportedEvent {
   return {
-    id: r.id,
-    occurredAt: r.occurredAt.toISOString(),
-    receivedAt: r.receivedAt.toISOString(),
-    eventType: r.eventType,
-    category: r.category,
-    action: r.action,
-    outcome: r.outcome,
-    correlationId: r.correlationId,
-    actor: { type: r.actorType, id: r.actorId, ip: r.actorIp },
-    resource: { type: r.resourceType, id: r.resourceId, name: r.resourceName },
-    parentEventId: r.parentEventId,
-    severity: r.severity,
-    durationMs: r.durationMs,
-    errorCode: r.errorCode,
-    errorMessage: r.errorMessage,
-    namespace: r.namespace,
-    clusterId: r.clusterId,
-    traceId: r.traceId,
-    spanId: r.spanId,
-    data: r.data ?? null,
+    ...canonicalObject(r),
     chainSeq: r.chainSeq === null ? null : Number(r.chainSeq),
     prevHash: hex(r.prevHash),
     hash: hex(r.hash),

@@ -18,6 +18,7 @@ import {
   signCheckpoint,
 } from '../../src/domain/checkpoint.js';
 import { validateEvents } from '../../src/domain/event.js';
+import { exportedEvent } from '../../src/export/format.js';
 import { canonicalRecord, chainedFieldsOf } from '../../src/ingest/batch-writer.js';
 
 const MONTH = new Date('2026-03-01T00:00:00.000Z');
@@ -130,6 +131,29 @@ describe('the fast canonical form is the library’s, byte for byte', () => {
         expect(canonicalEventWithData(e, data).equals(library)).toBe(true);
       }),
       { numRuns: 500 },
+    );
+  });
+
+  it('an export line is the canonical object plus the chain place (two mappings, held together)', () => {
+    fc.assert(
+      fc.property(fieldsArb, fc.nat(), (e, seq) => {
+        const line = exportedEvent({
+          ...e,
+          chainSeq: seq,
+          prevHash: Buffer.alloc(32, 1),
+          hash: Buffer.alloc(32, 2),
+          batchId: 'b',
+        });
+        const { chainSeq, prevHash, hash, batchId, ...event } = line;
+        expect(event).toEqual(canonicalObject(e));
+        expect([chainSeq, prevHash, hash, batchId]).toEqual([
+          seq,
+          '01'.repeat(32),
+          '02'.repeat(32),
+          'b',
+        ]);
+      }),
+      { numRuns: 200 },
     );
   });
 

@@ -229,52 +229,49 @@ export function createMetrics(sources: MetricsSources): Metrics {
     registers: [registry],
   });
 
-  const checkpointsSigned = new Counter({
-    name: `${PREFIX}chain_checkpoints_signed_total`,
-    help: 'Chain heads signed as checkpoints by this instance.',
-    labelNames: ['tenant'],
-    registers: [registry],
-  });
-  const verifications = new Counter({
-    name: `${PREFIX}chain_verifications_total`,
-    help: 'Chain verifications run on this instance, by result (ok, broken).',
-    labelNames: ['tenant', 'result'],
-    registers: [registry],
-  });
-  const verifiedEvents = new Counter({
-    name: `${PREFIX}chain_events_verified_total`,
-    help: 'Events whose chain link was re-computed by verifications on this instance.',
-    labelNames: ['tenant'],
-    registers: [registry],
-  });
-  const maintenanceRuns = new Counter({
-    name: `${PREFIX}maintenance_runs_total`,
-    help: 'Maintenance runs on this instance, by whether it held the leader lock.',
-    labelNames: ['leader'],
-    registers: [registry],
-  });
-  const maintenanceLast = new Gauge({
-    name: `${PREFIX}maintenance_last_run_timestamp_seconds`,
-    help: 'When this instance last finished a maintenance run as leader.',
-    registers: [registry],
-  });
-  const monthsDropped = new Counter({
-    name: `${PREFIX}retention_months_dropped_total`,
-    help: 'Month partitions dropped by retention (runs led by this instance).',
-    labelNames: ['tenant'],
-    registers: [registry],
-  });
-  const monthsHeld = new Gauge({
-    name: `${PREFIX}retention_months_held`,
-    help: 'Months past retention kept because of legal holds, at the last run led here.',
-    labelNames: ['tenant'],
-    registers: [registry],
-  });
-  const maintenanceProblems = new Counter({
-    name: `${PREFIX}maintenance_problems_total`,
-    help: 'Things a maintenance run could not do (each also logged at error).',
-    registers: [registry],
-  });
+  const counter = (name: string, help: string, labelNames: string[] = []) =>
+    new Counter({ name: PREFIX + name, help, labelNames, registers: [registry] });
+  const gauge = (name: string, help: string, labelNames: string[] = []) =>
+    new Gauge({ name: PREFIX + name, help, labelNames, registers: [registry] });
+  // Integrity and lifecycle: set by the checkpoint service, the chain auditor and maintenance.
+  const checkpointsSigned = counter(
+    'chain_checkpoints_signed_total',
+    'Chain heads signed as checkpoints by this instance.',
+    ['tenant'],
+  );
+  const verifications = counter(
+    'chain_verifications_total',
+    'Chain verifications run on this instance, by result (ok, broken).',
+    ['tenant', 'result'],
+  );
+  const verifiedEvents = counter(
+    'chain_events_verified_total',
+    'Events whose chain link was re-computed by verifications on this instance.',
+    ['tenant'],
+  );
+  const maintenanceRuns = counter(
+    'maintenance_runs_total',
+    'Maintenance runs on this instance, by whether it held the leader lock.',
+    ['leader'],
+  );
+  const maintenanceLast = gauge(
+    'maintenance_last_run_timestamp_seconds',
+    'When this instance last finished a maintenance run as leader.',
+  );
+  const monthsDropped = counter(
+    'retention_months_dropped_total',
+    'Month partitions dropped by retention (runs led by this instance).',
+    ['tenant'],
+  );
+  const monthsHeld = gauge(
+    'retention_months_held',
+    'Months past retention kept because of legal holds, at the last run led here.',
+    ['tenant'],
+  );
+  const maintenanceProblems = counter(
+    'maintenance_problems_total',
+    'Things a maintenance run could not do (each also logged at error).',
+  );
 
   const unsubscribe = [
     events.onBatchSettled((b) => {

@@ -83,23 +83,9 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
       };
       client.on('error', onError);
       try {
-        await client.query('BEGIN');
-        const tx: Sql = {
-          async query<R>(text: string, params: readonly unknown[] = []) {
-            return (await client.query(text, params as unknown[])).rows as R[];
-          },
-        };
-        const result = await fn(tx);
-        await client.query('COMMIT');
-        return result;
-      } catch (err) {
-        try {
-          await client.query('ROLLBACK');
-        } catch (rollbackErr) {
-          // The connection is gone: do not hand it back to the pool.
-          broken = rollbackErr as Error;
-        }
-        throw err;
+        return await inTransaction(client, fn, (err) => {
+          broken = err;
+        });
       } finally {
         client.off('error', onError);
         client.release(broken);
@@ -113,25 +99,12 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
         log.warn({ err: err.message }, 'database connection lost while held');
       };
       client.on('error', onError);
-      const run = async <R>(text: string, params: readonly unknown[] = []) =>
-        (await client.query(text, params as unknown[])).rows as R[];
       const conn: Connection = {
-        query: run,
-        async transaction<T2>(work: (tx: Sql) => Promise<T2>): Promise<T2> {
-          await client.query('BEGIN');
-          try {
-            const result = await work({ query: run });
-            await client.query('COMMIT');
-            return result;
-          } catch (err) {
-            try {
-              await client.query('ROLLBACK');
-            } catch (rollbackErr) {
-              broken = rollbackErr as Error;
-            }
-            throw err;
-          }
-        },
+        ...sqlOf(client),
+        transaction: (work) =>
+          inTransaction(client, work, (err) => {
+            broken = err;
+          }),
       };
       try {
         return await fn(conn);
@@ -147,6 +120,39 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
       await pool.end();
     },
   };
+}
+
+/** Statements on one checked-out client. */
+function sqlOf(client: pg.PoolClient): Sql {
+  return {
+    async query<R>(text: string, params: readonly unknown[] = []) {
+      return (await client.query(text, params as unknown[])).rows as R[];
+    },
+  };
+}
+
+/**
+ * BEGIN, `work`, COMMIT on one client; on failure ROLLBACK. A ROLLBACK that fails means the
+ * connection is gone: `onBroken` is told, so it is not handed back to the pool.
+ */
+async function inTransaction<T>(
+  client: pg.PoolClient,
+  work: (tx: Sql) => Promise<T>,
+  onBroken: (err: Error) => void,
+): Promise<T> {
+  try {
+    await client.query('BEGIN');
+    const result = await work(sqlOf(client));
+    await client.query('COMMIT');
+    return result;
+  } catch (err) {
+    try {
+      await client.query('ROLLBACK');
+    } catch (rollbackErr) {
+      onBroken(rollbackErr as Error);
+    }
+    throw err;
+  }
 }
 
 /** Thrown when another process (or another open in this one) holds the embedded database. */

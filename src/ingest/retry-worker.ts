@@ -58,8 +58,14 @@ export class RetryWorker {
     await this.running;
   }
 
-  /** Runs one round now (tests and flushes use it instead of waiting for the timer). */
+  /**
+   * Runs one round that starts after this call (tests and flushes use it instead of waiting for
+   * the timer), so what it observes includes everything done before the call.
+   */
   async runOnce(): Promise<void> {
+    // A round already under way may have looked at the queue before the caller's change (a
+    // dead letter just enqueued): wait for it, then join or start one that begins after the call.
+    if (this.running) await this.running.catch(() => undefined);
     this.running ??= this.round().finally(() => {
       this.running = undefined;
     });

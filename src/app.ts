@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
@@ -8,6 +8,7 @@ import { ApiKeyStore } from './db/api-key-store.js';
 import { createDatabase, type Database } from './db/client.js';
 import { Migrator } from './db/migrations.js';
 import { PartitionManager } from './db/partitions.js';
+import { ServiceSecretStore } from './db/service-secret-store.js';
 import { TenantDirectory } from './db/tenant-directory.js';
 import { TenantRegistry } from './db/tenant-registry.js';
 import { ChainHasher } from './domain/chain.js';
@@ -152,12 +153,10 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   checkpoints.onSigned = (tenant, n) => metrics.observeCheckpoints(tenant, n);
   chainAuditor.onVerified = (tenant, r) =>
     metrics.observeVerification(tenant, r.ok, r.eventsVerified);
-  if (!config.cursorSecret) {
-    log.warn(
-      'CURSOR_SECRET is not set: page cursors are signed with a random key and stop working after a restart',
-    );
-  }
-  const cursors = new KeysetCursorCodec(config.cursorSecret ?? randomBytes(32).toString('hex'));
+  // Without CURSOR_SECRET the key comes from the control schema at start (created by the first
+  // instance), so cursors work across instances and restarts with no configuration.
+  const cursors = new KeysetCursorCodec(config.cursorSecret);
+  const secrets = new ServiceSecretStore(db);
   const reader = new AuditEventReader(db);
   const queries = new AuditEventQueries(reader, cursors);
   const cluster: Cluster = config.redisUrl
@@ -329,6 +328,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     async start() {
       const controlRan = await migrator.migrateControl();
       if (controlRan) log.info({ migrations: controlRan }, 'control schema migrated');
+      if (!config.cursorSecret) cursors.useSecret(await secrets.getOrCreate('cursor'));
       const known = await tenants.migrateAll();
       log.info(
         { tenants: known, database: db.kind, authMode: config.authMode },

@@ -92,3 +92,14 @@ export const retentionDrops = control.table(
   },
   (t) => [index('retention_drops_tenant_idx').on(t.tenantId, t.month)],
 );
+
+/**
+ * Secrets every instance of a deployment must share, created once by whichever instance starts
+ * first (e.g. `cursor`: the key that signs page cursors, so a cursor from one instance works on
+ * every other one and after restarts without any configuration).
+ */
+export const serviceSecrets = control.table('service_secrets', {
+  name: varchar('name', { length: 40 }).primaryKey(),
+  secret: text('secret').notNull(),
+  createdAt: ts('created_at').notNull().defaultNow(),
+});

@@ -25,7 +25,16 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
  * replayed by another tenant or under another filter.
  */
 export class KeysetCursorCodec {
-  constructor(private readonly secret: string) {}
+  /**
+   * `secret` may be given later with `useSecret` (it is read from the database at start-up);
+   * encoding or decoding before then is a programming error.
+   */
+  constructor(private secret?: string) {}
+
+  /** Signs from now on with this secret (cursors signed with another one become invalid). */
+  useSecret(secret: string): void {
+    this.secret = secret;
+  }
 
   encode(position: KeysetPosition, scope: CursorScope): string {
     const body = `${position.occurredAt.getTime()}.${position.id}`;
@@ -50,6 +59,7 @@ export class KeysetCursorCodec {
   }
 
   private mac(body: string, scope: CursorScope): Buffer {
+    if (!this.secret) throw new Error('the cursor secret is not loaded yet');
     return createHmac('sha256', this.secret)
       .update(`v1\n${scope.tenant}\n${scope.order}\n${canonicalFilter(scope.filter)}\n${body}`)
       .digest()

@@ -6,7 +6,12 @@ import {
   ShuttingDownError,
   ValidationError,
 } from '../domain/errors.js';
-import { type AuditEventInput, LIMITS, validateEvents } from '../domain/event.js';
+import {
+  type AuditEventInput,
+  LIMITS,
+  RESERVED_EVENT_TYPE_PREFIX,
+  validateEvents,
+} from '../domain/event.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { AcceptedEvent, FlushResult } from '../ingest/ingest-service.js';
 import { identityHolds, type TenantStats } from '../ingest/stats.js';
@@ -65,7 +70,7 @@ const AuditEventInputRef = builder.inputType('AuditEventInput', {
     }),
     eventType: t.string({
       required: true,
-      description: `e.g. workflow.execution.started; at most ${LIMITS.eventType} characters.`,
+      description: `e.g. workflow.execution.started; at most ${LIMITS.eventType} characters. Types starting with ${RESERVED_EVENT_TYPE_PREFIX} (any case) are the service's own and refused.`,
     }),
     category: t.string({ required: true, description: `At most ${LIMITS.category} characters.` }),
     action: t.string({ required: true, description: `At most ${LIMITS.action} characters.` }),
@@ -87,7 +92,7 @@ const AuditEventInputRef = builder.inputType('AuditEventInput', {
     spanId: t.string({ description: `At most ${LIMITS.spanId} characters.` }),
     data: t.field({
       type: 'JSONObject',
-      description: `Free-form context: at most ${LIMITS.dataBytes} bytes serialised, nesting at most ${LIMITS.dataDepth}.`,
+      description: `Free-form context: at most ${LIMITS.dataBytes} bytes serialised, nesting at most ${LIMITS.dataDepth}. Numbers must be finite and within ±(2^53 − 1) (send larger integers as strings).`,
     }),
   }),
 });

@@ -86,7 +86,10 @@ export interface AuditEventRecord {
   dataCanonical?: boolean;
 }
 
-/** The idempotency key: the same (id, occurredAt) again is a duplicate. */
+/**
+ * A stored row's exact key (its primary key). The idempotency key is the id alone: an id is one
+ * event per tenant, so the same id again, under any occurredAt, is a duplicate.
+ */
 export function eventKey(id: string, occurredAt: Date): string {
   return `${occurredAt.getTime()}|${id}`;
 }

@@ -36,7 +36,7 @@ const EventStatusEnum = builder.enumType('EventStatus', {
     STORED: { description: 'Committed to the tenant’s table.' },
     DUPLICATE: {
       description:
-        'An event with the same (id, occurredAt) was already stored; the stored one wins.',
+        'An event with the same id was already stored (whatever its occurredAt), or came earlier in the call; the stored one wins. One whose content or occurredAt differs is counted in auditStats.conflicts and logged.',
     },
     DEAD_LETTERED: { description: 'Could not be stored; kept in the dead-letter queue.' },
     BUFFERED: { description: 'Accepted and pending (ack: BUFFERED, or not yet committed).' },
@@ -60,7 +60,8 @@ const ResourceInput = builder.inputType('ResourceInput', {
 });
 
 const AuditEventInputRef = builder.inputType('AuditEventInput', {
-  description: 'One event. (id, occurredAt) is the idempotency key: sending it again is safe.',
+  description:
+    'One event. Its id is the idempotency key, one event per tenant: sending it again is safe, and a second event under the same id is a DUPLICATE, never stored.',
   fields: (t) => ({
     id: t.string({ description: 'A UUID; generated when absent.' }),
     occurredAt: t.field({

@@ -82,6 +82,10 @@ const invalidEvent = fc
       { id: 'not-a-uuid' },
       { parentEventId: 'x' },
       { resource: null },
+      { eventType: 'auditgraph.apikey.revoked' },
+      { eventType: 'AUDITGRAPH.access.read' },
+      { data: { n: 2 ** 53 + 2 } },
+      { data: { a: { b: [1, -(2 ** 60)] } } },
     ),
     fc.string({ unit: 'binary', maxLength: 40 }),
   )
@@ -251,6 +255,15 @@ const arbitraries: [number, fc.Arbitrary<HostileRequest>][] = [
       kind: 'bad escapes',
       headers: auth(),
       body: `{"query":${json(CREATE)},"variables":{"input":{"events":[${json({ ...event(), eventType: '__E__' }).replace('__E__', `a${esc}b`)}]}}}`,
+    })),
+  ],
+  // Numbers data cannot hold exactly, as JSON text (1e999 parses as Infinity).
+  [
+    1,
+    fc.constantFrom('1e999', '-1e999', '1e400', '9007199254740993').map((n) => ({
+      kind: 'inexact number in data',
+      headers: auth(),
+      body: `{"query":${json(CREATE)},"variables":{"input":{"events":[${json({ ...event(), data: '__N__' }).replace('"__N__"', `{"a":{"b":${n}}}`)}]}}}`,
     })),
   ],
   // Enormous lists.

@@ -74,6 +74,11 @@ describe('immutability of stored events', () => {
       expect(await attempt(`truncate ${s}.batch_ledger`)).toBe('42501');
       expect(await attempt(`truncate ${s}.chain_checkpoints`)).toBe('42501');
       expect(await attempt(`delete from ${s}.chain_checkpoints`)).toBe('42501');
+      // An id keeps its event: moving it to another instant, or emptying the table, is refused.
+      expect(
+        await attempt(`update ${s}.event_ids set occurred_at = occurred_at - interval '35 days'`),
+      ).toBe('42501');
+      expect(await attempt(`truncate ${s}.event_ids`)).toBe('42501');
       const c2 = await sqlClient();
       const after = (
         await c2.query(`select id, event_type, data from ${s}.audit_events order by id`)

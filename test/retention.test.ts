@@ -477,6 +477,38 @@ describe('retention by whole months, with legal holds', () => {
     expect(v.months.find((m) => m.month.getTime() === m6.getTime())?.status).toBe('DROPPED');
   });
 
+  it('a dropped month takes its ids with it: they are free again, the kept months’ ids still are duplicates', async () => {
+    const tenant = tenantFor('retids');
+    const now = new Date();
+    await seed(t, tenant, now);
+    const { rows: before } = await c.query<{ id: string; occurred_at: Date }>(
+      `select e.id, e.occurred_at from "t_${tenant}".audit_events e
+        join "t_${tenant}".event_ids i on i.id = e.id and i.occurred_at = e.occurred_at`,
+    );
+    const m6 = utcMonth(now, -6);
+    const inM6 = before.filter((r) => utcMonth(r.occurred_at, 0).getTime() === m6.getTime());
+    const kept = before.filter((r) => r.occurred_at.getTime() >= utcMonth(now, -3).getTime());
+    expect(inM6.length).toBeGreaterThan(0);
+    expect(kept.length).toBeGreaterThan(0);
+    await setRetention(t, tenant, daysDropping(now, -3));
+    const report = (await t.gql(tenant, RUN)).runMaintenance;
+    expect(report.tenants[0].dropped.map((d: { partition: string }) => d.partition)).toContain(
+      partitionNameFor(m6),
+    );
+    const { rows: left } = await c.query<{ id: string }>(`select id from "t_${tenant}".event_ids`);
+    const leftIds = new Set(left.map((r) => r.id));
+    expect(inM6.filter((r) => leftIds.has(r.id))).toEqual([]);
+    expect(kept.every((r) => leftIds.has(r.id))).toBe(true);
+    // An id of the dropped month names no stored event any more; a kept one still does.
+    const again = await create(
+      t,
+      tenant,
+      [event({ id: inM6[0]!.id }), event({ id: kept[0]!.id, occurredAt: now.toISOString() })],
+      'COMMITTED',
+    );
+    expect(again.events.map((e: { status: string }) => e.status)).toEqual(['STORED', 'DUPLICATE']);
+  });
+
   it('refuses a write older than the tenant’s own retention (a late event cannot recreate a dropped month)', async () => {
     const tenant = tenantFor('retv');
     const other = tenantFor('retv');

@@ -77,6 +77,21 @@ export const auditEvents = pgTable('audit_events', auditEventColumns, (t) => [
   check('audit_events_duration_check', sql`${t.durationMs} >= 0`),
 ]);
 
+const eventIdColumns = {
+  id: uuid('id').primaryKey(),
+  /** Where the event with this id is stored: its look-up by id is exact (one partition). */
+  occurredAt: ts('occurred_at').notNull(),
+};
+
+/**
+ * Every stored event's id, once per tenant. A partitioned table's unique keys must include the
+ * partition column, so `audit_events` alone can only make (occurred_at, id) unique; this table's
+ * primary key makes the id itself unique across months. The batch writer claims its ids here in
+ * the same transaction as it stores the events (an id already claimed is a duplicate, whatever
+ * its occurredAt), and retention removes a month's ids when it drops the month.
+ */
+export const eventIds = pgTable('event_ids', eventIdColumns);
+
 const batchLedgerColumns = {
   batchId: uuid('batch_id').primaryKey(),
   committedAt: ts('committed_at').notNull().defaultNow(),
@@ -157,6 +172,7 @@ export function tenantTables(schemaName: string) {
   const schema = pgSchema(schemaName);
   return {
     auditEvents: schema.table('audit_events', auditEventColumns),
+    eventIds: schema.table('event_ids', eventIdColumns),
     batchLedger: schema.table('batch_ledger', batchLedgerColumns),
     chainHeads: schema.table('chain_heads', chainHeadColumns),
     chainCheckpoints: schema.table('chain_checkpoints', chainCheckpointColumns),

@@ -86,7 +86,10 @@ export interface AuditEventRecord {
   dataCanonical?: boolean;
 }
 
-/** The idempotency key: the same (id, occurredAt) again is a duplicate. */
+/**
+ * A stored row's exact key (its primary key). The idempotency key is the id alone: an id is one
+ * event per tenant, so the same id again, under any occurredAt, is a duplicate.
+ */
 export function eventKey(id: string, occurredAt: Date): string {
   return `${occurredAt.getTime()}|${id}`;
 }
@@ -181,6 +184,46 @@ function unstorableText(value: unknown, limit = 64): string | null {
   return null;
 }
 
+/**
+ * Event types the service writes itself (access records, key and tenant administration,
+ * lifecycle): they are built internally and never pass through validateEvents, so refusing the
+ * namespace here keeps a caller from storing a record that reads as the service's own.
+ */
+export const RESERVED_EVENT_TYPE_PREFIX = 'auditgraph.';
+
+/** Why a caller may not use this event type (any case of the reserved prefix), or null. */
+function reservedEventType(eventType: unknown): string | null {
+  if (typeof eventType !== 'string') return null;
+  if (!eventType.toLowerCase().startsWith(RESERVED_EVENT_TYPE_PREFIX)) return null;
+  return `the ${RESERVED_EVENT_TYPE_PREFIX} namespace is reserved for the service's own records`;
+}
+
+/**
+ * The path (`data.a.b`, `data.list[2]`) of the first number in `value` that does not survive
+ * the round trip through jsonb and JSON exactly: a non-finite one (`1e999` parses as Infinity,
+ * which JSON cannot write) or one beyond ±(2^53 − 1), where doubles no longer hold every integer
+ * and the value read back may differ from the one sent. Such numbers are to be sent as strings.
+ * `value` is already bounded in depth by the caller.
+ */
+function inexactNumber(value: unknown, path: string): string | null {
+  if (typeof value === 'number') {
+    return Number.isFinite(value) && Math.abs(value) <= Number.MAX_SAFE_INTEGER ? null : path;
+  }
+  if (value === null || typeof value !== 'object') return null;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = inexactNumber(value[i], `${path}[${i}]`);
+      if (found) return found;
+    }
+    return null;
+  }
+  for (const [k, v] of Object.entries(value)) {
+    const found = inexactNumber(v, `${path}.${k}`);
+    if (found) return found;
+  }
+  return null;
+}
+
 function checkData(data: unknown, issues: ValidationIssue[], index: number): string | null {
   if (data === undefined || data === null) return null;
   if (typeof data !== 'object' || Array.isArray(data)) {
@@ -200,6 +243,15 @@ function checkData(data: unknown, issues: ValidationIssue[], index: number): str
   if (text) {
     // Rejected here rather than refused by the database later (a dead letter that can never be replayed).
     issues.push({ index, field: 'data', message: text });
+    return null;
+  }
+  const inexact = inexactNumber(data, 'data');
+  if (inexact) {
+    issues.push({
+      index,
+      field: inexact,
+      message: `a number beyond ±${Number.MAX_SAFE_INTEGER} or not finite cannot be stored exactly; send it as a string`,
+    });
     return null;
   }
   // Canonical (RFC 8785) from the start: the hash chain uses this text as it is.
@@ -255,6 +307,8 @@ export function validateEvents(
         if (problem) issues.push({ index, field, message: problem });
       }
     }
+    const reserved = reservedEventType(input.eventType);
+    if (reserved) issues.push({ index, field: 'eventType', message: reserved });
     const dataJson = checkData(input.data, issues, index);
     const t = input.occurredAt instanceof Date ? input.occurredAt.getTime() : Number.NaN;
     if (Number.isNaN(t)) {

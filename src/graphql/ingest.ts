@@ -6,7 +6,12 @@ import {
   ShuttingDownError,
   ValidationError,
 } from '../domain/errors.js';
-import { type AuditEventInput, LIMITS, validateEvents } from '../domain/event.js';
+import {
+  type AuditEventInput,
+  LIMITS,
+  RESERVED_EVENT_TYPE_PREFIX,
+  validateEvents,
+} from '../domain/event.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { AcceptedEvent, FlushResult } from '../ingest/ingest-service.js';
 import { identityHolds, type TenantStats } from '../ingest/stats.js';
@@ -31,7 +36,7 @@ const EventStatusEnum = builder.enumType('EventStatus', {
     STORED: { description: 'Committed to the tenant’s table.' },
     DUPLICATE: {
       description:
-        'An event with the same (id, occurredAt) was already stored; the stored one wins.',
+        'An event with the same id was already stored (whatever its occurredAt), or came earlier in the call; the stored one wins. One whose content or occurredAt differs is counted in auditStats.conflicts and logged.',
     },
     DEAD_LETTERED: { description: 'Could not be stored; kept in the dead-letter queue.' },
     BUFFERED: { description: 'Accepted and pending (ack: BUFFERED, or not yet committed).' },
@@ -55,7 +60,8 @@ const ResourceInput = builder.inputType('ResourceInput', {
 });
 
 const AuditEventInputRef = builder.inputType('AuditEventInput', {
-  description: 'One event. (id, occurredAt) is the idempotency key: sending it again is safe.',
+  description:
+    'One event. Its id is the idempotency key, one event per tenant: sending it again is safe, and a second event under the same id is a DUPLICATE, never stored.',
   fields: (t) => ({
     id: t.string({ description: 'A UUID; generated when absent.' }),
     occurredAt: t.field({
@@ -65,7 +71,7 @@ const AuditEventInputRef = builder.inputType('AuditEventInput', {
     }),
     eventType: t.string({
       required: true,
-      description: `e.g. workflow.execution.started; at most ${LIMITS.eventType} characters.`,
+      description: `e.g. workflow.execution.started; at most ${LIMITS.eventType} characters. Types starting with ${RESERVED_EVENT_TYPE_PREFIX} (any case) are the service's own and refused.`,
     }),
     category: t.string({ required: true, description: `At most ${LIMITS.category} characters.` }),
     action: t.string({ required: true, description: `At most ${LIMITS.action} characters.` }),
@@ -87,7 +93,7 @@ const AuditEventInputRef = builder.inputType('AuditEventInput', {
     spanId: t.string({ description: `At most ${LIMITS.spanId} characters.` }),
     data: t.field({
       type: 'JSONObject',
-      description: `Free-form context: at most ${LIMITS.dataBytes} bytes serialised, nesting at most ${LIMITS.dataDepth}.`,
+      description: `Free-form context: at most ${LIMITS.dataBytes} bytes serialised, nesting at most ${LIMITS.dataDepth}. Numbers must be finite and within ±(2^53 − 1) (send larger integers as strings).`,
     }),
   }),
 });

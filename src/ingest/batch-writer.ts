@@ -242,6 +242,17 @@ export class BatchWriter {
       );
       const previous = await this.ledgerLookup(tx, schema, batchId, records.length);
       if (previous) return previous;
+      // An id is one event per tenant: only the first occurrence of an id in the batch may
+      // claim it, and only if no stored event holds it, whatever that event's occurredAt.
+      const firstOf = new Map<string, number>();
+      for (const i of candidates) {
+        if (!firstOf.has(records[i]!.id)) firstOf.set(records[i]!.id, i);
+      }
+      const claimed = await this.claimIds(
+        tx,
+        schema,
+        [...firstOf.values()].map((i) => records[i]!),
+      );
       const stored = await this.findStored(
         tx,
         schema,
@@ -251,16 +262,17 @@ export class BatchWriter {
       const duplicatePositions: number[] = [];
       const fresh: number[] = [];
       records.forEach((r, i) => {
-        const key = eventKey(r.id, r.occurredAt);
-        // The first occurrence of a key not yet stored claims STORED; any repeat is a duplicate.
         if (rejections.has(i)) statuses.push('REJECTED');
-        else if (stored.has(key)) {
-          statuses.push('DUPLICATE');
-          duplicatePositions.push(i);
-        } else {
-          stored.add(key);
+        else if (
+          firstOf.get(r.id) === i &&
+          claimed.has(r.id) &&
+          !stored.has(eventKey(r.id, r.occurredAt))
+        ) {
           statuses.push('STORED');
           fresh.push(i);
+        } else {
+          statuses.push('DUPLICATE');
+          duplicatePositions.push(i);
         }
       });
       // A batch whose every row was refused committed nothing: leaving it out of the ledger lets
@@ -360,7 +372,38 @@ export class BatchWriter {
     );
   }
 
-  /** Keys of the given records that are already stored (read under the chain lock). */
+  /**
+   * Claims the ids of `records` (distinct ids) in the tenant's id table; returns the ids claimed
+   * now. An id already there belongs to a stored event. The claim is the uniqueness: a second
+   * transaction claiming the same id waits on the first one's row and, once that commits, finds
+   * it taken — so two batches of different months (which share no chain lock), on any instance,
+   * cannot both store an id. Claims are made in id order, so two batches waiting on each other's
+   * ids cannot deadlock; they commit or roll back with the batch.
+   */
+  private async claimIds(
+    tx: Sql,
+    schema: string,
+    records: readonly AuditEventRecord[],
+  ): Promise<Set<string>> {
+    if (records.length === 0) return new Set();
+    const rows = await tx.query<{ id: string }>(
+      `/* ingest.claim_ids */
+       insert into "${schema}".event_ids (id, occurred_at)
+       select u.id, u.occurred_at from unnest($1::uuid[], $2::timestamptz[]) as u(id, occurred_at)
+       order by u.id
+       on conflict (id) do nothing
+       returning id`,
+      [records.map((r) => r.id), records.map((r) => r.occurredAt.toISOString())],
+    );
+    return new Set(rows.map((r) => r.id));
+  }
+
+  /**
+   * Keys of the given records that are already stored (read under the chain lock). The id table
+   * answers for every event the writer stores; this exact look-up (pruned to the batch's months)
+   * also covers rows written without it, e.g. by an older version during a rolling upgrade, so
+   * an exact re-send of one is still a duplicate.
+   */
   private async findStored(
     tx: Sql,
     schema: string,
@@ -491,19 +534,35 @@ export class BatchWriter {
   ): Promise<number> {
     const dups = records.filter((_, i) => statuses[i] === 'DUPLICATE');
     try {
-      const stored = await this.db.query<Record<string, unknown>>(
-        `/* ingest.duplicate_compare */
-         select e.* from "${schema}".audit_events e
-         join unnest($1::timestamptz[], $2::uuid[]) as k(occurred_at, id)
-           on e.occurred_at = k.occurred_at and e.id = k.id`,
-        [dups.map((r) => r.occurredAt.toISOString()), dups.map((r) => r.id)],
+      // Where each id is stored (the id table), then those rows by their exact key: two look-ups
+      // that each touch one index, where a join would plan over every month's partition.
+      const places = await this.db.query<{ id: string; occurred_at: Date }>(
+        `/* ingest.duplicate_places */
+         select id, occurred_at from "${schema}".event_ids where id = any($1::uuid[])`,
+        [[...new Set(dups.map((r) => r.id))]],
       );
-      const byKey = new Map(
-        stored.map((row) => [eventKey(row.id as string, new Date(row.occurred_at as Date)), row]),
-      );
+      const times = places.map((p) => new Date(p.occurred_at).getTime());
+      const stored =
+        places.length === 0
+          ? []
+          : await this.db.query<Record<string, unknown>>(
+              `/* ingest.duplicate_compare */
+               select e.* from "${schema}".audit_events e
+               join unnest($1::timestamptz[], $2::uuid[]) as k(occurred_at, id)
+                 on e.occurred_at = k.occurred_at and e.id = k.id
+               where e.occurred_at >= $3::timestamptz and e.occurred_at <= $4::timestamptz`,
+              [
+                places.map((p) => new Date(p.occurred_at).toISOString()),
+                places.map((p) => p.id),
+                new Date(Math.min(...times)).toISOString(),
+                new Date(Math.max(...times)).toISOString(),
+              ],
+            );
+      const byId = new Map(stored.map((row) => [row.id as string, row]));
       const conflicting: string[] = [];
       for (const r of dups) {
-        const row = byKey.get(eventKey(r.id, r.occurredAt));
+        // The same id under another occurredAt is another event: a conflict like any other change.
+        const row = byId.get(r.id);
         if (row && !sameContent(r, row)) conflicting.push(r.id);
       }
       if (conflicting.length) {
@@ -522,6 +581,7 @@ export class BatchWriter {
 
 function sameContent(r: AuditEventRecord, row: Record<string, unknown>): boolean {
   const fields: [unknown, unknown][] = [
+    [r.occurredAt.getTime(), new Date(row.occurred_at as Date).getTime()],
     [r.eventType, row.event_type],
     [r.category, row.category],
     [r.action, row.action],

@@ -388,8 +388,8 @@ export class MaintenanceJob {
   /**
    * Drops one month in one transaction: re-check holds (under the tenant's holds lock), lock the
    * month's chain head (writers of the month wait on it, so the count is exact), count, DETACH,
-   * record the drop with the signed checkpoint of the final head, delete the head, DROP. Any
-   * failure — a lock_timeout included — rolls all of it back.
+   * record the drop with the signed checkpoint of the final head, delete the head and the month's
+   * ids, DROP. Any failure — a lock_timeout included — rolls all of it back.
    */
   private drop(
     conn: Connection,
@@ -501,6 +501,13 @@ export class MaintenanceJob {
       await tx.query(
         `/* retention.head_delete */ delete from "${schema}".chain_heads where month = $1`,
         [monthIso],
+      );
+      // The month's ids go with its events (the exact key: an id the table places in another
+      // month stays), so an id becomes free again once nothing stored holds it.
+      await tx.query(
+        `/* retention.ids_delete */
+         delete from "${schema}".event_ids i using "${schema}"."${name}" p
+          where i.id = p.id and i.occurred_at = p.occurred_at`,
       );
       await tx.query(`/* retention.drop */ drop table "${schema}"."${name}"`);
       return {

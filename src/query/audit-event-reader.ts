@@ -175,14 +175,29 @@ export class AuditEventReader {
     }));
   }
 
-  /** An event by id; `occurredAt` narrows it to one partition. Earliest first if ids repeat. */
+  /**
+   * An event by id. Without `occurredAt`, the tenant's id table says where the id's event is
+   * stored, so the read is exact (one partition) and cannot be redirected to another event under
+   * the same id. An id it does not know (rows written without it, by an older version) is looked
+   * for in every month, the event received first winning.
+   */
   async byId(schema: string, id: string, occurredAt?: Date): Promise<AuditEventRow | null> {
-    const t = this.tablesOf(schema).auditEvents;
+    const tables = this.tablesOf(schema);
+    const t = tables.auditEvents;
+    let at = occurredAt;
+    if (!at) {
+      const [place] = await this.db.orm
+        .select({ occurredAt: tables.eventIds.occurredAt })
+        .from(tables.eventIds)
+        .where(eq(tables.eventIds.id, id))
+        .limit(1);
+      at = place?.occurredAt;
+    }
     const rows = await this.db.orm
       .select()
       .from(t)
-      .where(and(eq(t.id, id), occurredAt ? eq(t.occurredAt, occurredAt) : undefined))
-      .orderBy(asc(t.occurredAt))
+      .where(and(eq(t.id, id), at ? eq(t.occurredAt, at) : undefined))
+      .orderBy(asc(t.receivedAt), asc(t.occurredAt))
       .limit(1);
     return rows[0] ?? null;
   }

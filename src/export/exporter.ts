@@ -107,7 +107,8 @@ export class AuditExporter {
   }
 
   /**
-   * The export's text in chunks of about CHUNK_CHARS (header first for CSV, trailer last).
+   * The export's text in chunks of about CHUNK_CHARS (the CSV header leads the first, the
+   * trailer ends the last).
    * Pull-based: the next page is read only while the consumer keeps up (one page is read ahead to
    * overlap the database with formatting). Stops between pages once `signal` is aborted.
    */
@@ -119,7 +120,9 @@ export class AuditExporter {
     const schema = tenantSchema(snap.tenant);
     const maxWindow = this.opts.pageSize ?? EXPORT_PAGE_SIZE;
     let window = Math.min(FIRST_WINDOW, maxWindow);
-    if (format === 'csv') yield csvHeader();
+    // The CSV header goes out with the first chunk, not before it: a caller that waits for the
+    // first chunk before answering (see export-route.ts) then knows the first read succeeded.
+    let head = format === 'csv' ? csvHeader() : '';
     let count = 0;
     let firstHash: string | null = null;
     let lastHash: string | null = null;
@@ -165,7 +168,8 @@ export class AuditExporter {
           pageChars += line.length;
           chunk += line;
           if (chunk.length >= CHUNK_CHARS) {
-            yield chunk;
+            yield head + chunk;
+            head = '';
             chunk = '';
           }
           summary.count++;
@@ -180,7 +184,10 @@ export class AuditExporter {
         const fits =
           rows.length > 0 ? Math.floor(PAGE_BUDGET_CHARS / (pageChars / rows.length)) : maxWindow;
         window = Math.max(1, Math.min(fits, window * 4, maxWindow));
-        if (chunk) yield chunk;
+        if (chunk) {
+          yield head + chunk;
+          head = '';
+        }
       }
     }
     const key = this.checkpoints.key;
@@ -206,7 +213,7 @@ export class AuditExporter {
       chainVersion: CHAIN_VERSION,
       snapshot: SNAPSHOT_NOTE,
     };
-    yield trailerLine(format, trailer);
+    yield head + trailerLine(format, trailer);
   }
 }
 

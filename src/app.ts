@@ -97,6 +97,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     new ChainHasher(config.chainHmacSecret),
     checkpoints,
     integrityLog,
+    config.maxVerificationsPerTenant,
   );
   const events = new IngestEvents(log.child({ component: 'events' }));
   const realtime = createRealtimeBus(config, {

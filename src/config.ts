@@ -128,6 +128,12 @@ const envSchema = z.object({
   CHECKPOINT_KEY_FILE: z.string().min(1).default('./.data/checkpoint-ed25519.pem'),
   /** How often each tenant's chain heads are signed as checkpoints; 0: only on request. */
   CHECKPOINT_INTERVAL_MS: int(0, 86_400_000).default(60_000),
+  /**
+   * Chain verifications (verifyAuditChain, auditChainVerification) one tenant may run at once on
+   * an instance; more are refused with LimitExceededError, not queued. Each re-reads whole
+   * months, so there is no "no limit".
+   */
+  MAX_VERIFICATIONS_PER_TENANT: int(1, 64).default(1),
   /** How often the maintenance job (partitions ahead, retention) runs; 0: only on request. */
   MAINTENANCE_INTERVAL_MS: int(0, 86_400_000).default(3_600_000),
   /** Monthly partitions created ahead of the current month. */
@@ -198,6 +204,7 @@ export interface Config {
   chainHmacSecret: string | undefined;
   checkpointKeyFile: string;
   checkpointIntervalMs: number;
+  maxVerificationsPerTenant: number;
   maintenanceIntervalMs: number;
   partitionsAhead: number;
   cursorSecret: string | undefined;
@@ -292,6 +299,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     chainHmacSecret: e.CHAIN_HMAC_SECRET,
     checkpointKeyFile: e.CHECKPOINT_KEY_FILE,
     checkpointIntervalMs: e.CHECKPOINT_INTERVAL_MS,
+    maxVerificationsPerTenant: e.MAX_VERIFICATIONS_PER_TENANT,
     maintenanceIntervalMs: e.MAINTENANCE_INTERVAL_MS,
     partitionsAhead: e.PARTITIONS_AHEAD,
     cursorSecret: e.CURSOR_SECRET,

@@ -167,9 +167,10 @@ export function jsonDepth(value: unknown, limit: number): number {
 
 /**
  * What PostgreSQL text and jsonb cannot hold: the NUL character, and UTF-16 that is not
- * well-formed (a lone surrogate). Checked on every string, keys included, of a value.
+ * well-formed (a lone surrogate). Checked on every string, keys included, of a value (events,
+ * and the filters that are compared with them in SQL).
  */
-function unstorableText(value: unknown, limit = 64): string | null {
+export function unstorableText(value: unknown, limit = 64): string | null {
   if (typeof value === 'string') {
     if (value.includes('\u0000')) return 'must not contain the NUL character';
     if (!value.isWellFormed()) return 'must be well-formed Unicode (no lone surrogates)';

@@ -1,5 +1,13 @@
 import { ValidationError, type ValidationIssue } from './errors.js';
-import { type AuditEventRecord, jsonDepth, LIMITS, OUTCOMES, type Outcome } from './event.js';
+import {
+  type AuditEventRecord,
+  jsonDepth,
+  LIMITS,
+  OUTCOMES,
+  type Outcome,
+  unstorableText,
+} from './event.js';
+import { instantRangeProblem } from './instant.js';
 
 /** The filter of `auditEvents` and of the live tail. Every present condition must hold. */
 export interface AuditEventFilter {
@@ -44,13 +52,19 @@ export function validateFilter(filter: AuditEventFilter | null | undefined): Aud
   for (const [key, max] of Object.entries(stringLimits) as [keyof AuditEventFilter, number][]) {
     const v = filter[key];
     if (v === undefined || v === null) continue;
+    // NUL or a lone surrogate: PostgreSQL cannot take it as a parameter (and no stored event
+    // can hold one, so it could match nothing).
+    const text = typeof v === 'string' ? unstorableText(v) : null;
     if (typeof v !== 'string' || v.length === 0 || v.length > max) {
       issues.push({ index: null, field: `filter.${key}`, message: `1 to ${max} characters` });
+    } else if (text) {
+      issues.push({ index: null, field: `filter.${key}`, message: text });
     } else {
       (out as Record<string, unknown>)[key] = v;
     }
   }
   if (filter.eventTypes) {
+    const text = unstorableText(filter.eventTypes, 1);
     if (filter.eventTypes.length === 0 || filter.eventTypes.length > FILTER_LIMITS.eventTypes) {
       issues.push({
         index: null,
@@ -63,6 +77,8 @@ export function validateFilter(filter: AuditEventFilter | null | undefined): Aud
         field: 'filter.eventTypes',
         message: `each 1 to ${LIMITS.eventType} characters`,
       });
+    } else if (text) {
+      issues.push({ index: null, field: 'filter.eventTypes', message: `each ${text}` });
     } else {
       out.eventTypes = [...new Set(filter.eventTypes)].sort();
     }
@@ -72,8 +88,14 @@ export function validateFilter(filter: AuditEventFilter | null | undefined): Aud
       issues.push({ index: null, field: 'filter.outcome', message: 'unknown outcome' });
     } else out.outcome = filter.outcome;
   }
-  if (filter.occurredAfter) out.occurredAfter = filter.occurredAfter;
-  if (filter.occurredBefore) out.occurredBefore = filter.occurredBefore;
+  for (const key of ['occurredAfter', 'occurredBefore'] as const) {
+    const d = filter[key];
+    if (!d) continue;
+    // The DateTime scalar refuses these already; a filter built another way is held to the same.
+    const problem = d instanceof Date ? instantRangeProblem(d) : 'must be a date-time';
+    if (problem) issues.push({ index: null, field: `filter.${key}`, message: problem });
+    else out[key] = d;
+  }
   if (out.occurredAfter && out.occurredBefore && out.occurredAfter >= out.occurredBefore) {
     issues.push({
       index: null,
@@ -83,16 +105,19 @@ export function validateFilter(filter: AuditEventFilter | null | undefined): Aud
   }
   if (filter.dataContains !== undefined && filter.dataContains !== null) {
     const v = filter.dataContains;
+    const depth = jsonDepth(v, FILTER_LIMITS.dataContainsDepth + 1);
+    // Only walked once its depth is known to be small.
+    const inexact = () => unstorableText(v) ?? inexactNumber(v);
     if (typeof v !== 'object' || Array.isArray(v)) {
       issues.push({ index: null, field: 'filter.dataContains', message: 'must be a JSON object' });
-    } else if (
-      jsonDepth(v, FILTER_LIMITS.dataContainsDepth + 1) > FILTER_LIMITS.dataContainsDepth
-    ) {
+    } else if (depth > FILTER_LIMITS.dataContainsDepth) {
       issues.push({
         index: null,
         field: 'filter.dataContains',
         message: `nesting deeper than ${FILTER_LIMITS.dataContainsDepth} levels`,
       });
+    } else if (inexact()) {
+      issues.push({ index: null, field: 'filter.dataContains', message: inexact()! });
     } else if (JSON.stringify(v).length > FILTER_LIMITS.dataContainsBytes) {
       issues.push({
         index: null,
@@ -103,6 +128,29 @@ export function validateFilter(filter: AuditEventFilter | null | undefined): Aud
   }
   if (issues.length) throw new ValidationError(issues);
   return out;
+}
+
+/**
+ * Why a JSON value holds a number that cannot be compared exactly with stored data: JSON text
+ * such as `1e999` parses to Infinity (which JSON.stringify turns into `null`, so the filter
+ * would silently look for nulls), and integers beyond 2^53 were already rounded on parsing.
+ * The value's depth is bounded by the caller.
+ */
+function inexactNumber(value: unknown): string | null {
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value)) return 'numbers must be finite (1e999 is out of range)';
+    if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
+      return 'integers must lie within ±(2^53 − 1); send larger ones as strings';
+    }
+    return null;
+  }
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) {
+      const problem = inexactNumber(v);
+      if (problem) return problem;
+    }
+  }
+  return null;
 }
 
 /** A stable text form of a filter: equal filters give equal strings (cursor signatures rely on it). */

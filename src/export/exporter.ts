@@ -2,6 +2,7 @@ import { CHAIN_VERSION } from '../domain/chain.js';
 import { type Checkpoint, checkpointToJson } from '../domain/checkpoint.js';
 import type { AuditEventFilter } from '../domain/filter.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
+import type { AccessEventType } from '../ingest/access-log.js';
 import type { CheckpointService } from '../integrity/checkpoints.js';
 import type { AuditEventReader } from '../query/audit-event-reader.js';
 import {
@@ -43,6 +44,9 @@ const PAGE_BUDGET_CHARS = 4 * 1024 * 1024;
  */
 const CHUNK_CHARS = 64 * 1024;
 
+/** The event type of the service's records of reads (AUDIT_READS), an export's among them. */
+const READ_RECORD_TYPE: AccessEventType = 'auditgraph.access.read';
+
 /** What an export covers, fixed when it starts. */
 export interface ExportSnapshot {
   tenant: TenantId;
@@ -64,7 +68,8 @@ export interface SnapshotMonth {
 
 const SNAPSHOT_NOTE =
   'Each month holds its chain up to throughSeq, the position its covering checkpoint (signed when ' +
-  'the export started) vouches for; events committed after the export started are not included. ' +
+  'the export started) vouches for; events committed after the export started are not included, ' +
+  "nor are the service's own read records committed after the month's newest checkpoint. " +
   'With a filter, only matching events of that range are included (complete: false).';
 
 /**
@@ -82,8 +87,9 @@ export class AuditExporter {
 
   /**
    * Fixes what the export covers: signs the tenant's current chain heads (so the newest events
-   * are vouched for too), then takes the newest checkpoint of each month that still has a chain
-   * (months dropped by retention have none) as its bound. Rows up to a checkpoint's position
+   * are vouched for too; a month that moved only by read records keeps its checkpoint), then
+   * takes the newest checkpoint of each month that still has a chain (months dropped by
+   * retention have none) as its bound. Rows up to a checkpoint's position
    * were committed before it was signed, and stored events never change, so reading them page by
    * page later, without one long transaction, still sees exactly them.
    */
@@ -92,7 +98,8 @@ export class AuditExporter {
     filter: AuditEventFilter,
     now = new Date(),
   ): Promise<ExportSnapshot> {
-    await this.checkpoints.checkpointTenant(tenant, now);
+    // The service's read records alone (each export writes one) do not call for a new checkpoint.
+    await this.checkpoints.checkpointTenant(tenant, now, { unlessOnly: [READ_RECORD_TYPE] });
     const chains = await this.reader.chainSnapshot(tenantSchema(tenant));
     const months: SnapshotMonth[] = chains
       .filter((c) => overlaps(c.month, filter))
@@ -107,7 +114,8 @@ export class AuditExporter {
   }
 
   /**
-   * The export's text in chunks of about CHUNK_CHARS (header first for CSV, trailer last).
+   * The export's text in chunks of about CHUNK_CHARS (the CSV header leads the first, the
+   * trailer ends the last).
    * Pull-based: the next page is read only while the consumer keeps up (one page is read ahead to
    * overlap the database with formatting). Stops between pages once `signal` is aborted.
    */
@@ -119,7 +127,9 @@ export class AuditExporter {
     const schema = tenantSchema(snap.tenant);
     const maxWindow = this.opts.pageSize ?? EXPORT_PAGE_SIZE;
     let window = Math.min(FIRST_WINDOW, maxWindow);
-    if (format === 'csv') yield csvHeader();
+    // The CSV header goes out with the first chunk, not before it: a caller that waits for the
+    // first chunk before answering (see export-route.ts) then knows the first read succeeded.
+    let head = format === 'csv' ? csvHeader() : '';
     let count = 0;
     let firstHash: string | null = null;
     let lastHash: string | null = null;
@@ -165,7 +175,8 @@ export class AuditExporter {
           pageChars += line.length;
           chunk += line;
           if (chunk.length >= CHUNK_CHARS) {
-            yield chunk;
+            yield head + chunk;
+            head = '';
             chunk = '';
           }
           summary.count++;
@@ -180,7 +191,10 @@ export class AuditExporter {
         const fits =
           rows.length > 0 ? Math.floor(PAGE_BUDGET_CHARS / (pageChars / rows.length)) : maxWindow;
         window = Math.max(1, Math.min(fits, window * 4, maxWindow));
-        if (chunk) yield chunk;
+        if (chunk) {
+          yield head + chunk;
+          head = '';
+        }
       }
     }
     const key = this.checkpoints.key;
@@ -206,7 +220,7 @@ export class AuditExporter {
       chainVersion: CHAIN_VERSION,
       snapshot: SNAPSHOT_NOTE,
     };
-    yield trailerLine(format, trailer);
+    yield head + trailerLine(format, trailer);
   }
 }
 

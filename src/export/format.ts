@@ -201,6 +201,28 @@ export function eventLine(format: ExportFormat, e: ExportedEvent): string {
   return format === 'jsonl' ? jsonlLine(e) : csvLine(e);
 }
 
+/** Prefix of the CSV line that ends an export which failed while it was sent. */
+export const CSV_ERROR_PREFIX = '#error,';
+
+/** What ends an export, in place of its trailer, when it failed after its first bytes were sent. */
+export interface ExportFailure {
+  type: 'InternalError';
+  message: string;
+  retryable: true;
+  requestId: string;
+}
+
+/**
+ * The line that ends a failed export (with its LF): `{"error": {...}}` in JSON Lines,
+ * `#error,<JSON>` in CSV. Its status (200) was sent before the failure, so the failure is said in
+ * the body; the file has no trailer, and the verifier reports it as failed.
+ */
+export function errorLine(format: ExportFormat, error: ExportFailure): string {
+  return format === 'jsonl'
+    ? `${JSON.stringify({ error })}\n`
+    : `${CSV_ERROR_PREFIX}${JSON.stringify(error)}\n`;
+}
+
 /** The trailer line in the given format (with its LF). */
 export function trailerLine(format: ExportFormat, trailer: ExportTrailer): string {
   return format === 'jsonl'

@@ -1,6 +1,7 @@
 import { ValidationError, type ValidationIssue } from '../domain/errors.js';
 import { OUTCOMES, type Outcome } from '../domain/event.js';
 import { type AuditEventFilter, FILTER_LIMITS, validateFilter } from '../domain/filter.js';
+import { parseInstant } from '../domain/instant.js';
 import type { ExportFormat } from './format.js';
 
 /**
@@ -70,10 +71,6 @@ export function parseExportParams(search: URLSearchParams): ExportParams {
   if (issues.length) throw new ValidationError(issues);
   return { format: format!, filter, gzip };
 }
-
-// GraphQL's DateTime: ISO 8601 with a zone, at most millisecond precision (graphql/scalars.ts
-// holds the same rule for the GraphQL endpoint; export/ must not import graphql/).
-const DATE_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:\d{2})$/;
 
 const STRING_FIELDS = [
   'correlationId',
@@ -145,15 +142,10 @@ export function filterFromValue(value: unknown): AuditEventFilter {
   for (const key of ['occurredAfter', 'occurredBefore'] as const) {
     const v = raw[key];
     if (v === undefined || v === null) continue;
-    const d = typeof v === 'string' && DATE_TIME.test(v) ? new Date(v) : null;
-    if (!d || Number.isNaN(d.getTime())) {
-      issues.push(
-        issue(
-          `filter.${key}`,
-          'must be an ISO 8601 instant with a time zone and at most millisecond precision',
-        ),
-      );
-    } else out[key] = d;
+    // GraphQL's DateTime rule, from the same place.
+    const d = parseInstant(v);
+    if (d instanceof Date) out[key] = d;
+    else issues.push(issue(`filter.${key}`, d.problem));
   }
   const contains = raw.dataContains;
   if (contains !== undefined && contains !== null) {

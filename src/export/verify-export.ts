@@ -21,6 +21,7 @@ import { ValidationError } from '../domain/errors.js';
 import { tenantIdProblem } from '../domain/tenant.js';
 import {
   CSV_COLUMNS,
+  CSV_ERROR_PREFIX,
   CSV_TRAILER_PREFIX,
   chainedRowFromExport,
   csvRecordComplete,
@@ -290,10 +291,33 @@ class ExportVerifier {
       this.trailerLine = n;
       return;
     }
+    if (value !== null && typeof value === 'object' && Object.hasOwn(value, 'error')) {
+      this.failedOnServer((value as { error: unknown }).error, n);
+      return;
+    }
     this.row(value, n);
   }
 
+  /** The service's line saying the export failed while it was sent: nothing after it counts. */
+  private failedOnServer(error: unknown, n: number): void {
+    const message = (error as { message?: unknown } | null)?.message;
+    this.fail({
+      kind: 'MISSING_TRAILER',
+      line: n,
+      message: `the export failed on the server while it was sent${typeof message === 'string' ? `: ${message}` : ''}; it is incomplete`,
+    });
+    this.stopped = true;
+  }
+
   private csvLine(text: string, n: number): void {
+    if (this.pending === '' && text.startsWith(CSV_ERROR_PREFIX)) {
+      let error: unknown = null;
+      try {
+        error = JSON.parse(text.slice(CSV_ERROR_PREFIX.length));
+      } catch {}
+      this.failedOnServer(error, n);
+      return;
+    }
     if (this.pending === '') {
       if (text.startsWith(CSV_TRAILER_PREFIX)) {
         this.trailerLine = n;

@@ -83,6 +83,11 @@ export interface GraphQLContext {
   caller: Caller;
   /** `ws` for an operation on a WebSocket connection; `http` for HTTP and SSE. */
   transport: 'http' | 'ws';
+  /**
+   * Aborted when the HTTP caller goes away before its answer is sent (HTTP and SSE; a WebSocket
+   * subscription ends through its iterator's return instead). Long work stops on it.
+   */
+  signal?: AbortSignal;
 }
 
 export const TENANT_HEADER = 'x-tenant-id';

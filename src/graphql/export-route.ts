@@ -11,6 +11,7 @@ import {
   ValidationError,
 } from '../domain/errors.js';
 import { type AuditExporter, filterJson } from '../export/exporter.js';
+import { errorLine } from '../export/format.js';
 import { acceptsGzip, MAX_EXPORT_URL_BYTES, parseExportParams } from '../export/params.js';
 import type { Logger } from '../logger.js';
 import { authenticateRequest, grantedScopes } from './auth.js';
@@ -22,14 +23,26 @@ import { type GraphQLContext, recordRead, requireTenant, type Services } from '.
  * caller, the same tenant rule (the key's tenant; `x-tenant-id` only in AUTH_MODE=dev), the
  * `events:read` scope — and records the read in the tenant's access log like `auditEvents`.
  *
- * Refusals answer before anything is streamed, as JSON:
- * `{ "error": { "type": "ValidationError", "message": …, "retryable": false, "issues": [...] } }`.
- * Once the 200 is sent a failure can no longer change the status: the connection is then cut,
- * so the file ends without its trailer and the verifier rejects it as incomplete.
+ * Refusals answer before anything is streamed, as JSON: `{ "error": { "type": "ValidationError",
+ * "code": "BAD_USER_INPUT", "message": …, "retryable": false, "issues": [...] } }` (every bad
+ * parameter is a 400 naming it). The status is sent with the first chunk, once the first page was
+ * read, so a failure before that is still a 500 with a JSON reason. A failure after it can no
+ * longer change the status: the body then ends with an error line (`{"error": …}`, CSV
+ * `#error,…`) instead of the trailer, and the verifier reports the file as failed.
  */
 
 /** Sends one export request's answer; never throws (every failure is answered or logged). */
 export type ExportRoute = (req: IncomingMessage, res: ServerResponse, requestId: string) => void;
+
+/** The `code` of each typed refusal, as GraphQL errors name them. */
+function codeOf(err: AuditError): string {
+  if (err instanceof ValidationError) return 'BAD_USER_INPUT';
+  if (err instanceof UnauthenticatedError) return 'UNAUTHENTICATED';
+  if (err instanceof ForbiddenError) return 'FORBIDDEN';
+  if (err instanceof UnknownTenantError) return 'UNKNOWN_TENANT';
+  if (err instanceof ShuttingDownError) return 'SHUTTING_DOWN';
+  return 'INTERNAL';
+}
 
 /** HTTP status of each typed refusal; anything else is a 500. */
 function statusOf(err: AuditError): number {
@@ -114,7 +127,13 @@ export function createExportRoute(
     }
     const ctx: GraphQLContext = { requestId, log, services, caller, transport: 'http' };
     const tenant = requireTenant(ctx);
-    const params = parseExportParams(new URL(req.url ?? '/', 'http://localhost').searchParams);
+    let search: URLSearchParams;
+    try {
+      search = new URL(req.url ?? '/', 'http://localhost').searchParams;
+    } catch {
+      throw ValidationError.single('url', 'is not a valid request target');
+    }
+    const params = parseExportParams(search);
     if (services.ingest.isStopping) throw new ShuttingDownError();
     await services.tenants.ensure(tenant, false);
     const gzip = params.gzip ?? acceptsGzip(req.headers['accept-encoding']);
@@ -126,9 +145,36 @@ export function createExportRoute(
       months: snap.months.map((m) => ({ month: m.month.toISOString(), throughSeq: m.throughSeq })),
     });
 
+    const lines = exporter.lines(snap, params.format, abort.signal);
+    // The first chunk is read before the status is sent: a failure of the first read is still
+    // answered with a status and a reason, not a 200 cut short.
+    const first = await lines.next();
     if (abort.signal.aborted) {
+      await lines.return();
       log.info({ requestId, tenant }, 'export abandoned: the client closed the connection');
       return;
+    }
+    let sent = 0;
+    async function* text(): AsyncGenerator<string, void, undefined> {
+      if (first.done) return;
+      yield first.value;
+      try {
+        for await (const chunk of lines) {
+          sent++;
+          yield chunk;
+        }
+      } catch (err) {
+        if (abort.signal.aborted) throw err;
+        log.error({ err, requestId, tenant, chunks: sent }, 'export failed while streaming');
+        yield errorLine(params.format, {
+          type: 'InternalError',
+          message:
+            'the export failed while it was sent and is incomplete; the service log has the ' +
+            'details under this request id',
+          retryable: true,
+          requestId,
+        });
+      }
     }
     const ext = params.format === 'jsonl' ? 'jsonl' : 'csv';
     res.writeHead(200, {
@@ -144,7 +190,7 @@ export function createExportRoute(
     });
     // Chunks of at most ~64 KiB, and at most one waiting in the readable: with pipeline's
     // backpressure, a slow client holds the reading back instead of filling memory.
-    const body = Readable.from(exporter.lines(snap, params.format, abort.signal), {
+    const body = Readable.from(text(), {
       objectMode: true,
       highWaterMark: 1,
     });
@@ -158,10 +204,11 @@ export function createExportRoute(
         'export sent',
       );
     } catch (err) {
+      // The client left (or the socket failed): there is no one left to tell.
       if (abort.signal.aborted) {
         log.info({ requestId, tenant }, 'export abandoned: the client closed the connection');
       } else {
-        log.error({ err, requestId, tenant }, 'export failed while streaming; connection cut');
+        log.error({ err, requestId, tenant }, 'export could not be sent; connection cut');
       }
       res.destroy();
     }
@@ -183,6 +230,7 @@ export function createExportRoute(
             {
               error: {
                 type: err.name,
+                code: codeOf(err),
                 message: err.message,
                 retryable: err.retryable,
                 ...(err instanceof ValidationError ? { issues: err.issues } : {}),
@@ -197,6 +245,7 @@ export function createExportRoute(
       sendJson(res, 500, {
         error: {
           type: 'InternalError',
+          code: 'INTERNAL',
           message: 'the export could not start; the service log has the details',
           retryable: true,
           requestId,

@@ -1,6 +1,6 @@
 import type { ChainBreak } from '../domain/chain.js';
 import type { Checkpoint } from '../domain/checkpoint.js';
-import { ValidationError } from '../domain/errors.js';
+import { LimitExceededError, ValidationError } from '../domain/errors.js';
 import type { ChainVerification, MonthVerification } from '../integrity/chain-auditor.js';
 import { refusedAsResult } from './auth.js';
 import { builder } from './builder.js';
@@ -212,8 +212,13 @@ builder.queryField('verifyAuditChain', (t) =>
       'Re-computes the tenant’s hash chains for every month overlapping [from, to) — whole ' +
       'months, streamed in chain order in constant memory — and holds each against its signed ' +
       'checkpoints. Reports the first broken link with the event and the expected and actual ' +
-      'hashes. Progress of a long run is logged; one run per tenant at a time on an instance.',
-    errors: { types: TENANT_ERRORS, union: { name: 'VerifyAuditChainResult' } },
+      'hashes. Progress of a long run is logged. A tenant runs at most ' +
+      'MAX_VERIFICATIONS_PER_TENANT at once on an instance (more: LimitExceededError); a run ' +
+      'stops when its caller goes away.',
+    errors: {
+      types: [...TENANT_ERRORS, LimitExceededError],
+      union: { name: 'VerifyAuditChainResult' },
+    },
     authScopes: { eventsRead: true },
     unauthorizedResolver: refusedAsResult,
     args: {
@@ -225,7 +230,9 @@ builder.queryField('verifyAuditChain', (t) =>
       checkVerifyRange(from, to);
       await ctx.services.tenants.ensure(tenant, false);
       const started = Date.now();
-      const result = await ctx.services.chainAuditor.verify(tenant, from, to);
+      const result = await ctx.services.chainAuditor.verify(tenant, from, to, {
+        signal: ctx.signal,
+      });
       return { ...result, elapsedMs: Date.now() - started };
     },
   }),

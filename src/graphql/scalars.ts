@@ -1,18 +1,19 @@
 import { GraphQLError, Kind, type ValueNode } from 'graphql';
+import { parseInstant } from '../domain/instant.js';
 import { builder } from './builder.js';
 
-// ISO 8601 with a time zone; at most millisecond precision (what is stored, and what cursors hold).
-const DATE_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:\d{2})$/;
-
+/**
+ * DateTime input: the rule of domain/instant.ts (a real date and time, years 0001–9999, at most
+ * millisecond precision, with a zone). A bad value is the client's mistake: BAD_USER_INPUT, and
+ * graphql-js prefixes the message with the argument or variable path it came from.
+ */
 function parseDateTime(value: unknown): Date {
-  if (typeof value !== 'string' || !DATE_TIME.test(value)) {
-    throw new GraphQLError(
-      'DateTime must be an ISO 8601 string with a time zone and at most millisecond precision, e.g. 2026-01-04T13:41:09.005Z',
-    );
-  }
-  const d = new Date(value);
-  if (Number.isNaN(d.getTime())) throw new GraphQLError(`DateTime "${value}" is not a real date`);
-  return d;
+  const parsed = parseInstant(value);
+  if (parsed instanceof Date) return parsed;
+  const shown = typeof value === 'string' ? ` ${JSON.stringify(value.slice(0, 40))}` : '';
+  throw new GraphQLError(`DateTime${shown} ${parsed.problem}`, {
+    extensions: { code: 'BAD_USER_INPUT' },
+  });
 }
 
 builder.scalarType('DateTime', {

@@ -455,35 +455,68 @@ const VerificationMessageUnion = builder.unionType('AuditChainVerificationMessag
 /** Progress messages at most this often (the last one, with the result, always). */
 const PROGRESS_EVERY_MS = 250;
 
-/** Runs a verification, yielding its progress and, last, its result. */
-async function* verification(
+/**
+ * A verification as a stream: its progress and, last, its result. Completing the subscription
+ * (graphql-ws `complete`, a closed socket or SSE stream) aborts the run at once — an async
+ * generator would only notice at its next yield, and a slow window can take a while — and so
+ * frees the tenant's verification slot.
+ */
+function verification(
   ctx: GraphQLContext,
   tenant: TenantId,
   from: Date,
   to: Date,
-): AsyncGenerator<LiveItem<VerificationProgress>> {
-  yield new SubscriptionReady(ctx.services.instanceId, new Date());
+): AsyncIterableIterator<LiveItem<VerificationProgress> | LimitExceededError> {
+  const abort = new AbortController();
+  const signal = ctx.signal ? AbortSignal.any([abort.signal, ctx.signal]) : abort.signal;
+  const steps = verificationSteps(ctx, tenant, from, to, signal);
+  return {
+    next: () => steps.next(),
+    return: (value?: unknown) => {
+      abort.abort(new Error('the subscriber went away'));
+      return steps.return(value as undefined);
+    },
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+  };
+}
+
+async function* verificationSteps(
+  ctx: GraphQLContext,
+  tenant: TenantId,
+  from: Date,
+  to: Date,
+  signal: AbortSignal,
+): AsyncGenerator<LiveItem<VerificationProgress> | LimitExceededError, void, undefined> {
   const started = Date.now();
   const queue: VerificationProgress[] = [];
   let wake: (() => void) | undefined;
   let lastSent = 0;
-  const run = ctx.services.chainAuditor.verify(tenant, from, to, (p) => {
-    if (Date.now() - lastSent < PROGRESS_EVERY_MS) return;
-    lastSent = Date.now();
-    queue.push({ ...p, elapsedMs: lastSent - started, result: null });
-    wake?.();
-  });
+  let run: Promise<ChainVerification>;
+  try {
+    // Taken before SubscriptionReady: a refusal (MAX_VERIFICATIONS_PER_TENANT) is the only message.
+    run = ctx.services.chainAuditor.verify(tenant, from, to, {
+      signal,
+      onProgress: (p) => {
+        if (Date.now() - lastSent < PROGRESS_EVERY_MS) return;
+        lastSent = Date.now();
+        queue.push({ ...p, elapsedMs: lastSent - started, result: null });
+        wake?.();
+      },
+    });
+  } catch (err) {
+    if (!(err instanceof LimitExceededError)) throw err;
+    yield err;
+    return;
+  }
   let settled = false;
-  void run.then(
-    () => {
-      settled = true;
-      wake?.();
-    },
-    () => {
-      settled = true;
-      wake?.();
-    },
-  );
+  const settle = () => {
+    settled = true;
+    wake?.();
+  };
+  void run.then(settle, settle);
+  yield new SubscriptionReady(ctx.services.instanceId, new Date());
   while (!settled || queue.length > 0) {
     const next = queue.shift();
     if (next) {
@@ -494,7 +527,14 @@ async function* verification(
       wake = resolve;
     });
   }
-  const result = await run;
+  let result: ChainVerification;
+  try {
+    result = await run;
+  } catch (err) {
+    // Stopped because the subscriber left: nobody is there to tell.
+    if (signal.aborted) return;
+    throw err;
+  }
   const last = result.months.at(-1);
   const elapsedMs = Date.now() - started;
   yield {
@@ -512,7 +552,9 @@ builder.subscriptionField('auditChainVerification', (t) =>
     type: VerificationMessageUnion,
     description:
       'verifyAuditChain as a stream, for long ranges: SubscriptionReady, progress messages (at ' +
-      'most every 250 ms) and, last, one with `done: true` and the result; then it ends.',
+      'most every 250 ms) and, last, one with `done: true` and the result; then it ends. Over ' +
+      'MAX_VERIFICATIONS_PER_TENANT its only message is LimitExceededError; completing it stops ' +
+      'the run.',
     args: {
       from: t.arg({ type: 'DateTime', required: true }),
       to: t.arg({ type: 'DateTime', required: true }),

@@ -177,6 +177,8 @@ export function createGraphQLServer(
       // A WebSocket's caller was fixed by its connection_init; HTTP and SSE name it per request.
       caller: connectionCaller ?? (await authenticateRequest(services, request.headers)),
       transport: connectionCaller ? 'ws' : 'http',
+      // The node response's close, as yoga's request carries it (none for a WebSocket operation).
+      signal: connectionCaller ? undefined : request?.signal,
     }),
   });
 }

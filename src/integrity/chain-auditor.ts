@@ -10,6 +10,7 @@ import {
   MonthChainWalker,
 } from '../domain/chain.js';
 import type { Checkpoint } from '../domain/checkpoint.js';
+import { LimitExceededError } from '../domain/errors.js';
 import { CONTROL_SCHEMA, type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 import type { CheckpointService } from './checkpoints.js';
@@ -58,9 +59,19 @@ export interface VerifyProgress {
  * streamed in chain order a page at a time, held against the month's signed checkpoints (their
  * signatures checked with this deployment's key). Reports the first broken link.
  */
+export interface VerifyOptions {
+  /** Told how far the run is after each window of positions. */
+  onProgress?: (p: VerifyProgress) => void;
+  /**
+   * The caller went away (the HTTP request closed, the subscription was completed): the run stops
+   * before its next statement and rejects with the signal's reason.
+   */
+  signal?: AbortSignal;
+}
+
 export class ChainAuditor {
-  /** One verification per tenant at a time on this instance: callers queue behind it. */
-  private readonly running = new Map<string, Promise<unknown>>();
+  /** Verifications running now, per tenant, on this instance. */
+  private readonly active = new Map<string, number>();
   /** Told of every finished verification (metrics). */
   onVerified: ((tenant: TenantId, result: ChainVerification) => void) | undefined;
 
@@ -69,34 +80,66 @@ export class ChainAuditor {
     private readonly hasher: ChainHasher,
     private readonly checkpoints: CheckpointService,
     private readonly log: Logger,
+    /** MAX_VERIFICATIONS_PER_TENANT: runs of one tenant at once on this instance. */
+    readonly maxPerTenant = 1,
   ) {}
 
+  /** Verifications running now on this instance: of one tenant, or of all. */
+  running(tenant?: TenantId): number {
+    if (tenant !== undefined) return this.active.get(tenant) ?? 0;
+    let n = 0;
+    for (const v of this.active.values()) n += v;
+    return n;
+  }
+
+  /**
+   * Verifies the tenant's chains over [from, to). Each run re-reads whole months, so a tenant has
+   * at most `maxPerTenant` at once: beyond that this throws LimitExceededError at once (before
+   * returning a promise, so a caller can refuse before it answers anything else). Refusing
+   * rather than queueing keeps the work a caller can start bounded by what it can see running —
+   * a queue would keep the database busy for callers long gone.
+   */
   verify(
     tenant: TenantId,
     from: Date,
     to: Date,
-    onProgress?: (p: VerifyProgress) => void,
+    opts: VerifyOptions = {},
   ): Promise<ChainVerification> {
-    const before = this.running.get(tenant) ?? Promise.resolve();
-    const run = before
-      .catch(() => undefined)
-      .then(() => this.verifyNow(tenant, from, to, onProgress));
-    this.running.set(tenant, run);
-    void run
-      .finally(() => {
-        if (this.running.get(tenant) === run) this.running.delete(tenant);
-      })
-      .catch(() => undefined);
-    return run;
+    const now = this.active.get(tenant) ?? 0;
+    if (now >= this.maxPerTenant) {
+      throw new LimitExceededError(
+        'MAX_VERIFICATIONS_PER_TENANT',
+        this.maxPerTenant,
+        'chain verifications running for this tenant on this instance',
+      );
+    }
+    this.active.set(tenant, now + 1);
+    const release = () => {
+      const left = (this.active.get(tenant) ?? 1) - 1;
+      if (left > 0) this.active.set(tenant, left);
+      else this.active.delete(tenant);
+    };
+    return this.verifyNow(tenant, from, to, opts).finally(release);
   }
 
   private async verifyNow(
     tenant: TenantId,
     from: Date,
     to: Date,
-    onProgress?: (p: VerifyProgress) => void,
+    { onProgress, signal }: VerifyOptions,
   ): Promise<ChainVerification> {
     const started = Date.now();
+    // Checked before every statement: a run whose caller left ends within one window.
+    const stillWanted = () => {
+      if (signal?.aborted) {
+        this.log.info(
+          { tenant, elapsedMs: Date.now() - started },
+          'audit chain verification stopped: the caller went away',
+        );
+        signal.throwIfAborted();
+      }
+    };
+    stillWanted();
     let nextLog = PROGRESS_LOG_EVERY;
     const report = (p: VerifyProgress) => {
       onProgress?.(p);
@@ -130,6 +173,7 @@ export class ChainAuditor {
         where tenant_id = $1 and month >= $2 and month < $3`,
       [tenant, first.toISOString(), to.toISOString()],
     );
+    stillWanted();
     const droppedMonths = new Set(dropped.map((d) => new Date(d.month).getTime()));
     const months = [
       ...new Set([...heads.map((h) => new Date(h.month).getTime()), ...droppedMonths]),
@@ -157,6 +201,7 @@ export class ChainAuditor {
         });
         continue;
       }
+      stillWanted();
       const stored = await this.checkpoints.list(tenant, month);
       const { claims, bad } = this.trusted(stored);
       const walker = new MonthChainWalker(this.hasher, tenant, month, claims);
@@ -169,6 +214,7 @@ export class ChainAuditor {
         .where(inMonth);
       const highest = top?.seq === null || top?.seq === undefined ? 0 : Number(top.seq);
       for (let after = 0; after < highest && !walker.broken; after += WINDOW) {
+        stillWanted();
         const rows = await this.db.orm
           .select()
           .from(t.auditEvents)
@@ -189,6 +235,7 @@ export class ChainAuditor {
         });
       }
       let broken = bad ?? walker.finish();
+      stillWanted();
       if (!broken) broken = await this.unchained(schema, month, next);
       result.months.push({
         month,

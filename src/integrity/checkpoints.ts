@@ -1,5 +1,6 @@
 import { asc, eq } from 'drizzle-orm';
 import type { Database } from '../db/client.js';
+import { addMonths } from '../db/partitions.js';
 import { tenantTables } from '../db/tenant-tables.js';
 import {
   type Checkpoint,
@@ -63,12 +64,30 @@ export class CheckpointService {
   /**
    * Signs every chain head of the tenant that has moved since its last checkpoint (a month
    * whose head is already checkpointed gets nothing new). Returns the checkpoints made.
+   *
+   * `unlessOnly`: event types that alone do not call for a new checkpoint of a month that has
+   * one — the export passes the service's read records, since each export records one: without
+   * it every export would sign (and store) a checkpoint over the previous export's read, a row
+   * per export for nothing. Such a month keeps its checkpoint; the periodic checkpoint
+   * (CHECKPOINT_INTERVAL_MS) and signAuditCheckpoints still sign every moved head.
    */
-  async checkpointTenant(tenant: TenantId, now = new Date()): Promise<Checkpoint[]> {
+  async checkpointTenant(
+    tenant: TenantId,
+    now = new Date(),
+    opts: { unlessOnly?: readonly string[] } = {},
+  ): Promise<Checkpoint[]> {
     const schema = tenantSchema(tenant);
-    const heads = await this.db.query<{ month: Date; seq: string | number; hash: Uint8Array }>(
+    const heads = await this.db.query<{
+      month: Date;
+      seq: string | number;
+      hash: Uint8Array;
+      signed_seq: string | number | null;
+    }>(
       `/* checkpoints.moved_heads */
-       select h.month, h.seq, h.hash from "${schema}".chain_heads h
+       select h.month, h.seq, h.hash,
+              (select max(c.seq) from "${schema}".chain_checkpoints c where c.month = h.month)
+                as signed_seq
+         from "${schema}".chain_heads h
         where h.seq > 0 and h.hash is not null
           and not exists (select 1 from "${schema}".chain_checkpoints c
                            where c.month = h.month and c.seq >= h.seq)
@@ -76,6 +95,25 @@ export class CheckpointService {
     );
     const made: Checkpoint[] = [];
     for (const h of heads) {
+      const ignored = opts.unlessOnly ?? [];
+      if (ignored.length > 0 && h.signed_seq !== null) {
+        const month = new Date(h.month);
+        const moved = await this.db.query(
+          `/* checkpoints.moved_by */
+           select 1 from "${schema}".audit_events
+            where occurred_at >= $1 and occurred_at < $2
+              and chain_seq > $3 and chain_seq <= $4 and event_type <> all($5::text[])
+            limit 1`,
+          [
+            month.toISOString(),
+            addMonths(month, 1).toISOString(),
+            Number(h.signed_seq),
+            Number(h.seq),
+            ignored,
+          ],
+        );
+        if (moved.length === 0) continue;
+      }
       const checkpoint = signCheckpoint(
         {
           tenant,

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { TenantId } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
-import type { RedisKeys } from '../realtime/redis.js';
+import { execChecked, type RedisKeys } from '../realtime/redis.js';
 import {
   type DeadLetter,
   type DeadLetterDepth,
@@ -90,14 +90,15 @@ export class RedisDeadLetterStore implements DeadLetterStore {
   async add(dl: DeadLetter): Promise<void> {
     await this.ensureGroup(dl.tenant);
     const n = dl.records.length;
-    const res = await this.redis
-      .multi()
-      .sadd(this.tenantsKey, dl.tenant)
-      .xadd(this.stream(dl.tenant), '*', 'dl', serialiseDeadLetter(dl))
-      .hincrby(this.depthKey, 'entries', 1)
-      .hincrby(this.depthKey, 'events', n)
-      .exec();
-    const streamId = res?.[1]?.[1] as string | undefined;
+    const res = await execChecked(
+      this.redis
+        .multi()
+        .sadd(this.tenantsKey, dl.tenant)
+        .xadd(this.stream(dl.tenant), '*', 'dl', serialiseDeadLetter(dl))
+        .hincrby(this.depthKey, 'entries', 1)
+        .hincrby(this.depthKey, 'events', n),
+    );
+    const streamId = res[1] as string | null;
     if (!streamId) throw new Error('redis did not store the dead letter');
     await this.redis.hset(this.indexKey(dl.tenant), dl.id, streamId);
   }
@@ -204,14 +205,15 @@ export class RedisDeadLetterStore implements DeadLetterStore {
 
   async complete(dl: DeadLetter): Promise<void> {
     const h = this.takeHeld(dl);
-    await this.redis
-      .multi()
-      .xack(this.stream(h.tenant), GROUP, h.streamId)
-      .xdel(this.stream(h.tenant), h.streamId)
-      .hdel(this.indexKey(h.tenant), dl.id)
-      .hincrby(this.depthKey, 'entries', -1)
-      .hincrby(this.depthKey, 'events', -h.dl.records.length)
-      .exec();
+    await execChecked(
+      this.redis
+        .multi()
+        .xack(this.stream(h.tenant), GROUP, h.streamId)
+        .xdel(this.stream(h.tenant), h.streamId)
+        .hdel(this.indexKey(h.tenant), dl.id)
+        .hincrby(this.depthKey, 'entries', -1)
+        .hincrby(this.depthKey, 'events', -h.dl.records.length),
+    );
   }
 
   /**
@@ -237,9 +239,9 @@ export class RedisDeadLetterStore implements DeadLetterStore {
         .hincrby(this.depthKey, 'entries', 1)
         .hincrby(this.depthKey, 'events', dl.records.length);
     }
-    const res = await m.exec();
+    const res = await execChecked(m);
     if (dl.state === 'ACTIVE') {
-      const streamId = res?.at(-3)?.[1] as string | undefined;
+      const streamId = res.at(-3) as string | null;
       if (streamId) await this.redis.hset(this.indexKey(h.tenant), dl.id, streamId);
     }
   }
@@ -250,16 +252,17 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     const parked = parseDeadLetter(text);
     const dl: DeadLetter = { ...parked, state: 'ACTIVE', replays: 0, nextAttemptAt: new Date() };
     await this.ensureGroup(tenant);
-    const res = await this.redis
-      .multi()
-      .hdel(this.parkedKey(tenant), id)
-      .xadd(this.stream(tenant), '*', 'dl', serialiseDeadLetter(dl))
-      .hincrby(this.depthKey, 'parkedEntries', -1)
-      .hincrby(this.depthKey, 'parkedEvents', -dl.records.length)
-      .hincrby(this.depthKey, 'entries', 1)
-      .hincrby(this.depthKey, 'events', dl.records.length)
-      .exec();
-    const streamId = res?.[1]?.[1] as string | undefined;
+    const res = await execChecked(
+      this.redis
+        .multi()
+        .hdel(this.parkedKey(tenant), id)
+        .xadd(this.stream(tenant), '*', 'dl', serialiseDeadLetter(dl))
+        .hincrby(this.depthKey, 'parkedEntries', -1)
+        .hincrby(this.depthKey, 'parkedEvents', -dl.records.length)
+        .hincrby(this.depthKey, 'entries', 1)
+        .hincrby(this.depthKey, 'events', dl.records.length),
+    );
+    const streamId = res[1] as string | null;
     if (streamId) await this.redis.hset(this.indexKey(tenant), id, streamId);
     return dl;
   }
@@ -268,13 +271,14 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     const text = await this.redis.hget(this.parkedKey(tenant), id);
     if (!text) return null;
     const dl = parseDeadLetter(text);
-    const res = await this.redis
-      .multi()
-      .hdel(this.parkedKey(tenant), id)
-      .hincrby(this.depthKey, 'parkedEntries', -1)
-      .hincrby(this.depthKey, 'parkedEvents', -dl.records.length)
-      .exec();
-    return res?.[0]?.[1] === 1 ? dl : null;
+    const res = await execChecked(
+      this.redis
+        .multi()
+        .hdel(this.parkedKey(tenant), id)
+        .hincrby(this.depthKey, 'parkedEntries', -1)
+        .hincrby(this.depthKey, 'parkedEvents', -dl.records.length),
+    );
+    return res[0] === 1 ? dl : null;
   }
 
   async depth(): Promise<DeadLetterDepth> {

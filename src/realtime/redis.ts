@@ -42,3 +42,20 @@ export class RedisKeys {
     return `${this.prefix}${parts.join(':')}`;
   }
 }
+
+/**
+ * Runs a MULTI (or pipeline) and returns its replies. ioredis resolves `exec()` with one
+ * `[error, reply]` pair per command — a WRONGTYPE in one of them does not reject the promise —
+ * so every pair is looked at here: any error throws, naming the command, as does a discarded
+ * transaction (null).
+ */
+export async function execChecked(m: {
+  exec(): Promise<[error: Error | null, reply: unknown][] | null>;
+}): Promise<unknown[]> {
+  const res = await m.exec();
+  if (!res) throw new Error('redis discarded the transaction');
+  return res.map(([err, reply], i) => {
+    if (err) throw new Error(`redis command ${i + 1} of ${res.length} failed: ${err.message}`);
+    return reply;
+  });
+}

@@ -10,6 +10,11 @@ import {
   parseDeadLetter,
   serialiseDeadLetter,
 } from './dead-letter-queue.js';
+import {
+  hasLegacyDeadLetters,
+  type LegacyMigration,
+  migrateLegacyDeadLetters,
+} from './redis-dead-letter-layout.js';
 
 const GROUP = 'retry';
 
@@ -34,6 +39,10 @@ export class RedisDeadLetterStore implements DeadLetterStore {
   readonly kind = 'redis' as const;
   /** Messages this instance holds, by dead letter id. */
   private readonly held = new Map<string, Held>();
+  private readonly warned = new Map<string, number>();
+  private legacyChecked = false;
+  /** What the last pass over the legacy layout moved (null before one completed). */
+  lastMigration: LegacyMigration | null = null;
 
   constructor(
     private readonly redis: Redis,
@@ -43,20 +52,20 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     private readonly leaseMs = 60_000,
   ) {}
 
-  private stream(tenant: string) {
-    return this.keys.key('dlq', tenant);
+  private stream(tenant: TenantId) {
+    return this.keys.tenant(tenant, 'dlq');
   }
-  private parkedKey(tenant: string) {
-    return this.keys.key('dlq', tenant, 'parked');
+  private parkedKey(tenant: TenantId) {
+    return this.keys.tenant(tenant, 'dlq', 'parked');
   }
-  private indexKey(tenant: string) {
-    return this.keys.key('dlq', tenant, 'index');
+  private indexKey(tenant: TenantId) {
+    return this.keys.tenant(tenant, 'dlq', 'index');
   }
   private get tenantsKey() {
-    return this.keys.key('dlq', 'tenants');
+    return this.keys.service('deadletters', 'tenants');
   }
   private get depthKey() {
-    return this.keys.key('dlq', 'depth');
+    return this.keys.service('deadletters', 'depth');
   }
 
   async start(): Promise<void> {
@@ -65,6 +74,35 @@ export class RedisDeadLetterStore implements DeadLetterStore {
       if (!/already/i.test(err.message))
         this.log.warn({ err: err.message }, 'redis connect failed');
     });
+    await this.moveLegacyLayout();
+  }
+
+  /**
+   * Moves dead letters kept under the earlier release's names. Done at start-up, and again
+   * whenever such names reappear — an instance of the earlier release still running during a
+   * rolling upgrade writes them — so none is stranded. A failure is logged and tried again on
+   * the next round; it never stops the queue.
+   */
+  private async moveLegacyLayout(): Promise<void> {
+    try {
+      if (this.legacyChecked && !(await hasLegacyDeadLetters(this.redis, this.keys))) return;
+      this.lastMigration = await migrateLegacyDeadLetters(this.redis, this.keys, this.log);
+      this.legacyChecked = true;
+    } catch (err) {
+      this.warnOnce(
+        'layout',
+        { err: (err as Error).message },
+        'could not move legacy dead letters',
+      );
+    }
+  }
+
+  /** Logs a warning at most once a minute per `topic` (a failing round repeats every poll). */
+  private warnOnce(topic: string, fields: Record<string, unknown>, msg: string): void {
+    const now = Date.now();
+    if ((this.warned.get(topic) ?? 0) > now - 60_000) return;
+    this.warned.set(topic, now);
+    this.log.warn(fields, msg);
   }
 
   async stop(): Promise<void> {
@@ -79,7 +117,7 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     }
   }
 
-  private async ensureGroup(tenant: string): Promise<void> {
+  private async ensureGroup(tenant: TenantId): Promise<void> {
     try {
       await this.redis.xgroup('CREATE', this.stream(tenant), GROUP, '0', 'MKSTREAM');
     } catch (err) {
@@ -133,32 +171,19 @@ export class RedisDeadLetterStore implements DeadLetterStore {
   }
 
   async claimDue(limit: number): Promise<DeadLetter[]> {
+    await this.moveLegacyLayout();
     const tenants = (await this.redis.smembers(this.tenantsKey)) as TenantId[];
     for (const tenant of tenants) {
-      const key = this.stream(tenant);
-      await this.ensureGroup(tenant);
-      const fresh = (await this.redis.xreadgroup(
-        'GROUP',
-        GROUP,
-        this.consumer,
-        'COUNT',
-        100,
-        'STREAMS',
-        key,
-        '>',
-      )) as StreamReply;
-      for (const [, messages] of fresh ?? []) this.hold(tenant, messages);
-      // Messages claimed by an instance that stopped refreshing them (it died) come back here.
-      const reclaimed = (await this.redis.xautoclaim(
-        key,
-        GROUP,
-        this.consumer,
-        this.leaseMs,
-        '0-0',
-        'COUNT',
-        100,
-      )) as [string, [string, string[]][]];
-      this.hold(tenant, reclaimed[1] ?? []);
+      try {
+        await this.claimTenant(tenant);
+      } catch (err) {
+        // One tenant's stream that cannot be read must not hold up every other tenant's.
+        this.warnOnce(
+          `claim:${tenant}`,
+          { err: (err as Error).message, tenant },
+          "could not read a tenant's dead letters",
+        );
+      }
     }
     await this.refreshClaims();
     const now = Date.now();
@@ -174,6 +199,33 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     return due;
   }
 
+  private async claimTenant(tenant: TenantId): Promise<void> {
+    const key = this.stream(tenant);
+    await this.ensureGroup(tenant);
+    const fresh = (await this.redis.xreadgroup(
+      'GROUP',
+      GROUP,
+      this.consumer,
+      'COUNT',
+      100,
+      'STREAMS',
+      key,
+      '>',
+    )) as StreamReply;
+    for (const [, messages] of fresh ?? []) this.hold(tenant, messages);
+    // Messages claimed by an instance that stopped refreshing them (it died) come back here.
+    const reclaimed = (await this.redis.xautoclaim(
+      key,
+      GROUP,
+      this.consumer,
+      this.leaseMs,
+      '0-0',
+      'COUNT',
+      100,
+    )) as [string, [string, string[]][]];
+    this.hold(tenant, reclaimed[1] ?? []);
+  }
+
   private hold(tenant: TenantId, messages: [string, string[]][]): void {
     for (const [streamId, fields] of messages) {
       const text = fields?.[1];
@@ -185,14 +237,22 @@ export class RedisDeadLetterStore implements DeadLetterStore {
 
   /** Resets the idle time of every held message, so no other instance takes them over. */
   private async refreshClaims(): Promise<void> {
-    const byTenant = new Map<string, string[]>();
+    const byTenant = new Map<TenantId, string[]>();
     for (const h of this.held.values()) {
       const ids = byTenant.get(h.tenant) ?? [];
       ids.push(h.streamId);
       byTenant.set(h.tenant, ids);
     }
     for (const [tenant, ids] of byTenant) {
-      await this.redis.xclaim(this.stream(tenant), GROUP, this.consumer, 0, ...ids, 'JUSTID');
+      try {
+        await this.redis.xclaim(this.stream(tenant), GROUP, this.consumer, 0, ...ids, 'JUSTID');
+      } catch (err) {
+        this.warnOnce(
+          `refresh:${tenant}`,
+          { err: (err as Error).message, tenant },
+          "could not refresh the claims on a tenant's dead letters",
+        );
+      }
     }
   }
 
@@ -285,8 +345,19 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     const d = await this.redis.hgetall(this.depthKey);
     const num = (k: string) => Number(d[k] ?? 0);
     let oldest = Number.POSITIVE_INFINITY;
-    for (const tenant of await this.redis.smembers(this.tenantsKey)) {
-      const first = await this.redis.xrange(this.stream(tenant), '-', '+', 'COUNT', 1);
+    for (const tenant of (await this.redis.smembers(this.tenantsKey)) as TenantId[]) {
+      let first: [string, string[]][];
+      try {
+        first = await this.redis.xrange(this.stream(tenant), '-', '+', 'COUNT', 1);
+      } catch (err) {
+        // The age is advisory; one unreadable stream must not make the whole queue unready.
+        this.warnOnce(
+          `depth:${tenant}`,
+          { err: (err as Error).message, tenant },
+          "could not read the oldest of a tenant's dead letters",
+        );
+        continue;
+      }
       const id = first[0]?.[0];
       if (id) oldest = Math.min(oldest, Number(id.split('-')[0]));
     }

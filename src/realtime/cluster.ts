@@ -90,10 +90,10 @@ export class RedisCluster implements Cluster {
   }
 
   private get membersKey() {
-    return this.keys.key('cluster', 'instances');
+    return this.keys.service('cluster', 'instances');
   }
   private channel(instance: string) {
-    return this.keys.key('cluster', 'inbox', instance);
+    return this.keys.service('cluster', 'inbox', instance);
   }
 
   async start(): Promise<void> {

@@ -231,6 +231,34 @@ describe('tenants named after the service’s own Redis names', () => {
     await store.add(dl);
     expect((await store.get('multi_a' as TenantId, dl.id))?.id).toBe(dl.id);
   });
+
+  it('replays or discards a parked dead letter once when asked twice at the same time', async () => {
+    const keys = new RedisKeys(`${filePrefix}take:`);
+    const r = client();
+    const store = new RedisDeadLetterStore(r, keys, 'test', log);
+    const tenant = 'take_a' as TenantId;
+    const toReplay = deadLetter(tenant, 'PARKED');
+    const toDiscard = deadLetter(tenant, 'PARKED');
+    await legacyAdd(r, keys.prefix, toReplay);
+    await legacyAdd(r, keys.prefix, toDiscard);
+    await migrateLegacyDeadLetters(r, keys, log);
+    expect(await store.depth()).toMatchObject({ entries: 2, parkedEntries: 2 });
+
+    const replays = await Promise.all([1, 2, 3].map(() => store.replay(tenant, toReplay.id)));
+    const discards = await Promise.all([1, 2, 3].map(() => store.discard(tenant, toDiscard.id)));
+    expect(replays.filter(Boolean)).toHaveLength(1);
+    expect(discards.filter(Boolean)).toHaveLength(1);
+    expect((await store.list(tenant)).map((d) => [d.id, d.state])).toEqual([
+      [toReplay.id, 'ACTIVE'],
+    ]);
+    expect((await store.get(tenant, toReplay.id))?.state).toBe('ACTIVE');
+    expect(await store.depth()).toMatchObject({
+      entries: 1,
+      events: 1,
+      parkedEntries: 0,
+      parkedEvents: 0,
+    });
+  });
 });
 
 /** A dead letter with one record (never written: these tests only move and list them). */

@@ -18,6 +18,25 @@ import {
 
 const GROUP = 'retry';
 
+/**
+ * Takes a parked dead letter out and, only when this call is the one that removed it, changes
+ * the counters (and, for a replay, appends it to the stream and indexes it): two replays or
+ * discards of one dead letter at once change the queue once, not twice.
+ * KEYS: parked, depth[, stream, index]. ARGV: id, event count[, the ACTIVE dead letter].
+ */
+const TAKE_PARKED = `
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return false end
+local n = tonumber(ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'parkedEntries', -1)
+redis.call('HINCRBY', KEYS[2], 'parkedEvents', -n)
+if not ARGV[3] then return 1 end
+local id = redis.call('XADD', KEYS[3], '*', 'dl', ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'entries', 1)
+redis.call('HINCRBY', KEYS[2], 'events', n)
+redis.call('HSET', KEYS[4], ARGV[1], id)
+return id
+`;
+
 type StreamReply = [key: string, messages: [id: string, fields: string[]][]][] | null;
 
 interface Held {
@@ -312,33 +331,33 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     const parked = parseDeadLetter(text);
     const dl: DeadLetter = { ...parked, state: 'ACTIVE', replays: 0, nextAttemptAt: new Date() };
     await this.ensureGroup(tenant);
-    const res = await execChecked(
-      this.redis
-        .multi()
-        .hdel(this.parkedKey(tenant), id)
-        .xadd(this.stream(tenant), '*', 'dl', serialiseDeadLetter(dl))
-        .hincrby(this.depthKey, 'parkedEntries', -1)
-        .hincrby(this.depthKey, 'parkedEvents', -dl.records.length)
-        .hincrby(this.depthKey, 'entries', 1)
-        .hincrby(this.depthKey, 'events', dl.records.length),
+    const streamId = await this.redis.eval(
+      TAKE_PARKED,
+      4,
+      this.parkedKey(tenant),
+      this.depthKey,
+      this.stream(tenant),
+      this.indexKey(tenant),
+      id,
+      dl.records.length,
+      serialiseDeadLetter(dl),
     );
-    const streamId = res[1] as string | null;
-    if (streamId) await this.redis.hset(this.indexKey(tenant), id, streamId);
-    return dl;
+    return streamId ? dl : null;
   }
 
   async discard(tenant: TenantId, id: string): Promise<DeadLetter | null> {
     const text = await this.redis.hget(this.parkedKey(tenant), id);
     if (!text) return null;
     const dl = parseDeadLetter(text);
-    const res = await execChecked(
-      this.redis
-        .multi()
-        .hdel(this.parkedKey(tenant), id)
-        .hincrby(this.depthKey, 'parkedEntries', -1)
-        .hincrby(this.depthKey, 'parkedEvents', -dl.records.length),
+    const taken = await this.redis.eval(
+      TAKE_PARKED,
+      2,
+      this.parkedKey(tenant),
+      this.depthKey,
+      id,
+      dl.records.length,
     );
-    return res[0] === 1 ? dl : null;
+    return taken ? dl : null;
   }
 
   async depth(): Promise<DeadLetterDepth> {

@@ -202,7 +202,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       {
         eventsPerSecond: config.rateLimitEventsPerSecond,
         burstEvents: config.rateLimitBurstEvents,
-        keyPrefix: config.redisKeyPrefix,
+        keys: redisKeys,
       },
       dlqRedis,
       log.child({ component: 'rate-limit' }),

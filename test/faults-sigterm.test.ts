@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { TenantId } from '../src/domain/tenant.js';
+import { RedisKeys } from '../src/realtime/redis.js';
 import { countEvents, lockEvents, type TableLock } from './support/db.js';
 import { deleteRedisKeys, type ServiceProcess, spawnService, within } from './support/faults.js';
 import {
@@ -194,12 +196,15 @@ async function deadLetteredOrSpooled(
 ): Promise<Set<string>> {
   const ids = new Set<string>();
   const r = new Redis(inject('redisUrl'));
+  const keys = new RedisKeys(prefix);
   try {
-    for (const [, fields] of await r.xrange(`${prefix}dlq:${tenant}`, '-', '+')) {
+    for (const [, fields] of await r.xrange(keys.tenant(tenant as TenantId, 'dlq'), '-', '+')) {
       const text = fields[1];
       if (text) for (const rec of JSON.parse(text).records) ids.add(rec.id);
     }
-    for (const text of Object.values(await r.hgetall(`${prefix}dlq:${tenant}:parked`))) {
+    for (const text of Object.values(
+      await r.hgetall(keys.tenant(tenant as TenantId, 'dlq', 'parked')),
+    )) {
       for (const rec of JSON.parse(text).records) ids.add(rec.id);
     }
   } finally {

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { TenantId } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
-import type { RedisKeys } from '../realtime/redis.js';
+import { execChecked, type RedisKeys } from '../realtime/redis.js';
 import {
   type DeadLetter,
   type DeadLetterDepth,
@@ -10,8 +10,32 @@ import {
   parseDeadLetter,
   serialiseDeadLetter,
 } from './dead-letter-queue.js';
+import {
+  hasLegacyDeadLetters,
+  type LegacyMigration,
+  migrateLegacyDeadLetters,
+} from './redis-dead-letter-layout.js';
 
 const GROUP = 'retry';
+
+/**
+ * Takes a parked dead letter out and, only when this call is the one that removed it, changes
+ * the counters (and, for a replay, appends it to the stream and indexes it): two replays or
+ * discards of one dead letter at once change the queue once, not twice.
+ * KEYS: parked, depth[, stream, index]. ARGV: id, event count[, the ACTIVE dead letter].
+ */
+const TAKE_PARKED = `
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return false end
+local n = tonumber(ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'parkedEntries', -1)
+redis.call('HINCRBY', KEYS[2], 'parkedEvents', -n)
+if not ARGV[3] then return 1 end
+local id = redis.call('XADD', KEYS[3], '*', 'dl', ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'entries', 1)
+redis.call('HINCRBY', KEYS[2], 'events', n)
+redis.call('HSET', KEYS[4], ARGV[1], id)
+return id
+`;
 
 type StreamReply = [key: string, messages: [id: string, fields: string[]][]][] | null;
 
@@ -34,6 +58,10 @@ export class RedisDeadLetterStore implements DeadLetterStore {
   readonly kind = 'redis' as const;
   /** Messages this instance holds, by dead letter id. */
   private readonly held = new Map<string, Held>();
+  private readonly warned = new Map<string, number>();
+  private legacyChecked = false;
+  /** What the last pass over the legacy layout moved (null before one completed). */
+  lastMigration: LegacyMigration | null = null;
 
   constructor(
     private readonly redis: Redis,
@@ -43,20 +71,20 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     private readonly leaseMs = 60_000,
   ) {}
 
-  private stream(tenant: string) {
-    return this.keys.key('dlq', tenant);
+  private stream(tenant: TenantId) {
+    return this.keys.tenant(tenant, 'dlq');
   }
-  private parkedKey(tenant: string) {
-    return this.keys.key('dlq', tenant, 'parked');
+  private parkedKey(tenant: TenantId) {
+    return this.keys.tenant(tenant, 'dlq', 'parked');
   }
-  private indexKey(tenant: string) {
-    return this.keys.key('dlq', tenant, 'index');
+  private indexKey(tenant: TenantId) {
+    return this.keys.tenant(tenant, 'dlq', 'index');
   }
   private get tenantsKey() {
-    return this.keys.key('dlq', 'tenants');
+    return this.keys.service('deadletters', 'tenants');
   }
   private get depthKey() {
-    return this.keys.key('dlq', 'depth');
+    return this.keys.service('deadletters', 'depth');
   }
 
   async start(): Promise<void> {
@@ -65,6 +93,35 @@ export class RedisDeadLetterStore implements DeadLetterStore {
       if (!/already/i.test(err.message))
         this.log.warn({ err: err.message }, 'redis connect failed');
     });
+    await this.moveLegacyLayout();
+  }
+
+  /**
+   * Moves dead letters kept under the earlier release's names. Done at start-up, and again
+   * whenever such names reappear — an instance of the earlier release still running during a
+   * rolling upgrade writes them — so none is stranded. A failure is logged and tried again on
+   * the next round; it never stops the queue.
+   */
+  private async moveLegacyLayout(): Promise<void> {
+    try {
+      if (this.legacyChecked && !(await hasLegacyDeadLetters(this.redis, this.keys))) return;
+      this.lastMigration = await migrateLegacyDeadLetters(this.redis, this.keys, this.log);
+      this.legacyChecked = true;
+    } catch (err) {
+      this.warnOnce(
+        'layout',
+        { err: (err as Error).message },
+        'could not move legacy dead letters',
+      );
+    }
+  }
+
+  /** Logs a warning at most once a minute per `topic` (a failing round repeats every poll). */
+  private warnOnce(topic: string, fields: Record<string, unknown>, msg: string): void {
+    const now = Date.now();
+    if ((this.warned.get(topic) ?? 0) > now - 60_000) return;
+    this.warned.set(topic, now);
+    this.log.warn(fields, msg);
   }
 
   async stop(): Promise<void> {
@@ -79,7 +136,7 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     }
   }
 
-  private async ensureGroup(tenant: string): Promise<void> {
+  private async ensureGroup(tenant: TenantId): Promise<void> {
     try {
       await this.redis.xgroup('CREATE', this.stream(tenant), GROUP, '0', 'MKSTREAM');
     } catch (err) {
@@ -90,14 +147,15 @@ export class RedisDeadLetterStore implements DeadLetterStore {
   async add(dl: DeadLetter): Promise<void> {
     await this.ensureGroup(dl.tenant);
     const n = dl.records.length;
-    const res = await this.redis
-      .multi()
-      .sadd(this.tenantsKey, dl.tenant)
-      .xadd(this.stream(dl.tenant), '*', 'dl', serialiseDeadLetter(dl))
-      .hincrby(this.depthKey, 'entries', 1)
-      .hincrby(this.depthKey, 'events', n)
-      .exec();
-    const streamId = res?.[1]?.[1] as string | undefined;
+    const res = await execChecked(
+      this.redis
+        .multi()
+        .sadd(this.tenantsKey, dl.tenant)
+        .xadd(this.stream(dl.tenant), '*', 'dl', serialiseDeadLetter(dl))
+        .hincrby(this.depthKey, 'entries', 1)
+        .hincrby(this.depthKey, 'events', n),
+    );
+    const streamId = res[1] as string | null;
     if (!streamId) throw new Error('redis did not store the dead letter');
     await this.redis.hset(this.indexKey(dl.tenant), dl.id, streamId);
   }
@@ -132,32 +190,19 @@ export class RedisDeadLetterStore implements DeadLetterStore {
   }
 
   async claimDue(limit: number): Promise<DeadLetter[]> {
+    await this.moveLegacyLayout();
     const tenants = (await this.redis.smembers(this.tenantsKey)) as TenantId[];
     for (const tenant of tenants) {
-      const key = this.stream(tenant);
-      await this.ensureGroup(tenant);
-      const fresh = (await this.redis.xreadgroup(
-        'GROUP',
-        GROUP,
-        this.consumer,
-        'COUNT',
-        100,
-        'STREAMS',
-        key,
-        '>',
-      )) as StreamReply;
-      for (const [, messages] of fresh ?? []) this.hold(tenant, messages);
-      // Messages claimed by an instance that stopped refreshing them (it died) come back here.
-      const reclaimed = (await this.redis.xautoclaim(
-        key,
-        GROUP,
-        this.consumer,
-        this.leaseMs,
-        '0-0',
-        'COUNT',
-        100,
-      )) as [string, [string, string[]][]];
-      this.hold(tenant, reclaimed[1] ?? []);
+      try {
+        await this.claimTenant(tenant);
+      } catch (err) {
+        // One tenant's stream that cannot be read must not hold up every other tenant's.
+        this.warnOnce(
+          `claim:${tenant}`,
+          { err: (err as Error).message, tenant },
+          "could not read a tenant's dead letters",
+        );
+      }
     }
     await this.refreshClaims();
     const now = Date.now();
@@ -173,6 +218,33 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     return due;
   }
 
+  private async claimTenant(tenant: TenantId): Promise<void> {
+    const key = this.stream(tenant);
+    await this.ensureGroup(tenant);
+    const fresh = (await this.redis.xreadgroup(
+      'GROUP',
+      GROUP,
+      this.consumer,
+      'COUNT',
+      100,
+      'STREAMS',
+      key,
+      '>',
+    )) as StreamReply;
+    for (const [, messages] of fresh ?? []) this.hold(tenant, messages);
+    // Messages claimed by an instance that stopped refreshing them (it died) come back here.
+    const reclaimed = (await this.redis.xautoclaim(
+      key,
+      GROUP,
+      this.consumer,
+      this.leaseMs,
+      '0-0',
+      'COUNT',
+      100,
+    )) as [string, [string, string[]][]];
+    this.hold(tenant, reclaimed[1] ?? []);
+  }
+
   private hold(tenant: TenantId, messages: [string, string[]][]): void {
     for (const [streamId, fields] of messages) {
       const text = fields?.[1];
@@ -184,14 +256,22 @@ export class RedisDeadLetterStore implements DeadLetterStore {
 
   /** Resets the idle time of every held message, so no other instance takes them over. */
   private async refreshClaims(): Promise<void> {
-    const byTenant = new Map<string, string[]>();
+    const byTenant = new Map<TenantId, string[]>();
     for (const h of this.held.values()) {
       const ids = byTenant.get(h.tenant) ?? [];
       ids.push(h.streamId);
       byTenant.set(h.tenant, ids);
     }
     for (const [tenant, ids] of byTenant) {
-      await this.redis.xclaim(this.stream(tenant), GROUP, this.consumer, 0, ...ids, 'JUSTID');
+      try {
+        await this.redis.xclaim(this.stream(tenant), GROUP, this.consumer, 0, ...ids, 'JUSTID');
+      } catch (err) {
+        this.warnOnce(
+          `refresh:${tenant}`,
+          { err: (err as Error).message, tenant },
+          "could not refresh the claims on a tenant's dead letters",
+        );
+      }
     }
   }
 
@@ -204,14 +284,15 @@ export class RedisDeadLetterStore implements DeadLetterStore {
 
   async complete(dl: DeadLetter): Promise<void> {
     const h = this.takeHeld(dl);
-    await this.redis
-      .multi()
-      .xack(this.stream(h.tenant), GROUP, h.streamId)
-      .xdel(this.stream(h.tenant), h.streamId)
-      .hdel(this.indexKey(h.tenant), dl.id)
-      .hincrby(this.depthKey, 'entries', -1)
-      .hincrby(this.depthKey, 'events', -h.dl.records.length)
-      .exec();
+    await execChecked(
+      this.redis
+        .multi()
+        .xack(this.stream(h.tenant), GROUP, h.streamId)
+        .xdel(this.stream(h.tenant), h.streamId)
+        .hdel(this.indexKey(h.tenant), dl.id)
+        .hincrby(this.depthKey, 'entries', -1)
+        .hincrby(this.depthKey, 'events', -h.dl.records.length),
+    );
   }
 
   /**
@@ -237,9 +318,9 @@ export class RedisDeadLetterStore implements DeadLetterStore {
         .hincrby(this.depthKey, 'entries', 1)
         .hincrby(this.depthKey, 'events', dl.records.length);
     }
-    const res = await m.exec();
+    const res = await execChecked(m);
     if (dl.state === 'ACTIVE') {
-      const streamId = res?.at(-3)?.[1] as string | undefined;
+      const streamId = res.at(-3) as string | null;
       if (streamId) await this.redis.hset(this.indexKey(h.tenant), dl.id, streamId);
     }
   }
@@ -250,39 +331,52 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     const parked = parseDeadLetter(text);
     const dl: DeadLetter = { ...parked, state: 'ACTIVE', replays: 0, nextAttemptAt: new Date() };
     await this.ensureGroup(tenant);
-    const res = await this.redis
-      .multi()
-      .hdel(this.parkedKey(tenant), id)
-      .xadd(this.stream(tenant), '*', 'dl', serialiseDeadLetter(dl))
-      .hincrby(this.depthKey, 'parkedEntries', -1)
-      .hincrby(this.depthKey, 'parkedEvents', -dl.records.length)
-      .hincrby(this.depthKey, 'entries', 1)
-      .hincrby(this.depthKey, 'events', dl.records.length)
-      .exec();
-    const streamId = res?.[1]?.[1] as string | undefined;
-    if (streamId) await this.redis.hset(this.indexKey(tenant), id, streamId);
-    return dl;
+    const streamId = await this.redis.eval(
+      TAKE_PARKED,
+      4,
+      this.parkedKey(tenant),
+      this.depthKey,
+      this.stream(tenant),
+      this.indexKey(tenant),
+      id,
+      dl.records.length,
+      serialiseDeadLetter(dl),
+    );
+    return streamId ? dl : null;
   }
 
   async discard(tenant: TenantId, id: string): Promise<DeadLetter | null> {
     const text = await this.redis.hget(this.parkedKey(tenant), id);
     if (!text) return null;
     const dl = parseDeadLetter(text);
-    const res = await this.redis
-      .multi()
-      .hdel(this.parkedKey(tenant), id)
-      .hincrby(this.depthKey, 'parkedEntries', -1)
-      .hincrby(this.depthKey, 'parkedEvents', -dl.records.length)
-      .exec();
-    return res?.[0]?.[1] === 1 ? dl : null;
+    const taken = await this.redis.eval(
+      TAKE_PARKED,
+      2,
+      this.parkedKey(tenant),
+      this.depthKey,
+      id,
+      dl.records.length,
+    );
+    return taken ? dl : null;
   }
 
   async depth(): Promise<DeadLetterDepth> {
     const d = await this.redis.hgetall(this.depthKey);
     const num = (k: string) => Number(d[k] ?? 0);
     let oldest = Number.POSITIVE_INFINITY;
-    for (const tenant of await this.redis.smembers(this.tenantsKey)) {
-      const first = await this.redis.xrange(this.stream(tenant), '-', '+', 'COUNT', 1);
+    for (const tenant of (await this.redis.smembers(this.tenantsKey)) as TenantId[]) {
+      let first: [string, string[]][];
+      try {
+        first = await this.redis.xrange(this.stream(tenant), '-', '+', 'COUNT', 1);
+      } catch (err) {
+        // The age is advisory; one unreadable stream must not make the whole queue unready.
+        this.warnOnce(
+          `depth:${tenant}`,
+          { err: (err as Error).message, tenant },
+          "could not read the oldest of a tenant's dead letters",
+        );
+        continue;
+      }
       const id = first[0]?.[0];
       if (id) oldest = Math.min(oldest, Number(id.split('-')[0]));
     }

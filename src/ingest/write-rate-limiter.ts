@@ -8,14 +8,15 @@ import {
 import { RateLimitedError } from '../domain/errors.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
+import type { RedisKeys } from '../realtime/redis.js';
 
 export interface WriteRateOptions {
   /** Events per second per tenant; 0 switches the limit off. */
   eventsPerSecond: number;
   /** Events a tenant may send beyond that rate within `BURST_WINDOW_S`. */
   burstEvents: number;
-  /** Key prefix in Redis. */
-  keyPrefix: string;
+  /** Names in Redis (and of the in-memory fallback's windows). */
+  keys: RedisKeys;
 }
 
 /** The window over which the burst allowance is counted. */
@@ -40,8 +41,8 @@ export class WriteRateLimiter {
     }
     const memory = (keyPrefix: string, points: number, duration: number) =>
       new RateLimiterMemory({ keyPrefix, points, duration });
-    const limiter = (name: string, points: number, duration: number) => {
-      const keyPrefix = `${opts.keyPrefix}ratelimit:${name}`;
+    const limiter = (window: 'rate' | 'burst', points: number, duration: number) => {
+      const keyPrefix = opts.keys.rateLimit(window);
       if (!redis) return memory(keyPrefix, points, duration);
       return new RateLimiterRedis({
         storeClient: redis,
@@ -56,7 +57,10 @@ export class WriteRateLimiter {
       limiter('rate', opts.eventsPerSecond, 1),
       limiter('burst', Math.max(1, opts.burstEvents), BURST_WINDOW_S),
     );
-    log.debug({ ...opts, shared: !!redis }, 'write rate limit on');
+    log.debug(
+      { eventsPerSecond: opts.eventsPerSecond, burstEvents: opts.burstEvents, shared: !!redis },
+      'write rate limit on',
+    );
   }
 
   /** Takes `events` from the tenant's budget, or throws RateLimitedError. */

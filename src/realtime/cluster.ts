@@ -5,7 +5,7 @@ import type { TenantId } from '../domain/tenant.js';
 import type { FlushResult, IngestService } from '../ingest/ingest-service.js';
 import type { TenantStats } from '../ingest/stats.js';
 import type { Logger } from '../logger.js';
-import { createRedis, type RedisKeys } from './redis.js';
+import { createRedis, execChecked, type RedisKeys } from './redis.js';
 
 /** Stats of a tenant summed over the live instances, with who contributed. */
 export type ClusterStats = TenantStats & { instances: string[] };
@@ -90,10 +90,10 @@ export class RedisCluster implements Cluster {
   }
 
   private get membersKey() {
-    return this.keys.key('cluster', 'instances');
+    return this.keys.service('cluster', 'instances');
   }
   private channel(instance: string) {
-    return this.keys.key('cluster', 'inbox', instance);
+    return this.keys.service('cluster', 'inbox', instance);
   }
 
   async start(): Promise<void> {
@@ -115,12 +115,13 @@ export class RedisCluster implements Cluster {
   private async beat(): Promise<void> {
     try {
       const now = Date.now();
-      await this.pub
-        .multi()
-        .zadd(this.membersKey, now, this.instanceId)
-        // Forget instances silent for a minute: they are gone, not slow.
-        .zremrangebyscore(this.membersKey, 0, now - 60_000)
-        .exec();
+      await execChecked(
+        this.pub
+          .multi()
+          .zadd(this.membersKey, now, this.instanceId)
+          // Forget instances silent for a minute: they are gone, not slow.
+          .zremrangebyscore(this.membersKey, 0, now - 60_000),
+      );
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'cluster heartbeat failed');
     }

@@ -255,7 +255,7 @@ class RedisBus extends BaseBus implements RealtimeBus {
   }
 
   protected channel(tenant: TenantId, topic: Topic): string {
-    return this.keys.key('realtime', tenant, topic);
+    return this.keys.realtimeChannel(tenant, topic);
   }
 
   protected register(channel: string, listener: Listener) {

@@ -16,6 +16,7 @@ import { AuditExporter } from './export/exporter.js';
 import { TenantConnectionLimiter } from './graphql/connection-limiter.js';
 import type { Services } from './graphql/context.js';
 import { createExportRoute } from './graphql/export-route.js';
+import { type Gate, gateBeforeBody, refuse } from './graphql/http-gate.js';
 import { KeyWatcher } from './graphql/key-watcher.js';
 import { attachWebSocket, type WebSocketTransport } from './graphql/ws.js';
 import { createGraphQLServer, requestScope } from './graphql/yoga.js';
@@ -235,6 +236,9 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
 
   let server: Server | undefined;
   let ws: WebSocketTransport | undefined;
+  /** Sockets dropped on arrival because MAX_HTTP_CONNECTIONS were open, and when last logged. */
+  let droppedConnections = 0;
+  let droppedLoggedAt = 0;
   let stopping: Promise<void> | undefined;
 
   /** Dead letters are only as durable as Redis: say so at start-up when it keeps nothing on disk. */
@@ -284,7 +288,6 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     const requestId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     res.setHeader('x-request-id', requestId);
     const path = (req.url ?? '/').split('?')[0];
-    const length = req.headers['content-length'];
     if (path === '/healthz') {
       json(res, 200, { status: 'ok' });
     } else if (path === '/readyz') {
@@ -307,15 +310,45 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       requestScope.run({ requestId }, () => exportRoute(req, res, requestId));
     } else if (path !== '/graphql') {
       json(res, 404, { error: 'not found; GraphQL is at /graphql' });
-    } else if (req.headers['transfer-encoding'] && length === undefined) {
+    } else {
+      requestScope.run({ requestId }, () => void serveGraphQL(req, res, requestId));
+    }
+  }
+
+  /** /graphql: the caller first (from the headers), then the body's size, then yoga. */
+  async function serveGraphQL(req: IncomingMessage, res: ServerResponse, requestId: string) {
+    let gate: Gate;
+    try {
+      gate = await gateBeforeBody(services, req);
+    } catch (err) {
+      // The key could not be looked up (the database is unreachable and the key unseen).
+      log.error({ err, requestId }, 'authentication failed');
+      res.setHeader('connection', 'close');
+      res.setHeader('retry-after', '1');
+      json(res, 503, {
+        errors: [
+          {
+            message: 'the API key could not be checked; retry',
+            extensions: { code: 'SERVICE_UNAVAILABLE', requestId },
+          },
+        ],
+      });
+      return;
+    }
+    if (gate.kind === 'refused') return refuse(res, gate.error);
+    const length = req.headers['content-length'];
+    if (req.headers['transfer-encoding'] && length === undefined) {
       json(res, 411, { error: 'a Content-Length header is required' });
     } else if (length !== undefined && Number(length) > config.maxRequestBytes) {
+      res.setHeader('connection', 'close');
       json(res, 413, {
         error: `request body larger than ${config.maxRequestBytes} bytes (MAX_REQUEST_BYTES)`,
       });
     } else {
-      requestScope.run({ requestId }, () => {
-        void graphql(req, res, { req, res });
+      await graphql(req, res, {
+        req,
+        res,
+        ...(gate.kind === 'caller' ? { httpCaller: gate.caller } : {}),
       });
     }
   }
@@ -352,11 +385,36 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       await cluster.start();
       checkpoints.start();
       maintenance.start();
-      server = createServer(handle);
-      server.keepAliveTimeout = 5_000;
+      server = createServer(
+        {
+          // Slow senders are cut: the headers within HTTP_HEADERS_TIMEOUT_MS, the whole request
+          // within HTTP_REQUEST_TIMEOUT_MS (node checks both every connectionsCheckingInterval).
+          headersTimeout: config.httpHeadersTimeoutMs,
+          requestTimeout: config.httpRequestTimeoutMs,
+          keepAliveTimeout: config.httpKeepAliveTimeoutMs,
+          connectionsCheckingInterval: Math.min(
+            1_000,
+            Math.max(50, Math.floor(config.httpHeadersTimeoutMs / 4)),
+          ),
+        },
+        handle,
+      );
+      // Past the cap node drops new sockets at once; WebSocket connections count too.
+      if (config.maxHttpConnections > 0) server.maxConnections = config.maxHttpConnections;
+      server.on('drop', () => {
+        droppedConnections++;
+        if (Date.now() - droppedLoggedAt < 10_000) return;
+        droppedLoggedAt = Date.now();
+        log.warn(
+          { dropped: droppedConnections, max: config.maxHttpConnections },
+          'connections dropped: MAX_HTTP_CONNECTIONS are open',
+        );
+      });
       ws = attachWebSocket(server, graphql, {
         path: '/graphql',
         maxOperationsPerConnection: config.maxSubscriptionsPerConnection,
+        maxPayload: config.maxRequestBytes,
+        maxInitBytes: config.wsMaxInitBytes,
         log: log.child({ component: 'ws' }),
         services,
       });

@@ -134,8 +134,22 @@ const envSchema = z.object({
   PARTITIONS_AHEAD: int(0, 120).default(3),
   /** Secret that signs page cursors; set it in production so cursors survive restarts. */
   CURSOR_SECRET: z.string().min(32).optional(),
-  /** Largest accepted HTTP request body. */
+  /**
+   * Largest accepted HTTP request body, and largest WebSocket message once a connection is
+   * acknowledged. Sized for MAX_EVENTS_PER_CALL events of ordinary size; a call of larger events
+   * is split by the client (1,000 events of the largest allowed `data` would be 256 MiB).
+   */
   MAX_REQUEST_BYTES: int(1024).default(16 * 1024 * 1024),
+  /** Largest WebSocket message before the connection is acknowledged (the connection_init). */
+  WS_MAX_INIT_BYTES: int(1024, 16 * 1024 * 1024).default(64 * 1024),
+  /** Longest a client may take to send a request's headers (node:http headersTimeout). */
+  HTTP_HEADERS_TIMEOUT_MS: int(100, 600_000).default(10_000),
+  /** Longest a client may take to send a whole request, headers and body (requestTimeout). */
+  HTTP_REQUEST_TIMEOUT_MS: int(100, 3_600_000).default(60_000),
+  /** An idle keep-alive connection is closed after this long (keepAliveTimeout). */
+  HTTP_KEEP_ALIVE_TIMEOUT_MS: int(100, 600_000).default(5_000),
+  /** TCP connections (HTTP and WebSocket) open at once; more are dropped on arrival. 0: no cap. */
+  MAX_HTTP_CONNECTIONS: int(0, 1_000_000).default(10_000),
   /** Operations (subscriptions) one WebSocket connection may have open at once. */
   MAX_SUBSCRIPTIONS_PER_CONNECTION: int(1, 100_000).default(100),
   /** Longest a flushAudit call may wait (its timeoutMs is capped to this). */
@@ -202,6 +216,11 @@ export interface Config {
   partitionsAhead: number;
   cursorSecret: string | undefined;
   maxRequestBytes: number;
+  wsMaxInitBytes: number;
+  httpHeadersTimeoutMs: number;
+  httpRequestTimeoutMs: number;
+  httpKeepAliveTimeoutMs: number;
+  maxHttpConnections: number;
   maxSubscriptionsPerConnection: number;
   flushMaxTimeoutMs: number;
   shutdownTimeoutMs: number;
@@ -235,6 +254,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
         'RATE_LIMIT_EVENTS_PER_SECOND: with RATE_LIMIT_BURST_EVENTS it must allow at least ' +
           `MAX_EVENTS_PER_CALL (${e.MAX_EVENTS_PER_CALL}) events at once`,
       );
+    }
+    if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
+      // node:http refuses this pair: the headers are part of the request.
+      problems.push('HTTP_HEADERS_TIMEOUT_MS: must not exceed HTTP_REQUEST_TIMEOUT_MS');
     }
   }
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
@@ -296,6 +319,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     partitionsAhead: e.PARTITIONS_AHEAD,
     cursorSecret: e.CURSOR_SECRET,
     maxRequestBytes: e.MAX_REQUEST_BYTES,
+    wsMaxInitBytes: e.WS_MAX_INIT_BYTES,
+    httpHeadersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS,
+    httpRequestTimeoutMs: e.HTTP_REQUEST_TIMEOUT_MS,
+    httpKeepAliveTimeoutMs: e.HTTP_KEEP_ALIVE_TIMEOUT_MS,
+    maxHttpConnections: e.MAX_HTTP_CONNECTIONS,
     maxSubscriptionsPerConnection: e.MAX_SUBSCRIPTIONS_PER_CONNECTION,
     flushMaxTimeoutMs: e.FLUSH_MAX_TIMEOUT_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,

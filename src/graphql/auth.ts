@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http';
 import { wrapErrorIfMatches } from '@pothos/plugin-errors';
 import {
   apiKeyProblem,
@@ -124,6 +125,16 @@ export async function authenticateRequest(services: Services, headers: Headers):
     return refused(new UnauthenticatedError('the Authorization header must be "Bearer <key>"'));
   }
   return authenticateKey(services, match[1]!);
+}
+
+/** The fetch-style headers `authenticateRequest` reads, from a node request. */
+export function fetchHeaders(req: IncomingMessage): Headers {
+  const headers = new Headers();
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (value === undefined) continue;
+    headers.set(name, Array.isArray(value) ? value.join(', ') : value);
+  }
+  return headers;
 }
 
 /** The caller of a WebSocket connection, from its connection_init payload. */

@@ -41,6 +41,11 @@ import { createMetrics, type Metrics } from './metrics.js';
 import { AuditEventQueries } from './query/audit-event-queries.js';
 import { AuditEventReader } from './query/audit-event-reader.js';
 import { type Cluster, LocalCluster, RedisCluster } from './realtime/cluster.js';
+import {
+  type KeyRevocations,
+  LocalKeyRevocations,
+  RedisKeyRevocations,
+} from './realtime/key-revocations.js';
 import { createRealtimeBus } from './realtime/pubsub.js';
 import { createRedis, RedisKeys } from './realtime/redis.js';
 import {
@@ -176,6 +181,24 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     cacheMs: config.apiKeyCacheMs,
     touchIntervalMs: config.apiKeyTouchIntervalMs,
   });
+  // A revocation is applied by every instance before revokeApiKey returns: each drops the key
+  // from its cache and re-checks what the key holds open.
+  const applyRevocation = (keyId: string) => {
+    apiKeys.invalidate(keyId);
+    services.keyWatcher.recheckNow();
+  };
+  const revocations: KeyRevocations = config.redisUrl
+    ? new RedisKeyRevocations(
+        config.redisUrl,
+        redisKeys,
+        instanceId,
+        authLog,
+        applyRevocation,
+        () => apiKeys.invalidateAll(),
+      )
+    : new LocalKeyRevocations(applyRevocation);
+  apiKeys.announceRevocation = (keyId) => revocations.announce(keyId);
+  apiKeys.trustCache = () => revocations.listening;
   const lifecycleLogger = log.child({ component: 'lifecycle' });
   const legalHolds = new LegalHoldStore(db, lifecycleLogger);
   const retention = new TenantRetention(db, lifecycleLogger, { defaultDays: config.retentionDays });
@@ -381,6 +404,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
           'AUTH_MODE=keys: every request needs "Authorization: Bearer <key>"; create keys with `npm run keys`',
         );
       }
+      await revocations.start();
       await realtime.start();
       await cluster.start();
       checkpoints.start();
@@ -454,6 +478,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
           if (config.checkpointIntervalMs > 0) await checkpoints.checkpointAll();
         });
         await step('cluster membership', () => cluster.stop());
+        await step('revocation channel', () => revocations.stop());
         // After the last batch settled: deliver its messages, end every subscription, then close
         // the WebSocket connections (they would hold the HTTP server open).
         await step('subscriptions', async () => {

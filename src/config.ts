@@ -41,7 +41,10 @@ const envSchema = z.object({
    * Default: `keys` with DATABASE_URL, `dev` in the embedded mode.
    */
   AUTH_MODE: z.enum(['dev', 'keys']).optional(),
-  /** How long this process reuses an API key look-up (revocations elsewhere take this long). */
+  /**
+   * How long this process reuses an API key look-up. Revocations are announced to every instance
+   * through Redis; without Redis, one made by another process takes this long to be seen here.
+   */
   API_KEY_CACHE_MS: int(0, 60_000).default(5_000),
   /** `last_used_at` of a key is written at most this often. */
   API_KEY_TOUCH_INTERVAL_MS: int(0, 86_400_000).default(60_000),

@@ -166,6 +166,21 @@ export async function authenticateConnection(
   return authenticateKey(services, match[1]!);
 }
 
+/**
+ * The caller of one WebSocket operation: the connection's key looked up again (through the key
+ * cache, which a revocation invalidates on every instance), so a key revoked or expired since
+ * connection_init is refused from its next operation. Throws when the key cannot be looked up.
+ */
+export async function recheckCaller(services: Services, caller: Caller): Promise<Caller> {
+  if (caller.kind !== 'key') return caller;
+  const key = await services.apiKeys.byHash(caller.keyHash);
+  if (!key) return refused(new UnauthenticatedError('the API key is not valid'));
+  const problem = apiKeyProblem(key);
+  if (problem) return refused(new UnauthenticatedError(problem));
+  services.apiKeys.touch(key);
+  return { kind: 'key', key, keyHash: caller.keyHash };
+}
+
 async function authenticateKey(services: Services, secret: string): Promise<Caller> {
   // One answer for malformed and unknown keys: a caller learns nothing by guessing.
   const invalid = () => refused(new UnauthenticatedError('the API key is not valid'));

@@ -9,7 +9,7 @@ import { type WebSocket, WebSocketServer } from 'ws';
 import { UnauthenticatedError } from '../domain/errors.js';
 import { tenantIdProblem } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
-import { authenticateConnection } from './auth.js';
+import { authenticateConnection, recheckCaller } from './auth.js';
 import type { Caller, GraphQLContext, Services } from './context.js';
 import { type RequestScope, requestScope, type ServerContext } from './yoga.js';
 
@@ -71,8 +71,10 @@ interface EnvelopedRoot {
  * - AUTH_MODE=dev: the tenant is the payload's `tenantId`, checked with the rules of the header;
  *   a missing or invalid one closes the connection with 4403 and a reason that says why;
  * - AUTH_MODE=keys: the payload's `authorization: "Bearer <key>"`; a missing or invalid key
- *   closes with 4401, a payload that names a tenant itself with 4403. The key is re-checked
- *   every AUTH_RECHECK_MS while the connection is open: revoked or expired, it closes with 4401.
+ *   closes with 4401, a payload that names a tenant itself with 4403. Each operation looks the
+ *   key up again (its fields answer UnauthenticatedError once the key is revoked or expired), and
+ *   open connections are re-checked every AUTH_RECHECK_MS and on every revocation: revoked or
+ *   expired, the connection closes with 4401.
  * A tenant's connections beyond MAX_CONNECTIONS_PER_TENANT are closed with 4429.
  */
 export function attachWebSocket(
@@ -246,9 +248,25 @@ export function attachWebSocket(
         }
         const requestId = randomUUID();
         if (!state.caller) return [createGraphQLError('the connection is not initialised')];
+        // Every operation is authorised anew: a key revoked or expired since connection_init is
+        // each field's UnauthenticatedError from its next operation on, not only at the re-check.
+        let caller: Caller;
+        try {
+          caller = await recheckCaller(opts.services, state.caller);
+        } catch (err) {
+          log.warn(
+            { connection: state.id, err: (err as Error).message },
+            'api key re-check failed',
+          );
+          return [
+            createGraphQLError('the API key could not be checked; retry', {
+              extensions: { code: 'SERVICE_UNAVAILABLE' },
+            }),
+          ];
+        }
         const enveloped = yoga.getEnveloped({
           req: ctx.extra.request,
-          connectionCaller: state.caller,
+          connectionCaller: caller,
           requestId,
           params: payload,
         });

@@ -38,6 +38,7 @@ import { MaintenanceJob } from './lifecycle/retention.js';
 import { TenantRetention } from './lifecycle/tenant-retention.js';
 import { createLogger, type Logger } from './logger.js';
 import { createMetrics, type Metrics } from './metrics.js';
+import { createMetricsRoute } from './metrics-http.js';
 import { AuditEventQueries } from './query/audit-event-queries.js';
 import { AuditEventReader } from './query/audit-event-reader.js';
 import { type Cluster, LocalCluster, RedisCluster } from './realtime/cluster.js';
@@ -66,6 +67,8 @@ export interface App {
   readonly graphql: ReturnType<typeof createGraphQLServer>;
   /** Prometheus metrics of this app (its own registry), served at /metrics. */
   readonly metrics: Metrics;
+  /** The bound port of the METRICS_PORT listener, once started (undefined without one). */
+  readonly metricsPort: number | undefined;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,100}$/;
@@ -258,6 +261,8 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   );
 
   let server: Server | undefined;
+  let metricsServer: Server | undefined;
+  const metricsRoute = createMetricsRoute(config, metrics, log);
   let ws: WebSocketTransport | undefined;
   /** Sockets dropped on arrival because MAX_HTTP_CONNECTIONS were open, and when last logged. */
   let droppedConnections = 0;
@@ -316,19 +321,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     } else if (path === '/readyz') {
       void readiness().then((r) => json(res, r.ready ? 200 : 503, r));
     } else if (path === '/metrics') {
-      void metrics.render().then(
-        (text) => {
-          res.writeHead(200, {
-            'content-type': metrics.contentType,
-            'content-length': Buffer.byteLength(text),
-          });
-          res.end(text);
-        },
-        (err: unknown) => {
-          log.error({ err }, 'metrics could not be rendered');
-          json(res, 500, { error: 'metrics could not be rendered' });
-        },
-      );
+      metricsRoute(req, res, 'main');
     } else if (path === '/export') {
       requestScope.run({ requestId }, () => exportRoute(req, res, requestId));
     } else if (path !== '/graphql') {
@@ -382,6 +375,9 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     log,
     graphql,
     metrics,
+    get metricsPort() {
+      return metricsServer ? (metricsServer.address() as AddressInfo).port : undefined;
+    },
     async start() {
       const controlRan = await migrator.migrateControl();
       if (controlRan) log.info({ migrations: controlRan }, 'control schema migrated');
@@ -447,6 +443,28 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
         server!.listen(config.port, config.host, () => resolve());
       });
       const port = (server.address() as AddressInfo).port;
+      if (config.metricsPort !== undefined) {
+        // Its own listener: nothing but GET /metrics, on METRICS_HOST (loopback by default).
+        metricsServer = createServer(
+          {
+            headersTimeout: config.httpHeadersTimeoutMs,
+            requestTimeout: config.httpRequestTimeoutMs,
+            keepAliveTimeout: config.httpKeepAliveTimeoutMs,
+          },
+          (req, res) => {
+            if ((req.url ?? '/').split('?')[0] === '/metrics') metricsRoute(req, res, 'metrics');
+            else json(res, 404, { error: 'not found; metrics are at /metrics' });
+          },
+        );
+        await new Promise<void>((resolve, reject) => {
+          metricsServer!.once('error', reject);
+          metricsServer!.listen(config.metricsPort, config.metricsHost, () => resolve());
+        });
+        log.info(
+          { port: (metricsServer.address() as AddressInfo).port, host: config.metricsHost },
+          'metrics listening',
+        );
+      }
       log.info(
         { port, graphiql: config.graphiql ? `http://localhost:${port}/graphql` : false },
         'listening',
@@ -486,6 +504,14 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
           await ws?.close();
         });
         services.keyWatcher.stop();
+        if (metricsServer) {
+          const srv = metricsServer;
+          await step('metrics listener', () => {
+            const closed = new Promise<void>((resolve) => srv.close(() => resolve()));
+            srv.closeAllConnections();
+            return closed;
+          });
+        }
         if (server) {
           const srv = server;
           await step('HTTP server', () => {

@@ -17,6 +17,15 @@ const envSchema = z.object({
   PORT: int(0, 65535).default(4000),
   /** Interface to bind. */
   HOST: z.string().min(1).default('0.0.0.0'),
+  /**
+   * A port of its own for GET /metrics (then not served on PORT); unset: /metrics is on PORT,
+   * behind METRICS_TOKEN (or, with neither, open only in AUTH_MODE=dev).
+   */
+  METRICS_PORT: int(0, 65535).optional(),
+  /** Interface of the METRICS_PORT listener: loopback unless a scraper elsewhere needs it. */
+  METRICS_HOST: z.string().min(1).default('127.0.0.1'),
+  /** Bearer token a scraper presents (`Authorization: Bearer <token>`) for /metrics. */
+  METRICS_TOKEN: z.string().min(32).optional(),
   /** PostgreSQL connection string; unset means the embedded PGlite database. */
   DATABASE_URL: z.url({ protocol: /^postgres(ql)?$/ }).optional(),
   /** Directory of the embedded database (used only without DATABASE_URL). */
@@ -172,6 +181,9 @@ export type Env = z.input<typeof envSchema>;
 export interface Config {
   port: number;
   host: string;
+  metricsPort: number | undefined;
+  metricsHost: string;
+  metricsToken: string | undefined;
   database:
     | { kind: 'pg'; url: string; poolSize: number; applicationName: string }
     | { kind: 'pglite'; dataDir: string };
@@ -258,6 +270,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
           `MAX_EVENTS_PER_CALL (${e.MAX_EVENTS_PER_CALL}) events at once`,
       );
     }
+    if (e.METRICS_PORT !== undefined && e.METRICS_PORT !== 0 && e.METRICS_PORT === e.PORT) {
+      problems.push('METRICS_PORT: must differ from PORT');
+    }
     if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
       // node:http refuses this pair: the headers are part of the request.
       problems.push('HTTP_HEADERS_TIMEOUT_MS: must not exceed HTTP_REQUEST_TIMEOUT_MS');
@@ -269,6 +284,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   return {
     port: e.PORT,
     host: e.HOST,
+    metricsPort: e.METRICS_PORT,
+    metricsHost: e.METRICS_HOST,
+    metricsToken: e.METRICS_TOKEN,
     database: servers
       ? {
           kind: 'pg',

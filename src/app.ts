@@ -17,6 +17,7 @@ import { AuditExporter } from './export/exporter.js';
 import { TenantConnectionLimiter } from './graphql/connection-limiter.js';
 import type { Services } from './graphql/context.js';
 import { createExportRoute } from './graphql/export-route.js';
+import { type Gate, gateBeforeBody, refuse } from './graphql/http-gate.js';
 import { KeyWatcher } from './graphql/key-watcher.js';
 import { attachWebSocket, type WebSocketTransport } from './graphql/ws.js';
 import { createGraphQLServer, requestScope } from './graphql/yoga.js';
@@ -38,9 +39,15 @@ import { MaintenanceJob } from './lifecycle/retention.js';
 import { TenantRetention } from './lifecycle/tenant-retention.js';
 import { createLogger, type Logger } from './logger.js';
 import { createMetrics, type Metrics } from './metrics.js';
+import { createMetricsRoute } from './metrics-http.js';
 import { AuditEventQueries } from './query/audit-event-queries.js';
 import { AuditEventReader } from './query/audit-event-reader.js';
 import { type Cluster, LocalCluster, RedisCluster } from './realtime/cluster.js';
+import {
+  type KeyRevocations,
+  LocalKeyRevocations,
+  RedisKeyRevocations,
+} from './realtime/key-revocations.js';
 import { createRealtimeBus } from './realtime/pubsub.js';
 import { createRedis, RedisKeys } from './realtime/redis.js';
 import {
@@ -61,6 +68,8 @@ export interface App {
   readonly graphql: ReturnType<typeof createGraphQLServer>;
   /** Prometheus metrics of this app (its own registry), served at /metrics. */
   readonly metrics: Metrics;
+  /** The bound port of the METRICS_PORT listener, once started (undefined without one). */
+  readonly metricsPort: number | undefined;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,100}$/;
@@ -175,6 +184,24 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     cacheMs: config.apiKeyCacheMs,
     touchIntervalMs: config.apiKeyTouchIntervalMs,
   });
+  // A revocation is applied by every instance before revokeApiKey returns: each drops the key
+  // from its cache and re-checks what the key holds open.
+  const applyRevocation = (keyId: string) => {
+    apiKeys.invalidate(keyId);
+    services.keyWatcher.recheckNow();
+  };
+  const revocations: KeyRevocations = config.redisUrl
+    ? new RedisKeyRevocations(
+        config.redisUrl,
+        redisKeys,
+        instanceId,
+        authLog,
+        applyRevocation,
+        () => apiKeys.invalidateAll(),
+      )
+    : new LocalKeyRevocations(applyRevocation);
+  apiKeys.announceRevocation = (keyId) => revocations.announce(keyId);
+  apiKeys.trustCache = () => revocations.listening;
   const lifecycleLogger = log.child({ component: 'lifecycle' });
   const legalHolds = new LegalHoldStore(db, lifecycleLogger);
   const retention = new TenantRetention(db, lifecycleLogger, { defaultDays: config.retentionDays });
@@ -234,7 +261,12 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   );
 
   let server: Server | undefined;
+  let metricsServer: Server | undefined;
+  const metricsRoute = createMetricsRoute(config, metrics, log);
   let ws: WebSocketTransport | undefined;
+  /** Sockets dropped on arrival because MAX_HTTP_CONNECTIONS were open, and when last logged. */
+  let droppedConnections = 0;
+  let droppedLoggedAt = 0;
   let stopping: Promise<void> | undefined;
 
   /** Dead letters are only as durable as Redis: say so at start-up when it keeps nothing on disk. */
@@ -284,38 +316,55 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     const requestId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     res.setHeader('x-request-id', requestId);
     const path = (req.url ?? '/').split('?')[0];
-    const length = req.headers['content-length'];
     if (path === '/healthz') {
       json(res, 200, { status: 'ok' });
     } else if (path === '/readyz') {
       void readiness().then((r) => json(res, r.ready ? 200 : 503, r));
     } else if (path === '/metrics') {
-      void metrics.render().then(
-        (text) => {
-          res.writeHead(200, {
-            'content-type': metrics.contentType,
-            'content-length': Buffer.byteLength(text),
-          });
-          res.end(text);
-        },
-        (err: unknown) => {
-          log.error({ err }, 'metrics could not be rendered');
-          json(res, 500, { error: 'metrics could not be rendered' });
-        },
-      );
+      metricsRoute(req, res, 'main');
     } else if (path === '/export') {
       requestScope.run({ requestId }, () => exportRoute(req, res, requestId));
     } else if (path !== '/graphql') {
       json(res, 404, { error: 'not found; GraphQL is at /graphql' });
-    } else if (req.headers['transfer-encoding'] && length === undefined) {
+    } else {
+      requestScope.run({ requestId }, () => void serveGraphQL(req, res, requestId));
+    }
+  }
+
+  /** /graphql: the caller first (from the headers), then the body's size, then yoga. */
+  async function serveGraphQL(req: IncomingMessage, res: ServerResponse, requestId: string) {
+    let gate: Gate;
+    try {
+      gate = await gateBeforeBody(services, req);
+    } catch (err) {
+      // The key could not be looked up (the database is unreachable and the key unseen).
+      log.error({ err, requestId }, 'authentication failed');
+      res.setHeader('connection', 'close');
+      res.setHeader('retry-after', '1');
+      json(res, 503, {
+        errors: [
+          {
+            message: 'the API key could not be checked; retry',
+            extensions: { code: 'SERVICE_UNAVAILABLE', requestId },
+          },
+        ],
+      });
+      return;
+    }
+    if (gate.kind === 'refused') return refuse(res, gate.error);
+    const length = req.headers['content-length'];
+    if (req.headers['transfer-encoding'] && length === undefined) {
       json(res, 411, { error: 'a Content-Length header is required' });
     } else if (length !== undefined && Number(length) > config.maxRequestBytes) {
+      res.setHeader('connection', 'close');
       json(res, 413, {
         error: `request body larger than ${config.maxRequestBytes} bytes (MAX_REQUEST_BYTES)`,
       });
     } else {
-      requestScope.run({ requestId }, () => {
-        void graphql(req, res, { req, res });
+      await graphql(req, res, {
+        req,
+        res,
+        ...(gate.kind === 'caller' ? { httpCaller: gate.caller } : {}),
       });
     }
   }
@@ -326,6 +375,9 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     log,
     graphql,
     metrics,
+    get metricsPort() {
+      return metricsServer ? (metricsServer.address() as AddressInfo).port : undefined;
+    },
     async start() {
       const controlRan = await migrator.migrateControl();
       if (controlRan) log.info({ migrations: controlRan }, 'control schema migrated');
@@ -349,15 +401,41 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
           'AUTH_MODE=keys: every request needs "Authorization: Bearer <key>"; create keys with `npm run keys`',
         );
       }
+      await revocations.start();
       await realtime.start();
       await cluster.start();
       checkpoints.start();
       maintenance.start();
-      server = createServer(handle);
-      server.keepAliveTimeout = 5_000;
+      server = createServer(
+        {
+          // Slow senders are cut: the headers within HTTP_HEADERS_TIMEOUT_MS, the whole request
+          // within HTTP_REQUEST_TIMEOUT_MS (node checks both every connectionsCheckingInterval).
+          headersTimeout: config.httpHeadersTimeoutMs,
+          requestTimeout: config.httpRequestTimeoutMs,
+          keepAliveTimeout: config.httpKeepAliveTimeoutMs,
+          connectionsCheckingInterval: Math.min(
+            1_000,
+            Math.max(50, Math.floor(config.httpHeadersTimeoutMs / 4)),
+          ),
+        },
+        handle,
+      );
+      // Past the cap node drops new sockets at once; WebSocket connections count too.
+      if (config.maxHttpConnections > 0) server.maxConnections = config.maxHttpConnections;
+      server.on('drop', () => {
+        droppedConnections++;
+        if (Date.now() - droppedLoggedAt < 10_000) return;
+        droppedLoggedAt = Date.now();
+        log.warn(
+          { dropped: droppedConnections, max: config.maxHttpConnections },
+          'connections dropped: MAX_HTTP_CONNECTIONS are open',
+        );
+      });
       ws = attachWebSocket(server, graphql, {
         path: '/graphql',
         maxOperationsPerConnection: config.maxSubscriptionsPerConnection,
+        maxPayload: config.maxRequestBytes,
+        maxInitBytes: config.wsMaxInitBytes,
         log: log.child({ component: 'ws' }),
         services,
       });
@@ -366,6 +444,28 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
         server!.listen(config.port, config.host, () => resolve());
       });
       const port = (server.address() as AddressInfo).port;
+      if (config.metricsPort !== undefined) {
+        // Its own listener: nothing but GET /metrics, on METRICS_HOST (loopback by default).
+        metricsServer = createServer(
+          {
+            headersTimeout: config.httpHeadersTimeoutMs,
+            requestTimeout: config.httpRequestTimeoutMs,
+            keepAliveTimeout: config.httpKeepAliveTimeoutMs,
+          },
+          (req, res) => {
+            if ((req.url ?? '/').split('?')[0] === '/metrics') metricsRoute(req, res, 'metrics');
+            else json(res, 404, { error: 'not found; metrics are at /metrics' });
+          },
+        );
+        await new Promise<void>((resolve, reject) => {
+          metricsServer!.once('error', reject);
+          metricsServer!.listen(config.metricsPort, config.metricsHost, () => resolve());
+        });
+        log.info(
+          { port: (metricsServer.address() as AddressInfo).port, host: config.metricsHost },
+          'metrics listening',
+        );
+      }
       log.info(
         { port, graphiql: config.graphiql ? `http://localhost:${port}/graphql` : false },
         'listening',
@@ -397,6 +497,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
           if (config.checkpointIntervalMs > 0) await checkpoints.checkpointAll();
         });
         await step('cluster membership', () => cluster.stop());
+        await step('revocation channel', () => revocations.stop());
         // After the last batch settled: deliver its messages, end every subscription, then close
         // the WebSocket connections (they would hold the HTTP server open).
         await step('subscriptions', async () => {
@@ -404,6 +505,14 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
           await ws?.close();
         });
         services.keyWatcher.stop();
+        if (metricsServer) {
+          const srv = metricsServer;
+          await step('metrics listener', () => {
+            const closed = new Promise<void>((resolve) => srv.close(() => resolve()));
+            srv.closeAllConnections();
+            return closed;
+          });
+        }
         if (server) {
           const srv = server;
           await step('HTTP server', () => {

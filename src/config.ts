@@ -17,6 +17,15 @@ const envSchema = z.object({
   PORT: int(0, 65535).default(4000),
   /** Interface to bind. */
   HOST: z.string().min(1).default('0.0.0.0'),
+  /**
+   * A port of its own for GET /metrics (then not served on PORT); unset: /metrics is on PORT,
+   * behind METRICS_TOKEN (or, with neither, open only in AUTH_MODE=dev).
+   */
+  METRICS_PORT: int(0, 65535).optional(),
+  /** Interface of the METRICS_PORT listener: loopback unless a scraper elsewhere needs it. */
+  METRICS_HOST: z.string().min(1).default('127.0.0.1'),
+  /** Bearer token a scraper presents (`Authorization: Bearer <token>`) for /metrics. */
+  METRICS_TOKEN: z.string().min(32).optional(),
   /** PostgreSQL connection string; unset means the embedded PGlite database. */
   DATABASE_URL: z.url({ protocol: /^postgres(ql)?$/ }).optional(),
   /** Directory of the embedded database (used only without DATABASE_URL). */
@@ -41,7 +50,10 @@ const envSchema = z.object({
    * Default: `keys` with DATABASE_URL, `dev` in the embedded mode.
    */
   AUTH_MODE: z.enum(['dev', 'keys']).optional(),
-  /** How long this process reuses an API key look-up (revocations elsewhere take this long). */
+  /**
+   * How long this process reuses an API key look-up. Revocations are announced to every instance
+   * through Redis; without Redis, one made by another process takes this long to be seen here.
+   */
   API_KEY_CACHE_MS: int(0, 60_000).default(5_000),
   /** `last_used_at` of a key is written at most this often. */
   API_KEY_TOUCH_INTERVAL_MS: int(0, 86_400_000).default(60_000),
@@ -140,8 +152,22 @@ const envSchema = z.object({
   PARTITIONS_AHEAD: int(0, 120).default(3),
   /** Secret that signs page cursors; set it in production so cursors survive restarts. */
   CURSOR_SECRET: z.string().min(32).optional(),
-  /** Largest accepted HTTP request body. */
+  /**
+   * Largest accepted HTTP request body, and largest WebSocket message once a connection is
+   * acknowledged. Sized for MAX_EVENTS_PER_CALL events of ordinary size; a call of larger events
+   * is split by the client (1,000 events of the largest allowed `data` would be 256 MiB).
+   */
   MAX_REQUEST_BYTES: int(1024).default(16 * 1024 * 1024),
+  /** Largest WebSocket message before the connection is acknowledged (the connection_init). */
+  WS_MAX_INIT_BYTES: int(1024, 16 * 1024 * 1024).default(64 * 1024),
+  /** Longest a client may take to send a request's headers (node:http headersTimeout). */
+  HTTP_HEADERS_TIMEOUT_MS: int(100, 600_000).default(10_000),
+  /** Longest a client may take to send a whole request, headers and body (requestTimeout). */
+  HTTP_REQUEST_TIMEOUT_MS: int(100, 3_600_000).default(60_000),
+  /** An idle keep-alive connection is closed after this long (keepAliveTimeout). */
+  HTTP_KEEP_ALIVE_TIMEOUT_MS: int(100, 600_000).default(5_000),
+  /** TCP connections (HTTP and WebSocket) open at once; more are dropped on arrival. 0: no cap. */
+  MAX_HTTP_CONNECTIONS: int(0, 1_000_000).default(10_000),
   /** Operations (subscriptions) one WebSocket connection may have open at once. */
   MAX_SUBSCRIPTIONS_PER_CONNECTION: int(1, 100_000).default(100),
   /** Longest a flushAudit call may wait (its timeoutMs is capped to this). */
@@ -161,6 +187,9 @@ export type Env = z.input<typeof envSchema>;
 export interface Config {
   port: number;
   host: string;
+  metricsPort: number | undefined;
+  metricsHost: string;
+  metricsToken: string | undefined;
   database:
     | { kind: 'pg'; url: string; poolSize: number; applicationName: string }
     | { kind: 'pglite'; dataDir: string };
@@ -209,6 +238,11 @@ export interface Config {
   partitionsAhead: number;
   cursorSecret: string | undefined;
   maxRequestBytes: number;
+  wsMaxInitBytes: number;
+  httpHeadersTimeoutMs: number;
+  httpRequestTimeoutMs: number;
+  httpKeepAliveTimeoutMs: number;
+  maxHttpConnections: number;
   maxSubscriptionsPerConnection: number;
   flushMaxTimeoutMs: number;
   shutdownTimeoutMs: number;
@@ -243,6 +277,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
           `MAX_EVENTS_PER_CALL (${e.MAX_EVENTS_PER_CALL}) events at once`,
       );
     }
+    if (e.METRICS_PORT !== undefined && e.METRICS_PORT !== 0 && e.METRICS_PORT === e.PORT) {
+      problems.push('METRICS_PORT: must differ from PORT');
+    }
+    if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
+      // node:http refuses this pair: the headers are part of the request.
+      problems.push('HTTP_HEADERS_TIMEOUT_MS: must not exceed HTTP_REQUEST_TIMEOUT_MS');
+    }
   }
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
   const e = parsed.data;
@@ -250,6 +291,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   return {
     port: e.PORT,
     host: e.HOST,
+    metricsPort: e.METRICS_PORT,
+    metricsHost: e.METRICS_HOST,
+    metricsToken: e.METRICS_TOKEN,
     database: servers
       ? {
           kind: 'pg',
@@ -304,6 +348,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     partitionsAhead: e.PARTITIONS_AHEAD,
     cursorSecret: e.CURSOR_SECRET,
     maxRequestBytes: e.MAX_REQUEST_BYTES,
+    wsMaxInitBytes: e.WS_MAX_INIT_BYTES,
+    httpHeadersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS,
+    httpRequestTimeoutMs: e.HTTP_REQUEST_TIMEOUT_MS,
+    httpKeepAliveTimeoutMs: e.HTTP_KEEP_ALIVE_TIMEOUT_MS,
+    maxHttpConnections: e.MAX_HTTP_CONNECTIONS,
     maxSubscriptionsPerConnection: e.MAX_SUBSCRIPTIONS_PER_CONNECTION,
     flushMaxTimeoutMs: e.FLUSH_MAX_TIMEOUT_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,

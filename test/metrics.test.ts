@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config.js';
 import { countEvents } from './support/db.js';
 import {
   CREATE,
@@ -13,6 +14,7 @@ import {
   startApp,
   type TestApp,
 } from './support/harness.js';
+import { bearer, createKey, keyClient, startKeysApp } from './support/keys.js';
 
 /**
  * GET /metrics: Prometheus text that a scraper can parse, whose per-tenant counters are the same
@@ -266,5 +268,84 @@ describe('GET /metrics', () => {
     } finally {
       await other.stop();
     }
+  });
+});
+
+describe('who may read /metrics (it names every tenant and its volume)', () => {
+  const apps: TestApp[] = [];
+  const tenants: string[] = [];
+  const TOKEN = 'metrics-token-metrics-token-0123456789';
+
+  afterAll(async () => {
+    await Promise.all(apps.map((a) => a.stop()));
+    await dropTenants(...tenants);
+  });
+
+  /** A keys-mode app with one tenant that wrote one event, so /metrics would name it. */
+  async function keysApp(env: Record<string, string>) {
+    const a = await startKeysApp(env);
+    apps.push(a);
+    const id = newTenant('mx');
+    tenants.push(id);
+    const k = await createKey(a, id, ['events:write']);
+    await keyClient(a, k.secret).gql(CREATE, { input: { events: [event()] } });
+    return { a, id };
+  }
+
+  const get = async (url: string, headers: Record<string, string> = {}) => {
+    const res = await fetch(url, { headers });
+    return {
+      status: res.status,
+      auth: res.headers.get('www-authenticate'),
+      text: await res.text(),
+    };
+  };
+
+  it('is refused to anyone with AUTH_MODE=keys when neither METRICS_TOKEN nor METRICS_PORT is set', async () => {
+    const { a, id } = await keysApp({});
+    const r = await get(new URL('/metrics', a.url).href);
+    expect(r.status).toBe(401);
+    expect(r.auth).toBe('Bearer');
+    expect(r.text).toMatch(/METRICS_TOKEN/);
+    expect(r.text).not.toContain(id);
+    // An API key is not a metrics credential, however many scopes it has.
+    const admin = await createKey(a, null, ['tenants:admin']);
+    expect((await get(new URL('/metrics', a.url).href, bearer(admin.secret))).status).toBe(401);
+  });
+
+  it('needs METRICS_TOKEN as a bearer token when it is set', async () => {
+    const { a, id } = await keysApp({ METRICS_TOKEN: TOKEN });
+    const url = new URL('/metrics', a.url).href;
+    for (const headers of [
+      {},
+      bearer(`${TOKEN}x`),
+      bearer(TOKEN.slice(1)),
+      { authorization: TOKEN },
+    ]) {
+      const r = await get(url, headers);
+      expect(r.status).toBe(401);
+      expect(r.text).not.toContain(id);
+    }
+    const ok = await get(url, bearer(TOKEN));
+    expect(ok.status).toBe(200);
+    expect(ok.text).toContain(`auditgraph_events_accepted_total{tenant="${id}"} 1`);
+  });
+
+  it('is served only on METRICS_PORT (loopback) when that is set', async () => {
+    const { a, id } = await keysApp({ METRICS_PORT: '0' });
+    expect((await get(new URL('/metrics', a.url).href)).status).toBe(404);
+    const port = a.app.metricsPort;
+    expect(port).toBeGreaterThan(0);
+    expect(port).not.toBe(Number(new URL(a.url).port));
+    const r = await get(`http://127.0.0.1:${port}/metrics`);
+    expect(r.status).toBe(200);
+    expect(r.text).toContain(`auditgraph_events_accepted_total{tenant="${id}"} 1`);
+    // Nothing else is served there.
+    expect((await get(`http://127.0.0.1:${port}/graphql`)).status).toBe(404);
+  });
+
+  it('rejects a METRICS_TOKEN shorter than 32 characters and METRICS_PORT equal to PORT', () => {
+    expect(() => loadConfig({ METRICS_TOKEN: 'short' })).toThrow(/METRICS_TOKEN/);
+    expect(() => loadConfig({ PORT: '4000', METRICS_PORT: '4000' })).toThrow(/METRICS_PORT/);
   });
 });

@@ -205,10 +205,38 @@ async function gql(
     headers: { 'content-type': 'application/json', ...c.headers, ...extra },
     body: JSON.stringify({ query, variables }),
   });
-  const body = (await res.json()) as { data?: Record<string, any>; errors?: unknown[] };
-  // A refusal is always a typed result, never a masked error.
+  const body = (await res.json()) as {
+    data?: Record<string, any>;
+    errors?: { extensions?: { code?: string } }[];
+  };
+  // A caller without a valid key (or naming a tenant beside one) is refused before the body is
+  // read, with 401/403 and the code; every other refusal is a typed result, never a masked error.
+  if (res.status === 401 || res.status === 403) {
+    expectRefusedBeforeBody(c, res.status, res.headers, body, { ...c.headers, ...extra });
+    return {};
+  }
   expect(body.errors, `${c.name}: ${JSON.stringify(body.errors)}`).toBeUndefined();
   return body.data!;
+}
+
+/** A refusal answered from the headers alone: no `data`, the code, and only for callers refused outright. */
+function expectRefusedBeforeBody(
+  c: Caller,
+  status: number,
+  resHeaders: Headers,
+  body: { data?: unknown; errors?: { extensions?: { code?: string } }[] },
+  sent: Record<string, string>,
+) {
+  expect(body.data, c.name).toBeUndefined();
+  expect(body.errors?.[0]?.extensions?.code, c.name).toBe(
+    status === 401 ? 'UNAUTHENTICATED' : 'FORBIDDEN',
+  );
+  if (status === 401) {
+    expect(resHeaders.get('www-authenticate')).toBe('Bearer');
+    expect(c.valid, `${c.name} has a valid key but was answered 401`).toBe(false);
+  } else {
+    expect('x-tenant-id' in sent, `${c.name} was answered 403 without naming a tenant`).toBe(true);
+  }
 }
 
 const own = (c: Caller) => c.side ?? 'A';
@@ -267,17 +295,23 @@ async function tryPage(
 
 /** Opens a subscription over SSE; a success is its SubscriptionReady. */
 async function trySse(c: Caller, field: string, extra: Record<string, string>): Promise<boolean> {
-  const s = await sseSubscribe(
-    t.url,
-    null,
-    field,
-    `subscription { ${field} { __typename } }`,
-    {},
-    {
-      ...c.headers,
-      ...extra,
-    },
-  );
+  const headers = { ...c.headers, ...extra };
+  let s: Awaited<ReturnType<typeof sseSubscribe>>;
+  try {
+    s = await sseSubscribe(
+      t.url,
+      null,
+      field,
+      `subscription { ${field} { __typename } }`,
+      {},
+      headers,
+    );
+  } catch (err) {
+    const e = err as { status?: number; headers?: Headers; body?: string };
+    if (e.status !== 401 && e.status !== 403) throw err;
+    expectRefusedBeforeBody(c, e.status, e.headers!, JSON.parse(e.body!), headers);
+    return false;
+  }
   try {
     return (await s.next()).__typename === 'SubscriptionReady';
   } finally {
@@ -412,7 +446,7 @@ const ATTEMPTS: Attempt[] = [
     run: async (c) => {
       const id = await parkedDeadLetter(own(c));
       const d = await gql(c, REPLAY, { ids: [id] });
-      return d.replayDeadLetters.replayed?.length === 1;
+      return d.replayDeadLetters?.replayed?.length === 1;
     },
   },
   {
@@ -425,7 +459,7 @@ const ATTEMPTS: Attempt[] = [
       const d = await gql(c, REPLAY, { ids: [id] });
       const still = await t.app.services.deadLetters.get(tenantOf(other(c)) as TenantId, id);
       expect(still?.state, `${c.name} replayed another tenant's dead letter`).toBe('PARKED');
-      return d.replayDeadLetters.replayed?.length === 1;
+      return d.replayDeadLetters?.replayed?.length === 1;
     },
   },
   {

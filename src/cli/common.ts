@@ -11,6 +11,8 @@ import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import { type AccessRecord, accessEventRecord } from '../ingest/access-log.js';
 import { BatchWriter } from '../ingest/batch-writer.js';
 import { createLogger, type Logger } from '../logger.js';
+import { RedisKeyRevocations } from '../realtime/key-revocations.js';
+import { RedisKeys } from '../realtime/redis.js';
 
 /** A command-line failure: its message is printed as is, and the process exits with `code`. */
 export class CliError extends Error {
@@ -76,6 +78,27 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
       hashing: config.chainHashing,
       hmacSecret: config.chainHmacSecret,
     });
+    const apiKeys = new ApiKeyStore(db, log, { cacheMs: 0, touchIntervalMs: 0 });
+    // With Redis, running instances drop a revoked key from their caches before the command
+    // returns (without it, a lone instance reads keys through its own short cache).
+    const redisUrl = config.redisUrl;
+    if (redisUrl) {
+      apiKeys.announceRevocation = async (keyId) => {
+        const announcer = new RedisKeyRevocations(
+          redisUrl,
+          new RedisKeys(config.redisKeyPrefix),
+          `cli-${hostname()}-${process.pid}`,
+          log,
+          undefined,
+        );
+        await announcer.start();
+        try {
+          await announcer.announce(keyId);
+        } finally {
+          await announcer.stop();
+        }
+      };
+    }
     const actor = { type: 'operator', id: operator() };
     const correlationId = `cli-${randomUUID()}`;
     const cli: Cli = {
@@ -84,7 +107,7 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
       db,
       tenants,
       directory: new TenantDirectory(db),
-      apiKeys: new ApiKeyStore(db, log, { cacheMs: 0, touchIntervalMs: 0 }),
+      apiKeys,
       async recordAccess(record) {
         const event = accessEventRecord({ ...record, actor, correlationId });
         try {

@@ -51,14 +51,24 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
  * API keys in the control schema. Look-ups are cached for `cacheMs` so a busy client costs no
- * query per request; a revocation made through this process drops the key from its cache at
- * once, and other instances see it when their cached entry expires (at most `cacheMs` later).
+ * query per request. A revocation drops the key from the cache at once, and `announceRevocation`
+ * (set by the app) has every other instance drop it before `revoke` returns; while this process
+ * could not hear such an announcement (`trustCache` false) every look-up reads the database.
  */
 export class ApiKeyStore {
   /** key hash → the key (or null: unknown) and when it was read. */
   private readonly cache = new Map<string, { key: ApiKeyRecord | null; at: number }>();
   /** key id → when this process last wrote its last_used_at. */
   private readonly touched = new Map<string, number>();
+  /**
+   * Moves on every invalidation: a look-up that was reading the database meanwhile may hold the
+   * state from before the revocation, and is then not cached.
+   */
+  private generation = 0;
+  /** Tells the other instances of a revocation; resolves once they all dropped the key. */
+  announceRevocation: (keyId: string) => Promise<void> = async () => {};
+  /** Whether a cached look-up may be used (false while revocations elsewhere could be missed). */
+  trustCache: () => boolean = () => true;
 
   constructor(
     private readonly db: Database,
@@ -84,8 +94,10 @@ export class ApiKeyStore {
   }
 
   /**
-   * Revokes a key (idempotent: revoking twice keeps the first time). Null when no such key.
-   * The key stops working in this process at once.
+   * Revokes a key (idempotent: revoking twice keeps the first time, and announces it again).
+   * Null when no such key. When it returns, the key is refused by this process and by every
+   * instance that confirmed the announcement; it throws when that could not be confirmed (the
+   * key stays revoked: calling again is safe).
    */
   async revoke(id: string): Promise<ApiKeyRecord | null> {
     if (!UUID.test(id)) return null;
@@ -94,11 +106,35 @@ export class ApiKeyStore {
          set revoked_at = coalesce(revoked_at, now()) where id = $1 returning ${COLUMNS}`,
       [id],
     );
-    for (const [hash, entry] of this.cache) if (entry.key?.id === id) this.cache.delete(hash);
+    this.invalidate(id);
     if (!row) return null;
     const key = toRecord(row);
     this.log.info({ keyId: key.id, tenant: key.tenantId, label: key.label }, 'api key revoked');
+    try {
+      await this.announceRevocation(key.id);
+    } catch (err) {
+      this.log.error(
+        { err: (err as Error).message, keyId: key.id },
+        'api key revoked in the database, but not every instance confirmed it; revoke it again',
+      );
+      throw err;
+    }
     return key;
+  }
+
+  /** Drops a key (by id) from the cache: its next look-up reads the database. */
+  invalidate(id: string): void {
+    this.generation++;
+    for (const [hash, entry] of this.cache) if (entry.key?.id === id) this.cache.delete(hash);
+  }
+
+  /**
+   * Every cached look-up becomes stale (read again on next use; still the fallback while the
+   * database is unreachable): revocations may have been missed.
+   */
+  invalidateAll(): void {
+    this.generation++;
+    for (const entry of this.cache.values()) entry.at = Number.NEGATIVE_INFINITY;
   }
 
   async get(id: string): Promise<ApiKeyRecord | null> {
@@ -142,7 +178,8 @@ export class ApiKeyStore {
   async byHash(hash: string): Promise<ApiKeyRecord | null> {
     const now = Date.now();
     const hit = this.cache.get(hash);
-    if (hit && now - hit.at < this.opts.cacheMs) return hit.key;
+    if (hit && now - hit.at < this.opts.cacheMs && this.trustCache()) return hit.key;
+    const generation = this.generation;
     let row: ApiKeyRow | undefined;
     try {
       [row] = await this.db.query<ApiKeyRow>(
@@ -162,7 +199,7 @@ export class ApiKeyStore {
       throw err;
     }
     const key = row ? toRecord(row) : null;
-    if (this.opts.cacheMs > 0) {
+    if (this.opts.cacheMs > 0 && generation === this.generation) {
       this.cache.delete(hash);
       this.cache.set(hash, { key, at: now });
       if (this.cache.size > CACHE_MAX) {

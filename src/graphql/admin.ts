@@ -318,8 +318,9 @@ builder.mutationField('revokeApiKey', (t) =>
   t.field({
     type: ApiKeyRef,
     description:
-      'Revokes a key: refused from its next request on this instance (on others within ' +
-      'API_KEY_CACHE_MS), and its open subscriptions are closed. Idempotent.',
+      'Revokes a key: refused from its next request or WebSocket operation on every instance ' +
+      '(with Redis, confirmed by each before this returns), and its open subscriptions are ' +
+      'closed. Idempotent.',
     errors: { types: ADMIN_ERRORS, union: { name: 'RevokeApiKeyResult' } },
     authScopes: { tenantsAdmin: true },
     unauthorizedResolver: refusedAsResult,

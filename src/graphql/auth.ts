@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http';
 import { wrapErrorIfMatches } from '@pothos/plugin-errors';
 import {
   apiKeyProblem,
@@ -126,6 +127,16 @@ export async function authenticateRequest(services: Services, headers: Headers):
   return authenticateKey(services, match[1]!);
 }
 
+/** The fetch-style headers `authenticateRequest` reads, from a node request. */
+export function fetchHeaders(req: IncomingMessage): Headers {
+  const headers = new Headers();
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (value === undefined) continue;
+    headers.set(name, Array.isArray(value) ? value.join(', ') : value);
+  }
+  return headers;
+}
+
 /** The caller of a WebSocket connection, from its connection_init payload. */
 export async function authenticateConnection(
   services: Services,
@@ -153,6 +164,21 @@ export async function authenticateConnection(
   const match = BEARER.exec(value);
   if (!match) return refused(new UnauthenticatedError('authorization must be "Bearer <key>"'));
   return authenticateKey(services, match[1]!);
+}
+
+/**
+ * The caller of one WebSocket operation: the connection's key looked up again (through the key
+ * cache, which a revocation invalidates on every instance), so a key revoked or expired since
+ * connection_init is refused from its next operation. Throws when the key cannot be looked up.
+ */
+export async function recheckCaller(services: Services, caller: Caller): Promise<Caller> {
+  if (caller.kind !== 'key') return caller;
+  const key = await services.apiKeys.byHash(caller.keyHash);
+  if (!key) return refused(new UnauthenticatedError('the API key is not valid'));
+  const problem = apiKeyProblem(key);
+  if (problem) return refused(new UnauthenticatedError(problem));
+  services.apiKeys.touch(key);
+  return { kind: 'key', key, keyHash: caller.keyHash };
 }
 
 async function authenticateKey(services: Services, secret: string): Promise<Caller> {

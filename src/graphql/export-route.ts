@@ -14,7 +14,7 @@ import { type AuditExporter, filterJson } from '../export/exporter.js';
 import { errorLine } from '../export/format.js';
 import { acceptsGzip, MAX_EXPORT_URL_BYTES, parseExportParams } from '../export/params.js';
 import type { Logger } from '../logger.js';
-import { authenticateRequest, grantedScopes } from './auth.js';
+import { authenticateRequest, fetchHeaders, grantedScopes } from './auth.js';
 import { type GraphQLContext, recordRead, requireTenant, type Services } from './context.js';
 
 /**
@@ -68,16 +68,6 @@ function sendJson(
     ...extra,
   });
   res.end(text);
-}
-
-/** The fetch-style headers auth.ts reads, from a node request. */
-function fetchHeaders(req: IncomingMessage): Headers {
-  const headers = new Headers();
-  for (const [name, value] of Object.entries(req.headers)) {
-    if (value === undefined) continue;
-    headers.set(name, Array.isArray(value) ? value.join(', ') : value);
-  }
-  return headers;
 }
 
 /** `20260104T134109Z`: a file-name-safe timestamp. */

@@ -8,13 +8,16 @@ type OnInvalid = (error: UnauthenticatedError) => void;
 /**
  * Re-checks the keys of open WebSocket connections and subscriptions every `intervalMs`, so a
  * revoked or expired key loses what it holds open, not only its next request. One timer for all
- * of them; each key is looked up once per tick (through the key cache: a revocation made by this
- * process is seen at the next tick, one made by another instance within API_KEY_CACHE_MS).
+ * of them; each key is looked up once per tick, through the key cache. A revocation (made here
+ * or announced by another instance) drops the key from the cache and calls `recheckNow`, so what
+ * the key holds open is closed at once rather than at the next tick.
  */
 export class KeyWatcher {
   private readonly watched = new Map<string, Set<OnInvalid>>();
   private timer: NodeJS.Timeout | undefined;
   private ticking = false;
+  /** A re-check was asked for while one was running: run another after it. */
+  private again = false;
 
   constructor(
     private readonly keys: ApiKeyStore,
@@ -45,6 +48,16 @@ export class KeyWatcher {
     };
   }
 
+  /** Re-checks every watched key now (after a revocation). */
+  recheckNow(): void {
+    if (this.watched.size === 0) return;
+    if (this.ticking) {
+      this.again = true;
+      return;
+    }
+    void this.tick();
+  }
+
   stop(): void {
     clearInterval(this.timer);
     this.timer = undefined;
@@ -70,6 +83,10 @@ export class KeyWatcher {
       }
     } finally {
       this.ticking = false;
+      if (this.again) {
+        this.again = false;
+        void this.tick();
+      }
     }
   }
 }

@@ -9,7 +9,7 @@ import { type WebSocket, WebSocketServer } from 'ws';
 import { UnauthenticatedError } from '../domain/errors.js';
 import { tenantIdProblem } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
-import { authenticateConnection } from './auth.js';
+import { authenticateConnection, recheckCaller } from './auth.js';
 import type { Caller, GraphQLContext, Services } from './context.js';
 import { type RequestScope, requestScope, type ServerContext } from './yoga.js';
 
@@ -19,12 +19,18 @@ const FORBIDDEN = 4403;
 const UNAUTHORIZED = 4401;
 /** Close code for a connection over MAX_CONNECTIONS_PER_TENANT (graphql-ws' "too many"). */
 const TOO_MANY = 4429;
+/** Close code for a message over its limit (RFC 6455 "Message Too Big"). */
+const TOO_BIG = 1009;
 
 export interface WebSocketOptions {
   /** The GraphQL path; upgrades anywhere else are answered 404. */
   path: string;
   /** Operations one connection may have open at once (MAX_SUBSCRIPTIONS_PER_CONNECTION). */
   maxOperationsPerConnection: number;
+  /** Largest message of an acknowledged connection (MAX_REQUEST_BYTES). */
+  maxPayload: number;
+  /** Bytes a connection may send before it is acknowledged (WS_MAX_INIT_BYTES). */
+  maxInitBytes: number;
   log: Logger;
   /** Authentication, the per-tenant connection count and the key watcher. */
   services: Services;
@@ -65,8 +71,10 @@ interface EnvelopedRoot {
  * - AUTH_MODE=dev: the tenant is the payload's `tenantId`, checked with the rules of the header;
  *   a missing or invalid one closes the connection with 4403 and a reason that says why;
  * - AUTH_MODE=keys: the payload's `authorization: "Bearer <key>"`; a missing or invalid key
- *   closes with 4401, a payload that names a tenant itself with 4403. The key is re-checked
- *   every AUTH_RECHECK_MS while the connection is open: revoked or expired, it closes with 4401.
+ *   closes with 4401, a payload that names a tenant itself with 4403. Each operation looks the
+ *   key up again (its fields answer UnauthenticatedError once the key is revoked or expired), and
+ *   open connections are re-checked every AUTH_RECHECK_MS and on every revocation: revoked or
+ *   expired, the connection closes with 4401.
  * A tenant's connections beyond MAX_CONNECTIONS_PER_TENANT are closed with 4429.
  */
 export function attachWebSocket(
@@ -75,7 +83,8 @@ export function attachWebSocket(
   opts: WebSocketOptions,
 ): WebSocketTransport {
   const { log } = opts;
-  const wss = new WebSocketServer({ noServer: true });
+  // Without maxPayload, `ws` buffers messages of up to 100 MiB, whatever MAX_REQUEST_BYTES says.
+  const wss = new WebSocketServer({ noServer: true, maxPayload: opts.maxPayload });
   const states = new WeakMap<WebSocket, ConnectionState>();
   const open = new Set<Context<Record<string, unknown> | undefined, Extra>>();
   let closing: Promise<void> | undefined;
@@ -100,7 +109,53 @@ export function attachWebSocket(
     const path = (req.url ?? '/').split('?')[0];
     if (path !== opts.path) return refuseUpgrade(socket, 404, 'Not Found');
     if (closing) return refuseUpgrade(socket, 503, 'Service Unavailable');
-    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      limitBeforeAck(ws, socket, head.length);
+      wss.emit('connection', ws, req);
+      // graphql-ws writes a socket's errors to stderr; most are a client's doing (a message over
+      // MAX_REQUEST_BYTES, which `ws` has already answered with 1009): log them as ours instead.
+      ws.removeAllListeners('error');
+      ws.on('error', (err: Error & { code?: string }) => {
+        log.info(
+          { connection: stateOf(ws).id, err: err.message, code: err.code },
+          'websocket error',
+        );
+        if (ws.readyState === ws.OPEN) ws.close(1011, 'Internal server error');
+      });
+    });
+  };
+
+  /**
+   * Until a connection is acknowledged (its key checked) it may send at most `maxInitBytes`,
+   * counted as they arrive on the socket: an anonymous client cannot make the service buffer and
+   * parse a connection_init of MAX_REQUEST_BYTES. Past the limit the connection is closed with
+   * 1009 and whatever else it sends is discarded unread.
+   */
+  const limitBeforeAck = (ws: WebSocket, socket: Duplex, received: number) => {
+    const onData = (chunk: Buffer) => {
+      if (stateOf(ws).caller) {
+        socket.off('data', onData);
+        return;
+      }
+      received += chunk.length;
+      if (received <= opts.maxInitBytes) return;
+      socket.off('data', onData);
+      log.info(
+        { connection: stateOf(ws).id, bytes: received, limit: opts.maxInitBytes },
+        'websocket refused: too much before connection_ack',
+      );
+      // `ws` would go on reading the message: stop feeding it and drop what still arrives.
+      socket.removeAllListeners('data');
+      socket.resume();
+      ws.close(
+        TOO_BIG,
+        `Message Too Big: at most ${opts.maxInitBytes} bytes before connection_ack (WS_MAX_INIT_BYTES)`,
+      );
+      socket.end();
+      setTimeout(() => socket.destroy(), 1_000).unref();
+    };
+    if (received > opts.maxInitBytes) onData(Buffer.alloc(0));
+    else socket.on('data', onData);
   };
   server.on('upgrade', onUpgrade);
 
@@ -193,9 +248,25 @@ export function attachWebSocket(
         }
         const requestId = randomUUID();
         if (!state.caller) return [createGraphQLError('the connection is not initialised')];
+        // Every operation is authorised anew: a key revoked or expired since connection_init is
+        // each field's UnauthenticatedError from its next operation on, not only at the re-check.
+        let caller: Caller;
+        try {
+          caller = await recheckCaller(opts.services, state.caller);
+        } catch (err) {
+          log.warn(
+            { connection: state.id, err: (err as Error).message },
+            'api key re-check failed',
+          );
+          return [
+            createGraphQLError('the API key could not be checked; retry', {
+              extensions: { code: 'SERVICE_UNAVAILABLE' },
+            }),
+          ];
+        }
         const enveloped = yoga.getEnveloped({
           req: ctx.extra.request,
-          connectionCaller: state.caller,
+          connectionCaller: caller,
           requestId,
           params: payload,
         });

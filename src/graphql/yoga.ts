@@ -18,12 +18,14 @@ export const requestScope = new AsyncLocalStorage<RequestScope>();
 /**
  * What a transport hands to yoga: the node request (and response, for HTTP and SSE). A WebSocket
  * operation has no response and brings the caller its connection was authenticated as, and its
- * own request id.
+ * own request id. An HTTP request brings the caller it was authenticated as before its body was
+ * read (AUTH_MODE=keys); without one (dev mode, in-process `fetch`) the headers are read here.
  */
 export type ServerContext = {
   req: IncomingMessage;
   res?: ServerResponse;
   connectionCaller?: Caller;
+  httpCaller?: Caller;
   requestId?: string;
 };
 
@@ -170,12 +172,14 @@ export function createGraphQLServer(
         return masked;
       },
     },
-    context: async ({ request, connectionCaller, requestId }) => ({
+    context: async ({ request, connectionCaller, httpCaller, requestId }) => ({
       requestId: requestId ?? requestScope.getStore()?.requestId ?? 'none',
       log,
       services,
-      // A WebSocket's caller was fixed by its connection_init; HTTP and SSE name it per request.
-      caller: connectionCaller ?? (await authenticateRequest(services, request.headers)),
+      // A WebSocket operation's caller was re-checked as the operation arrived; HTTP and SSE
+      // name theirs per request.
+      caller:
+        connectionCaller ?? httpCaller ?? (await authenticateRequest(services, request.headers)),
       transport: connectionCaller ? 'ws' : 'http',
       // The node response's close, as yoga's request carries it (none for a WebSocket operation).
       signal: connectionCaller ? undefined : request?.signal,

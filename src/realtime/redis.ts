@@ -43,9 +43,13 @@ export function createRedis(
  * tenant streams (`dlq:<tenant>`) beside the service's set and counters (`dlq:tenants`,
  * `dlq:depth`), so a tenant named `tenants` or `depth` wrote into them.
  */
-export type ServiceArea = 'cluster' | 'deadletters';
+export type ServiceArea = 'apikeys' | 'cluster' | 'deadletters';
 
-const SERVICE_AREAS: ReadonlySet<string> = new Set<ServiceArea>(['cluster', 'deadletters']);
+const SERVICE_AREAS: ReadonlySet<string> = new Set<ServiceArea>([
+  'apikeys',
+  'cluster',
+  'deadletters',
+]);
 const TENANT_SEGMENT = /^[a-z][a-z0-9_]{0,39}$/;
 
 /**
@@ -60,7 +64,8 @@ const TENANT_SEGMENT = /^[a-z][a-z0-9_]{0,39}$/;
  *   depth counters;
  * - `ratelimit:<window>:<tenant>`: write-rate windows (rate-limiter-flexible appends the tenant);
  * - `realtime:<tenant>:<topic>` (channel): a tenant's subscription messages;
- * - `cluster:instances` (sorted set), `cluster:inbox:<instance>` (channel): heartbeats, requests.
+ * - `cluster:instances` (sorted set), `cluster:inbox:<instance>` (channel): heartbeats, requests;
+ * - `apikeys:revoked`, `apikeys:confirmations:<instance>` (channels): key revocations, confirmed.
  *
  * The rate-limit and realtime names keep the shape they had before the `t:` area (the tenant at
  * a fixed place in an area holding nothing else), so instances of the previous release and of

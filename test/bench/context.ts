@@ -54,6 +54,9 @@ export interface ServiceSpec {
   tempDir: string;
 }
 
+/** The scraper's METRICS_TOKEN: every service the bench starts is given it (run.ts). */
+export const BENCH_METRICS_TOKEN = 'bench-metrics-token-0123456789abcdef';
+
 export const FULL: Params = {
   ingestWarmupMs: 3_000,
   ingestMs: 20_000,
@@ -183,7 +186,9 @@ export class Bench {
   /** `nodejs_heap_size_used_bytes` from the service's /metrics (undefined if unavailable). */
   async heap(service: Server = this.service): Promise<number | undefined> {
     try {
-      const res = await fetch(service.url.replace(/\/graphql$/, '/metrics'));
+      const res = await fetch(service.url.replace(/\/graphql$/, '/metrics'), {
+        headers: { authorization: `Bearer ${BENCH_METRICS_TOKEN}` },
+      });
       const text = await res.text();
       const m = text.match(/^nodejs_heap_size_used_bytes(?:\{[^}]*\})? (\S+)/m);
       return m ? Number(m[1]) : undefined;

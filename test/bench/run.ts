@@ -23,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ROOT, type Server, spawnServer } from './child-processes.js';
-import { Bench, FULL, log, QUICK, type ServiceSpec } from './context.js';
+import { BENCH_METRICS_TOKEN, Bench, FULL, log, QUICK, type ServiceSpec } from './context.js';
 import { machineCpuSeconds } from './proc-stats.js';
 import { summariseProfile } from './profile-summary.js';
 import { cpuTable, resultsTable } from './report.js';
@@ -132,6 +132,9 @@ async function main(): Promise<number> {
         // The ceiling is the service's, not a quota's: write rate limits off (a setting that an
         // older service ignores). Every other limit keeps its default.
         RATE_LIMIT_EVENTS_PER_SECOND: '0',
+        // /metrics (the heap figures) needs it in AUTH_MODE=keys; dev mode and older services
+        // ignore it.
+        METRICS_TOKEN: BENCH_METRICS_TOKEN,
       },
       nodeArgs: serviceNodeArgs,
       tempDir: dlqDir,

@@ -134,7 +134,14 @@ export async function sseSubscribe(
     body: JSON.stringify({ query, variables }),
     signal: controller.signal,
   });
-  if (!res.ok || !res.body) throw new Error(`SSE request failed: ${res.status}`);
+  if (!res.ok || !res.body) {
+    const body = await res.text().catch(() => '');
+    throw Object.assign(new Error(`SSE request failed: ${res.status} ${body}`), {
+      status: res.status,
+      headers: res.headers,
+      body,
+    });
+  }
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   const events: SseEvent[] = [];

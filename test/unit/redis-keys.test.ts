@@ -23,6 +23,7 @@ const SERVICE_NAMES = [
   keys.service('deadletters', 'tenants'),
   keys.service('deadletters', 'depth'),
   keys.service('cluster', 'instances'),
+  keys.service('apikeys', 'revoked'),
 ];
 
 describe('Redis names', () => {

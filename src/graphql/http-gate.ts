@@ -1,0 +1,70 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { type ForbiddenError, UnauthenticatedError } from '../domain/errors.js';
+import { authenticateRequest, fetchHeaders } from './auth.js';
+import type { Caller, Services } from './context.js';
+
+/**
+ * Who is calling POST/GET /graphql, decided from the headers alone, before a byte of the body is
+ * read: with AUTH_MODE=keys a request without a valid key is answered here, so that nobody
+ * without a key can make the service read, buffer and parse a body (up to MAX_REQUEST_BYTES).
+ *
+ * - `pass`: nothing to decide before the body — AUTH_MODE=dev (which authenticates nothing, so
+ *   any check of its claim would stop nobody), a CORS preflight, and the GraphiQL page (a
+ *   browser navigation carries no Authorization header; the page executes nothing).
+ * - `caller`: the authenticated caller, handed to yoga so the key is not looked up twice.
+ * - `refused`: answer with `refuse()` and never read the body.
+ */
+export type Gate =
+  | { kind: 'pass' }
+  | { kind: 'caller'; caller: Caller }
+  | { kind: 'refused'; error: UnauthenticatedError | ForbiddenError };
+
+export async function gateBeforeBody(services: Services, req: IncomingMessage): Promise<Gate> {
+  if (services.config.authMode === 'dev') return { kind: 'pass' };
+  if (req.method === 'OPTIONS') return { kind: 'pass' };
+  if (
+    services.config.graphiql &&
+    req.method === 'GET' &&
+    (req.headers.accept ?? '').includes('text/html')
+  ) {
+    return { kind: 'pass' };
+  }
+  let headers: Headers;
+  try {
+    headers = fetchHeaders(req);
+  } catch {
+    return { kind: 'refused', error: new UnauthenticatedError('a header value is not valid') };
+  }
+  const caller = await authenticateRequest(services, headers);
+  return caller.kind === 'refused' ? caller : { kind: 'caller', caller };
+}
+
+/**
+ * A refusal as a GraphQL-over-HTTP response: 401 (with `WWW-Authenticate: Bearer`) for a
+ * missing or invalid key, 403 for a request that names a tenant itself. The body is a GraphQL
+ * response with one error and no `data`: its `extensions` carry the code and the typed error's
+ * name. The connection is closed after it, so the unread body is never drained either.
+ */
+export function refuse(res: ServerResponse, error: UnauthenticatedError | ForbiddenError): void {
+  const unauthenticated = error instanceof UnauthenticatedError;
+  const text = JSON.stringify({
+    errors: [
+      {
+        message: error.message,
+        extensions: {
+          code: unauthenticated ? 'UNAUTHENTICATED' : 'FORBIDDEN',
+          type: error.name,
+          retryable: error.retryable,
+        },
+      },
+    ],
+  });
+  res.writeHead(unauthenticated ? 401 : 403, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    connection: 'close',
+    ...(unauthenticated ? { 'www-authenticate': 'Bearer' } : {}),
+  });
+  res.end(text);
+}

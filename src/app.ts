@@ -70,7 +70,12 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   const log = opts.log ?? createLogger(config, { instance: instanceId });
   const db = createDatabase(config.database, log.child({ component: 'db' }));
   const migrator = new Migrator(db);
-  const partitions = new PartitionManager(db, log.child({ component: 'partitions' }));
+  const partitions = new PartitionManager(db, log.child({ component: 'partitions' }), {
+    limits: {
+      maxPerTenant: config.maxPartitionsPerTenant,
+      maxNewPerCall: config.maxNewPartitionsPerCall,
+    },
+  });
   const tenants = new TenantRegistry(
     db,
     migrator,
@@ -129,6 +134,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       ...config,
       instanceId,
       deadLetterFirstRetryMs: config.dlqRetryScheduleMs[0] ?? 0,
+      partitions,
       // Called only once requests flow, after `metrics` below exists.
       onCommitWait: (ms, outcome) => metrics.observeCommit(ms, outcome),
     },
@@ -158,7 +164,10 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     );
   }
   const cursors = new KeysetCursorCodec(config.cursorSecret ?? randomBytes(32).toString('hex'));
-  const reader = new AuditEventReader(db);
+  const reader = new AuditEventReader(db, {
+    catalog: partitions.catalog,
+    windowPartitions: config.readWindowPartitions,
+  });
   const queries = new AuditEventQueries(reader, cursors);
   const cluster: Cluster = config.redisUrl
     ? new RedisCluster(
@@ -177,7 +186,10 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   });
   const lifecycleLogger = log.child({ component: 'lifecycle' });
   const legalHolds = new LegalHoldStore(db, lifecycleLogger);
-  const retention = new TenantRetention(db, lifecycleLogger, { defaultDays: config.retentionDays });
+  const retention = new TenantRetention(db, lifecycleLogger, {
+    defaultDays: config.retentionDays,
+    maxDays: config.maxRetentionDays,
+  });
   const maintenance = new MaintenanceJob({
     db,
     partitions,
@@ -194,7 +206,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   maintenance.onReport = (r) => metrics.observeMaintenance(r);
   const services: Services = {
     apiKeys,
-    tenantDirectory: new TenantDirectory(db),
+    tenantDirectory: new TenantDirectory(db, config.readWindowPartitions),
     accessLog: new AccessLog(ingest, tenants, log.child({ component: 'access' }), {
       auditReads: config.auditReads,
     }),

@@ -1,6 +1,6 @@
 import { isDeepStrictEqual } from 'node:util';
 import { type Database, type Sql, sqlState } from '../db/client.js';
-import type { PartitionManager } from '../db/partitions.js';
+import type { MonthRefusal, PartitionManager } from '../db/partitions.js';
 import {
   ChainHasher,
   canonicalEvent,
@@ -192,7 +192,7 @@ export class BatchWriter {
     if (dropped.size > 0) {
       this.log.warn(
         { schema, batchId, events: dropped.size },
-        'events of months dropped by retention refused; they go to the dead-letter queue',
+        'events of months without a partition (dropped by retention, or past the ceiling) refused; they go to the dead-letter queue',
       );
     }
     if (result.statuses.includes('DUPLICATE') && !result.alreadyCommitted) {
@@ -201,19 +201,28 @@ export class BatchWriter {
     return result;
   }
 
-  /** Rejections (by position) of the records whose month retention has dropped. */
+  /**
+   * Rejections (by position) of the records whose month gets no partition: dropped by
+   * retention, or past the tenant's partition ceiling (a write admitted on another instance at
+   * the same moment, or a dead letter replayed later).
+   */
   private refuseDropped(
     records: readonly AuditEventRecord[],
-    droppedMonths: Set<number>,
+    refusedMonths: Map<number, MonthRefusal>,
   ): Map<number, RowRejection> {
     const refused = new Map<number, RowRejection>();
-    if (droppedMonths.size === 0) return refused;
+    if (refusedMonths.size === 0) return refused;
     records.forEach((r, i) => {
       const month = chainMonth(r.occurredAt);
-      if (droppedMonths.has(month.getTime())) {
+      const why = refusedMonths.get(month.getTime());
+      if (why) {
+        const name = month.toISOString().slice(0, 7);
         refused.set(i, {
           sqlState: null,
-          message: `month ${month.toISOString().slice(0, 7)} was dropped by retention; its events can no longer be stored`,
+          message:
+            why === 'dropped'
+              ? `month ${name} was dropped by retention; its events can no longer be stored`
+              : `month ${name} has no partition and the tenant is at MAX_PARTITIONS_PER_TENANT`,
         });
       }
     });
@@ -490,13 +499,21 @@ export class BatchWriter {
     statuses: readonly WriteStatus[],
   ): Promise<number> {
     const dups = records.filter((_, i) => statuses[i] === 'DUPLICATE');
+    const times = dups.map((r) => r.occurredAt.getTime());
     try {
+      // Plain bounds as in findStored: without them every partition's key index is probed.
       const stored = await this.db.query<Record<string, unknown>>(
         `/* ingest.duplicate_compare */
          select e.* from "${schema}".audit_events e
          join unnest($1::timestamptz[], $2::uuid[]) as k(occurred_at, id)
-           on e.occurred_at = k.occurred_at and e.id = k.id`,
-        [dups.map((r) => r.occurredAt.toISOString()), dups.map((r) => r.id)],
+           on e.occurred_at = k.occurred_at and e.id = k.id
+         where e.occurred_at >= $3::timestamptz and e.occurred_at <= $4::timestamptz`,
+        [
+          dups.map((r) => r.occurredAt.toISOString()),
+          dups.map((r) => r.id),
+          new Date(Math.min(...times)).toISOString(),
+          new Date(Math.max(...times)).toISOString(),
+        ],
       );
       const byKey = new Map(
         stored.map((row) => [eventKey(row.id as string, new Date(row.occurred_at as Date)), row]),

@@ -80,7 +80,12 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   const log = opts.log ?? createLogger(config, { instance: instanceId });
   const db = createDatabase(config.database, log.child({ component: 'db' }));
   const migrator = new Migrator(db);
-  const partitions = new PartitionManager(db, log.child({ component: 'partitions' }));
+  const partitions = new PartitionManager(db, log.child({ component: 'partitions' }), {
+    limits: {
+      maxPerTenant: config.maxPartitionsPerTenant,
+      maxNewPerCall: config.maxNewPartitionsPerCall,
+    },
+  });
   const tenants = new TenantRegistry(
     db,
     migrator,
@@ -140,6 +145,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       ...config,
       instanceId,
       deadLetterFirstRetryMs: config.dlqRetryScheduleMs[0] ?? 0,
+      partitions,
       // Called only once requests flow, after `metrics` below exists.
       onCommitWait: (ms, outcome) => metrics.observeCommit(ms, outcome),
     },
@@ -167,7 +173,10 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   // instance), so cursors work across instances and restarts with no configuration.
   const cursors = new KeysetCursorCodec(config.cursorSecret);
   const secrets = new ServiceSecretStore(db);
-  const reader = new AuditEventReader(db);
+  const reader = new AuditEventReader(db, {
+    catalog: partitions.catalog,
+    windowPartitions: config.readWindowPartitions,
+  });
   const queries = new AuditEventQueries(reader, cursors);
   const cluster: Cluster = config.redisUrl
     ? new RedisCluster(
@@ -204,7 +213,10 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   apiKeys.trustCache = () => revocations.listening;
   const lifecycleLogger = log.child({ component: 'lifecycle' });
   const legalHolds = new LegalHoldStore(db, lifecycleLogger);
-  const retention = new TenantRetention(db, lifecycleLogger, { defaultDays: config.retentionDays });
+  const retention = new TenantRetention(db, lifecycleLogger, {
+    defaultDays: config.retentionDays,
+    maxDays: config.maxRetentionDays,
+  });
   const maintenance = new MaintenanceJob({
     db,
     partitions,
@@ -221,7 +233,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   maintenance.onReport = (r) => metrics.observeMaintenance(r);
   const services: Services = {
     apiKeys,
-    tenantDirectory: new TenantDirectory(db),
+    tenantDirectory: new TenantDirectory(db, config.readWindowPartitions),
     accessLog: new AccessLog(ingest, tenants, log.child({ component: 'access' }), {
       auditReads: config.auditReads,
     }),

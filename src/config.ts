@@ -126,6 +126,26 @@ const envSchema = z.object({
    */
   RETENTION_DAYS: int(1, 36_500).default(400),
   /**
+   * Longest retention a tenant may have (setRetention above it is refused; RETENTION_DAYS may not
+   * exceed it). It bounds how old an accepted event may be, so how many months one tenant's
+   * writes can spread over. A tenant row holding more (set before this ceiling) is not cut down
+   * by retention, only written to within this many days.
+   */
+  MAX_RETENTION_DAYS: int(1, 36_500).default(3_660),
+  /**
+   * Monthly partitions one tenant may have: a write needing a new month beyond it is refused
+   * whole (ValidationError). The months ahead are always created. 0: no ceiling. Must hold the
+   * months of MAX_RETENTION_DAYS plus PARTITIONS_AHEAD.
+   */
+  MAX_PARTITIONS_PER_TENANT: int(0, 100_000).default(160),
+  /** Months without a partition one createAuditEvents call may bring; 0: no limit. */
+  MAX_NEW_PARTITIONS_PER_CALL: int(0, 100_000).default(24),
+  /**
+   * Monthly partitions one read statement may touch: pages, look-ups by id and event counts walk
+   * the tenant's months in windows of this many, so a statement's locks do not grow with them.
+   */
+  READ_WINDOW_PARTITIONS: int(1, 1_000).default(6),
+  /**
    * Hash-chain every stored event (SHA-256 over RFC 8785 canonical JSON). `off` exists to measure
    * what hashing costs: events stored with it off hold chain positions but no hash, and
    * verifyAuditChain reports them as UNHASHED.
@@ -229,6 +249,10 @@ export interface Config {
   maxEventsPerCall: number;
   maxFutureSkewMs: number;
   retentionDays: number;
+  maxRetentionDays: number;
+  maxPartitionsPerTenant: number;
+  maxNewPartitionsPerCall: number;
+  readWindowPartitions: number;
   chainHashing: boolean;
   chainHmacSecret: string | undefined;
   checkpointKeyFile: string;
@@ -258,6 +282,44 @@ export class ConfigError extends Error {
   }
 }
 
+/** UTC months that a span of `days` days can touch (a month is at least 28 days long). */
+export function monthsSpanned(days: number): number {
+  return Math.ceil(days / 28) + 1;
+}
+
+/**
+ * The retention and partition ceilings checked against each other. Each variable is parsed on
+ * its own, so these problems are reported beside those of any other variable.
+ */
+function partitionProblems(env: Record<string, string | undefined>): string[] {
+  const value = (name: keyof typeof envSchema.shape): number | undefined => {
+    const r = envSchema.shape[name].safeParse(env[name]);
+    return r.success && typeof r.data === 'number' ? r.data : undefined;
+  };
+  const problems: string[] = [];
+  const retention = value('RETENTION_DAYS');
+  const maxRetention = value('MAX_RETENTION_DAYS');
+  const maxPartitions = value('MAX_PARTITIONS_PER_TENANT');
+  const ahead = value('PARTITIONS_AHEAD');
+  if (retention !== undefined && maxRetention !== undefined && retention > maxRetention) {
+    problems.push(
+      `RETENTION_DAYS: ${retention} is above MAX_RETENTION_DAYS (${maxRetention}); ` +
+        'lower it or raise MAX_RETENTION_DAYS',
+    );
+  }
+  if (maxPartitions !== undefined && maxPartitions > 0 && maxRetention !== undefined) {
+    const needed = monthsSpanned(maxRetention) + (ahead ?? 0);
+    if (maxPartitions < needed) {
+      problems.push(
+        `MAX_PARTITIONS_PER_TENANT: ${maxPartitions} cannot hold the ${monthsSpanned(maxRetention)} ` +
+          `months of MAX_RETENTION_DAYS (${maxRetention}) plus PARTITIONS_AHEAD (${ahead ?? 0}); ` +
+          `at least ${needed}, or 0 for no ceiling`,
+      );
+    }
+  }
+  return problems;
+}
+
 /** Parses an environment (by default `process.env`); throws ConfigError naming every bad variable. */
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
   const cleaned = Object.fromEntries(
@@ -285,6 +347,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       problems.push('HTTP_HEADERS_TIMEOUT_MS: must not exceed HTTP_REQUEST_TIMEOUT_MS');
     }
   }
+  problems.push(...partitionProblems(cleaned));
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
   const e = parsed.data;
   const servers = e.DATABASE_URL !== undefined;
@@ -339,6 +402,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     maxEventsPerCall: e.MAX_EVENTS_PER_CALL,
     maxFutureSkewMs: e.MAX_FUTURE_SKEW_MS,
     retentionDays: e.RETENTION_DAYS,
+    maxRetentionDays: e.MAX_RETENTION_DAYS,
+    maxPartitionsPerTenant: e.MAX_PARTITIONS_PER_TENANT,
+    maxNewPartitionsPerCall: e.MAX_NEW_PARTITIONS_PER_CALL,
+    readWindowPartitions: e.READ_WINDOW_PARTITIONS,
     chainHashing: e.CHAIN_HASHING,
     chainHmacSecret: e.CHAIN_HMAC_SECRET,
     checkpointKeyFile: e.CHECKPOINT_KEY_FILE,

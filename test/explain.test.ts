@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDatabase, type Database } from '../src/db/client.js';
-import { addMonths, monthStart, partitionName } from '../src/db/partitions.js';
+import { addMonths, monthStart, partitionName, type TimeWindow } from '../src/db/partitions.js';
 import type { AuditEventFilter, AuditEventOrder } from '../src/domain/filter.js';
 import type { KeysetPosition } from '../src/domain/keyset-cursor.js';
 import { createLogger } from '../src/logger.js';
@@ -17,10 +17,10 @@ import {
 } from './support/harness.js';
 
 /**
- * The page statement the service really runs (AuditEventReader.pageQuery — the same object
- * page() awaits), EXPLAINed under default planner settings against 100,000+ rows spread over
- * three monthly partitions (plus the near-empty current month and the empty partitions
- * created ahead).
+ * The page statements the service really runs (AuditEventReader.pageQuery for each window of
+ * pageWindows — the same objects page() awaits), EXPLAINed under default planner settings
+ * against 100,000+ rows spread over three monthly partitions (plus the near-empty current month
+ * and the empty partitions created ahead).
  *
  * For every AuditEventFilter shape, in both orders, without and with an `after` cursor, it pins:
  * - an index is used, and no partition holding more than BIG_PARTITION rows is read by a
@@ -29,10 +29,12 @@ import {
  *   (`index` per shape below); shapes without an index of their own (category, action,
  *   outcome, severity) and the time range must read the (occurred_at, id) primary key in page
  *   order, with no Sort — so a page costs about `limit` rows, not every matching row;
- * - partitions are pruned: the partitions the plan touches are exactly those whose month
- *   overlaps the time window the query allows (the time range filter and/or the plain
- *   occurred_at bound that accompanies every keyset condition), and fewer than exist whenever
- *   a range or a cursor is given.
+ * - partitions are pruned: the partitions the plan of the page's first window touches are
+ *   exactly those whose month overlaps both that window and the time range the query allows
+ *   (the time range filter and/or the plain occurred_at bound that accompanies every keyset
+ *   condition), never more than WINDOW, and fewer than exist whenever a range or a cursor is
+ *   given; and the page's windows, one statement each, read every partition the range allows
+ *   exactly once between them, none more than WINDOW.
  * Two negative controls show the checks can fail: the same statement with index scans
  * disabled is flagged, and the cursor statement without its plain occurred_at bound (a row
  * comparison alone) touches every partition.
@@ -40,6 +42,8 @@ import {
 
 const ROWS = 100_000;
 const BIG_PARTITION = 1000;
+/** Months per statement: less than the tenant has (7), so that pages walk several windows. */
+const WINDOW = 3;
 
 interface PlanNode {
   'Node Type': string;
@@ -155,7 +159,7 @@ describe('EXPLAIN of the page query over 100,000 rows in monthly partitions', ()
       { kind: 'pg', url: databaseUrl(), poolSize: 2, applicationName: 'explain-test' },
       createLogger({ logLevel: 'silent' }),
     );
-    reader = new AuditEventReader(db);
+    reader = new AuditEventReader(db, { windowPartitions: WINDOW });
   });
 
   afterAll(async () => {
@@ -251,10 +255,24 @@ describe('EXPLAIN of the page query over 100,000 rows in monthly partitions', ()
     }
   }
 
+  /** The page's statement over every month (no window): the negative controls' subject. */
   function pageSql(filter: AuditEventFilter, order: AuditEventOrder, after?: KeysetPosition) {
     return reader
       .pageQuery({ schema, filter, order, direction: 'forward', limit: 50, after })
       .toSQL();
+  }
+
+  /** The statements a page runs, one per window, in the order it would run them. */
+  async function windowSqls(
+    filter: AuditEventFilter,
+    order: AuditEventOrder,
+    after?: KeysetPosition,
+  ): Promise<{ window: TimeWindow; sql: string; params: unknown[] }[]> {
+    const q = { schema, filter, order, direction: 'forward' as const, limit: 50, after };
+    return (await reader.pageWindows(q)).map((window) => ({
+      window,
+      ...reader.pageQuery(q, window).toSQL(),
+    }));
   }
 
   /** Partitions whose month overlaps [lo, hi) — what a well-pruned plan may touch. */
@@ -299,14 +317,16 @@ describe('EXPLAIN of the page query over 100,000 rows in monthly partitions', ()
     for (const s of shapes) {
       for (const order of ['OCCURRED_AT_DESC', 'OCCURRED_AT_ASC'] as const) {
         for (const withCursor of [false, true]) {
-          const { sql, params } = pageSql(s.filter, order, withCursor ? cursor : undefined);
-          const plan = await explain(sql, params);
-          const sum = summarise(plan);
+          const statements = await windowSqls(s.filter, order, withCursor ? cursor : undefined);
           const label = `${s.name} ${order === 'OCCURRED_AT_DESC' ? 'desc' : 'asc'}${withCursor ? ' +after' : ''}`;
-          const nodeTypes = [...new Set(sum.all.map((n) => n['Node Type']))].join(', ');
+          const plans = [];
+          for (const st of statements) plans.push(summarise(await explain(st.sql, st.params)));
+          // The window that reads the bulk of the rows is the one the table shows.
+          const main = plans.find((p) => p.touched.some((r) => big.has(r))) ?? plans[0]!;
+          const nodeTypes = [...new Set(main.all.map((n) => n['Node Type']))].join(', ');
           const indexes = [
             ...new Set(
-              sum.indexNodes.map((n) =>
+              main.indexNodes.map((n) =>
                 (n['Index Name'] ?? '').replace(/^audit_events_y\d{4}m\d{2}_/, ''),
               ),
             ),
@@ -315,38 +335,60 @@ describe('EXPLAIN of the page query over 100,000 rows in monthly partitions', ()
             shape: label,
             nodes: nodeTypes,
             indexes,
-            partitions: `${sum.touched.length}/${partitions.length}${sum.removed ? ` (${sum.removed} removed at start)` : ''}`,
+            partitions: `${plans.map((p) => p.touched.length).join('+')}/${partitions.length}`,
+            windows: String(statements.length),
             note: s.note ?? '',
           });
 
-          const expected = expectedPartitions(s, order, withCursor);
-          if (sum.indexNodes.length === 0) failures.push(`${label}: no index node`);
-          if (sum.bigSeqScans.length > 0)
+          const allowed = expectedPartitions(s, order, withCursor);
+          // The page's first statement: exactly its window's share of what the range allows.
+          const first = plans[0]!;
+          const w = statements[0]!.window;
+          const expected = allowed.filter((p) =>
+            partitionsIn(w.from ?? null, w.to ?? null).includes(p),
+          );
+          if (JSON.stringify(first.touched) !== JSON.stringify(expected)) {
             failures.push(
-              `${label}: Seq Scan on ${sum.bigSeqScans.map((n) => n['Relation Name']).join(', ')}`,
+              `${label}: first window touches [${first.touched.join(', ')}], expected [${expected.join(', ')}]`,
             );
-          // Every big partition the plan reads is read through the shape's index.
-          const bigTouched = sum.touched.filter((r) => big.has(r));
-          for (const rel of bigTouched) {
-            const viaIndex = sum.all.some(
-              (n) =>
-                INDEX_NODES.has(n['Node Type']) &&
-                (n['Index Name'] ?? '').startsWith(`${rel}_`) &&
-                s.index.test(n['Index Name'] ?? ''),
-            );
-            if (!viaIndex) failures.push(`${label}: ${rel} not read through ${s.index}`);
           }
-          if (s.inOrder && sum.all.some((n) => n['Node Type'] === 'Sort')) {
-            failures.push(`${label}: sorts instead of reading the index in order`);
-          }
-          if (JSON.stringify(sum.touched) !== JSON.stringify(expected)) {
+          // All windows together: each partition the range allows, once.
+          const union = plans.flatMap((p) => p.touched).sort();
+          if (JSON.stringify(union) !== JSON.stringify(allowed)) {
             failures.push(
-              `${label}: touches [${sum.touched.join(', ')}], expected [${expected.join(', ')}]`,
+              `${label}: windows touch [${union.join(', ')}], expected [${allowed.join(', ')}]`,
             );
           }
-          if ((withCursor || s.filter.occurredAfter) && sum.touched.length >= partitions.length) {
+          if ((withCursor || s.filter.occurredAfter) && union.length >= partitions.length) {
             failures.push(`${label}: no partition pruned`);
           }
+          plans.forEach((sum, i) => {
+            const at = `${label} (window ${i + 1}/${plans.length})`;
+            if (sum.touched.length > WINDOW) {
+              failures.push(`${at}: touches ${sum.touched.length} partitions, over ${WINDOW}`);
+            }
+            if (sum.bigSeqScans.length > 0)
+              failures.push(
+                `${at}: Seq Scan on ${sum.bigSeqScans.map((n) => n['Relation Name']).join(', ')}`,
+              );
+            // A window of empty partitions (those ahead) may be read any way: it holds nothing.
+            const bigTouched = sum.touched.filter((r) => big.has(r));
+            if (bigTouched.length === 0) return;
+            if (sum.indexNodes.length === 0) failures.push(`${at}: no index node`);
+            // Every big partition the plan reads is read through the shape's index.
+            for (const rel of bigTouched) {
+              const viaIndex = sum.all.some(
+                (n) =>
+                  INDEX_NODES.has(n['Node Type']) &&
+                  (n['Index Name'] ?? '').startsWith(`${rel}_`) &&
+                  s.index.test(n['Index Name'] ?? ''),
+              );
+              if (!viaIndex) failures.push(`${at}: ${rel} not read through ${s.index}`);
+            }
+            if (s.inOrder && sum.all.some((n) => n['Node Type'] === 'Sort')) {
+              failures.push(`${at}: sorts instead of reading the index in order`);
+            }
+          });
         }
       }
     }

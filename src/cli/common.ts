@@ -70,7 +70,9 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
   try {
     const migrator = new Migrator(db);
     await migrator.migrateControl();
-    const partitions = new PartitionManager(db, log);
+    const partitions = new PartitionManager(db, log, {
+      limits: { maxPerTenant: config.maxPartitionsPerTenant },
+    });
     const tenants = new TenantRegistry(db, migrator, partitions, log, {
       partitionsAhead: config.partitionsAhead,
     });
@@ -106,7 +108,7 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
       log,
       db,
       tenants,
-      directory: new TenantDirectory(db),
+      directory: new TenantDirectory(db, config.readWindowPartitions),
       apiKeys,
       async recordAccess(record) {
         const event = accessEventRecord({ ...record, actor, correlationId });

@@ -1,5 +1,6 @@
 import { CONTROL_SCHEMA, type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { Database } from './client.js';
+import { monthOfPartition, monthWindows } from './partitions.js';
 
 /** A tenant as the administration sees it. */
 export interface TenantInfo {
@@ -31,7 +32,11 @@ const PARTITION = /^audit_events_y(\d{4})m(\d{2})$/;
  * from pg_class.reltuples (kept by ANALYZE and autovacuum) beyond.
  */
 export class TenantDirectory {
-  constructor(private readonly db: Database) {}
+  constructor(
+    private readonly db: Database,
+    /** READ_WINDOW_PARTITIONS: months one counting statement may read. */
+    private readonly windowPartitions = 6,
+  ) {}
 
   /** Tenants in id order, after `after` (exclusive); one more than `first` tells of a next page. */
   async list(first: number, after: string | null): Promise<TenantInfo[]> {
@@ -105,11 +110,23 @@ export class TenantDirectory {
       if (!from || start < from) from = start;
       if (!until || end > until) until = end;
     }
-    const [counted] = await this.db.query<{ n: number }>(
-      `/* tenants.count */ select count(*)::int as n from (select 1 from ${table} limit $1) s`,
-      [COUNT_CAP + 1],
-    );
-    const exact = counted?.n ?? 0;
+    // Counted a window of months at a time, newest first, until the cap: one statement over
+    // every partition would lock each of them (and their indexes) at once.
+    const months = parts.map((p) => monthOfPartition(p.name)).filter((m) => m !== null);
+    let exact = 0;
+    for (const w of monthWindows(months, {}, this.windowPartitions, false)) {
+      const params: unknown[] = [COUNT_CAP + 1 - exact];
+      const where: string[] = [];
+      if (w.from) where.push(`occurred_at >= $${params.push(w.from.toISOString())}::timestamptz`);
+      if (w.to) where.push(`occurred_at < $${params.push(w.to.toISOString())}::timestamptz`);
+      const [counted] = await this.db.query<{ n: number }>(
+        `/* tenants.count */ select count(*)::int as n from (
+           select 1 from ${table} ${where.length ? `where ${where.join(' and ')}` : ''} limit $1) s`,
+        params,
+      );
+      exact += counted?.n ?? 0;
+      if (exact > COUNT_CAP) break;
+    }
     if (exact <= COUNT_CAP) {
       return { events: exact, eventsExact: true, partitions: parts.length, from, until };
     }

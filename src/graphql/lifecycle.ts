@@ -284,6 +284,11 @@ const RetentionRef = builder
     fields: (t) => ({
       days: t.exposeInt('days', { description: 'What applies.' }),
       default: t.exposeInt('defaultDays', { description: 'RETENTION_DAYS.' }),
+      max: t.exposeInt('maxDays', {
+        description:
+          'MAX_RETENTION_DAYS: the most setRetention accepts, and the oldest occurredAt a write may ' +
+          'have (when `days` is larger, from a setting made before this ceiling).',
+      }),
       tenantDays: t.exposeInt('tenantDays', {
         nullable: true,
         description: 'The tenant’s own setting; null when the default applies.',
@@ -314,7 +319,8 @@ builder.queryField('retention', (t) =>
 const SetRetentionInput = builder.inputType('SetRetentionInput', {
   fields: (t) => ({
     days: t.int({
-      description: '1 to 36500; null returns the tenant to the default (RETENTION_DAYS).',
+      description:
+        '1 to MAX_RETENTION_DAYS (3660 by default); null returns the tenant to the default (RETENTION_DAYS).',
     }),
   }),
 });
@@ -347,7 +353,7 @@ builder.mutationField('setRetention', (t) =>
         // Leaving the field out is not a way to say "default": that takes an explicit null.
         throw ValidationError.single(
           'input.days',
-          'give the number of days (1 to 36500), or null for the default',
+          `give the number of days (1 to ${ctx.services.config.maxRetentionDays}), or null for the default`,
         );
       }
       await ctx.services.tenants.ensure(tenant, false);

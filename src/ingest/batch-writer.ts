@@ -1,6 +1,6 @@
 import { isDeepStrictEqual } from 'node:util';
 import { type Database, type Sql, sqlState } from '../db/client.js';
-import type { PartitionManager } from '../db/partitions.js';
+import type { MonthRefusal, PartitionManager } from '../db/partitions.js';
 import {
   ChainHasher,
   canonicalEvent,
@@ -192,7 +192,7 @@ export class BatchWriter {
     if (dropped.size > 0) {
       this.log.warn(
         { schema, batchId, events: dropped.size },
-        'events of months dropped by retention refused; they go to the dead-letter queue',
+        'events of months without a partition (dropped by retention, or past the ceiling) refused; they go to the dead-letter queue',
       );
     }
     if (result.statuses.includes('DUPLICATE') && !result.alreadyCommitted) {
@@ -201,19 +201,28 @@ export class BatchWriter {
     return result;
   }
 
-  /** Rejections (by position) of the records whose month retention has dropped. */
+  /**
+   * Rejections (by position) of the records whose month gets no partition: dropped by
+   * retention, or past the tenant's partition ceiling (a write admitted on another instance at
+   * the same moment, or a dead letter replayed later).
+   */
   private refuseDropped(
     records: readonly AuditEventRecord[],
-    droppedMonths: Set<number>,
+    refusedMonths: Map<number, MonthRefusal>,
   ): Map<number, RowRejection> {
     const refused = new Map<number, RowRejection>();
-    if (droppedMonths.size === 0) return refused;
+    if (refusedMonths.size === 0) return refused;
     records.forEach((r, i) => {
       const month = chainMonth(r.occurredAt);
-      if (droppedMonths.has(month.getTime())) {
+      const why = refusedMonths.get(month.getTime());
+      if (why) {
+        const name = month.toISOString().slice(0, 7);
         refused.set(i, {
           sqlState: null,
-          message: `month ${month.toISOString().slice(0, 7)} was dropped by retention; its events can no longer be stored`,
+          message:
+            why === 'dropped'
+              ? `month ${name} was dropped by retention; its events can no longer be stored`
+              : `month ${name} has no partition and the tenant is at MAX_PARTITIONS_PER_TENANT`,
         });
       }
     });

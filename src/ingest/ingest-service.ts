@@ -35,6 +35,11 @@ export interface IngestOptions {
   instanceId: string;
   /** Told how long each COMMITTED call waited for its events (metrics). */
   onCommitWait?: (ms: number, outcome: 'settled' | 'timeout') => void;
+  /**
+   * Refuses (throws ValidationError) a call whose months would take the tenant past its
+   * partition ceilings, before anything of it is accepted (the partition manager).
+   */
+  partitions?: { admit(schema: string, dates: readonly Date[]): Promise<void> };
 }
 
 /** Why events are being dead-lettered. */
@@ -149,7 +154,8 @@ export class IngestService {
   ) {}
 
   /**
-   * Accepts a validated call whole, or rejects it whole (ShuttingDownError, BackpressureError).
+   * Accepts a validated call whole, or rejects it whole (ShuttingDownError, BackpressureError,
+   * ValidationError when its months would need more partitions than the tenant may have).
    * With COMMITTED it resolves once every event is STORED or DUPLICATE (or throws
    * CommitTimeoutError, the events staying accepted and pending); with BUFFERED at once.
    */
@@ -159,6 +165,14 @@ export class IngestService {
     ack: Ack,
   ): Promise<AcceptedEvent[]> {
     if (this.stopping) throw new ShuttingDownError();
+    if (this.opts.partitions) {
+      await this.opts.partitions.admit(
+        tenantSchema(tenant),
+        records.map((r) => r.occurredAt),
+      );
+      // Nothing is held across that wait; what follows decides at once.
+      if (this.stopping) throw new ShuttingDownError();
+    }
     const state = this.state(tenant);
     const bytes = records.map(recordBytes);
     const total = bytes.reduce((a, b) => a + b, 0);

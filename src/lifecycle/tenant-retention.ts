@@ -3,7 +3,7 @@ import { UnknownTenantError, ValidationError } from '../domain/errors.js';
 import { CONTROL_SCHEMA, type TenantId } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 
-/** The smallest and largest retention a tenant may have, in days (as RETENTION_DAYS). */
+/** The smallest retention a tenant may have, and the highest MAX_RETENTION_DAYS, in days. */
 export const RETENTION_MIN_DAYS = 1;
 export const RETENTION_MAX_DAYS = 36_500;
 
@@ -13,6 +13,8 @@ export interface RetentionSetting {
   days: number;
   /** RETENTION_DAYS. */
   defaultDays: number;
+  /** MAX_RETENTION_DAYS: the most a tenant may set, and the oldest an accepted event may be. */
+  maxDays: number;
   /** The tenant's own setting; null means the default applies. */
   tenantDays: number | null;
   source: 'TENANT' | 'DEFAULT';
@@ -54,8 +56,18 @@ export class TenantRetention {
   constructor(
     private readonly db: Database,
     private readonly log: Logger,
-    private readonly opts: { defaultDays: number; cacheMs?: number; lookupTimeoutMs?: number },
+    private readonly opts: {
+      defaultDays: number;
+      /** MAX_RETENTION_DAYS (default RETENTION_MAX_DAYS). */
+      maxDays?: number;
+      cacheMs?: number;
+      lookupTimeoutMs?: number;
+    },
   ) {}
+
+  private get maxDays(): number {
+    return this.opts.maxDays ?? RETENTION_MAX_DAYS;
+  }
 
   private get cacheMs(): number {
     return this.opts.cacheMs ?? 30_000;
@@ -66,13 +78,23 @@ export class TenantRetention {
     return {
       days: tenantDays ?? this.opts.defaultDays,
       defaultDays: this.opts.defaultDays,
+      maxDays: this.maxDays,
       tenantDays,
       source: tenantDays === null ? 'DEFAULT' : 'TENANT',
     };
   }
 
-  /** Retention days that apply to the tenant now, from the cache (the write path's question). */
+  /**
+   * How old an event the tenant may write now, in days, from the cache (the write path's
+   * question): its retention, but never more than MAX_RETENTION_DAYS — a setting made before
+   * that ceiling existed keeps its months (retention drops by the setting itself), yet cannot
+   * make writes spread over more months than the ceiling allows.
+   */
   async days(tenant: TenantId): Promise<number> {
+    return Math.min(await this.retentionDays(tenant), this.maxDays);
+  }
+
+  private async retentionDays(tenant: TenantId): Promise<number> {
     const hit = this.cache.get(tenant);
     if (hit && hit.expiresAt > Date.now()) return hit.days;
     const loading = this.load(tenant);
@@ -119,7 +141,7 @@ export class TenantRetention {
   }
 
   /**
-   * Sets the tenant's retention (1..36500 days), or returns it to the default (`null`).
+   * Sets the tenant's retention (1..MAX_RETENTION_DAYS days), or returns it to the default (`null`).
    * Returns the setting before and after. Applies on this instance at once; other instances
    * pick it up within the cache time.
    */
@@ -129,11 +151,12 @@ export class TenantRetention {
   ): Promise<{ before: RetentionSetting; after: RetentionSetting }> {
     if (
       days !== null &&
-      (!Number.isInteger(days) || days < RETENTION_MIN_DAYS || days > RETENTION_MAX_DAYS)
+      (!Number.isInteger(days) || days < RETENTION_MIN_DAYS || days > this.maxDays)
     ) {
       throw ValidationError.single(
         'input.days',
-        `must be a whole number of days from ${RETENTION_MIN_DAYS} to ${RETENTION_MAX_DAYS}, or null for the default`,
+        `must be a whole number of days from ${RETENTION_MIN_DAYS} to ${this.maxDays} ` +
+          '(MAX_RETENTION_DAYS), or null for the default',
       );
     }
     const result = await this.db.transaction(async (tx) => {

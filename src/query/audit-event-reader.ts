@@ -1,6 +1,6 @@
 import { and, asc, desc, eq, gt, gte, inArray, lt, lte, type SQL, sql } from 'drizzle-orm';
 import type { Database } from '../db/client.js';
-import { addMonths } from '../db/partitions.js';
+import { addMonths, monthWindows, PartitionCatalog, type TimeWindow } from '../db/partitions.js';
 import { type TenantTables, tenantTables } from '../db/tenant-tables.js';
 import type { AuditEventFilter, AuditEventOrder } from '../domain/filter.js';
 import type { KeysetPosition } from '../domain/keyset-cursor.js';
@@ -44,6 +44,12 @@ export interface ChainMonthSnapshot {
   } | null;
 }
 
+/** One side of a keyset position on the time line: `greater` = at or after `at`. */
+interface Bound {
+  at: Date;
+  greater: boolean;
+}
+
 export interface KeysetPage {
   rows: AuditEventRow[];
   hasNextPage: boolean;
@@ -54,24 +60,57 @@ export interface KeysetPage {
  * Keyset pagination over `(occurred_at, id)`. Every position condition is written twice: as the
  * exact row comparison, and as a plain bound on `occurred_at` — only the latter lets PostgreSQL
  * prune partitions (a row comparison alone scans every partition's index).
+ *
+ * No statement reads more than `windowPartitions` of a tenant's months. A statement that could
+ * not prune would plan (and lock, with each of its indexes) every partition the tenant has, in
+ * PostgreSQL's lock table that the whole server shares; so pages, look-ups by id and existence
+ * checks walk the tenant's months in windows (see monthWindows), nearest first, one short
+ * statement each, and stop as soon as they have their answer. The windows come from the
+ * partition catalog (cached), and cover the whole time line whatever it says, so a month it does
+ * not know yet is still read.
  */
 export class AuditEventReader {
   private readonly tables = new Map<string, TenantTables>();
+  private readonly catalog: Pick<PartitionCatalog, 'months'>;
+  private readonly windowPartitions: number;
 
-  constructor(private readonly db: Database) {}
+  constructor(
+    private readonly db: Database,
+    opts: {
+      /** The instance's partition catalog (a private one by default). */
+      catalog?: Pick<PartitionCatalog, 'months'>;
+      /** READ_WINDOW_PARTITIONS. */
+      windowPartitions?: number;
+    } = {},
+  ) {
+    this.catalog = opts.catalog ?? new PartitionCatalog(db);
+    this.windowPartitions = opts.windowPartitions ?? 6;
+  }
 
   /**
-   * The page's main statement, unexecuted: `page()` runs it, and tests EXPLAIN its `toSQL()`
-   * to prove that an index is used and partitions are pruned.
+   * The windows a page walks, in the order it reads them: the page's own time range (filter and
+   * cursors) cut into spans of at most `windowPartitions` months, starting at the page's start.
    */
-  pageQuery(q: KeysetPageQuery) {
+  async pageWindows(q: KeysetPageQuery): Promise<TimeWindow[]> {
+    const bounds: Bound[] = [];
+    if (q.after) bounds.push(this.side(q.after, 'after', q.order));
+    if (q.before) bounds.push(this.side(q.before, 'before', q.order));
+    return this.windows(q.schema, q.filter, bounds, this.readsAscending(q));
+  }
+
+  /**
+   * One window's statement, unexecuted: `page()` runs it for each window it walks, and tests
+   * EXPLAIN its `toSQL()` to prove that an index is used and partitions are pruned. Without a
+   * window it is the page's statement over every month (tests compare the two).
+   */
+  pageQuery(q: KeysetPageQuery, window?: TimeWindow) {
     const t = this.tablesOf(q.schema).auditEvents;
     const conditions = [...this.filterConditions(t, q.filter)];
     if (q.after) conditions.push(...this.beyond(t, q.after, 'after', q.order));
     if (q.before) conditions.push(...this.beyond(t, q.before, 'before', q.order));
+    if (window) conditions.push(...this.within(t, window));
     // Reading backward means reading the reversed order, then restoring it.
-    const ascending = (q.order === 'OCCURRED_AT_ASC') === (q.direction === 'forward');
-    const dir = ascending ? asc : desc;
+    const dir = this.readsAscending(q) ? asc : desc;
     return this.db.orm
       .select()
       .from(t)
@@ -82,20 +121,34 @@ export class AuditEventReader {
 
   async page(q: KeysetPageQuery): Promise<KeysetPage> {
     const t = this.tablesOf(q.schema).auditEvents;
-    const rows = await this.pageQuery(q);
+    // Windows are disjoint and read in page order, so their rows simply follow each other.
+    const rows: AuditEventRow[] = [];
+    for (const w of await this.pageWindows(q)) {
+      rows.push(...(await this.pageQuery({ ...q, limit: q.limit - rows.length }, w)));
+      if (rows.length > q.limit) break;
+    }
     const more = rows.length > q.limit;
-    if (more) rows.pop();
+    if (more) rows.length = q.limit;
     if (q.direction === 'backward') rows.reverse();
 
     // The far side of the page's own cursor: is there anything there (within the filter)?
     const opposite = q.direction === 'forward' ? q.after : q.before;
     const oppositeSide = q.direction === 'forward' ? 'before' : 'after';
-    const hasOpposite = opposite
-      ? await this.exists(t, [
-          ...this.filterConditions(t, q.filter),
-          ...this.beyond(t, opposite, oppositeSide, q.order, true),
-        ])
-      : false;
+    let hasOpposite = false;
+    if (opposite) {
+      const bound = this.side(opposite, oppositeSide, q.order);
+      const conditions = [
+        ...this.filterConditions(t, q.filter),
+        ...this.beyond(t, opposite, oppositeSide, q.order, true),
+      ];
+      // Nearest the cursor first: the answer is usually in the first window.
+      for (const w of await this.windows(q.schema, q.filter, [bound], bound.greater)) {
+        if (await this.exists(t, [...conditions, ...this.within(t, w)])) {
+          hasOpposite = true;
+          break;
+        }
+      }
+    }
     return q.direction === 'forward'
       ? { rows, hasNextPage: more, hasPreviousPage: hasOpposite }
       : { rows, hasNextPage: hasOpposite, hasPreviousPage: more };
@@ -179,7 +232,7 @@ export class AuditEventReader {
    * An event by id. Without `occurredAt`, the tenant's id table says where the id's event is
    * stored, so the read is exact (one partition) and cannot be redirected to another event under
    * the same id. An id it does not know (rows written without it, by an older version) is looked
-   * for in every month, the event received first winning.
+   * for month by month, oldest first, a window of months per statement.
    */
   async byId(schema: string, id: string, occurredAt?: Date): Promise<AuditEventRow | null> {
     const tables = this.tablesOf(schema);
@@ -193,13 +246,61 @@ export class AuditEventReader {
         .limit(1);
       at = place?.occurredAt;
     }
-    const rows = await this.db.orm
-      .select()
-      .from(t)
-      .where(and(eq(t.id, id), at ? eq(t.occurredAt, at) : undefined))
-      .orderBy(asc(t.receivedAt), asc(t.occurredAt))
-      .limit(1);
-    return rows[0] ?? null;
+    const windows = at ? [{}] : await this.windows(schema, {}, [], true);
+    for (const w of windows) {
+      const rows = await this.db.orm
+        .select()
+        .from(t)
+        .where(and(eq(t.id, id), at ? eq(t.occurredAt, at) : undefined, ...this.within(t, w)))
+        .orderBy(asc(t.receivedAt), asc(t.occurredAt))
+        .limit(1);
+      if (rows[0]) return rows[0];
+    }
+    return null;
+  }
+
+  /** Whether the page's statements read `occurred_at` ascending. */
+  private readsAscending(q: KeysetPageQuery): boolean {
+    return (q.order === 'OCCURRED_AT_ASC') === (q.direction === 'forward');
+  }
+
+  /** The windows of `filter`'s time range narrowed by `bounds`, in walk order. */
+  private async windows(
+    schema: string,
+    filter: AuditEventFilter,
+    bounds: Bound[],
+    ascending: boolean,
+  ): Promise<TimeWindow[]> {
+    let lo = filter.occurredAfter?.getTime() ?? Number.NEGATIVE_INFINITY;
+    let hi = filter.occurredBefore?.getTime() ?? Number.POSITIVE_INFINITY;
+    for (const b of bounds) {
+      // The plain bounds of `beyond` are inclusive of the position's instant.
+      if (b.greater) lo = Math.max(lo, b.at.getTime());
+      else hi = Math.min(hi, b.at.getTime() + 1);
+    }
+    if (lo >= hi) return [];
+    const months = await this.catalog.months(schema);
+    return monthWindows(
+      months,
+      {
+        ...(Number.isFinite(lo) ? { from: new Date(lo) } : {}),
+        ...(Number.isFinite(hi) ? { to: new Date(hi) } : {}),
+      },
+      this.windowPartitions,
+      ascending,
+    );
+  }
+
+  /** Where `beyond(pos, side, order)` lies on the time line. */
+  private side(pos: KeysetPosition, side: 'after' | 'before', order: AuditEventOrder): Bound {
+    return { at: pos.occurredAt, greater: (side === 'after') === (order === 'OCCURRED_AT_ASC') };
+  }
+
+  private within(t: TenantTables['auditEvents'], w: TimeWindow): SQL[] {
+    const c: SQL[] = [];
+    if (w.from) c.push(gte(t.occurredAt, w.from));
+    if (w.to) c.push(lt(t.occurredAt, w.to));
+    return c;
   }
 
   private async exists(t: TenantTables['auditEvents'], conditions: SQL[]): Promise<boolean> {

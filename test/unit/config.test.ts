@@ -84,6 +84,40 @@ describe('loadConfig', () => {
     ).toBe(0);
   });
 
+  it('caps retention and partitions by default, and checks them against each other', () => {
+    const c = loadConfig({});
+    expect(c).toMatchObject({
+      maxRetentionDays: 3660,
+      maxPartitionsPerTenant: 160,
+      maxNewPartitionsPerCall: 24,
+      readWindowPartitions: 6,
+    });
+    // RETENTION_DAYS above the ceiling, a ceiling of partitions too low for the retention
+    // ceiling, and an unrelated bad variable: all three at once.
+    const problems = problemsOf({
+      RETENTION_DAYS: '36500',
+      MAX_PARTITIONS_PER_TENANT: '100',
+      PORT: 'eighty',
+    });
+    expect(problems.map((p) => p.split(':')[0]).sort()).toEqual([
+      'MAX_PARTITIONS_PER_TENANT',
+      'PORT',
+      'RETENTION_DAYS',
+    ]);
+    expect(problems.find((p) => p.startsWith('RETENTION_DAYS'))).toContain('MAX_RETENTION_DAYS');
+    // Raising one ceiling asks for the other to follow.
+    expect(problemsOf({ MAX_RETENTION_DAYS: '36500', RETENTION_DAYS: '36500' })).toEqual([
+      expect.stringMatching(/^MAX_PARTITIONS_PER_TENANT: 160 cannot hold the 1305 months/),
+    ]);
+    expect(
+      loadConfig({
+        MAX_RETENTION_DAYS: '36500',
+        RETENTION_DAYS: '36500',
+        MAX_PARTITIONS_PER_TENANT: '0',
+      }).maxPartitionsPerTenant,
+    ).toBe(0);
+  });
+
   it('defaults to the embedded database, dev auth and auto-provisioning with no DATABASE_URL', () => {
     const c = loadConfig({});
     expect(c.database).toEqual({ kind: 'pglite', dataDir: './.data/pglite' });

@@ -208,6 +208,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       log.child({ component: 'rate-limit' }),
     ),
     connections: new TenantConnectionLimiter(config.maxConnectionsPerTenant),
+    subscriptions: new TenantConnectionLimiter(config.maxSubscriptionsPerTenant),
     keyWatcher: new KeyWatcher(apiKeys, authLog, config.authRecheckMs),
     cluster,
     config,

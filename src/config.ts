@@ -138,6 +138,17 @@ const envSchema = z.object({
   MAX_REQUEST_BYTES: int(1024).default(16 * 1024 * 1024),
   /** Operations (subscriptions) one WebSocket connection may have open at once. */
   MAX_SUBSCRIPTIONS_PER_CONNECTION: int(1, 100_000).default(100),
+  /**
+   * Subscriptions (WebSocket and SSE, every field) one tenant may have open on an instance; one
+   * more is answered LimitExceededError as its only message. 0: no limit.
+   */
+  MAX_SUBSCRIPTIONS_PER_TENANT: int(0).default(1_000),
+  /**
+   * Bytes of messages (estimated from their serialised size) queued for all subscribers of the
+   * process and not yet delivered. Past it, the subscriptions holding the most are ended with
+   * SubscriptionInterruptedError OVERLOADED until the new message fits.
+   */
+  SUBSCRIPTION_QUEUE_MAX_BYTES: int(64 * 1024).default(64 * 1024 * 1024),
   /** Longest a flushAudit call may wait (its timeoutMs is capped to this). */
   FLUSH_MAX_TIMEOUT_MS: int(1, 600_000).default(60_000),
   /** Deadline of a graceful shutdown. */
@@ -203,6 +214,8 @@ export interface Config {
   cursorSecret: string | undefined;
   maxRequestBytes: number;
   maxSubscriptionsPerConnection: number;
+  maxSubscriptionsPerTenant: number;
+  subscriptionQueueMaxBytes: number;
   flushMaxTimeoutMs: number;
   shutdownTimeoutMs: number;
   graphiql: boolean;
@@ -297,6 +310,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     cursorSecret: e.CURSOR_SECRET,
     maxRequestBytes: e.MAX_REQUEST_BYTES,
     maxSubscriptionsPerConnection: e.MAX_SUBSCRIPTIONS_PER_CONNECTION,
+    maxSubscriptionsPerTenant: e.MAX_SUBSCRIPTIONS_PER_TENANT,
+    subscriptionQueueMaxBytes: e.SUBSCRIPTION_QUEUE_MAX_BYTES,
     flushMaxTimeoutMs: e.FLUSH_MAX_TIMEOUT_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     graphiql: e.GRAPHIQL,

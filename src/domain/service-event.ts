@@ -68,3 +68,10 @@ export function serviceEventRecord(e: ServiceEvent, now = new Date()): AuditEven
     dataJson: dataJson(e.data),
   };
 }
+
+/** The namespace of the event types the service writes itself (`auditgraph.access.read`, …). */
+export const SERVICE_EVENT_TYPE_PREFIX = 'auditgraph.';
+
+export function isServiceEventType(eventType: string): boolean {
+  return eventType.startsWith(SERVICE_EVENT_TYPE_PREFIX);
+}

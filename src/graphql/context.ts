@@ -50,6 +50,8 @@ export interface Services {
   rateLimiter: WriteRateLimiter;
   /** Open subscription connections per tenant (MAX_CONNECTIONS_PER_TENANT). */
   connections: TenantConnectionLimiter;
+  /** Open subscriptions per tenant, over every connection and field (MAX_SUBSCRIPTIONS_PER_TENANT). */
+  subscriptions: TenantConnectionLimiter;
   /** Ends what a revoked or expired key holds open. */
   keyWatcher: KeyWatcher;
   /** Signs chain heads as checkpoints, lists them. */

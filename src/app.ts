@@ -195,9 +195,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   const services: Services = {
     apiKeys,
     tenantDirectory: new TenantDirectory(db),
-    accessLog: new AccessLog(ingest, tenants, log.child({ component: 'access' }), {
-      auditReads: config.auditReads,
-    }),
+    accessLog: new AccessLog(ingest, tenants, log.child({ component: 'access' }), config),
     rateLimiter: new WriteRateLimiter(
       {
         eventsPerSecond: config.rateLimitEventsPerSecond,

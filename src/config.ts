@@ -49,6 +49,13 @@ const envSchema = z.object({
   AUTH_RECHECK_MS: int(100, 60_000).default(1_000),
   /** Record reads of the audit log (auditEvents, auditEvent, auditEventsAdded) as events. */
   AUDIT_READS: bool.default(true),
+  /**
+   * Access records (reads with AUDIT_READS, key and tenant administration) one tenant may have
+   * waiting to be written, held apart from its BUFFER_CAPACITY so that they never take room from
+   * the tenant's own writes. A read whose record finds this share full is refused
+   * (LimitExceededError) rather than served unrecorded.
+   */
+  ACCESS_LOG_BUFFER_CAPACITY: int(1, 1_000_000).default(1_000),
   /** Answer introspection queries (`__schema`, `__type`). */
   INTROSPECTION: bool.default(true),
   /** Deepest field nesting of an operation (introspection fields aside); 0: no limit. */
@@ -176,6 +183,7 @@ export interface Config {
   apiKeyTouchIntervalMs: number;
   authRecheckMs: number;
   auditReads: boolean;
+  accessLogBufferCapacity: number;
   introspection: boolean;
   maxQueryDepth: number;
   maxQueryComplexity: number;
@@ -272,6 +280,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     apiKeyTouchIntervalMs: e.API_KEY_TOUCH_INTERVAL_MS,
     authRecheckMs: e.AUTH_RECHECK_MS,
     auditReads: e.AUDIT_READS,
+    accessLogBufferCapacity: e.ACCESS_LOG_BUFFER_CAPACITY,
     introspection: e.INTROSPECTION,
     maxQueryDepth: e.MAX_QUERY_DEPTH,
     maxQueryComplexity: e.MAX_QUERY_COMPLEXITY,

@@ -1,5 +1,6 @@
+import { type ChildProcess, fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import type { Client } from 'graphql-ws';
+import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -94,7 +95,7 @@ describe('a read-only key flooding the live tail', () => {
   let reader: TestKey;
   let floodWriter: TestKey;
   let otherKey: TestKey;
-  const clients: Client[] = [];
+  const flooders: ChildProcess[] = [];
 
   beforeAll(async () => {
     const env = redisEnv();
@@ -117,7 +118,7 @@ describe('a read-only key flooding the live tail', () => {
   });
 
   afterAll(async () => {
-    await Promise.all(clients.map((c) => Promise.resolve(c.dispose()).catch(() => {})));
+    for (const f of flooders) f.kill('SIGKILL');
     await inst?.stop('SIGTERM', 20_000);
     await sql?.end();
     await dropTenants(flood, other);
@@ -135,14 +136,25 @@ describe('a read-only key flooding the live tail', () => {
     // Warm the page path before timing it.
     for (let i = 0; i < 5; i++) await calm.gql(PAGE, { first: 50 });
 
+    // The flooding client loads in a process of its own first; it floods on `go`.
+    const flooder = fork(
+      fileURLToPath(new URL('./support/flood-client.ts', import.meta.url)),
+      [
+        inst.url,
+        reader.secret,
+        String(FLOOD_CONNECTIONS),
+        String(SUBSCRIPTIONS_PER_CONNECTION),
+        EVENTS_ADDED_WITH_LIMIT,
+      ],
+      { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] },
+    );
+    flooders.push(flooder);
+    await new Promise((resolve) => flooder.once('message', resolve));
+
     const pid = inst.child.pid!;
     const rssBefore = rssMb(pid);
     const cpuBefore = cpuMs(pid);
     let rssMax = rssBefore;
-    const counts: Record<string, number> = {};
-    const count = (k: string) => {
-      counts[k] = (counts[k] ?? 0) + 1;
-    };
     const started = Date.now();
     let overBound = false;
     const sampler = setInterval(() => {
@@ -157,33 +169,7 @@ describe('a read-only key flooding the live tail', () => {
       if (rssMax > RSS_LIMIT_MB) overBound = true;
     }, 100);
 
-    for (let c = 0; c < FLOOD_CONNECTIONS; c++) {
-      const client = wsClient(inst.url, bearer(reader.secret), {
-        closed: (e) => count(`closed:${(e as { code?: number }).code}`),
-      });
-      clients.push(client);
-      for (let s = 0; s < SUBSCRIPTIONS_PER_CONNECTION; s++) {
-        client.subscribe(
-          { query: EVENTS_ADDED_WITH_LIMIT, variables: {} },
-          {
-            next: (r) => {
-              const m = (r.data as { auditEventsAdded?: Record<string, any> } | null)
-                ?.auditEventsAdded;
-              if (!m) return count('errors');
-              count(m.__typename);
-              if (m.__typename === 'AuditEvent' && String(m.eventType).startsWith('auditgraph.')) {
-                count('serviceEventsDelivered');
-              }
-              if (m.__typename === 'SubscriptionInterruptedError') count(`interrupted:${m.reason}`);
-              if (m.__typename === 'LimitExceededError') count(`limit:${m.limit}`);
-            },
-            error: () => count('subscriptionError'),
-            complete: () => count('complete'),
-          },
-        );
-      }
-    }
-
+    flooder.send('go');
     // The tenant's own writes go on during the flood, and are never refused for lack of room.
     const writes: string[] = [];
     const latencies: number[] = [];
@@ -208,6 +194,13 @@ describe('a read-only key flooding the live tail', () => {
       await new Promise((r) => setTimeout(r, 20));
     }
     clearInterval(sampler);
+    // What the flooding client saw (after a moment for the last messages in flight).
+    await new Promise((r) => setTimeout(r, 1_000));
+    const counts = await new Promise<Record<string, number>>((resolve, reject) => {
+      flooder.once('message', (m) => resolve(m as Record<string, number>));
+      flooder.once('exit', (code) => reject(new Error(`the flooding client exited with ${code}`)));
+      flooder.send('report');
+    });
     const summary = {
       rssBefore: Math.round(rssBefore),
       rssMax: Math.round(rssMax),
@@ -259,5 +252,88 @@ describe('a read-only key flooding the live tail', () => {
     );
     // Every subscription that was served was recorded; none that was refused.
     expect(reads.rows[0].n).toBe(counts.SubscriptionReady);
+  });
+});
+
+/**
+ * Access records have their own bounded share of the tenant's buffer: reads cannot fill the
+ * buffer the tenant's writes need, and a read whose record finds the share full is refused with
+ * a typed error — never served unrecorded.
+ */
+describe('access records of reads', () => {
+  let t: TestApp;
+  let sql: pg.Client;
+  const me = newTenant('share');
+
+  beforeAll(async () => {
+    t = await startKeysApp({
+      AUDIT_READS: 'true',
+      BUFFER_CAPACITY: '20',
+      ACCESS_LOG_BUFFER_CAPACITY: '10',
+      // Nothing is written until flushAudit: the buffer only fills.
+      FLUSH_INTERVAL_MS: '3600000',
+      BATCH_SIZE: '1000',
+    });
+    sql = await sqlClient();
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await sql?.end();
+    await dropTenants(me);
+  });
+
+  it('are held in their own share: past it reads are refused loudly, and writes still fit', async () => {
+    const reader = keyClient(t, (await createKey(t, me, ['events:read'], { label: 'r' })).secret);
+    const writer = keyClient(
+      t,
+      (await createKey(t, me, ['events:write', 'events:read'], { label: 'w' })).secret,
+    );
+    // Selected through the interface, so that the query is valid whichever errors the field has.
+    const READ = `query { auditEvents(first: 1) { __typename ... on AuditError { message retryable } } }`;
+    const answers: string[] = [];
+    for (let i = 0; i < 25; i++) {
+      const r = (await reader.gql(READ)).auditEvents;
+      answers.push(r.message ? `${r.__typename}: ${r.message} (${r.retryable})` : r.__typename);
+    }
+    expect(answers.slice(0, 10)).toEqual(Array(10).fill('AuditEventConnection'));
+    expect(answers.slice(10)).toEqual(
+      Array(15).fill(
+        'LimitExceededError: access records of this tenant waiting to be written: at most 10 ' +
+          '(ACCESS_LOG_BUFFER_CAPACITY) (true)',
+      ),
+    );
+
+    // A subscription whose record does not fit is refused the same way, as its only message.
+    const ws = wsClient(t.url, bearer((await createKey(t, me, ['events:read'])).secret));
+    const first = await new Promise<Record<string, any>>((resolve, reject) => {
+      ws.subscribe(
+        { query: EVENTS_ADDED_WITH_LIMIT, variables: {} },
+        {
+          next: (r) => resolve((r.data as Record<string, any>).auditEventsAdded),
+          error: reject,
+          complete: () => {},
+        },
+      );
+    });
+    expect(first).toMatchObject({
+      __typename: 'LimitExceededError',
+      limit: 'ACCESS_LOG_BUFFER_CAPACITY',
+    });
+    await ws.dispose();
+
+    // The tenant's own buffer is untouched by the access records: a full BUFFER_CAPACITY fits.
+    const events = Array.from({ length: 20 }, () => event({ correlationId: 'own' }));
+    const w = await writer.gql(CREATE, { input: { events, ack: 'BUFFERED' } });
+    expect(w.createAuditEvents).toMatchObject({ __typename: 'CreateAuditEventsPayload' });
+
+    const flushed = await writer.gql(FLUSH, { timeoutMs: 10_000 });
+    expect(flushed.flushAudit).toMatchObject({ __typename: 'FlushAuditPayload', stored: 30 });
+    // Every read that was served is recorded; none that was refused.
+    const { rows } = await sql.query(
+      `select count(*)::int as n from "t_${me}".audit_events where event_type = 'auditgraph.access.read'`,
+    );
+    expect(rows[0].n).toBe(10);
+    // Room again once written.
+    expect((await reader.gql(READ)).auditEvents.__typename).toBe('AuditEventConnection');
   });
 });

@@ -9,6 +9,7 @@ import {
 } from '../domain/errors.js';
 import { type AuditEventRecord, LIMITS, recordBytes } from '../domain/event.js';
 import { type AuditEventFilter, matchesLiveTail, validateFilter } from '../domain/filter.js';
+import { isServiceEventType } from '../domain/service-event.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { DeadLetterEventKind, FlushTrigger } from '../ingest/events.js';
 import type { ChainVerification } from '../integrity/chain-auditor.js';
@@ -430,22 +431,29 @@ interface LiveEvent {
  * of this instance's subscribers: the bus hands each of them the same message object, so the
  * work per subscriber is only its filter. Rows are shared, and never changed by resolvers.
  */
-const revived = new WeakMap<AuditEventsAddedMessage, LiveEvent[]>();
+const revived = new WeakMap<AuditEventsAddedMessage, { all: LiveEvent[]; clients: LiveEvent[] }>();
 /** Bytes a row holds while queued for a subscriber (SUBSCRIPTION_QUEUE_MAX_BYTES). */
 const rowBytes = new WeakMap<AuditEventRow, number>();
 
-function liveEvents(m: AuditEventsAddedMessage): LiveEvent[] {
+/**
+ * The events a subscriber's filter is to be tried on: every event when it names a type of the
+ * service's own (see matchesLiveTail), else only the others — a batch of access records then
+ * costs a subscriber nothing.
+ */
+function liveEvents(m: AuditEventsAddedMessage, namesServiceTypes: boolean): LiveEvent[] {
   let events = revived.get(m);
   if (!events) {
-    events = m.events.map((e: StoredEventMessage) => {
+    const all = m.events.map((e: StoredEventMessage) => {
       const record = storedEventRecord(e);
       const row = eventRow(record, m.batchId);
       rowBytes.set(row, recordBytes(record));
       return { record, row };
     });
+    const clients = all.filter((e) => !isServiceEventType(e.record.eventType));
+    events = { all, clients: clients.length === all.length ? all : clients };
     revived.set(m, events);
   }
-  return events;
+  return namesServiceTypes ? events.all : events.clients;
 }
 
 builder.subscriptionField('auditEventsAdded', (t) =>
@@ -465,16 +473,21 @@ builder.subscriptionField('auditEventsAdded', (t) =>
         ctx,
         'auditEventsAdded',
         () => validateFilter(args.filter as AuditEventFilter | null),
-        (tenant, filter) =>
-          ctx.services.realtime.subscribe(
+        (tenant, filter) => {
+          const namesServiceTypes = filter.eventTypes?.some(isServiceEventType) ?? false;
+          return ctx.services.realtime.subscribe(
             tenant,
             'auditEventsAdded',
-            (m) =>
-              liveEvents(m)
-                .filter((e) => matchesLiveTail(e.record, filter, e.row.data))
-                .map((e) => e.row),
+            (m) => {
+              const rows: AuditEventRow[] = [];
+              for (const e of liveEvents(m, namesServiceTypes)) {
+                if (matchesLiveTail(e.record, filter, e.row.data)) rows.push(e.row);
+              }
+              return rows;
+            },
             (row) => rowBytes.get(row) ?? 0,
-          ),
+          );
+        },
         (filter) => ({ filter }),
       ),
     resolve: resolveMessage,

@@ -234,9 +234,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
   const services: Services = {
     apiKeys,
     tenantDirectory: new TenantDirectory(db, config.readWindowPartitions),
-    accessLog: new AccessLog(ingest, tenants, log.child({ component: 'access' }), {
-      auditReads: config.auditReads,
-    }),
+    accessLog: new AccessLog(ingest, tenants, log.child({ component: 'access' }), config),
     rateLimiter: new WriteRateLimiter(
       {
         eventsPerSecond: config.rateLimitEventsPerSecond,
@@ -247,6 +245,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       log.child({ component: 'rate-limit' }),
     ),
     connections: new TenantConnectionLimiter(config.maxConnectionsPerTenant),
+    subscriptions: new TenantConnectionLimiter(config.maxSubscriptionsPerTenant),
     keyWatcher: new KeyWatcher(apiKeys, authLog, config.authRecheckMs),
     cluster,
     config,

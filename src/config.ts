@@ -61,6 +61,13 @@ const envSchema = z.object({
   AUTH_RECHECK_MS: int(100, 60_000).default(1_000),
   /** Record reads of the audit log (auditEvents, auditEvent, auditEventsAdded) as events. */
   AUDIT_READS: bool.default(true),
+  /**
+   * Access records (reads with AUDIT_READS, key and tenant administration) one tenant may have
+   * waiting to be written, held apart from its BUFFER_CAPACITY so that they never take room from
+   * the tenant's own writes. A read whose record finds this share full is refused
+   * (LimitExceededError) rather than served unrecorded.
+   */
+  ACCESS_LOG_BUFFER_CAPACITY: int(1, 1_000_000).default(1_000),
   /** Answer introspection queries (`__schema`, `__type`). */
   INTROSPECTION: bool.default(true),
   /** Deepest field nesting of an operation (introspection fields aside); 0: no limit. */
@@ -190,6 +197,17 @@ const envSchema = z.object({
   MAX_HTTP_CONNECTIONS: int(0, 1_000_000).default(10_000),
   /** Operations (subscriptions) one WebSocket connection may have open at once. */
   MAX_SUBSCRIPTIONS_PER_CONNECTION: int(1, 100_000).default(100),
+  /**
+   * Subscriptions (WebSocket and SSE, every field) one tenant may have open on an instance; one
+   * more is answered LimitExceededError as its only message. 0: no limit.
+   */
+  MAX_SUBSCRIPTIONS_PER_TENANT: int(0).default(1_000),
+  /**
+   * Bytes of messages (estimated from their serialised size) queued for all subscribers of the
+   * process and not yet delivered. Past it, the subscriptions holding the most are ended with
+   * SubscriptionInterruptedError OVERLOADED until the new message fits.
+   */
+  SUBSCRIPTION_QUEUE_MAX_BYTES: int(64 * 1024).default(64 * 1024 * 1024),
   /** Longest a flushAudit call may wait (its timeoutMs is capped to this). */
   FLUSH_MAX_TIMEOUT_MS: int(1, 600_000).default(60_000),
   /** Deadline of a graceful shutdown. */
@@ -220,6 +238,7 @@ export interface Config {
   apiKeyTouchIntervalMs: number;
   authRecheckMs: number;
   auditReads: boolean;
+  accessLogBufferCapacity: number;
   introspection: boolean;
   maxQueryDepth: number;
   maxQueryComplexity: number;
@@ -268,6 +287,8 @@ export interface Config {
   httpKeepAliveTimeoutMs: number;
   maxHttpConnections: number;
   maxSubscriptionsPerConnection: number;
+  maxSubscriptionsPerTenant: number;
+  subscriptionQueueMaxBytes: number;
   flushMaxTimeoutMs: number;
   shutdownTimeoutMs: number;
   graphiql: boolean;
@@ -373,6 +394,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     apiKeyTouchIntervalMs: e.API_KEY_TOUCH_INTERVAL_MS,
     authRecheckMs: e.AUTH_RECHECK_MS,
     auditReads: e.AUDIT_READS,
+    accessLogBufferCapacity: e.ACCESS_LOG_BUFFER_CAPACITY,
     introspection: e.INTROSPECTION,
     maxQueryDepth: e.MAX_QUERY_DEPTH,
     maxQueryComplexity: e.MAX_QUERY_COMPLEXITY,
@@ -421,6 +443,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     httpKeepAliveTimeoutMs: e.HTTP_KEEP_ALIVE_TIMEOUT_MS,
     maxHttpConnections: e.MAX_HTTP_CONNECTIONS,
     maxSubscriptionsPerConnection: e.MAX_SUBSCRIPTIONS_PER_CONNECTION,
+    maxSubscriptionsPerTenant: e.MAX_SUBSCRIPTIONS_PER_TENANT,
+    subscriptionQueueMaxBytes: e.SUBSCRIPTION_QUEUE_MAX_BYTES,
     flushMaxTimeoutMs: e.FLUSH_MAX_TIMEOUT_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     graphiql: e.GRAPHIQL,

@@ -5,7 +5,16 @@
 export abstract class AuditError extends Error {
   abstract readonly retryable: boolean;
   constructor(message: string) {
-    super(message);
+    // An expected failure is an answer, not a fault: it needs no stack trace. Capturing and
+    // formatting one (with source maps) costs more than the refusal it explains, and a flood of
+    // refusals (a tenant past its subscription cap) must stay cheap for the service.
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+      super(message);
+    } finally {
+      Error.stackTraceLimit = limit;
+    }
     this.name = new.target.name;
   }
 }

@@ -8,6 +8,7 @@ import {
   unstorableText,
 } from './event.js';
 import { instantRangeProblem } from './instant.js';
+import { isServiceEventType } from './service-event.js';
 
 /** The filter of `auditEvents` and of the live tail. Every present condition must hold. */
 export interface AuditEventFilter {
@@ -175,7 +176,12 @@ function canonicalJson(value: unknown): string {
  * conditions of `auditEvents`, used by the live tail. `dataContains` follows jsonb `@>`
  * (see jsonContains).
  */
-export function matchesFilter(record: AuditEventRecord, f: AuditEventFilter): boolean {
+export function matchesFilter(
+  record: AuditEventRecord,
+  f: AuditEventFilter,
+  /** The record's data already parsed, when the caller has it (the live tail parses once). */
+  data?: unknown,
+): boolean {
   if (f.correlationId && record.correlationId !== f.correlationId) return false;
   if (f.eventTypes?.length && !f.eventTypes.includes(record.eventType)) return false;
   if (f.category && record.category !== f.category) return false;
@@ -191,9 +197,26 @@ export function matchesFilter(record: AuditEventRecord, f: AuditEventFilter): bo
   if (f.occurredBefore && at >= f.occurredBefore.getTime()) return false;
   if (f.dataContains) {
     if (record.dataJson === null) return false;
-    return jsonContains(JSON.parse(record.dataJson), f.dataContains);
+    return jsonContains(data === undefined ? JSON.parse(record.dataJson) : data, f.dataContains);
   }
   return true;
+}
+
+/**
+ * The live tail's rule: the filter's, and the service's own records (access records above all,
+ * which reads themselves produce) only for a filter that names their type in `eventTypes`.
+ * Otherwise every subscription opened would be echoed to every subscriber: messages growing
+ * with the square of the subscribers, caused by a key that may only read.
+ */
+export function matchesLiveTail(
+  record: AuditEventRecord,
+  f: AuditEventFilter,
+  data?: unknown,
+): boolean {
+  if (isServiceEventType(record.eventType) && !f.eventTypes?.includes(record.eventType)) {
+    return false;
+  }
+  return matchesFilter(record, f, data);
 }
 
 const isJsonObject = (v: unknown): v is Record<string, unknown> =>

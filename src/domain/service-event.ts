@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { type AuditEventRecord, LIMITS } from './event.js';
+import { type AuditEventRecord, LIMITS, RESERVED_EVENT_TYPE_PREFIX } from './event.js';
 
 /**
  * Events the service writes itself (access records, legal holds, retention changes): built here
@@ -67,4 +67,12 @@ export function serviceEventRecord(e: ServiceEvent, now = new Date()): AuditEven
     spanId: null,
     dataJson: dataJson(e.data),
   };
+}
+
+/**
+ * Whether an event type is one the service writes itself (`auditgraph.access.read`, …): the
+ * namespace writers may not use.
+ */
+export function isServiceEventType(eventType: string): boolean {
+  return eventType.startsWith(RESERVED_EVENT_TYPE_PREFIX);
 }

@@ -1,4 +1,9 @@
-import { InvalidCursorError, ValidationError } from '../domain/errors.js';
+import {
+  InvalidCursorError,
+  LimitExceededError,
+  ShuttingDownError,
+  ValidationError,
+} from '../domain/errors.js';
 import { OUTCOMES } from '../domain/event.js';
 import { FILTER_LIMITS } from '../domain/filter.js';
 import { type Connection, PAGE_DEFAULT, PAGE_MAX } from '../query/audit-event-queries.js';
@@ -131,6 +136,13 @@ export const AuditEventFilterInput = builder.inputType('AuditEventFilter', {
   }),
 });
 
+/**
+ * A read whose access record (AUDIT_READS) cannot be accepted is refused with these, never
+ * served unrecorded: the tenant's access-record share or the process's buffer is full
+ * (LimitExceededError), or the instance is stopping.
+ */
+const READ_RECORD_ERRORS = [LimitExceededError, ShuttingDownError];
+
 builder.queryField('auditEvents', (t) =>
   t.field({
     type: AuditEventConnection,
@@ -138,7 +150,10 @@ builder.queryField('auditEvents', (t) =>
       `Events of the caller's tenant, keyset-paginated on (occurredAt, id). Forward with first/after, ` +
       `backward with last/before; page size defaults to ${PAGE_DEFAULT}, at most ${PAGE_MAX}. ` +
       'Cursors are bound to the tenant, order and filter they were issued for.',
-    errors: { types: [...TENANT_ERRORS, InvalidCursorError], union: { name: 'AuditEventsResult' } },
+    errors: {
+      types: [...TENANT_ERRORS, InvalidCursorError, ...READ_RECORD_ERRORS],
+      union: { name: 'AuditEventsResult' },
+    },
     authScopes: { eventsRead: true },
     unauthorizedResolver: refusedAsResult,
     args: {
@@ -171,7 +186,10 @@ builder.queryField('auditEvent', (t) =>
     nullable: true,
     description:
       'One event by id (null when absent). Give occurredAt too to make the look-up exact and cheaper.',
-    errors: { types: TENANT_ERRORS, union: { name: 'AuditEventResult' } },
+    errors: {
+      types: [...TENANT_ERRORS, ...READ_RECORD_ERRORS],
+      union: { name: 'AuditEventResult' },
+    },
     authScopes: { eventsRead: true },
     unauthorizedResolver: refusedAsResult,
     args: {

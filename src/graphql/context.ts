@@ -50,6 +50,8 @@ export interface Services {
   rateLimiter: WriteRateLimiter;
   /** Open subscription connections per tenant (MAX_CONNECTIONS_PER_TENANT). */
   connections: TenantConnectionLimiter;
+  /** Open subscriptions per tenant, over every connection and field (MAX_SUBSCRIPTIONS_PER_TENANT). */
+  subscriptions: TenantConnectionLimiter;
   /** Ends what a revoked or expired key holds open. */
   keyWatcher: KeyWatcher;
   /** Signs chain heads as checkpoints, lists them. */
@@ -126,17 +128,32 @@ export async function recordAccess(
     data?: Record<string, unknown>;
   },
 ): Promise<void> {
+  const full = accessRecordOf(ctx, record);
+  if (full) await ctx.services.accessLog.record(full);
+}
+
+/** The access record of what a key did; null when no key is calling (AUTH_MODE=dev). */
+function accessRecordOf(
+  ctx: GraphQLContext,
+  record: Omit<AccessRecord, 'actor' | 'correlationId' | 'data'> & {
+    data?: Record<string, unknown>;
+  },
+): AccessRecord | null {
   const caller = ctx.caller;
-  if (caller.kind !== 'key') return;
-  await ctx.services.accessLog.record({
+  if (caller.kind !== 'key') return null;
+  return {
     ...record,
     actor: { type: 'api_key', id: caller.key.label },
     correlationId: ctx.requestId,
     data: { ...record.data, keyId: caller.key.id, requestId: ctx.requestId },
-  });
+  };
 }
 
-/** Records a read of the tenant's audit log (AUDIT_READS), before the read is answered. */
+/**
+ * Records a read of the tenant's audit log (AUDIT_READS), before the read is answered. Throws
+ * (LimitExceededError, ShuttingDownError) when the record cannot be accepted: the read is then
+ * refused, never served unrecorded.
+ */
 export async function recordRead(
   ctx: GraphQLContext,
   tenant: TenantId,
@@ -144,11 +161,12 @@ export async function recordRead(
   data: Record<string, unknown>,
 ): Promise<void> {
   if (!ctx.services.accessLog.auditsReads) return;
-  await recordAccess(ctx, {
+  const record = accessRecordOf(ctx, {
     tenant,
     eventType: 'auditgraph.access.read',
     action: 'read',
     resource: { type: 'audit_log', id: field },
     data,
   });
+  if (record) await ctx.services.accessLog.recordRead(record);
 }

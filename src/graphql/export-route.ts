@@ -5,6 +5,7 @@ import { createGzip } from 'node:zlib';
 import {
   AuditError,
   ForbiddenError,
+  LimitExceededError,
   ShuttingDownError,
   UnauthenticatedError,
   UnknownTenantError,
@@ -51,6 +52,8 @@ function statusOf(err: AuditError): number {
   if (err instanceof ForbiddenError) return 403;
   if (err instanceof UnknownTenantError) return 404;
   if (err instanceof ShuttingDownError) return 503;
+  // e.g. the tenant's access-record share is full: the export is refused, not sent unrecorded.
+  if (err instanceof LimitExceededError) return 429;
   return 500;
 }
 

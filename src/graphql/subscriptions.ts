@@ -2,12 +2,14 @@ import { errorTypeMap, wrapErrorIfMatches } from '@pothos/plugin-errors';
 import {
   ForbiddenError,
   LimitExceededError,
+  ShuttingDownError,
   UnauthenticatedError,
   UnknownTenantError,
   ValidationError,
 } from '../domain/errors.js';
-import { LIMITS } from '../domain/event.js';
-import { type AuditEventFilter, matchesFilter, validateFilter } from '../domain/filter.js';
+import { type AuditEventRecord, LIMITS, recordBytes } from '../domain/event.js';
+import { type AuditEventFilter, matchesLiveTail, validateFilter } from '../domain/filter.js';
+import { isServiceEventType } from '../domain/service-event.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { DeadLetterEventKind, FlushTrigger } from '../ingest/events.js';
 import type { ChainVerification } from '../integrity/chain-auditor.js';
@@ -19,6 +21,7 @@ import {
   single,
 } from '../realtime/live-subscription.js';
 import {
+  type AuditEventsAddedMessage,
   type CorrelationCounts,
   type DeadLetterMessage,
   type FlushCompletedMessage,
@@ -56,6 +59,12 @@ const InterruptReasonEnum = builder.enumType('SubscriptionInterruptReason', {
     SHUTTING_DOWN: { description: 'The instance is stopping.' },
     SLOW_CONSUMER: {
       description: 'The subscriber read too slowly; the server would have had to drop messages.',
+    },
+    OVERLOADED: {
+      description:
+        'The messages queued for all subscribers of the instance reached their bound ' +
+        '(SUBSCRIPTION_QUEUE_MAX_BYTES) and this subscription held the most; what it had queued ' +
+        'was dropped.',
     },
     FANOUT_LOST: { description: 'The connection to Redis (fan-out across instances) dropped.' },
     FANOUT_UNAVAILABLE: { description: 'Redis did not confirm the subscription.' },
@@ -246,13 +255,23 @@ async function open<A, T>(
   read?: (checked: A) => Record<string, unknown>,
 ): Promise<AsyncIterable<LiveItem<T> | SubscriptionError>> {
   let release: (() => void) | undefined;
+  let slot: (() => void) | undefined;
   try {
     const tenant = requireTenant(ctx);
     const checked = check();
     // A subscription creates nothing; with auto-provisioning on, a tenant's first subscriber may
     // come before its first write (that is how a test waits for its own events).
-    const { config, tenants, connections } = ctx.services;
+    const { config, tenants, connections, subscriptions } = ctx.services;
     if (!config.tenantAutoProvision) await tenants.ensure(tenant, false);
+    // Before anything is recorded: a refused subscription costs no access record.
+    slot = subscriptions.acquire(tenant) ?? undefined;
+    if (!slot) {
+      throw new LimitExceededError(
+        'MAX_SUBSCRIPTIONS_PER_TENANT',
+        subscriptions.max,
+        'subscriptions open for this tenant on this instance',
+      );
+    }
     // A WebSocket counts once, when it connects (ws.ts); an SSE stream is a connection itself.
     if (ctx.transport === 'http') {
       release = connections.acquire(tenant) ?? undefined;
@@ -266,9 +285,16 @@ async function open<A, T>(
     }
     if (read) await recordRead(ctx, tenant, field, read(checked));
     ctx.log.debug({ tenant, field, requestId: ctx.requestId }, 'subscription opened');
-    return guarded(ctx, start(tenant, checked), release);
+    const held = [release, slot];
+    return guarded(ctx, start(tenant, checked), () => {
+      for (const free of held) free?.();
+    });
   } catch (err) {
     release?.();
+    slot?.();
+    if (err instanceof ShuttingDownError) {
+      return single(new SubscriptionInterruptedError('SHUTTING_DOWN'));
+    }
     if (SUBSCRIPTION_ERRORS.some((E) => err instanceof E)) return single(err as SubscriptionError);
     throw err;
   }
@@ -382,10 +408,10 @@ builder.subscriptionField('deadLetterEvents', (t) =>
 );
 
 /** A stored event in the shape `AuditEvent` resolves from (a row). */
-function eventRow(e: StoredEventMessage, batchId: string): AuditEventRow {
-  const { dataJson, ...record } = storedEventRecord(e);
+function eventRow(record: AuditEventRecord, batchId: string): AuditEventRow {
+  const { dataJson, ...rest } = record;
   return {
-    ...record,
+    ...rest,
     data: dataJson === null ? null : (JSON.parse(dataJson) as Record<string, unknown>),
     batchId,
     // The live tail carries events, not their chain links: `auditEvent(id)` reads those.
@@ -395,12 +421,49 @@ function eventRow(e: StoredEventMessage, batchId: string): AuditEventRow {
   };
 }
 
+interface LiveEvent {
+  record: AuditEventRecord;
+  row: AuditEventRow;
+}
+
+/**
+ * The events of a message, revived (dates, parsed data, the row the resolvers read) once for all
+ * of this instance's subscribers: the bus hands each of them the same message object, so the
+ * work per subscriber is only its filter. Rows are shared, and never changed by resolvers.
+ */
+const revived = new WeakMap<AuditEventsAddedMessage, { all: LiveEvent[]; clients: LiveEvent[] }>();
+/** Bytes a row holds while queued for a subscriber (SUBSCRIPTION_QUEUE_MAX_BYTES). */
+const rowBytes = new WeakMap<AuditEventRow, number>();
+
+/**
+ * The events a subscriber's filter is to be tried on: every event when it names a type of the
+ * service's own (see matchesLiveTail), else only the others — a batch of access records then
+ * costs a subscriber nothing.
+ */
+function liveEvents(m: AuditEventsAddedMessage, namesServiceTypes: boolean): LiveEvent[] {
+  let events = revived.get(m);
+  if (!events) {
+    const all = m.events.map((e: StoredEventMessage) => {
+      const record = storedEventRecord(e);
+      const row = eventRow(record, m.batchId);
+      rowBytes.set(row, recordBytes(record));
+      return { record, row };
+    });
+    const clients = all.filter((e) => !isServiceEventType(e.record.eventType));
+    events = { all, clients: clients.length === all.length ? all : clients };
+    revived.set(m, events);
+  }
+  return namesServiceTypes ? events.all : events.clients;
+}
+
 builder.subscriptionField('auditEventsAdded', (t) =>
   t.field({
     type: AuditEventsAddedMessageUnion,
     description:
       'Live tail: each event matching the filter, once it is committed (STORED; duplicates are ' +
-      'not repeated), in commit order, from any instance. First message: SubscriptionReady. ' +
+      'not repeated), in commit order, from any instance. The service’s own records (event ' +
+      'types `auditgraph.*`, such as the access records reads produce) only when ' +
+      '`filter.eventTypes` names them. First message: SubscriptionReady. ' +
       'After a reconnect, re-query auditEvents from your last position, then rely on the tail.',
     args: { filter: t.arg({ type: AuditEventFilterInput }) },
     authScopes: { eventsRead: true },
@@ -410,12 +473,21 @@ builder.subscriptionField('auditEventsAdded', (t) =>
         ctx,
         'auditEventsAdded',
         () => validateFilter(args.filter as AuditEventFilter | null),
-        (tenant, filter) =>
-          ctx.services.realtime.subscribe(tenant, 'auditEventsAdded', (m) =>
-            m.events
-              .filter((e) => matchesFilter(storedEventRecord(e), filter))
-              .map((e) => eventRow(e, m.batchId)),
-          ),
+        (tenant, filter) => {
+          const namesServiceTypes = filter.eventTypes?.some(isServiceEventType) ?? false;
+          return ctx.services.realtime.subscribe(
+            tenant,
+            'auditEventsAdded',
+            (m) => {
+              const rows: AuditEventRow[] = [];
+              for (const e of liveEvents(m, namesServiceTypes)) {
+                if (matchesLiveTail(e.record, filter, e.row.data)) rows.push(e.row);
+              }
+              return rows;
+            },
+            (row) => rowBytes.get(row) ?? 0,
+          );
+        },
         (filter) => ({ filter }),
       ),
     resolve: resolveMessage,

@@ -4,6 +4,7 @@ import {
   BackpressureError,
   CommitTimeoutError,
   FlushTimeoutError,
+  LimitExceededError,
   ShuttingDownError,
 } from '../domain/errors.js';
 import { type AuditEventRecord, recordBytes } from '../domain/event.js';
@@ -16,6 +17,16 @@ import { classifyWriteError, describeWriteError } from './failure-classifier.js'
 import { emptyStats, type TenantStats } from './stats.js';
 
 export type Ack = 'COMMITTED' | 'BUFFERED';
+
+/**
+ * Where a call's events are held. A client's writes count against BUFFER_CAPACITY. The
+ * service's access records are held in their own per-tenant share instead
+ * (ACCESS_LOG_BUFFER_CAPACITY), so that reads — however many — never take room from the
+ * tenant's writes: `read` records are refused when the share is full (the read is then refused
+ * too, never served unrecorded); `admin` records (key and tenant administration, dead-letter
+ * actions: rare, and recording an action already done) are always given a place in it.
+ */
+export type Holding = 'client' | 'read' | 'admin';
 export type EventStatus = Exclude<WriteStatus, 'REJECTED'> | 'BUFFERED' | 'DEAD_LETTERED';
 
 export interface IngestOptions {
@@ -25,6 +36,8 @@ export interface IngestOptions {
   commitTimeoutMs: number;
   bufferCapacity: number;
   bufferMaxBytes: number;
+  /** Access records one tenant may have pending, apart from bufferCapacity (`read` holdings). */
+  accessLogBufferCapacity: number;
   writerConcurrency: number;
   retryBaseMs: number;
   retryMaxMs: number;
@@ -96,6 +109,8 @@ interface Entry {
   bytes: number;
   ticket: Ticket;
   index: number;
+  /** Held in the tenant's access-record share, not in its BUFFER_CAPACITY. */
+  access: boolean;
 }
 
 interface Batch {
@@ -116,6 +131,8 @@ interface TenantState {
   tenant: TenantId;
   schema: string;
   queue: Entry[];
+  /** Pending entries that are access records (part of `stats.pending`). */
+  accessHeld: number;
   inFlight: number;
   backoff: Set<Batch>;
   /** Tickets not yet settled, oldest first (a Set keeps insertion order). */
@@ -163,6 +180,7 @@ export class IngestService {
     tenant: TenantId,
     records: readonly AuditEventRecord[],
     ack: Ack,
+    holding: Holding = 'client',
   ): Promise<AcceptedEvent[]> {
     if (this.stopping) throw new ShuttingDownError();
     if (this.opts.partitions) {
@@ -176,9 +194,22 @@ export class IngestService {
     const state = this.state(tenant);
     const bytes = records.map(recordBytes);
     const total = bytes.reduce((a, b) => a + b, 0);
-    const held = state.stats.pending;
-    if (held + records.length > this.opts.bufferCapacity) {
+    const access = holding !== 'client';
+    if (
+      !access &&
+      state.stats.pending - state.accessHeld + records.length > this.opts.bufferCapacity
+    ) {
       throw new BackpressureError(this.retryAfterMs(state), 'BUFFER_CAPACITY');
+    }
+    if (
+      holding === 'read' &&
+      state.accessHeld + records.length > this.opts.accessLogBufferCapacity
+    ) {
+      throw new LimitExceededError(
+        'ACCESS_LOG_BUFFER_CAPACITY',
+        this.opts.accessLogBufferCapacity,
+        'access records of this tenant waiting to be written',
+      );
     }
     if (this.bytesHeld + total > this.opts.bufferMaxBytes) {
       throw new BackpressureError(this.retryAfterMs(state), 'BUFFER_MAX_BYTES');
@@ -190,8 +221,9 @@ export class IngestService {
     const ticket = new Ticket(records.length);
     state.outstanding.add(ticket);
     records.forEach((record, index) => {
-      state.queue.push({ record, bytes: bytes[index]!, ticket, index });
+      state.queue.push({ record, bytes: bytes[index]!, ticket, index, access });
     });
+    if (access) state.accessHeld += records.length;
     this.bytesHeld += total;
     state.stats.accepted += records.length;
     state.stats.pending += records.length;
@@ -456,6 +488,7 @@ export class IngestService {
         tenant,
         schema: tenantSchema(tenant),
         queue: [],
+        accessHeld: 0,
         inFlight: 0,
         backoff: new Set(),
         outstanding: new Set(),
@@ -595,6 +628,7 @@ export class IngestService {
   /** Settles one entry: it leaves `pending` and the buffer's byte count. */
   private release(state: TenantState, entry: Entry, status: EventStatus): void {
     state.stats.pending--;
+    if (entry.access) state.accessHeld--;
     this.bytesHeld -= entry.bytes;
     entry.ticket.settle(entry.index, status);
   }

@@ -4,6 +4,7 @@ import type { TenantId } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 import {
   LiveSubscription,
+  QueueBudget,
   SubscriptionInterruptedError,
   SubscriptionReady,
 } from './live-subscription.js';
@@ -12,6 +13,14 @@ import type { Topic, TopicMessages } from './topics.js';
 
 /** Undelivered messages one subscriber may have queued before it is interrupted (SLOW_CONSUMER). */
 export const MAX_QUEUED_PER_SUBSCRIPTION = 10_000;
+
+/**
+ * Messages handed to subscribers per turn of the event loop. Delivering one message to a
+ * thousand subscribers means a thousand executions and socket writes; done at once, it holds
+ * the loop for hundreds of milliseconds and every other request (other tenants' included)
+ * waits. In slices, requests are served between them. Order per subscriber is kept: one queue.
+ */
+const DELIVERIES_PER_TURN = 64;
 
 /** Longest wait for Redis to confirm a SUBSCRIBE before the subscription is refused. */
 const REGISTER_TIMEOUT_MS = 5_000;
@@ -30,14 +39,22 @@ export interface RealtimeBus {
    * A subscriber's stream. Its first item is a SubscriptionReady, queued once the subscription is
    * registered (with Redis: SUBSCRIBE confirmed), so every message published after the client
    * saw it is delivered. `map` turns one message into the items to deliver (zero or more).
+   *
+   * Every subscriber of a channel is handed the same message object, decoded once: `map` must
+   * not change it, and work that does not depend on the subscriber belongs in a cache keyed by
+   * the message (see subscriptions.ts). `weigh` tells the bytes an item holds while queued
+   * (SUBSCRIPTION_QUEUE_MAX_BYTES); by default, the serialised size of the whole message.
    */
   subscribe<K extends Topic, Out>(
     tenant: TenantId,
     topic: K,
     map: (message: TopicMessages[K]) => Iterable<Out>,
+    weigh?: (item: Out) => number,
   ): LiveSubscription<Out>;
   /** Open subscriptions on this instance. */
   readonly size: number;
+  /** Bytes of messages queued for this instance's subscribers and not yet delivered. */
+  readonly queuedBytes: number;
   /**
    * Delivers what this instance published so far to its own subscribers (with Redis: waits for
    * the publishes, then for a round trip on the subscriber connection, which Redis answers after
@@ -47,47 +64,81 @@ export interface RealtimeBus {
   stop(deadlineMs?: number): Promise<void>;
 }
 
-type Listener = (message: unknown) => void;
+/**
+ * A subscriber's callback: the decoded message (shared by all) and its serialised size. Returns
+ * how many items it queued.
+ */
+type Listener = (message: unknown, bytes: number) => number;
+
+/** One message on its way to the listeners of its channel (as they were when it arrived). */
+interface Delivery {
+  listeners: Listener[];
+  next: number;
+  message: unknown;
+  bytes: number;
+}
 
 /** Builds the bus for this configuration; nothing connects until `start()`. */
 export function createRealtimeBus(
-  config: Pick<Config, 'redisUrl' | 'redisKeyPrefix'>,
+  config: Pick<Config, 'redisUrl' | 'redisKeyPrefix' | 'subscriptionQueueMaxBytes'>,
   opts: { instanceId: string; log: Logger },
 ): RealtimeBus {
+  const budget = new QueueBudget(config.subscriptionQueueMaxBytes);
   return config.redisUrl
-    ? new RedisBus(config.redisUrl, new RedisKeys(config.redisKeyPrefix), opts.instanceId, opts.log)
-    : new InProcessBus(opts.instanceId, opts.log);
+    ? new RedisBus(
+        config.redisUrl,
+        new RedisKeys(config.redisKeyPrefix),
+        opts.instanceId,
+        opts.log,
+        budget,
+      )
+    : new InProcessBus(opts.instanceId, opts.log, budget);
 }
 
 abstract class BaseBus {
   protected readonly live = new Set<LiveSubscription<unknown>>();
   protected stopping = false;
+  private readonly deliveries: Delivery[] = [];
+  private draining: NodeJS.Immediate | undefined;
 
   constructor(
     protected readonly instanceId: string,
     protected readonly log: Logger,
+    private readonly budget: QueueBudget,
   ) {}
 
   get size(): number {
     return this.live.size;
   }
 
+  get queuedBytes(): number {
+    return this.budget.bytes;
+  }
+
   subscribe<K extends Topic, Out>(
     tenant: TenantId,
     topic: K,
     map: (message: TopicMessages[K]) => Iterable<Out>,
+    weigh?: (item: Out) => number,
   ): LiveSubscription<Out> {
-    const sub = new LiveSubscription<Out>(MAX_QUEUED_PER_SUBSCRIPTION);
+    const sub = new LiveSubscription<Out>(MAX_QUEUED_PER_SUBSCRIPTION, this.budget);
     if (this.stopping) {
       sub.interrupt(new SubscriptionInterruptedError('SHUTTING_DOWN'));
       return sub;
     }
-    const listener: Listener = (message) => {
+    const listener: Listener = (message, bytes) => {
+      if (sub.isEnded) return 0;
+      let n = 0;
       try {
-        for (const item of map(message as TopicMessages[K])) sub.push(item);
+        for (const item of map(message as TopicMessages[K])) {
+          sub.push(item, weigh ? weigh(item) : bytes);
+          n++;
+          if (sub.isEnded) break;
+        }
       } catch (err) {
         this.log.error({ err, tenant, topic }, 'subscription message mapping failed');
       }
+      return n;
     };
     this.live.add(sub as LiveSubscription<unknown>);
     const registered = this.register(this.channel(tenant, topic), listener);
@@ -103,6 +154,32 @@ abstract class BaseBus {
       },
     );
     return sub;
+  }
+
+  /** Hands a message to the listeners of its channel: now if the loop allows, else in slices. */
+  protected fanOut(listeners: Iterable<Listener>, message: unknown, bytes: number): void {
+    this.deliveries.push({ listeners: [...listeners], next: 0, message, bytes });
+    if (!this.draining) this.deliver();
+  }
+
+  /** Delivers up to DELIVERIES_PER_TURN items (all with `all`), then yields to the loop. */
+  protected deliver(all = false): void {
+    this.draining = undefined;
+    let budget = DELIVERIES_PER_TURN;
+    while (this.deliveries.length > 0 && (all || budget > 0)) {
+      const d = this.deliveries[0]!;
+      while (d.next < d.listeners.length && (all || budget > 0)) {
+        budget -= Math.max(1, d.listeners[d.next++]!(d.message, d.bytes));
+      }
+      if (d.next >= d.listeners.length) this.deliveries.shift();
+    }
+    if (this.deliveries.length > 0) this.draining = setImmediate(() => this.deliver());
+  }
+
+  /** Delivers everything still on its way (at shutdown, before the subscriptions end). */
+  protected deliverAll(): void {
+    if (this.draining) clearImmediate(this.draining);
+    this.deliver(true);
   }
 
   protected interruptAll(error: () => SubscriptionInterruptedError): void {
@@ -125,10 +202,13 @@ class InProcessBus extends BaseBus implements RealtimeBus {
 
   publish<K extends Topic>(tenant: TenantId, topic: K, message: TopicMessages[K]): void {
     const listeners = this.channels.get(this.channel(tenant, topic));
-    if (listeners) for (const l of [...listeners]) l(message);
+    if (!listeners || listeners.size === 0) return;
+    // Serialised once, for its size only: every subscriber gets the same object, uncopied.
+    this.fanOut(listeners, message, JSON.stringify(message).length);
   }
 
   async stop(): Promise<void> {
+    this.deliverAll();
     this.stopping = true;
     this.interruptAll(() => new SubscriptionInterruptedError('SHUTTING_DOWN'));
   }
@@ -183,8 +263,9 @@ class RedisBus extends BaseBus implements RealtimeBus {
     private readonly keys: RedisKeys,
     instanceId: string,
     log: Logger,
+    budget: QueueBudget,
   ) {
-    super(instanceId, log);
+    super(instanceId, log, budget);
     this.pub = createRedis(url, `auditgraph-pub-${instanceId}`, log);
     this.sub = createRedis(url, `auditgraph-sub-${instanceId}`, log);
     this.sub.on('message', (channel: string, text: string) => this.dispatch(channel, text));
@@ -247,6 +328,7 @@ class RedisBus extends BaseBus implements RealtimeBus {
       } catch (err) {
         this.log.warn({ err: errorMessage(err) }, 'realtime drain at shutdown incomplete');
       }
+      this.deliverAll();
       this.stopping = true;
       this.interruptAll(() => new SubscriptionInterruptedError('SHUTTING_DOWN'));
       await Promise.allSettled([quit(this.pub), quit(this.sub)]);
@@ -299,7 +381,8 @@ class RedisBus extends BaseBus implements RealtimeBus {
       this.log.error({ err: errorMessage(err), channel }, 'unreadable realtime message dropped');
       return;
     }
-    for (const listener of [...state.listeners]) listener(message);
+    // Parsed once per channel: every local subscriber gets the same object.
+    this.fanOut(state.listeners, message, text.length);
   }
 }
 

@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { DocumentNode, ExecutionArgs, GraphQLError } from 'graphql';
-import type { Context } from 'graphql-ws';
-import { type Extra, useServer } from 'graphql-ws/use/ws';
+import { type Context, handleProtocols, makeServer } from 'graphql-ws';
+import type { Extra } from 'graphql-ws/use/ws';
 import { createGraphQLError, type YogaServerInstance } from 'graphql-yoga';
 import { type WebSocket, WebSocketServer } from 'ws';
 import { UnauthenticatedError } from '../domain/errors.js';
@@ -11,6 +11,7 @@ import { tenantIdProblem } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 import { authenticateConnection, recheckCaller } from './auth.js';
 import type { Caller, GraphQLContext, Services } from './context.js';
+import { MessageTurns } from './message-turns.js';
 import { type RequestScope, requestScope, type ServerContext } from './yoga.js';
 
 /** Close code for a refused connection_init (graphql-ws' own "Forbidden"). */
@@ -21,6 +22,15 @@ const UNAUTHORIZED = 4401;
 const TOO_MANY = 4429;
 /** Close code for a message over its limit (RFC 6455 "Message Too Big"). */
 const TOO_BIG = 1009;
+/** How often an idle connection is pinged, and how long its pong may take (graphql-ws' default). */
+const KEEP_ALIVE_MS = 12_000;
+/**
+ * Messages one connection may have waiting for their turn; past it the socket is not read
+ * until they are handled (the client's sends then wait in TCP), so waiting costs bounded memory.
+ */
+const MAX_WAITING_MESSAGES = 64;
+/** Bytes a connection may have unsent before its operations wait for the client to read them. */
+const SEND_HIGH_WATER_BYTES = 64 * 1024;
 
 export interface WebSocketOptions {
   /** The GraphQL path; upgrades anywhere else are answered 404. */
@@ -53,6 +63,10 @@ interface ConnectionState {
   caller: Caller | null;
   openedAt: number;
   operations: number;
+  /** The TCP socket under the WebSocket (its writes are gathered per turn of the loop). */
+  raw: Duplex | null;
+  /** Whether `raw` is corked until the next turn. */
+  corked: boolean;
   /** Frees the connection's place in MAX_CONNECTIONS_PER_TENANT and stops watching its key. */
   release: (() => void) | null;
 }
@@ -76,6 +90,9 @@ interface EnvelopedRoot {
  *   open connections are re-checked every AUTH_RECHECK_MS and on every revocation: revoked or
  *   expired, the connection closes with 4401.
  * A tenant's connections beyond MAX_CONNECTIONS_PER_TENANT are closed with 4429.
+ * Incoming messages are handled one per turn of the event loop, the connections taking turns
+ * (MessageTurns): a burst of operations on one connection cannot hold up everyone else's
+ * requests. What a connection is sent in one turn leaves in one write.
  */
 export function attachWebSocket(
   server: Server,
@@ -84,7 +101,7 @@ export function attachWebSocket(
 ): WebSocketTransport {
   const { log } = opts;
   // Without maxPayload, `ws` buffers messages of up to 100 MiB, whatever MAX_REQUEST_BYTES says.
-  const wss = new WebSocketServer({ noServer: true, maxPayload: opts.maxPayload });
+  const wss = new WebSocketServer({ noServer: true, maxPayload: opts.maxPayload, handleProtocols });
   const states = new WeakMap<WebSocket, ConnectionState>();
   const open = new Set<Context<Record<string, unknown> | undefined, Extra>>();
   let closing: Promise<void> | undefined;
@@ -98,6 +115,8 @@ export function attachWebSocket(
         caller: null,
         openedAt: Date.now(),
         operations: 0,
+        raw: null,
+        corked: false,
         release: null,
       };
       states.set(socket, s);
@@ -110,11 +129,10 @@ export function attachWebSocket(
     if (path !== opts.path) return refuseUpgrade(socket, 404, 'Not Found');
     if (closing) return refuseUpgrade(socket, 503, 'Service Unavailable');
     wss.handleUpgrade(req, socket, head, (ws) => {
+      stateOf(ws).raw = socket;
       limitBeforeAck(ws, socket, head.length);
-      wss.emit('connection', ws, req);
-      // graphql-ws writes a socket's errors to stderr; most are a client's doing (a message over
-      // MAX_REQUEST_BYTES, which `ws` has already answered with 1009): log them as ours instead.
-      ws.removeAllListeners('error');
+      // Most socket errors are a client's doing (a message over MAX_REQUEST_BYTES, which `ws` has
+      // already answered with 1009): logged, and the connection closed.
       ws.on('error', (err: Error & { code?: string }) => {
         log.info(
           { connection: stateOf(ws).id, err: err.message, code: err.code },
@@ -122,6 +140,7 @@ export function attachWebSocket(
         );
         if (ws.readyState === ws.OPEN) ws.close(1011, 'Internal server error');
       });
+      wss.emit('connection', ws, req);
     });
   };
 
@@ -159,175 +178,238 @@ export function attachWebSocket(
   };
   server.on('upgrade', onUpgrade);
 
-  const disposable = useServer<Record<string, unknown> | undefined>(
-    {
-      // Our callbacks never throw (a throw would close the socket with the error's text).
-      isProd: true,
-      execute: (args) => run(args, 'execute'),
-      subscribe: (args) => run(args, 'subscribe'),
-      async onConnect(ctx) {
-        const socket = ctx.extra.socket;
-        const state = stateOf(socket);
-        const refuse = (code: number, reason: string) => {
-          log.info({ connection: state.id, code, reason }, 'websocket refused');
-          // Closing first makes this the close reason the client sees (graphql-ws' own
-          // "Forbidden" that follows is ignored by an already closing socket).
-          socket.close(code, reason.slice(0, 123));
-          return false;
-        };
-        let caller: Caller;
-        try {
-          caller = await authenticateConnection(opts.services, ctx.connectionParams);
-        } catch (err) {
-          log.error({ err, connection: state.id }, 'websocket authentication failed');
-          return refuse(1011, 'Internal error: authentication failed, try again');
-        }
-        if (caller.kind === 'refused') {
-          const unauthenticated = caller.error instanceof UnauthenticatedError;
-          return refuse(
-            unauthenticated ? UNAUTHORIZED : FORBIDDEN,
-            `${unauthenticated ? 'Unauthorized' : 'Forbidden'}: ${caller.error.message}`,
-          );
-        }
-        let tenant: string;
-        if (caller.kind === 'dev') {
-          const claim = caller.tenantClaim;
-          const invalid = claim ? tenantIdProblem(claim) : null;
-          const problem = !claim
-            ? 'the connection_init payload must carry tenantId (AUTH_MODE=dev)'
-            : invalid && `tenantId ${invalid}`;
-          if (problem) return refuse(FORBIDDEN, `Forbidden: ${problem}`);
-          tenant = claim!;
-        } else {
-          // A platform key may connect; its subscriptions answer ForbiddenError (no tenant).
-          tenant = caller.key.tenantId ?? '(platform)';
-        }
-        const releaseSlot = opts.services.connections.acquire(tenant);
-        if (!releaseSlot) {
-          return refuse(
-            TOO_MANY,
-            `Too many connections: at most ${opts.services.connections.max} per tenant ` +
-              '(MAX_CONNECTIONS_PER_TENANT)',
-          );
-        }
-        const unwatch =
-          caller.kind === 'key'
-            ? opts.services.keyWatcher.watch(caller.keyHash, (err) => {
-                log.info({ connection: state.id, reason: err.message }, 'websocket key revoked');
-                socket.close(UNAUTHORIZED, `Unauthorized: ${err.message}`.slice(0, 123));
-              })
-            : undefined;
-        state.release = () => {
-          releaseSlot();
-          unwatch?.();
-        };
-        // The socket may have gone while we authenticated: onClose has run already then.
-        if (socket.readyState !== socket.OPEN) {
-          state.release();
-          return false;
-        }
-        state.tenant = tenant;
-        state.caller = caller;
-        open.add(ctx);
-        log.info({ connection: state.id, tenant }, 'websocket connected');
-        return caller.kind === 'dev' ? { tenantId: tenant } : { tenantId: caller.key.tenantId };
-      },
-      async onSubscribe(ctx, id, payload) {
-        const state = stateOf(ctx.extra.socket);
-        // graphql-ws registers the operation before calling us, so this one is counted.
-        if (Object.keys(ctx.subscriptions).length > opts.maxOperationsPerConnection) {
-          return [
-            // graphql-ws tells errors from other values with `instanceof GraphQLError`: build them
-            // with the graphql instance the libraries resolve (tests may load a second copy).
-            createGraphQLError(
-              `at most ${opts.maxOperationsPerConnection} operations may be open at once on one ` +
-                'connection (MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one or open another connection',
-              { extensions: { code: 'TOO_MANY_SUBSCRIPTIONS' } },
-            ),
-          ];
-        }
-        const requestId = randomUUID();
-        if (!state.caller) return [createGraphQLError('the connection is not initialised')];
-        // Every operation is authorised anew: a key revoked or expired since connection_init is
-        // each field's UnauthenticatedError from its next operation on, not only at the re-check.
-        let caller: Caller;
-        try {
-          caller = await recheckCaller(opts.services, state.caller);
-        } catch (err) {
-          log.warn(
-            { connection: state.id, err: (err as Error).message },
-            'api key re-check failed',
-          );
-          return [
-            createGraphQLError('the API key could not be checked; retry', {
-              extensions: { code: 'SERVICE_UNAVAILABLE' },
-            }),
-          ];
-        }
-        const enveloped = yoga.getEnveloped({
-          req: ctx.extra.request,
-          connectionCaller: caller,
-          requestId,
-          params: payload,
-        });
-        let document: DocumentNode;
-        try {
-          document = enveloped.parse(payload.query);
-        } catch (err) {
-          return [
-            err instanceof Error && err.name === 'GraphQLError'
-              ? (err as GraphQLError)
-              : createGraphQLError('the query could not be parsed'),
-          ];
-        }
-        const errors = enveloped.validate(enveloped.schema, document);
-        if (errors.length > 0) return errors;
-        const root: EnvelopedRoot = {
-          execute: enveloped.execute as EnvelopedRoot['execute'],
-          subscribe: enveloped.subscribe as EnvelopedRoot['subscribe'],
-          scope: { requestId },
-        };
-        state.operations++;
-        log.debug(
-          { connection: state.id, operation: id, requestId, operationName: payload.operationName },
-          'websocket operation started',
+  const gql = makeServer<Record<string, unknown> | undefined, Extra>({
+    execute: (args) => run(args, 'execute'),
+    subscribe: (args) => run(args, 'subscribe'),
+    async onConnect(ctx) {
+      const socket = ctx.extra.socket;
+      const state = stateOf(socket);
+      const refuse = (code: number, reason: string) => {
+        log.info({ connection: state.id, code, reason }, 'websocket refused');
+        // Closing first makes this the close reason the client sees (graphql-ws' own
+        // "Forbidden" that follows is ignored by an already closing socket).
+        socket.close(code, reason.slice(0, 123));
+        return false;
+      };
+      let caller: Caller;
+      try {
+        caller = await authenticateConnection(opts.services, ctx.connectionParams);
+      } catch (err) {
+        log.error({ err, connection: state.id }, 'websocket authentication failed');
+        return refuse(1011, 'Internal error: authentication failed, try again');
+      }
+      if (caller.kind === 'refused') {
+        const unauthenticated = caller.error instanceof UnauthenticatedError;
+        return refuse(
+          unauthenticated ? UNAUTHORIZED : FORBIDDEN,
+          `${unauthenticated ? 'Unauthorized' : 'Forbidden'}: ${caller.error.message}`,
         );
-        return {
-          schema: enveloped.schema,
-          document,
-          operationName: payload.operationName,
-          variableValues: payload.variables,
-          contextValue: await enveloped.contextFactory(),
-          rootValue: root,
-        };
-      },
-      onComplete(ctx, id) {
-        log.debug(
-          { connection: stateOf(ctx.extra.socket).id, operation: id },
-          'websocket operation completed',
+      }
+      let tenant: string;
+      if (caller.kind === 'dev') {
+        const claim = caller.tenantClaim;
+        const invalid = claim ? tenantIdProblem(claim) : null;
+        const problem = !claim
+          ? 'the connection_init payload must carry tenantId (AUTH_MODE=dev)'
+          : invalid && `tenantId ${invalid}`;
+        if (problem) return refuse(FORBIDDEN, `Forbidden: ${problem}`);
+        tenant = claim!;
+      } else {
+        // A platform key may connect; its subscriptions answer ForbiddenError (no tenant).
+        tenant = caller.key.tenantId ?? '(platform)';
+      }
+      const releaseSlot = opts.services.connections.acquire(tenant);
+      if (!releaseSlot) {
+        return refuse(
+          TOO_MANY,
+          `Too many connections: at most ${opts.services.connections.max} per tenant ` +
+            '(MAX_CONNECTIONS_PER_TENANT)',
         );
-      },
-      onClose(ctx, code, reason) {
-        open.delete(ctx);
-        const state = stateOf(ctx.extra.socket);
-        state.release?.();
-        state.release = null;
-        if (state.tenant === null) return; // refused (logged) or never initialised
-        log.info(
-          {
-            connection: state.id,
-            tenant: state.tenant,
-            code,
-            reason: reason || undefined,
-            operations: state.operations,
-            durationMs: Date.now() - state.openedAt,
-          },
-          'websocket closed',
-        );
-      },
+      }
+      const unwatch =
+        caller.kind === 'key'
+          ? opts.services.keyWatcher.watch(caller.keyHash, (err) => {
+              log.info({ connection: state.id, reason: err.message }, 'websocket key revoked');
+              socket.close(UNAUTHORIZED, `Unauthorized: ${err.message}`.slice(0, 123));
+            })
+          : undefined;
+      state.release = () => {
+        releaseSlot();
+        unwatch?.();
+      };
+      // The socket may have gone while we authenticated: onClose has run already then.
+      if (socket.readyState !== socket.OPEN) {
+        state.release();
+        return false;
+      }
+      state.tenant = tenant;
+      state.caller = caller;
+      open.add(ctx);
+      log.info({ connection: state.id, tenant }, 'websocket connected');
+      return caller.kind === 'dev' ? { tenantId: tenant } : { tenantId: caller.key.tenantId };
     },
-    wss,
-  );
+    async onSubscribe(ctx, id, payload) {
+      const state = stateOf(ctx.extra.socket);
+      // graphql-ws registers the operation before calling us, so this one is counted.
+      if (Object.keys(ctx.subscriptions).length > opts.maxOperationsPerConnection) {
+        return [
+          // graphql-ws tells errors from other values with `instanceof GraphQLError`: build them
+          // with the graphql instance the libraries resolve (tests may load a second copy).
+          createGraphQLError(
+            `at most ${opts.maxOperationsPerConnection} operations may be open at once on one ` +
+              'connection (MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one or open another connection',
+            { extensions: { code: 'TOO_MANY_SUBSCRIPTIONS' } },
+          ),
+        ];
+      }
+      const requestId = randomUUID();
+      if (!state.caller) return [createGraphQLError('the connection is not initialised')];
+      // Every operation is authorised anew: a key revoked or expired since connection_init is
+      // each field's UnauthenticatedError from its next operation on, not only at the re-check.
+      let caller: Caller;
+      try {
+        caller = await recheckCaller(opts.services, state.caller);
+      } catch (err) {
+        log.warn({ connection: state.id, err: (err as Error).message }, 'api key re-check failed');
+        return [
+          createGraphQLError('the API key could not be checked; retry', {
+            extensions: { code: 'SERVICE_UNAVAILABLE' },
+          }),
+        ];
+      }
+      const enveloped = yoga.getEnveloped({
+        req: ctx.extra.request,
+        connectionCaller: caller,
+        requestId,
+        params: payload,
+      });
+      let document: DocumentNode;
+      try {
+        document = enveloped.parse(payload.query);
+      } catch (err) {
+        return [
+          err instanceof Error && err.name === 'GraphQLError'
+            ? (err as GraphQLError)
+            : createGraphQLError('the query could not be parsed'),
+        ];
+      }
+      const errors = enveloped.validate(enveloped.schema, document);
+      if (errors.length > 0) return errors;
+      const root: EnvelopedRoot = {
+        execute: enveloped.execute as EnvelopedRoot['execute'],
+        subscribe: enveloped.subscribe as EnvelopedRoot['subscribe'],
+        scope: { requestId },
+      };
+      state.operations++;
+      log.debug(
+        { connection: state.id, operation: id, requestId, operationName: payload.operationName },
+        'websocket operation started',
+      );
+      return {
+        schema: enveloped.schema,
+        document,
+        operationName: payload.operationName,
+        variableValues: payload.variables,
+        contextValue: await enveloped.contextFactory(),
+        rootValue: root,
+      };
+    },
+    onComplete(ctx, id) {
+      log.debug(
+        { connection: stateOf(ctx.extra.socket).id, operation: id },
+        'websocket operation completed',
+      );
+    },
+    onClose(ctx, code, reason) {
+      open.delete(ctx);
+      const state = stateOf(ctx.extra.socket);
+      state.release?.();
+      state.release = null;
+      if (state.tenant === null) return; // refused (logged) or never initialised
+      log.info(
+        {
+          connection: state.id,
+          tenant: state.tenant,
+          code,
+          reason: reason || undefined,
+          operations: state.operations,
+          durationMs: Date.now() - state.openedAt,
+        },
+        'websocket closed',
+      );
+    },
+  });
+  const turns = new MessageTurns(MAX_WAITING_MESSAGES);
+  wss.on('connection', (socket: WebSocket, request: IncomingMessage) => {
+    // Its `close` event is the last thing it emits: this ends the connection once and for all.
+    let pongWait: NodeJS.Timeout | undefined;
+    const keepAlive = setInterval(() => {
+      if (socket.readyState !== socket.OPEN || pongWait) return;
+      pongWait = setTimeout(() => socket.terminate(), KEEP_ALIVE_MS);
+      socket.ping();
+    }, KEEP_ALIVE_MS);
+    socket.on('pong', () => {
+      clearTimeout(pongWait);
+      pongWait = undefined;
+    });
+    const state = stateOf(socket);
+    const closed = gql.opened(
+      {
+        protocol: socket.protocol,
+        send: (data) =>
+          new Promise<void>((resolve, reject) => {
+            if (socket.readyState !== socket.OPEN) return resolve();
+            // Every message of this turn of the loop leaves in one write: a system call per
+            // message (an operation's result and its `complete`, a burst of operations
+            // answering at once) costs more than the messages' execution.
+            if (state.raw && !state.corked) {
+              const raw = state.raw;
+              state.corked = true;
+              raw.cork();
+              setImmediate(() => {
+                state.corked = false;
+                raw.uncork();
+              });
+            }
+            // Below the high-water mark the operation goes on at once, as a stream's write()
+            // that returns true; past it, it waits until the client has taken this message, so
+            // a slow client holds its messages in its subscriptions' bounded queues, not here.
+            const wait = socket.bufferedAmount >= SEND_HIGH_WATER_BYTES;
+            socket.send(data, (err) => {
+              if (!wait) return; // a failed write closes the socket: its operations end then
+              if (err) reject(err);
+              else resolve();
+            });
+            if (!wait) resolve();
+          }),
+        close: (code, reason) => socket.close(code, reason),
+        onMessage: (handle) => {
+          const lane = turns.lane(
+            async (data) => {
+              try {
+                await handle(data);
+              } catch (err) {
+                log.error(
+                  { connection: stateOf(socket).id, err },
+                  'websocket message handling failed',
+                );
+                if (socket.readyState === socket.OPEN) socket.close(1011, 'Internal server error');
+              }
+            },
+            (waiting) => (waiting ? socket.pause() : socket.resume()),
+          );
+          socket.on('message', (data: Buffer) => lane.push(String(data)));
+          socket.once('close', () => lane.close());
+        },
+      },
+      { socket, request },
+    );
+    socket.once('close', (code, reason) => {
+      clearInterval(keepAlive);
+      clearTimeout(pongWait);
+      void closed(code, String(reason));
+    });
+  });
 
   /** Operations still open on every acknowledged connection. */
   const openOperations = () => {
@@ -357,7 +439,10 @@ export function attachWebSocket(
           Math.max(100, deadline - Date.now()),
         );
         try {
-          await disposable.dispose();
+          wss.removeAllListeners('connection');
+          await new Promise<void>((resolve, reject) =>
+            wss.close((err) => (err ? reject(err) : resolve())),
+          );
         } finally {
           clearTimeout(terminate);
           server.off('upgrade', onUpgrade);

@@ -157,6 +157,43 @@ describe('verifyAuditChain', () => {
   });
 });
 
+describe('verifyAuditChain as a query over graphql-ws', () => {
+  it('stops when the client completes the operation, and when the connection closes', async () => {
+    const before = completed.get(V) ?? 0;
+    const auditor = t.app.services.chainAuditor;
+    const bound = Math.min(2_000, Math.max(300, fullRunMs / 2));
+    for (const leave of ['complete', 'close'] as const) {
+      const client = wsClient(t.url, { authorization: `Bearer ${reader.secret}` });
+      try {
+        let answered = false;
+        const stop = client.subscribe(
+          { query: aliased(1), variables: { from: FROM, to: TO } },
+          { next: () => (answered = true), error: () => {}, complete: () => {} },
+        );
+        await waitUntil(
+          'a verification to run',
+          async () => auditor.running(V as TenantId),
+          (n) => n > 0,
+        );
+        const left = Date.now();
+        if (leave === 'complete') stop();
+        else await client.dispose();
+        await waitUntil(
+          `the verification to stop after the client's ${leave}`,
+          async () => auditor.running(V as TenantId),
+          (n) => n === 0,
+          bound,
+        );
+        console.info(`a ${leave}d query's verification stopped in ${Date.now() - left} ms`);
+        expect(answered).toBe(false);
+      } finally {
+        await client.dispose();
+      }
+    }
+    expect((completed.get(V) ?? 0) - before).toBe(0);
+  });
+});
+
 describe('auditChainVerification (graphql-ws)', () => {
   const SUB = `subscription($from: DateTime!, $to: DateTime!) {
     auditChainVerification(from: $from, to: $to) {

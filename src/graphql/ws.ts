@@ -69,6 +69,8 @@ interface ConnectionState {
   corked: boolean;
   /** Frees the connection's place in MAX_CONNECTIONS_PER_TENANT and stops watching its key. */
   release: (() => void) | null;
+  /** Per open operation: aborted when the client completes it or the connection closes. */
+  aborts: Map<string, AbortController>;
 }
 
 /** The envelop entry points carried to execute/subscribe through `rootValue` (yoga's ws example). */
@@ -118,6 +120,7 @@ export function attachWebSocket(
         raw: null,
         corked: false,
         release: null,
+        aborts: new Map(),
       };
       states.set(socket, s);
     }
@@ -277,9 +280,13 @@ export function attachWebSocket(
           }),
         ];
       }
+      const abort = new AbortController();
+      state.aborts.get(id)?.abort();
+      state.aborts.set(id, abort);
       const enveloped = yoga.getEnveloped({
         req: ctx.extra.request,
         connectionCaller: caller,
+        operationSignal: abort.signal,
         requestId,
         params: payload,
       });
@@ -287,6 +294,7 @@ export function attachWebSocket(
       try {
         document = enveloped.parse(payload.query);
       } catch (err) {
+        state.aborts.delete(id);
         return [
           err instanceof Error && err.name === 'GraphQLError'
             ? (err as GraphQLError)
@@ -294,7 +302,10 @@ export function attachWebSocket(
         ];
       }
       const errors = enveloped.validate(enveloped.schema, document);
-      if (errors.length > 0) return errors;
+      if (errors.length > 0) {
+        state.aborts.delete(id);
+        return errors;
+      }
       const root: EnvelopedRoot = {
         execute: enveloped.execute as EnvelopedRoot['execute'],
         subscribe: enveloped.subscribe as EnvelopedRoot['subscribe'],
@@ -315,14 +326,18 @@ export function attachWebSocket(
       };
     },
     onComplete(ctx, id) {
-      log.debug(
-        { connection: stateOf(ctx.extra.socket).id, operation: id },
-        'websocket operation completed',
-      );
+      const state = stateOf(ctx.extra.socket);
+      // The client's `complete`, or the operation's own end: work still running for it (a chain
+      // verification, say) stops.
+      state.aborts.get(id)?.abort();
+      state.aborts.delete(id);
+      log.debug({ connection: state.id, operation: id }, 'websocket operation completed');
     },
     onClose(ctx, code, reason) {
       open.delete(ctx);
       const state = stateOf(ctx.extra.socket);
+      for (const abort of state.aborts.values()) abort.abort();
+      state.aborts.clear();
       state.release?.();
       state.release = null;
       if (state.tenant === null) return; // refused (logged) or never initialised

@@ -25,6 +25,8 @@ export type ServerContext = {
   req: IncomingMessage;
   res?: ServerResponse;
   connectionCaller?: Caller;
+  /** A WebSocket operation's end: aborted when the client completes it or the socket closes. */
+  operationSignal?: AbortSignal;
   httpCaller?: Caller;
   requestId?: string;
 };
@@ -172,7 +174,7 @@ export function createGraphQLServer(
         return masked;
       },
     },
-    context: async ({ request, connectionCaller, httpCaller, requestId }) => ({
+    context: async ({ request, connectionCaller, operationSignal, httpCaller, requestId }) => ({
       requestId: requestId ?? requestScope.getStore()?.requestId ?? 'none',
       log,
       services,
@@ -181,8 +183,9 @@ export function createGraphQLServer(
       caller:
         connectionCaller ?? httpCaller ?? (await authenticateRequest(services, request.headers)),
       transport: connectionCaller ? 'ws' : 'http',
-      // The node response's close, as yoga's request carries it (none for a WebSocket operation).
-      signal: connectionCaller ? undefined : request?.signal,
+      // Work a caller walks away from stops: the node response's close, as yoga's request
+      // carries it, or the WebSocket operation's end.
+      signal: connectionCaller ? operationSignal : request?.signal,
     }),
   });
 }

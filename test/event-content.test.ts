@@ -1,65 +1,29 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  CREATE,
-  dropTenants,
-  event,
-  FLUSH,
-  newTenant,
-  STATS,
-  sqlClient,
-  startApp,
-  type TestApp,
-} from './support/harness.js';
-import { createKey, keyClient, startKeysApp } from './support/keys.js';
+import { CREATE, event, FLUSH, STATS, type TestApp } from './support/harness.js';
+import { createCommitted, startTwoApps, statuses, type TwoApps } from './support/two-apps.js';
 
 /**
  * What a writer may put in an event: the `auditgraph.` event types are the service's own (its
  * access records must not be forgeable), and `data` holds only numbers it can give back exactly.
  */
 
+let apps: TwoApps;
 let a: TestApp;
-/** AUTH_MODE=keys with reads audited: the service writes its own records there. */
-let b: TestApp;
 let sql: pg.Client;
-const created: string[] = [];
-
-function tenant(prefix: string): string {
-  const tn = newTenant(prefix);
-  created.push(tn);
-  return tn;
-}
+const tenant = (prefix: string) => apps.tenant(prefix);
+const create = createCommitted;
+const writerOnB = (tn: string) => apps.writerOnB(tn);
 
 beforeAll(async () => {
-  a = await startApp({ AUDIT_READS: 'false', SHUTDOWN_TIMEOUT_MS: '1000' });
-  b = await startKeysApp({ AUDIT_READS: 'true', SHUTDOWN_TIMEOUT_MS: '1000' });
-  sql = await sqlClient();
+  apps = await startTwoApps();
+  ({ a, sql } = apps);
 });
 
 afterAll(async () => {
-  await a?.stop();
-  await b?.stop();
-  await sql?.end();
-  await dropTenants(...created);
+  await apps?.stop();
 });
-
-async function create(t: TestApp, tn: string, events: unknown[]) {
-  return (await t.gql(tn, CREATE, { input: { events, ack: 'COMMITTED' } })).createAuditEvents;
-}
-
-/** A writer and reader of `tn` on the keys instance `b`. */
-async function writerOnB(tn: string) {
-  const key = await createKey(b, tn, ['events:write', 'events:read']);
-  const c = keyClient(b, key.secret);
-  return {
-    gql: c.gql,
-    create: async (events: unknown[]) =>
-      (await c.gql(CREATE, { input: { events, ack: 'COMMITTED' } })).createAuditEvents,
-  };
-}
-
-const statuses = (r: { events: { status: string }[] }) => r.events.map((e) => e.status);
 
 const BY_ID = `query ById($id: String!, $occurredAt: DateTime) {
   auditEvent(id: $id, occurredAt: $occurredAt) {

@@ -3,17 +3,8 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Migrator } from '../src/db/migrations.js';
 import type { TenantId } from '../src/domain/tenant.js';
-import {
-  CREATE,
-  dropTenants,
-  event,
-  newTenant,
-  STATS,
-  sqlClient,
-  startApp,
-  type TestApp,
-} from './support/harness.js';
-import { createKey, keyClient, startKeysApp } from './support/keys.js';
+import { event, STATS, type TestApp } from './support/harness.js';
+import { createCommitted, startTwoApps, statuses, type TwoApps } from './support/two-apps.js';
 
 /**
  * What an event id means: one event per tenant, whatever occurredAt comes with it later. A
@@ -23,51 +14,21 @@ import { createKey, keyClient, startKeysApp } from './support/keys.js';
 
 const DAY = 86_400_000;
 
+let apps: TwoApps;
 let a: TestApp;
-/**
- * A second instance on the same database (it shares no lock or buffer with `a`), in
- * AUTH_MODE=keys with reads audited: the service writes its own records there.
- */
-let b: TestApp;
 let sql: pg.Client;
-const created: string[] = [];
-
-function tenant(prefix: string): string {
-  const tn = newTenant(prefix);
-  created.push(tn);
-  return tn;
-}
+const tenant = (prefix: string) => apps.tenant(prefix);
+const create = createCommitted;
+const writerOnB = (tn: string) => apps.writerOnB(tn);
 
 beforeAll(async () => {
-  // No access records on `a`: its counters are exactly what the tests write.
-  a = await startApp({ AUDIT_READS: 'false', SHUTDOWN_TIMEOUT_MS: '1000' });
-  b = await startKeysApp({ AUDIT_READS: 'true', SHUTDOWN_TIMEOUT_MS: '1000' });
-  sql = await sqlClient();
+  apps = await startTwoApps();
+  ({ a, sql } = apps);
 });
 
 afterAll(async () => {
-  await a?.stop();
-  await b?.stop();
-  await sql?.end();
-  await dropTenants(...created);
+  await apps?.stop();
 });
-
-async function create(t: TestApp, tn: string, events: unknown[]) {
-  return (await t.gql(tn, CREATE, { input: { events, ack: 'COMMITTED' } })).createAuditEvents;
-}
-
-/** A writer and reader of `tn` on the keys instance `b`. */
-async function writerOnB(tn: string) {
-  const key = await createKey(b, tn, ['events:write', 'events:read']);
-  const c = keyClient(b, key.secret);
-  return {
-    gql: c.gql,
-    create: async (events: unknown[]) =>
-      (await c.gql(CREATE, { input: { events, ack: 'COMMITTED' } })).createAuditEvents,
-  };
-}
-
-const statuses = (r: { events: { status: string }[] }) => r.events.map((e) => e.status);
 
 async function rowsWithId(tn: string, id: string) {
   const { rows } = await sql.query<{ occurred_at: Date; event_type: string; data: unknown }>(

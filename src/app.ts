@@ -21,6 +21,7 @@ import { type Gate, gateBeforeBody, refuse } from './graphql/http-gate.js';
 import { KeyWatcher } from './graphql/key-watcher.js';
 import { attachWebSocket, type WebSocketTransport } from './graphql/ws.js';
 import { createGraphQLServer, requestScope } from './graphql/yoga.js';
+import { sendJson } from './http/json-response.js';
 import { AccessLog } from './ingest/access-log.js';
 import { BatchWriter } from './ingest/batch-writer.js';
 import type { DeadLetterStore } from './ingest/dead-letter-queue.js';
@@ -328,15 +329,15 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     res.setHeader('x-request-id', requestId);
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/healthz') {
-      json(res, 200, { status: 'ok' });
+      sendJson(res, 200, { status: 'ok' });
     } else if (path === '/readyz') {
-      void readiness().then((r) => json(res, r.ready ? 200 : 503, r));
+      void readiness().then((r) => sendJson(res, r.ready ? 200 : 503, r));
     } else if (path === '/metrics') {
       metricsRoute(req, res, 'main');
     } else if (path === '/export') {
       requestScope.run({ requestId }, () => exportRoute(req, res, requestId));
     } else if (path !== '/graphql') {
-      json(res, 404, { error: 'not found; GraphQL is at /graphql' });
+      sendJson(res, 404, { error: 'not found; GraphQL is at /graphql' });
     } else {
       requestScope.run({ requestId }, () => void serveGraphQL(req, res, requestId));
     }
@@ -352,7 +353,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       log.error({ err, requestId }, 'authentication failed');
       res.setHeader('connection', 'close');
       res.setHeader('retry-after', '1');
-      json(res, 503, {
+      sendJson(res, 503, {
         errors: [
           {
             message: 'the API key could not be checked; retry',
@@ -365,10 +366,10 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     if (gate.kind === 'refused') return refuse(res, gate.error);
     const length = req.headers['content-length'];
     if (req.headers['transfer-encoding'] && length === undefined) {
-      json(res, 411, { error: 'a Content-Length header is required' });
+      sendJson(res, 411, { error: 'a Content-Length header is required' });
     } else if (length !== undefined && Number(length) > config.maxRequestBytes) {
       res.setHeader('connection', 'close');
-      json(res, 413, {
+      sendJson(res, 413, {
         error: `request body larger than ${config.maxRequestBytes} bytes (MAX_REQUEST_BYTES)`,
       });
     } else {
@@ -465,7 +466,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
           },
           (req, res) => {
             if ((req.url ?? '/').split('?')[0] === '/metrics') metricsRoute(req, res, 'metrics');
-            else json(res, 404, { error: 'not found; metrics are at /metrics' });
+            else sendJson(res, 404, { error: 'not found; metrics are at /metrics' });
           },
         );
         await new Promise<void>((resolve, reject) => {
@@ -545,15 +546,6 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       return stopping;
     },
   };
-}
-
-function json(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(text),
-  });
-  res.end(text);
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Config } from './config.js';
+import { sendJson } from './http/json-response.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 
@@ -28,13 +29,13 @@ export function createMetricsRoute(
 
   return (req, res, listener) => {
     if (separate && listener === 'main') {
-      return send(res, 404, { error: 'not found; GraphQL is at /graphql' });
+      return sendJson(res, 404, { error: 'not found; GraphQL is at /graphql' });
     }
     if (token) {
       const given = BEARER.exec(headerOf(req, 'authorization'))?.[1];
       // Compared as digests: constant time, whatever the length given.
       if (!given || !timingSafeEqual(digest(given), token)) {
-        return send(
+        return sendJson(
           res,
           401,
           { error: 'GET /metrics needs "Authorization: Bearer <METRICS_TOKEN>"' },
@@ -42,7 +43,7 @@ export function createMetricsRoute(
         );
       }
     } else if (!separate && config.authMode === 'keys') {
-      return send(
+      return sendJson(
         res,
         401,
         {
@@ -64,7 +65,7 @@ export function createMetricsRoute(
       },
       (err: unknown) => {
         log.error({ err }, 'metrics could not be rendered');
-        send(res, 500, { error: 'metrics could not be rendered' });
+        sendJson(res, 500, { error: 'metrics could not be rendered' });
       },
     );
   };
@@ -77,19 +78,4 @@ function digest(s: string): Buffer {
 function headerOf(req: IncomingMessage, name: string): string {
   const v = req.headers[name];
   return typeof v === 'string' ? v : '';
-}
-
-function send(
-  res: ServerResponse,
-  status: number,
-  body: unknown,
-  extra: Record<string, string> = {},
-): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(text),
-    ...extra,
-  });
-  res.end(text);
 }

@@ -11,9 +11,11 @@ import {
   UnknownTenantError,
   ValidationError,
 } from '../domain/errors.js';
+
 import { type AuditExporter, filterJson } from '../export/exporter.js';
 import { errorLine } from '../export/format.js';
 import { acceptsGzip, MAX_EXPORT_URL_BYTES, parseExportParams } from '../export/params.js';
+import { sendJson as sendJsonResponse } from '../http/json-response.js';
 import type { Logger } from '../logger.js';
 import { authenticateRequest, fetchHeaders, grantedScopes } from './auth.js';
 import { type GraphQLContext, recordRead, requireTenant, type Services } from './context.js';
@@ -57,20 +59,14 @@ function statusOf(err: AuditError): number {
   return 500;
 }
 
+/** JSON answers of this route are never cached: they are about one caller's request. */
 function sendJson(
   res: ServerResponse,
   status: number,
   body: unknown,
   extra: Record<string, string> = {},
 ): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(text),
-    'cache-control': 'no-store',
-    ...extra,
-  });
-  res.end(text);
+  sendJsonResponse(res, status, body, { 'cache-control': 'no-store', ...extra });
 }
 
 /** `20260104T134109Z`: a file-name-safe timestamp. */

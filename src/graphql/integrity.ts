@@ -1,3 +1,4 @@
+import { createGraphQLError } from 'graphql-yoga';
 import type { ChainBreak } from '../domain/chain.js';
 import type { Checkpoint } from '../domain/checkpoint.js';
 import { LimitExceededError, ValidationError } from '../domain/errors.js';
@@ -230,10 +231,21 @@ builder.queryField('verifyAuditChain', (t) =>
       checkVerifyRange(from, to);
       await ctx.services.tenants.ensure(tenant, false);
       const started = Date.now();
-      const result = await ctx.services.chainAuditor.verify(tenant, from, to, {
-        signal: ctx.signal,
-      });
-      return { ...result, elapsedMs: Date.now() - started };
+      try {
+        const result = await ctx.services.chainAuditor.verify(tenant, from, to, {
+          signal: ctx.signal,
+        });
+        return { ...result, elapsedMs: Date.now() - started };
+      } catch (err) {
+        // A caller that went away is ordinary, not a failure of the service: no one reads this
+        // answer, and it is no reason for an error-level log line.
+        if (ctx.signal?.aborted) {
+          throw createGraphQLError('the caller went away; the verification was stopped', {
+            extensions: { code: 'CLIENT_CLOSED_REQUEST' },
+          });
+        }
+        throw err;
+      }
     },
   }),
 );

@@ -59,11 +59,16 @@ export class TenantRegistry {
     await pending;
   }
 
-  /** Creates the tenant if it does not exist (idempotent), migrates it and its partitions. */
+  /**
+   * Creates the tenant if it does not exist (idempotent, also when several instances provision
+   * it at once), migrates it and its partitions. The conflict target is left out on purpose:
+   * two concurrent inserts of one tenant can collide on `schema_name` before `tenant_id`, and
+   * both keys follow from the tenant id, so any conflict is this tenant existing already.
+   */
   async provision(tenant: TenantId): Promise<void> {
     const inserted = await this.db.query(
       `/* tenants.insert */ insert into ${CONTROL_SCHEMA}.tenants (tenant_id, schema_name)
-       values ($1, $2) on conflict (tenant_id) do nothing returning tenant_id`,
+       values ($1, $2) on conflict do nothing returning tenant_id`,
       [tenant, tenantSchema(tenant)],
     );
     if (inserted.length) this.log.info({ tenant }, 'tenant provisioned');

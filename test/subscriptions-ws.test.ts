@@ -252,6 +252,9 @@ describe('subscriptions over graphql-ws (Redis fan-out)', () => {
           closed = e as { code: number; reason: string };
         },
       },
+      // A lazy client closes (1000) as soon as its last subscription ends; this one stays open,
+      // so what ends the connection is the server's own close at shutdown.
+      { lazyCloseTimeout: 60_000 },
     );
     clients.push(c);
     const sub = wsSubscribe(c, 'flushCompleted', FLUSH_COMPLETED, { correlationId: corr });

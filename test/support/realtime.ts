@@ -73,6 +73,7 @@ export function wsClient(
   httpUrl: string,
   connectionParams: Record<string, unknown> | undefined,
   on: { closed?: (event: unknown) => void } = {},
+  options: { lazyCloseTimeout?: number } = {},
 ): Client {
   return createClient({
     url: httpUrl.replace(/^http/, 'ws'),
@@ -81,6 +82,7 @@ export function wsClient(
     retryAttempts: 0,
     lazy: true,
     on,
+    ...options,
   });
 }
 

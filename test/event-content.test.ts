@@ -1,29 +1,16 @@
 import { randomUUID } from 'node:crypto';
-import type pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CREATE, event, FLUSH, STATS, type TestApp } from './support/harness.js';
-import { createCommitted, startTwoApps, statuses, type TwoApps } from './support/two-apps.js';
+import { describe, expect, it } from 'vitest';
+import { CREATE, event, FLUSH, STATS } from './support/harness.js';
+import { createCommitted, statuses, useTwoApps } from './support/two-apps.js';
 
 /**
  * What a writer may put in an event: the `auditgraph.` event types are the service's own (its
  * access records must not be forgeable), and `data` holds only numbers it can give back exactly.
  */
 
-let apps: TwoApps;
-let a: TestApp;
-let sql: pg.Client;
-const tenant = (prefix: string) => apps.tenant(prefix);
+const apps = useTwoApps();
+const { tenant, writerOnB } = apps;
 const create = createCommitted;
-const writerOnB = (tn: string) => apps.writerOnB(tn);
-
-beforeAll(async () => {
-  apps = await startTwoApps();
-  ({ a, sql } = apps);
-});
-
-afterAll(async () => {
-  await apps?.stop();
-});
 
 const BY_ID = `query ById($id: String!, $occurredAt: DateTime) {
   auditEvent(id: $id, occurredAt: $occurredAt) {
@@ -48,7 +35,7 @@ describe('the auditgraph. event-type namespace belongs to the service', () => {
     expect(statuses(await writer.create([event({ eventType: 'auditgraphx.apikey' })]))).toEqual([
       'STORED',
     ]);
-    const { rows } = await sql.query<{ n: number }>(
+    const { rows } = await apps.sql.query<{ n: number }>(
       `select count(*)::int as n from "t_${tn}".audit_events
         where event_type ilike 'auditgraph.%' and actor_type <> 'api_key'`,
     );
@@ -64,7 +51,7 @@ describe('the auditgraph. event-type namespace belongs to the service', () => {
     expect((await reader.gql(FLUSH, { timeoutMs: 10_000 })).flushAudit.__typename).toBe(
       'FlushAuditPayload',
     );
-    const { rows } = await sql.query<{ n: number }>(
+    const { rows } = await apps.sql.query<{ n: number }>(
       `select count(*)::int as n from "t_${tn}".audit_events
         where event_type = 'auditgraph.access.read' and data->>'id' = $1`,
       [probe],
@@ -77,7 +64,7 @@ describe('numbers data cannot hold exactly are refused', () => {
   /** Sends the variables as raw JSON text, so a literal such as 1e999 reaches the server as written. */
   async function createRaw(tn: string, eventJson: string) {
     const body = `{"query":${JSON.stringify(CREATE)},"variables":{"input":{"ack":"COMMITTED","events":[${eventJson}]}}}`;
-    return a.raw(tn, body);
+    return apps.a.raw(tn, body);
   }
   const withData = (dataJson: string) => {
     const e = JSON.stringify(event({ data: {} }));
@@ -99,7 +86,7 @@ describe('numbers data cannot hold exactly are refused', () => {
       expect(r.issues).toEqual([{ index: 0, field: path, message: expect.any(String) }]);
       expect(r.message).toContain(`events[0].${path}`);
     }
-    expect((await a.gql(tn, STATS)).auditStats.__typename).not.toBe('AuditStats');
+    expect((await apps.a.gql(tn, STATS)).auditStats.__typename).not.toBe('AuditStats');
   });
 
   it('1e999 in data (Infinity once parsed) is a ValidationError with its path, not an internal error', async () => {
@@ -117,8 +104,8 @@ describe('numbers data cannot hold exactly are refused', () => {
     const tn = tenant('safe');
     const data = { max: 9007199254740991, min: -9007199254740991, f: 0.1, n: [1.5e-300] };
     const e = event({ id: randomUUID(), data });
-    expect(statuses(await create(a, tn, [e]))).toEqual(['STORED']);
-    const found = (await a.gql(tn, BY_ID, { id: e.id })).auditEvent;
+    expect(statuses(await create(apps.a, tn, [e]))).toEqual(['STORED']);
+    const found = (await apps.a.gql(tn, BY_ID, { id: e.id })).auditEvent;
     expect(found.data).toEqual(data);
   });
 });

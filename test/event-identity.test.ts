@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import type pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Migrator } from '../src/db/migrations.js';
 import type { TenantId } from '../src/domain/tenant.js';
-import { event, STATS, type TestApp } from './support/harness.js';
-import { createCommitted, startTwoApps, statuses, type TwoApps } from './support/two-apps.js';
+import { event, STATS } from './support/harness.js';
+import { createCommitted, statuses, useTwoApps } from './support/two-apps.js';
 
 /**
  * What an event id means: one event per tenant, whatever occurredAt comes with it later. A
@@ -14,24 +13,12 @@ import { createCommitted, startTwoApps, statuses, type TwoApps } from './support
 
 const DAY = 86_400_000;
 
-let apps: TwoApps;
-let a: TestApp;
-let sql: pg.Client;
-const tenant = (prefix: string) => apps.tenant(prefix);
+const apps = useTwoApps();
+const { tenant, writerOnB } = apps;
 const create = createCommitted;
-const writerOnB = (tn: string) => apps.writerOnB(tn);
-
-beforeAll(async () => {
-  apps = await startTwoApps();
-  ({ a, sql } = apps);
-});
-
-afterAll(async () => {
-  await apps?.stop();
-});
 
 async function rowsWithId(tn: string, id: string) {
-  const { rows } = await sql.query<{ occurred_at: Date; event_type: string; data: unknown }>(
+  const { rows } = await apps.sql.query<{ occurred_at: Date; event_type: string; data: unknown }>(
     `select occurred_at, event_type, data from "t_${tn}".audit_events where id = $1`,
     [id],
   );
@@ -56,7 +43,7 @@ describe('an event id is one event per tenant', () => {
       action: 'approve',
       data: { amount: 10 },
     });
-    expect(statuses(await create(a, tn, [original]))).toEqual(['STORED']);
+    expect(statuses(await create(apps.a, tn, [original]))).toEqual(['STORED']);
 
     const forged = event({
       id,
@@ -64,7 +51,7 @@ describe('an event id is one event per tenant', () => {
       action: 'reject',
       data: { amount: 1_000_000 },
     });
-    const r = await create(a, tn, [forged]);
+    const r = await create(apps.a, tn, [forged]);
     expect(r.__typename).toBe('CreateAuditEventsPayload');
     expect(statuses(r)).toEqual(['DUPLICATE']);
     expect(r).toMatchObject({ accepted: 1, stored: 0, duplicates: 1 });
@@ -73,7 +60,7 @@ describe('an event id is one event per tenant', () => {
     expect(rows).toHaveLength(1);
     expect(rows[0]!.occurred_at.toISOString()).toBe(original.occurredAt);
 
-    const found = (await a.gql(tn, BY_ID, { id })).auditEvent;
+    const found = (await apps.a.gql(tn, BY_ID, { id })).auditEvent;
     expect(found).toMatchObject({
       __typename: 'AuditEvent',
       id,
@@ -82,9 +69,11 @@ describe('an event id is one event per tenant', () => {
       data: { amount: 10 },
     });
     // Nothing is stored under the forged instant either.
-    expect((await a.gql(tn, BY_ID, { id, occurredAt: forged.occurredAt })).auditEvent).toBeNull();
+    expect(
+      (await apps.a.gql(tn, BY_ID, { id, occurredAt: forged.occurredAt })).auditEvent,
+    ).toBeNull();
 
-    const s = (await a.gql(tn, STATS)).auditStats;
+    const s = (await apps.a.gql(tn, STATS)).auditStats;
     expect(s).toMatchObject({
       accepted: 2,
       stored: 1,
@@ -100,9 +89,9 @@ describe('an event id is one event per tenant', () => {
   it('the same id at the same instant and with the same content is a plain duplicate, not a conflict', async () => {
     const tn = tenant('same');
     const e = event({ id: randomUUID() });
-    expect(statuses(await create(a, tn, [e]))).toEqual(['STORED']);
-    expect(statuses(await create(a, tn, [{ ...e }]))).toEqual(['DUPLICATE']);
-    expect((await a.gql(tn, STATS)).auditStats).toMatchObject({
+    expect(statuses(await create(apps.a, tn, [e]))).toEqual(['STORED']);
+    expect(statuses(await create(apps.a, tn, [{ ...e }]))).toEqual(['DUPLICATE']);
+    expect((await apps.a.gql(tn, STATS)).auditStats).toMatchObject({
       accepted: 2,
       stored: 1,
       duplicates: 1,
@@ -116,11 +105,11 @@ describe('an event id is one event per tenant', () => {
     const now = Date.now();
     const first = event({ id, occurredAt: new Date(now - 1_000).toISOString(), action: 'one' });
     const second = event({ id, occurredAt: new Date(now - 35 * DAY).toISOString(), action: 'two' });
-    const r = await create(a, tn, [first, second]);
+    const r = await create(apps.a, tn, [first, second]);
     expect(statuses(r)).toEqual(['STORED', 'DUPLICATE']);
     const rows = await rowsWithId(tn, id);
     expect(rows.map((x) => x.occurred_at.toISOString())).toEqual([first.occurredAt]);
-    expect((await a.gql(tn, STATS)).auditStats).toMatchObject({
+    expect((await apps.a.gql(tn, STATS)).auditStats).toMatchObject({
       accepted: 2,
       stored: 1,
       duplicates: 1,
@@ -133,7 +122,7 @@ describe('an event id is one event per tenant', () => {
     const tn = tenant('race');
     // Provisioned first (by the key), so neither instance's first write races provisioning.
     const onB = await writerOnB(tn);
-    expect(statuses(await create(a, tn, [event()]))).toEqual(['STORED']);
+    expect(statuses(await create(apps.a, tn, [event()]))).toEqual(['STORED']);
     expect(statuses(await onB.create([event()]))).toEqual(['STORED']);
     const now = Date.now();
     const ids = Array.from({ length: 20 }, () => randomUUID());
@@ -144,14 +133,14 @@ describe('an event id is one event per tenant', () => {
     // Each id in two calls at once: one on each instance, one in each month (two chain heads,
     // so nothing but the id itself orders the two transactions).
     const results = await Promise.all(
-      ids.flatMap((id) => [create(a, tn, [recent(id)]), onB.create([old(id)])]),
+      ids.flatMap((id) => [create(apps.a, tn, [recent(id)]), onB.create([old(id)])]),
     );
     for (const r of results) expect(r.__typename).toBe('CreateAuditEventsPayload');
     ids.forEach((_, k) => {
       const pair = [results[2 * k]!, results[2 * k + 1]!].flatMap(statuses).sort();
       expect(pair).toEqual(['DUPLICATE', 'STORED']);
     });
-    const { rows } = await sql.query<{ id: string; n: number }>(
+    const { rows } = await apps.sql.query<{ id: string; n: number }>(
       `select id, count(*)::int as n from "t_${tn}".audit_events where id = any($1::uuid[]) group by id`,
       [ids],
     );
@@ -172,16 +161,16 @@ describe('a tenant written before ids were unique', () => {
     });
     // Another event 35 days back, so that month's partition exists for the legacy row below.
     const other = event({ occurredAt: new Date(now - 35 * DAY).toISOString() });
-    expect(statuses(await create(a, tn, [original, other]))).toEqual(['STORED', 'STORED']);
-    const migrator = new Migrator(a.app.db);
+    expect(statuses(await create(apps.a, tn, [original, other]))).toEqual(['STORED', 'STORED']);
+    const migrator = new Migrator(apps.a.app.db);
     // The tenant as it was before the id table: the migration undone, and the forged re-send
     // of the same id 35 days earlier, received later, stored beside the original.
-    await sql.query(`drop table "t_${tn}".event_ids`);
-    await sql.query('delete from auditgraph.tenant_migrations where tenant_id = $1 and name = $2', [
-      tn,
-      migrator.latestTenantMigration,
-    ]);
-    await sql.query(
+    await apps.sql.query(`drop table "t_${tn}".event_ids`);
+    await apps.sql.query(
+      'delete from auditgraph.tenant_migrations where tenant_id = $1 and name = $2',
+      [tn, migrator.latestTenantMigration],
+    );
+    await apps.sql.query(
       `insert into "t_${tn}".audit_events
          (id, occurred_at, received_at, event_type, category, action, outcome, correlation_id,
           actor_type, actor_id, resource_type, resource_id, batch_id)
@@ -194,16 +183,16 @@ describe('a tenant written before ids were unique', () => {
     expect(await rowsWithId(tn, id)).toHaveLength(2);
 
     expect(await migrator.migrateTenant(tn as TenantId)).toBe(1);
-    const { rows } = await sql.query<{ occurred_at: Date }>(
+    const { rows } = await apps.sql.query<{ occurred_at: Date }>(
       `select occurred_at from "t_${tn}".event_ids where id = $1`,
       [id],
     );
     expect(rows.map((r) => r.occurred_at.toISOString())).toEqual([original.occurredAt]);
-    const found = (await a.gql(tn, BY_ID, { id })).auditEvent;
+    const found = (await apps.a.gql(tn, BY_ID, { id })).auditEvent;
     expect(found).toMatchObject({ occurredAt: original.occurredAt, action: 'keep' });
     // And the id is taken: a third event under it, in yet another instant, is not stored.
     const third = event({ id, occurredAt: new Date(now - 10 * DAY).toISOString() });
-    expect(statuses(await create(a, tn, [third]))).toEqual(['DUPLICATE']);
+    expect(statuses(await create(apps.a, tn, [third]))).toEqual(['DUPLICATE']);
     expect(await rowsWithId(tn, id)).toHaveLength(2);
   });
 });

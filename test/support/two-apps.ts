@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { afterAll, beforeAll } from 'vitest';
 import { CREATE, dropTenants, newTenant, sqlClient, startApp, type TestApp } from './harness.js';
 import { createKey, keyClient, startKeysApp } from './keys.js';
 
@@ -60,3 +61,35 @@ export async function createCommitted(t: TestApp, tn: string, events: unknown[])
 
 /** The per-event statuses of a payload. */
 export const statuses = (r: { events: { status: string }[] }) => r.events.map((e) => e.status);
+
+/**
+ * The two instances for one test file: started before its tests, stopped (and its tenants
+ * dropped) after them. Read `a`, `b` and `sql` inside tests, once started.
+ */
+export function useTwoApps(): TwoApps {
+  let apps: TwoApps | undefined;
+  beforeAll(async () => {
+    apps = await startTwoApps();
+  });
+  afterAll(async () => {
+    await apps?.stop();
+  });
+  const started = () => {
+    if (!apps) throw new Error('the two apps are not started yet');
+    return apps;
+  };
+  return {
+    get a() {
+      return started().a;
+    },
+    get b() {
+      return started().b;
+    },
+    get sql() {
+      return started().sql;
+    },
+    tenant: (prefix) => started().tenant(prefix),
+    writerOnB: (tn) => started().writerOnB(tn),
+    stop: () => started().stop(),
+  };
+}

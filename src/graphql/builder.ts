@@ -14,7 +14,8 @@ export const builder = new SchemaBuilder<{
     JSONObject: { Input: Record<string, unknown>; Output: Record<string, unknown> };
   };
 }>({
-  // scope-auth first: its checks run before any other plugin's wrapper (STACK.md).
+  // scope-auth first: Pothos wraps resolvers in plugin order, so its checks run before any
+  // other plugin's wrapper.
   plugins: [ScopeAuthPlugin, ErrorsPlugin],
   defaultFieldNullability: false,
   errors: { directResult: true },

@@ -34,8 +34,9 @@ export interface AccessRecord {
  * Access is itself audited: key and tenant administration, dead-letter replays and discards,
  * and (AUDIT_READS) reads of the audit log are written as events into the affected tenant's own
  * log, through the same ingest path as every other event (`ack: BUFFERED`). So they are
- * accepted and counted like any other event (promise 1), and a read costs no extra round trip
- * to the database before it is answered.
+ * accepted and counted like any other event (accepted = stored + duplicates + pending +
+ * deadLettered + discarded), and a read costs no extra round trip to the database before it is
+ * answered.
  *
  * Access records are held in the tenant's own access-record share of the buffer
  * (ACCESS_LOG_BUFFER_CAPACITY), never in its BUFFER_CAPACITY: reads cannot starve the tenant's

@@ -363,7 +363,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       });
       return;
     }
-    if (gate.kind === 'refused') return refuse(res, gate.error);
+    if (gate.kind === 'refused') return refuse(req, res, gate.error);
     const length = req.headers['content-length'];
     if (req.headers['transfer-encoding'] && length === undefined) {
       sendJson(res, 411, { error: 'a Content-Length header is required' });

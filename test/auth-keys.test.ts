@@ -61,14 +61,26 @@ const OPS: [string, string, Record<string, unknown>][] = [
   ['flushAudit', FLUSH, {}],
 ];
 
-/** A refusal answered from the headers, before the body was read: 401 (or 403), no `data`. */
-function expectRefused(r: { status: number; body: any }, status: 401 | 403, message: RegExp) {
+/** What Apollo Client and urql send: the GraphQL-over-HTTP media type first. */
+const GRJ = { accept: 'application/graphql-response+json, application/json;q=0.9' };
+
+/**
+ * A refusal answered from the headers, before the body was read: 401 (or 403) for
+ * `application/graphql-response+json` (see GRJ), the same body with 200 for `application/json`
+ * clients, as the GraphQL-over-HTTP spec asks; never `data`.
+ */
+function expectRefused(
+  r: { status: number; body: any },
+  status: 401 | 403 | 200,
+  message: RegExp,
+  code: 'UNAUTHENTICATED' | 'FORBIDDEN' = status === 403 ? 'FORBIDDEN' : 'UNAUTHENTICATED',
+) {
   expect(r.status).toBe(status);
   expect(r.body.data).toBeUndefined();
   expect(r.body.errors).toHaveLength(1);
   expect(r.body.errors[0].extensions).toMatchObject({
-    code: status === 401 ? 'UNAUTHENTICATED' : 'FORBIDDEN',
-    type: status === 401 ? 'UnauthenticatedError' : 'ForbiddenError',
+    code,
+    type: code === 'UNAUTHENTICATED' ? 'UnauthenticatedError' : 'ForbiddenError',
     retryable: false,
   });
   expect(r.body.errors[0].message).toMatch(message);
@@ -78,8 +90,17 @@ describe('a request without a valid key', () => {
   const anonymous = () => graphqlClient(t.url);
 
   it.each(OPS)('%s without Authorization is answered 401', async (_field, query, vars) => {
-    const r = await anonymous().raw(null, { query, variables: vars });
+    const r = await anonymous().raw(null, { query, variables: vars }, GRJ);
     expectRefused(r, 401, /Authorization: Bearer/);
+  });
+
+  it.each([
+    ['no Accept header (*/*)', {}],
+    ['accept: application/json', { accept: 'application/json' }],
+  ])('with %s the same refusal is a 200, as the spec requires for JSON', async (_n, headers) => {
+    const r = await anonymous().raw(null, { query: STATS }, headers);
+    expectRefused(r, 200, /Authorization: Bearer/);
+    expect(r.body.errors[0].extensions).not.toHaveProperty('http');
   });
 
   it.each([
@@ -91,7 +112,7 @@ describe('a request without a valid key', () => {
     const r = await anonymous().raw(
       null,
       { query: CREATE, variables: OPS[0]![2] },
-      { authorization: header },
+      { authorization: header, ...GRJ },
     );
     expectRefused(r, 401, /./);
     expect(r.body.errors[0].message).not.toMatch(/agk_|sha|hash|select|auditgraph\./i);
@@ -102,7 +123,7 @@ describe('a request without a valid key', () => {
     for (const tenant of [A, B]) {
       const r = await keyClient(t, writerA.secret).raw(
         { query: CREATE, variables: { input: { events: [event()] } } },
-        { 'x-tenant-id': tenant },
+        { 'x-tenant-id': tenant, ...GRJ },
       );
       expectRefused(r, 403, /x-tenant-id/);
     }
@@ -127,10 +148,18 @@ describe('a valid key', () => {
     expect(await rows(B)).toBe(before);
   });
 
-  it('is refused a field whose scope it lacks with ForbiddenError naming the scope', async () => {
-    const r = await keyClient(t, readerA.secret).gql(CREATE, { input: { events: [event()] } });
-    expect(r.createAuditEvents).toMatchObject({ __typename: 'ForbiddenError', retryable: false });
-    expect(r.createAuditEvents.message).toMatch(/events:write/);
+  it('is refused a field whose scope it lacks with FORBIDDEN naming the scope', async () => {
+    const reader = keyClient(t, readerA.secret);
+    const e = await reader.refused(CREATE, { input: { events: [event()] } });
+    expect(e).toMatchObject({
+      path: ['createAuditEvents'],
+      extensions: { code: 'FORBIDDEN', retryable: false },
+    });
+    expect(e.message).toMatch(/events:write/);
+    // The request is refused as a whole: 403 for GraphQL-over-HTTP clients, 200 for JSON ones.
+    const body = { query: CREATE, variables: { input: { events: [event()] } } };
+    expect((await reader.raw(body, GRJ)).status).toBe(403);
+    expect((await reader.raw(body, { accept: 'application/json' })).status).toBe(200);
     const page = await keyClient(t, readerA.secret).gql(PAGE, { first: 1 });
     expect(page.auditEvents.__typename).toBe('AuditEventConnection');
   });
@@ -185,7 +214,7 @@ describe('revocation and expiry', () => {
     const revoked = await t.app.services.apiKeys.revoke(k.id);
     expect(revoked?.revokedAt).toBeInstanceOf(Date);
     expectRefused(
-      await c.raw({ query: CREATE, variables: { input: { events: [event()] } } }),
+      await c.raw({ query: CREATE, variables: { input: { events: [event()] } } }, GRJ),
       401,
       /revoked/,
     );
@@ -196,7 +225,7 @@ describe('revocation and expiry', () => {
     const c = keyClient(t, k.secret);
     expect((await c.gql(STATS)).auditStats.__typename).toBe('AuditStats');
     await new Promise((r) => setTimeout(r, 1_100));
-    expectRefused(await c.raw({ query: STATS }), 401, /expired/);
+    expectRefused(await c.raw({ query: STATS }, GRJ), 401, /expired/);
   });
 
   it('revoking a key closes its WebSocket connections with 4401 and its SSE streams', async () => {
@@ -222,7 +251,10 @@ describe('revocation and expiry', () => {
     await t.app.services.apiKeys.revoke(k.id);
 
     const last = await sse.next();
-    expect(last).toMatchObject({ __typename: 'UnauthenticatedError' });
+    expect(last).toMatchObject({
+      __typename: 'SubscriptionInterruptedError',
+      reason: 'UNAUTHENTICATED',
+    });
     await expect(sse.next()).rejects.toThrow('the subscription ended');
     await expect(wsSub.next()).rejects.toMatchObject({ code: 4401 });
     expect(closed).toMatchObject({ code: 4401, reason: expect.stringMatching(/revoked/) });

@@ -73,6 +73,6 @@ describe('page cursors without CURSOR_SECRET', () => {
       query: PAGE,
       variables: { first: 10, after: p2.pageInfo.endCursor, filter, order: 'OCCURRED_AT_ASC' },
     });
-    expect(r.body.data.auditEvents.__typename).toBe('InvalidCursorError');
+    expect(r.body.errors?.[0]?.extensions?.code).toBe('INVALID_CURSOR');
   });
 });

@@ -9,7 +9,7 @@ import {
   startApp,
   type TestApp,
 } from './support/harness.js';
-import { auditEvents, page } from './support/paging.js';
+import { page } from './support/paging.js';
 
 /**
  * Page cursors are opaque and signed over tenant, order, filter and position (DESIGN.md): an
@@ -70,21 +70,24 @@ describe('page cursors', () => {
     expect(r.createAuditEvents.stored, JSON.stringify(r)).toBe(events.length);
   }
 
-  /** Asserts the answer is an InvalidCursorError and returns the raw HTTP body for more checks. */
+  /** Asserts the answer is an INVALID_CURSOR error and returns the raw HTTP body for more checks. */
   async function expectInvalid(tenant: string, vars: Record<string, unknown>) {
     const { status, body } = await t.raw(tenant, { query: PAGE, variables: vars });
     expect(status).toBe(200);
-    expect(body.errors).toBeUndefined();
-    expect(body.data.auditEvents).toMatchObject({
-      __typename: 'InvalidCursorError',
-      retryable: false,
-    });
+    expect(body.data).toBeNull();
+    expect(body.errors).toEqual([
+      expect.objectContaining({
+        path: ['auditEvents'],
+        extensions: expect.objectContaining({ code: 'INVALID_CURSOR', retryable: false }),
+      }),
+    ]);
     return body;
   }
 
-  /** The typename the service answers with for `vars` as `tenant`. */
+  /** What the service answers `vars` as `tenant` with: the data's typename, or the error code. */
   async function typename(tenant: string, vars: Record<string, unknown>): Promise<string> {
-    return (await auditEvents(t, tenant, vars)).__typename;
+    const { body } = await t.raw(tenant, { query: PAGE, variables: vars });
+    return body.errors?.[0]?.extensions?.code ?? body.data.auditEvents.__typename;
   }
 
   beforeAll(async () => {
@@ -136,7 +139,7 @@ describe('page cursors', () => {
       const altered = `${position}.${replaceAt(signature, i, flipB64(signature[i]!))}`;
       expect(altered).not.toBe(cursor);
       const name = await typename(alice, { first: 2, after: altered });
-      if (name !== 'InvalidCursorError') accepted.push(`position ${i}: ${altered} -> ${name}`);
+      if (name !== 'INVALID_CURSOR') accepted.push(`position ${i}: ${altered} -> ${name}`);
     }
     expect(accepted).toEqual([]);
   });
@@ -154,7 +157,7 @@ describe('page cursors', () => {
     const accepted: string[] = [];
     for (const v of variants) {
       const name = await typename(alice, { first: 2, after: v });
-      if (name !== 'InvalidCursorError') accepted.push(`${v} -> ${name}`);
+      if (name !== 'INVALID_CURSOR') accepted.push(`${v} -> ${name}`);
     }
     expect(accepted).toEqual([]);
   });
@@ -171,7 +174,7 @@ describe('page cursors', () => {
       const other = pool[(pool.indexOf(c) + 1) % pool.length]!;
       const altered = `${replaceAt(position, i, other)}.${signature}`;
       const name = await typename(alice, { first: 2, after: altered });
-      if (name !== 'InvalidCursorError') accepted.push(`position ${i}: ${altered} -> ${name}`);
+      if (name !== 'INVALID_CURSOR') accepted.push(`position ${i}: ${altered} -> ${name}`);
     }
     expect(accepted).toEqual([]);
     // And shape-breaking changes: an upper-case id, a non-digit time.
@@ -208,11 +211,7 @@ describe('page cursors', () => {
       expect(text).not.toContain(aliceCorrelation);
       expect(text).not.toContain(split(aliceCursor).position);
       for (const id of aliceIds) expect(text).not.toContain(id);
-      expect(Object.keys(body.data.auditEvents).sort()).toEqual([
-        '__typename',
-        'message',
-        'retryable',
-      ]);
+      expect(Object.keys(body.errors[0].extensions).sort()).toEqual(['code', 'retryable', 'type']);
     }
   });
 
@@ -260,7 +259,7 @@ describe('page cursors', () => {
     ['a long string of valid-looking parts', `${Date.now()}.${randomUUID()}.${'A'.repeat(5000)}`],
   ])('rejects a garbage cursor: %s', async (_name, cursor) => {
     const body = await expectInvalid(alice, { first: 2, after: cursor });
-    expect(body.data.auditEvents.message.length).toBeLessThan(200);
+    expect(body.errors[0].message.length).toBeLessThan(200);
     await expectInvalid(alice, { last: 2, before: cursor });
   });
 

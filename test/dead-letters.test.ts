@@ -16,12 +16,12 @@ import {
 import { sseSubscribe } from './support/realtime.js';
 
 const DEAD_LETTERS = `query DL($filter: DeadLetterFilter) { deadLetters(filter: $filter) { __typename
-  ... on DeadLetterConnection { totalCount edges { node { id state errorCode error attempts replays eventCount events { id eventType } } } }
-  ... on AuditError { message } } }`;
+  ... on DeadLetterConnection { totalCount edges { node { id: deadLetterId state errorCode error attempts replays eventCount events { id: eventId eventType } } } }
+   } }`;
 const REPLAY = `mutation R($input: ReplayDeadLettersInput!) { replayDeadLetters(input: $input) { __typename
-  ... on ReplayDeadLettersPayload { replayed { id state } notFound } ... on AuditError { message } } }`;
+  ... on ReplayDeadLettersPayload { replayed { id: deadLetterId state } notFound } ... on AuditError { message } } }`;
 const DISCARD = `mutation D($input: DiscardDeadLetterInput!) { discardDeadLetter(input: $input) { __typename
-  ... on DeadLetter { id eventCount } ... on AuditError { message } } }`;
+  ... on DeadLetter { id: deadLetterId eventCount } ... on AuditError { message } } }`;
 
 const STATS = `query { auditStats { __typename ... on AuditStats {
   accepted stored duplicates pending deadLettered parked discarded replayed identityHolds } } }`;

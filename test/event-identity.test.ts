@@ -26,9 +26,9 @@ async function rowsWithId(tn: string, id: string) {
 }
 
 const BY_ID = `query ById($id: String!, $occurredAt: DateTime) {
-  auditEvent(id: $id, occurredAt: $occurredAt) {
+  auditEvent(eventId: $id, occurredAt: $occurredAt) {
     __typename
-    ... on AuditEvent { id occurredAt eventType action data }
+    ... on AuditEvent { id: eventId occurredAt eventType action data }
   }
 }`;
 

@@ -582,7 +582,7 @@ function isGraphQLResult(v: unknown): boolean {
     if (!Array.isArray(o.errors) || o.errors.length === 0) return false;
     for (const e of o.errors as { message?: unknown; extensions?: { code?: unknown } }[]) {
       if (typeof e.message !== 'string') return false;
-      if (e.extensions?.code === 'INTERNAL_SERVER_ERROR') return false;
+      if (e.extensions?.code === 'INTERNAL') return false;
     }
   }
   return true;

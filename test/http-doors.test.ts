@@ -53,7 +53,12 @@ function partialPost(
         port: port(a),
         path: '/graphql',
         method: 'POST',
-        headers: { 'content-type': 'application/json', 'content-length': total, ...headers },
+        headers: {
+          'content-type': 'application/json',
+          accept: 'application/graphql-response+json',
+          'content-length': total,
+          ...headers,
+        },
       },
       (res) => {
         let body = '';
@@ -100,7 +105,7 @@ describe('a POST /graphql without a valid key', () => {
       expect(r.status).toBe(401);
       expect(r.headers['www-authenticate']).toBe('Bearer');
       expect(r.headers.connection).toBe('close');
-      expect(r.headers['content-type']).toMatch(/^application\/json/);
+      expect(r.headers['content-type']).toMatch(/^application\/graphql-response\+json/);
       const body = JSON.parse(r.body);
       expect(body.data).toBeUndefined();
       expect(body.errors[0].extensions).toMatchObject({

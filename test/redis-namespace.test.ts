@@ -31,10 +31,10 @@ import {
  */
 
 const DEAD_LETTERS = `query DL { deadLetters { __typename
-  ... on DeadLetterConnection { totalCount edges { node { id state eventCount events { id eventType } } } }
-  ... on AuditError { message } } }`;
+  ... on DeadLetterConnection { totalCount edges { node { id: deadLetterId state eventCount events { id: eventId eventType } } } }
+   } }`;
 const REPLAY_ALL = `mutation { replayDeadLetters(input: { all: true }) { __typename
-  ... on ReplayDeadLettersPayload { replayed { id } notFound } ... on AuditError { message } } }`;
+  ... on ReplayDeadLettersPayload { replayed { id: deadLetterId } notFound } ... on AuditError { message } } }`;
 
 /**
  * Every segment of a Redis name the service uses or used: the earlier layout's (`dlq:tenants`,

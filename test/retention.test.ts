@@ -35,7 +35,7 @@ const SET_RETENTION = `mutation Set($days: Int) {
     __typename
     ... on SetRetentionPayload {
       retention { days default tenantDays source }
-      event { id status }
+      event { id: eventId status }
     }
     ... on AuditError { message }
     ... on ValidationError { issues { field message } }
@@ -45,7 +45,7 @@ const SET_RETENTION = `mutation Set($days: Int) {
 const PLACE = `mutation Place($input: PlaceLegalHoldInput!) {
   placeLegalHold(input: $input) {
     __typename
-    ... on LegalHoldPayload { hold { id active } event { id status } }
+    ... on LegalHoldPayload { hold { id: holdId active } event { id: eventId status } }
     ... on AuditError { message }
   }
 }`;
@@ -53,7 +53,7 @@ const PLACE = `mutation Place($input: PlaceLegalHoldInput!) {
 const RELEASE = `mutation Release($input: ReleaseLegalHoldInput!) {
   releaseLegalHold(input: $input) {
     __typename
-    ... on LegalHoldPayload { hold { id active } }
+    ... on LegalHoldPayload { hold { id: holdId active } }
     ... on AuditError { message }
   }
 }`;
@@ -77,7 +77,7 @@ const EXPIRED = `query { auditStats { __typename ... on AuditStats {
 
 const RETENTION = `query { retention { __typename ... on Retention {
   days default tenantDays source drops { month partition rowCount chainSeq chainHash }
-} ... on AuditError { message } } }`;
+}  } }`;
 
 /** The retention (days) under which exactly the months before `utcMonth(now, keepFrom)` are past. */
 function daysDropping(now: Date, keepFrom: number): number {

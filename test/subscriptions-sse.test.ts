@@ -74,14 +74,30 @@ describe('subscriptions over SSE (in-process bus)', () => {
     await tail.close();
   });
 
-  it('answers a request without x-tenant-id with UnauthenticatedError, then completes', async () => {
-    const sub = await sseSubscribe(t.url, null, 'flushCompleted', FLUSH_COMPLETED, {});
-    expect(await sub.next()).toMatchObject({
-      __typename: 'UnauthenticatedError',
+  it('answers a request without x-tenant-id with 401 before any event is streamed', async () => {
+    const refused = await sseSubscribe(t.url, null, 'flushCompleted', FLUSH_COMPLETED, {}).then(
+      () => null,
+      (err: { status: number; body: string; headers: Headers }) => err,
+    );
+    expect(refused?.status).toBe(401);
+    expect(refused?.headers.get('content-type')).toMatch(/^application\/json/);
+    const body = JSON.parse(refused!.body);
+    expect(body.errors[0]).toMatchObject({
       message: expect.stringContaining('x-tenant-id'),
+      extensions: { code: 'UNAUTHENTICATED' },
     });
-    await expect(sub.next()).rejects.toThrow('the subscription ended');
-    expect(sub.events.at(-1)?.event).toBe('complete');
+    expect(body.errors[0].extensions).not.toHaveProperty('http');
+  });
+
+  it('answers a bad filter with 400 BAD_USER_INPUT before any event is streamed', async () => {
+    const refused = await sseSubscribe(t.url, tenant('badf'), 'flushCompleted', FLUSH_COMPLETED, {
+      correlationId: '',
+    }).then(
+      () => null,
+      (err: { status: number; body: string }) => err,
+    );
+    expect(refused?.status).toBe(400);
+    expect(JSON.parse(refused!.body).errors[0].extensions.code).toBe('BAD_USER_INPUT');
   });
 
   it('releases the server-side subscription when the client goes away', async () => {

@@ -189,15 +189,29 @@ describe('subscriptions over graphql-ws (Redis fan-out)', () => {
     await tail.close();
   });
 
-  it('answers an invalid filter with a typed ValidationError as the only message', async () => {
+  it('refuses an invalid filter with an `error` message: BAD_USER_INPUT naming the field', async () => {
     const me = tenant('bad');
-    const sub = wsSubscribe(client(me), 'auditEventsAdded', EVENTS_ADDED, {
-      filter: { correlationId: 'x'.repeat(300) },
+    const refusal = await new Promise<unknown>((resolve, reject) => {
+      client(me).subscribe(
+        { query: EVENTS_ADDED, variables: { filter: { correlationId: 'x'.repeat(300) } } },
+        {
+          next: (r) => reject(new Error(`a refused subscription sent ${JSON.stringify(r)}`)),
+          error: resolve,
+          complete: () => reject(new Error('a refused subscription completed')),
+        },
+      );
     });
-    const only = await sub.next();
-    expect(only).toMatchObject({ __typename: 'ValidationError', retryable: false });
-    expect(only.issues[0].field).toBe('filter.correlationId');
-    await expect(sub.next()).rejects.toThrow('the subscription ended');
+    // graphql-ws' `error` message (an array of errors), not a `next` then `complete`.
+    expect(refusal).toEqual([
+      expect.objectContaining({
+        extensions: expect.objectContaining({
+          code: 'BAD_USER_INPUT',
+          retryable: false,
+          issues: [expect.objectContaining({ field: 'filter.correlationId' })],
+        }),
+      }),
+    ]);
+    expect((refusal as { extensions: object }[])[0]!.extensions).not.toHaveProperty('http');
   });
 
   it('refuses a connection without a valid tenantId, saying why', async () => {

@@ -1,9 +1,18 @@
 /**
- * Expected failures. Each one is a GraphQL object type of the same name (see graphql/errors.ts);
- * `retryable` alone tells a client whether sending the same request again can succeed.
+ * Expected failures, and the one table of their machine-readable codes: every door (GraphQL
+ * errors' `extensions.code`, `/export`'s JSON refusals, WebSocket close reasons) names a failure
+ * by its class's `code`. `retryable` alone tells a client whether sending the same request again
+ * can succeed; `details()` are the failure's own fields (`retryAfterMs`, `limit`, …), which the
+ * doors add beside the code.
+ *
+ * Outcomes that belong to a mutation's result (backpressure, a rate limit, invalid events, a
+ * commit or flush timeout, shutting down) are also GraphQL object types of the same name (see
+ * graphql/errors.ts); everything that refuses the request itself is a GraphQL error.
  */
 export abstract class AuditError extends Error {
   abstract readonly retryable: boolean;
+  /** The machine-readable code, e.g. `INVALID_CURSOR`. */
+  abstract readonly code: ErrorCode;
   constructor(message: string) {
     // An expected failure is an answer, not a fault: it needs no stack trace. Capturing and
     // formatting one (with source maps) costs more than the refusal it explains, and a flood of
@@ -17,7 +26,33 @@ export abstract class AuditError extends Error {
     }
     this.name = new.target.name;
   }
+  /** The failure's own fields, for `extensions` and JSON refusals. */
+  details(): Record<string, unknown> {
+    return {};
+  }
 }
+
+/**
+ * Every code a client may see, with the HTTP status a door answers it with when the failure
+ * refuses a whole request (`/export`; `/graphql` with `accept: application/graphql-response+json`
+ * only for UNAUTHENTICATED and FORBIDDEN, see graphql/error-mapping.ts).
+ */
+export const ERROR_STATUS = {
+  UNAUTHENTICATED: 401,
+  FORBIDDEN: 403,
+  UNKNOWN_TENANT: 404,
+  BAD_USER_INPUT: 400,
+  INVALID_CURSOR: 400,
+  RATE_LIMITED: 429,
+  LIMIT_EXCEEDED: 429,
+  BACKPRESSURE: 503,
+  SHUTTING_DOWN: 503,
+  COMMIT_TIMEOUT: 504,
+  FLUSH_TIMEOUT: 504,
+  SUBSCRIPTION_INTERRUPTED: 503,
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_STATUS;
 
 export interface ValidationIssue {
   /** Index of the event in the call, when the problem belongs to one event. */
@@ -28,6 +63,7 @@ export interface ValidationIssue {
 }
 
 export class ValidationError extends AuditError {
+  readonly code = 'BAD_USER_INPUT' as const;
   readonly retryable = false;
   constructor(
     readonly issues: ValidationIssue[],
@@ -37,6 +73,9 @@ export class ValidationError extends AuditError {
   }
   static single(field: string, message: string): ValidationError {
     return new ValidationError([{ index: null, field, message }]);
+  }
+  override details(): Record<string, unknown> {
+    return { issues: this.issues };
   }
 }
 
@@ -49,6 +88,7 @@ function summarise(issues: ValidationIssue[]): string {
 }
 
 export class BackpressureError extends AuditError {
+  readonly code = 'BACKPRESSURE' as const;
   readonly retryable = true;
   constructor(
     readonly retryAfterMs: number,
@@ -58,10 +98,14 @@ export class BackpressureError extends AuditError {
       `buffer full (${limit}); nothing from this call was accepted, retry after ${retryAfterMs} ms`,
     );
   }
+  override details(): Record<string, unknown> {
+    return { retryAfterMs: this.retryAfterMs, limit: this.limit };
+  }
 }
 
 /** The tenant's write rate was reached; nothing from this call was accepted. */
 export class RateLimitedError extends AuditError {
+  readonly code = 'RATE_LIMITED' as const;
   readonly retryable = true;
   constructor(
     readonly retryAfterMs: number,
@@ -72,20 +116,26 @@ export class RateLimitedError extends AuditError {
         `retry after ${retryAfterMs} ms`,
     );
   }
+  override details(): Record<string, unknown> {
+    return { retryAfterMs: this.retryAfterMs, limit: this.limit };
+  }
 }
 
 /** No valid credential: missing, malformed, unknown, revoked or expired. */
 export class UnauthenticatedError extends AuditError {
+  readonly code = 'UNAUTHENTICATED' as const;
   readonly retryable = false;
 }
 
 /** A valid credential that may not do this (a scope it lacks, a tenant it cannot choose). */
 export class ForbiddenError extends AuditError {
+  readonly code = 'FORBIDDEN' as const;
   readonly retryable = false;
 }
 
 /** A configured limit other than the write rate was reached; the message names the setting. */
 export class LimitExceededError extends AuditError {
+  readonly code = 'LIMIT_EXCEEDED' as const;
   readonly retryable = true;
   constructor(
     /** The setting, e.g. `MAX_CONNECTIONS_PER_TENANT`. */
@@ -95,16 +145,24 @@ export class LimitExceededError extends AuditError {
   ) {
     super(`${what}: at most ${max} (${limit})`);
   }
+  override details(): Record<string, unknown> {
+    return { limit: this.limit, max: this.max };
+  }
 }
 
 export class UnknownTenantError extends AuditError {
+  readonly code = 'UNKNOWN_TENANT' as const;
   readonly retryable = false;
   constructor(readonly tenantId: string) {
     super(`unknown tenant "${tenantId}"`);
   }
+  override details(): Record<string, unknown> {
+    return { tenantId: this.tenantId };
+  }
 }
 
 export class ShuttingDownError extends AuditError {
+  readonly code = 'SHUTTING_DOWN' as const;
   readonly retryable = true;
   constructor() {
     super(
@@ -115,6 +173,7 @@ export class ShuttingDownError extends AuditError {
 
 /** A COMMITTED call waited longer than COMMIT_TIMEOUT_MS; its events stay accepted and pending. */
 export class CommitTimeoutError extends AuditError {
+  readonly code = 'COMMIT_TIMEOUT' as const;
   readonly retryable = true;
   constructor(
     readonly timeoutMs: number,
@@ -127,10 +186,14 @@ export class CommitTimeoutError extends AuditError {
         'they are still being written — a retry with the same ids is safe',
     );
   }
+  override details(): Record<string, unknown> {
+    return { timeoutMs: this.timeoutMs, pending: this.pending };
+  }
 }
 
 /** flushAudit could not settle everything accepted before it within its timeout. */
 export class FlushTimeoutError extends AuditError {
+  readonly code = 'FLUSH_TIMEOUT' as const;
   readonly retryable = true;
   constructor(
     readonly timeoutMs: number,
@@ -144,10 +207,14 @@ export class FlushTimeoutError extends AuditError {
         (lastError ? ` (last write error: ${lastError})` : ''),
     );
   }
+  override details(): Record<string, unknown> {
+    return { timeoutMs: this.timeoutMs, pending: this.pending, unresponsive: this.unresponsive };
+  }
 }
 
 /** A page cursor that was altered, or minted for another tenant, order or filter. */
 export class InvalidCursorError extends AuditError {
+  readonly code = 'INVALID_CURSOR' as const;
   readonly retryable = false;
   constructor() {
     super('cursor is not valid for this query; start again without a cursor');

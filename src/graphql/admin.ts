@@ -1,15 +1,13 @@
 import type { TenantInfo, TenantUsage } from '../db/tenant-directory.js';
 import { type ApiKeyRecord, type Scope, validateNewApiKey } from '../domain/api-key.js';
-import {
-  ForbiddenError,
-  UnauthenticatedError,
-  UnknownTenantError,
-  ValidationError,
-} from '../domain/errors.js';
+import { UnknownTenantError, ValidationError } from '../domain/errors.js';
 import { parseTenantId, type TenantId } from '../domain/tenant.js';
-import { refusedAsResult } from './auth.js';
+import { requireScope } from './auth.js';
 import { builder } from './builder.js';
 import { type GraphQLContext, recordAccess } from './context.js';
+import { ownIdOf } from './node-ids.js';
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
  * Tenant administration (scope `tenants:admin`: a platform key, bound to no tenant). These
@@ -17,7 +15,8 @@ import { type GraphQLContext, recordAccess } from './context.js';
  * Key creation, revocation and tenant provisioning are recorded in the affected tenant's log.
  */
 
-const ADMIN_ERRORS = [ValidationError, UnauthenticatedError, ForbiddenError, UnknownTenantError];
+/** What an admin mutation answers as its own result besides its payload: its input broke a rule. */
+const ADMIN_ERRORS = [ValidationError];
 
 const ScopeEnum = builder.enumType('ApiScope', {
   description: 'What an API key may do.',
@@ -43,10 +42,15 @@ const ScopeEnum = builder.enumType('ApiScope', {
   } as const,
 });
 
-const ApiKeyRef = builder.objectRef<ApiKeyRecord>('ApiKey').implement({
+const ApiKeyRef = builder.node(builder.objectRef<ApiKeyRecord>('ApiKey'), {
   description: 'An API key, without the key itself: that is shown once, when it is created.',
+  id: { resolve: (k) => k.id },
+  loadOne: async (id, ctx) => {
+    requireScope(ctx, 'tenantsAdmin');
+    return UUID.test(id) ? ctx.services.apiKeys.get(id) : null;
+  },
   fields: (t) => ({
-    id: t.exposeString('id'),
+    keyId: t.exposeString('id', { description: 'The key’s own id (a UUID), as the CLI shows it.' }),
     tenantId: t.exposeString('tenantId', {
       nullable: true,
       description: 'Null for a platform key.',
@@ -80,9 +84,20 @@ const PartitionRangeRef = builder.objectRef<TenantUsage>('PartitionRange').imple
   }),
 });
 
-const TenantRef = builder.objectRef<TenantInfo>('Tenant').implement({
+const TenantRef = builder.node(builder.objectRef<TenantInfo>('Tenant'), {
+  id: { resolve: (x) => x.tenantId },
+  loadOne: async (id, ctx) => {
+    requireScope(ctx, 'tenantsAdmin');
+    let tenant: TenantId;
+    try {
+      tenant = parseTenantId(id);
+    } catch {
+      return null;
+    }
+    return ctx.services.tenantDirectory.get(tenant);
+  },
   fields: (t) => ({
-    id: t.exposeString('tenantId'),
+    tenantId: t.exposeString('tenantId', { description: 'The tenant’s name.' }),
     schemaName: t.exposeString('schemaName'),
     createdAt: t.expose('createdAt', { type: 'DateTime' }),
     migration: t.exposeString('migration', {
@@ -120,36 +135,6 @@ function usageOf(ctx: GraphQLContext, tenant: TenantId): Promise<TenantUsage> {
   return usage;
 }
 
-interface TenantPage {
-  edges: { cursor: string; node: TenantInfo }[];
-  pageInfo: { hasNextPage: boolean; endCursor: string | null };
-}
-
-const TenantConnection = builder.objectRef<TenantPage>('TenantConnection').implement({
-  fields: (t) => ({
-    edges: t.field({
-      type: [
-        builder.objectRef<TenantPage['edges'][number]>('TenantEdge').implement({
-          fields: (e) => ({
-            cursor: e.exposeString('cursor'),
-            node: e.field({ type: TenantRef, resolve: (x) => x.node }),
-          }),
-        }),
-      ],
-      resolve: (c) => c.edges,
-    }),
-    pageInfo: t.field({
-      type: builder.objectRef<TenantPage['pageInfo']>('TenantPageInfo').implement({
-        fields: (p) => ({
-          hasNextPage: p.exposeBoolean('hasNextPage'),
-          endCursor: p.exposeString('endCursor', { nullable: true }),
-        }),
-      }),
-      resolve: (c) => c.pageInfo,
-    }),
-  }),
-});
-
 const TENANTS_PAGE_MAX = 100;
 
 /** Tenant ids in cursors are base64url: opaque to clients, and checked like any tenant id. */
@@ -175,30 +160,36 @@ function checkTenantArg(field: string, raw: string): TenantId {
 }
 
 builder.queryField('tenants', (t) =>
-  t.field({
-    type: TenantConnection,
-    description: `Every tenant, in id order (scope tenants:admin). At most ${TENANTS_PAGE_MAX} per page.`,
-    errors: { types: ADMIN_ERRORS, union: { name: 'TenantsResult' } },
-    authScopes: { tenantsAdmin: true },
-    unauthorizedResolver: refusedAsResult,
-    args: { first: t.arg.int({ defaultValue: 50 }), after: t.arg.string() },
-    resolve: async (_root, args, ctx) => {
-      const first = args.first ?? 50;
-      if (first < 1 || first > TENANTS_PAGE_MAX) {
-        throw ValidationError.single('first', `must be between 1 and ${TENANTS_PAGE_MAX}`);
-      }
-      const after = args.after ? tenantFromCursor(args.after) : null;
-      const rows = await ctx.services.tenantDirectory.list(first, after);
-      const page = rows.slice(0, first);
-      return {
-        edges: page.map((node) => ({ cursor: cursorOf(node.tenantId), node })),
-        pageInfo: {
-          hasNextPage: rows.length > first,
-          endCursor: page.length ? cursorOf(page.at(-1)!.tenantId) : null,
-        },
-      };
+  t.connection(
+    {
+      type: TenantRef,
+      description: `Every tenant, in id order (scope tenants:admin), forward only (first/after): 50 per page by default, at most ${TENANTS_PAGE_MAX}.`,
+      authScopes: { tenantsAdmin: true },
+      resolve: async (_root, args, ctx) => {
+        const first = args.first ?? 50;
+        if (first < 1 || first > TENANTS_PAGE_MAX) {
+          throw ValidationError.single('first', `must be between 1 and ${TENANTS_PAGE_MAX}`);
+        }
+        if (args.last != null || args.before != null) {
+          throw ValidationError.single('last', 'tenants page forward only (first/after)');
+        }
+        const after = args.after ? tenantFromCursor(args.after) : null;
+        const rows = await ctx.services.tenantDirectory.list(first, after);
+        const page = rows.slice(0, first);
+        return {
+          edges: page.map((node) => ({ cursor: cursorOf(node.tenantId), node })),
+          pageInfo: {
+            hasNextPage: rows.length > first,
+            hasPreviousPage: after !== null,
+            startCursor: page.length ? cursorOf(page[0]!.tenantId) : null,
+            endCursor: page.length ? cursorOf(page.at(-1)!.tenantId) : null,
+          },
+        };
+      },
     },
-  }),
+    { name: 'TenantConnection' },
+    { name: 'TenantEdge' },
+  ),
 );
 
 const ProvisionTenantInput = builder.inputType('ProvisionTenantInput', {
@@ -225,7 +216,6 @@ builder.mutationField('provisionTenant', (t) =>
       'Creates a tenant — its schema, tables and partitions — or brings an existing one up to date.',
     errors: { types: ADMIN_ERRORS, union: { name: 'ProvisionTenantResult' } },
     authScopes: { tenantsAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: ProvisionTenantInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = checkTenantArg('input.tenantId', input.tenantId);
@@ -279,7 +269,6 @@ builder.mutationField('createApiKey', (t) =>
       'Creates an API key for a tenant (or a platform key); the key is in the answer only.',
     errors: { types: ADMIN_ERRORS, union: { name: 'CreateApiKeyResult' } },
     authScopes: { tenantsAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: CreateApiKeyInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const spec = validateNewApiKey({
@@ -311,7 +300,9 @@ builder.mutationField('createApiKey', (t) =>
 );
 
 const RevokeApiKeyInput = builder.inputType('RevokeApiKeyInput', {
-  fields: (t) => ({ id: t.string({ required: true }) }),
+  fields: (t) => ({
+    id: t.id({ required: true, description: 'The key’s `id` or `keyId`.' }),
+  }),
 });
 
 builder.mutationField('revokeApiKey', (t) =>
@@ -323,10 +314,10 @@ builder.mutationField('revokeApiKey', (t) =>
       'closed. Idempotent.',
     errors: { types: ADMIN_ERRORS, union: { name: 'RevokeApiKeyResult' } },
     authScopes: { tenantsAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: RevokeApiKeyInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
-      const key = await ctx.services.apiKeys.revoke(input.id);
+      const id = ownIdOf(String(input.id), 'ApiKey', 'input.id');
+      const key = UUID.test(id) ? await ctx.services.apiKeys.revoke(id) : null;
       if (!key) throw ValidationError.single('input.id', 'no API key with this id');
       if (key.tenantId !== null) {
         await recordAccess(ctx, {
@@ -352,9 +343,7 @@ builder.queryField('apiKeys', (t) =>
     description:
       'The keys of a tenant, newest first (revoked and expired ones included); without ' +
       'tenantId, the platform keys.',
-    errors: { types: ADMIN_ERRORS, union: { name: 'ApiKeysResult' } },
     authScopes: { tenantsAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     args: { tenantId: t.arg.string() },
     resolve: async (_root, args, ctx) => {
       const tenant = args.tenantId == null ? null : checkTenantArg('tenantId', args.tenantId);

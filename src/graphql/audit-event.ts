@@ -1,17 +1,11 @@
-import {
-  InvalidCursorError,
-  LimitExceededError,
-  ShuttingDownError,
-  ValidationError,
-} from '../domain/errors.js';
+import { ValidationError } from '../domain/errors.js';
 import { OUTCOMES } from '../domain/event.js';
 import { FILTER_LIMITS } from '../domain/filter.js';
-import { type Connection, PAGE_DEFAULT, PAGE_MAX } from '../query/audit-event-queries.js';
+import { PAGE_DEFAULT, PAGE_MAX } from '../query/audit-event-queries.js';
 import type { AuditEventRow } from '../query/audit-event-reader.js';
-import { refusedAsResult } from './auth.js';
+import { requireScope } from './auth.js';
 import { builder } from './builder.js';
 import { recordRead, requireTenant } from './context.js';
-import { TENANT_ERRORS } from './errors.js';
 
 function hex(b: Uint8Array | null | undefined): string | null {
   return b ? Buffer.from(b).toString('hex') : null;
@@ -44,10 +38,36 @@ const Resource = builder.objectRef<AuditEventRow>('Resource').implement({
   }),
 });
 
-export const AuditEvent = builder.objectRef<AuditEventRow>('AuditEvent').implement({
-  description: 'One stored audit event. Stored events never change.',
+/**
+ * An event's global id names what makes its look-up exact and pruned to one partition: the
+ * event's UUID and its occurredAt.
+ */
+function eventNodeKey(e: { id: string; occurredAt: Date }): string {
+  return `${e.id}@${e.occurredAt.toISOString()}`;
+}
+
+const EVENT_NODE_KEY = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})@(.+)$/;
+
+export const AuditEvent = builder.node(builder.objectRef<AuditEventRow>('AuditEvent'), {
+  description:
+    'One stored audit event. Stored events never change. `id` is its global id (for `node` and ' +
+    'client caches); `eventId` is the UUID it was written with.',
+  id: { resolve: eventNodeKey },
+  loadOne: async (key, ctx) => {
+    const match = EVENT_NODE_KEY.exec(key);
+    const occurredAt = match ? new Date(match[2]!) : null;
+    if (!match || !occurredAt || Number.isNaN(occurredAt.getTime())) return null;
+    requireScope(ctx, 'eventsRead');
+    const tenant = requireTenant(ctx);
+    await ctx.services.tenants.ensure(tenant, false);
+    const event = await ctx.services.queries.byId(tenant, match[1]!, occurredAt);
+    await recordRead(ctx, tenant, 'node', { id: match[1]!, found: event !== null });
+    return event;
+  },
   fields: (t) => ({
-    id: t.exposeString('id'),
+    eventId: t.exposeString('id', {
+      description: 'The event’s UUID: what writers send as `id`, and what idempotency is keyed on.',
+    }),
     occurredAt: t.expose('occurredAt', { type: 'DateTime' }),
     receivedAt: t.expose('receivedAt', { type: 'DateTime' }),
     eventType: t.exposeString('eventType'),
@@ -89,29 +109,6 @@ export const AuditEvent = builder.objectRef<AuditEventRow>('AuditEvent').impleme
   }),
 });
 
-const PageInfo = builder.objectRef<Connection['pageInfo']>('PageInfo').implement({
-  fields: (t) => ({
-    hasNextPage: t.exposeBoolean('hasNextPage'),
-    hasPreviousPage: t.exposeBoolean('hasPreviousPage'),
-    startCursor: t.exposeString('startCursor', { nullable: true }),
-    endCursor: t.exposeString('endCursor', { nullable: true }),
-  }),
-});
-
-const AuditEventEdge = builder.objectRef<Connection['edges'][number]>('AuditEventEdge').implement({
-  fields: (t) => ({
-    cursor: t.exposeString('cursor'),
-    node: t.field({ type: AuditEvent, resolve: (e) => e.node }),
-  }),
-});
-
-const AuditEventConnection = builder.objectRef<Connection>('AuditEventConnection').implement({
-  fields: (t) => ({
-    edges: t.field({ type: [AuditEventEdge], resolve: (c) => c.edges }),
-    pageInfo: t.field({ type: PageInfo, resolve: (c) => c.pageInfo }),
-  }),
-});
-
 export const AuditEventFilterInput = builder.inputType('AuditEventFilter', {
   description: 'Every given condition must hold.',
   fields: (t) => ({
@@ -136,46 +133,34 @@ export const AuditEventFilterInput = builder.inputType('AuditEventFilter', {
   }),
 });
 
-/**
- * A read whose access record (AUDIT_READS) cannot be accepted is refused with these, never
- * served unrecorded: the tenant's access-record share or the process's buffer is full
- * (LimitExceededError), or the instance is stopping.
- */
-const READ_RECORD_ERRORS = [LimitExceededError, ShuttingDownError];
-
 builder.queryField('auditEvents', (t) =>
-  t.field({
-    type: AuditEventConnection,
-    description:
-      `Events of the caller's tenant, keyset-paginated on (occurredAt, id). Forward with first/after, ` +
-      `backward with last/before; page size defaults to ${PAGE_DEFAULT}, at most ${PAGE_MAX}. ` +
-      'Cursors are bound to the tenant, order and filter they were issued for.',
-    errors: {
-      types: [...TENANT_ERRORS, InvalidCursorError, ...READ_RECORD_ERRORS],
-      union: { name: 'AuditEventsResult' },
+  t.connection(
+    {
+      type: AuditEvent,
+      description:
+        `Events of the caller's tenant, keyset-paginated on (occurredAt, id). Forward with first/after, ` +
+        `backward with last/before; page size defaults to ${PAGE_DEFAULT}, at most ${PAGE_MAX}. ` +
+        'Cursors are bound to the tenant, order and filter they were issued for.',
+      authScopes: { eventsRead: true },
+      args: {
+        filter: t.arg({ type: AuditEventFilterInput }),
+        order: t.arg({ type: AuditEventOrderEnum, defaultValue: 'OCCURRED_AT_DESC' }),
+      },
+      resolve: async (_root, args, ctx) => {
+        const tenant = requireTenant(ctx);
+        await ctx.services.tenants.ensure(tenant, false);
+        const page = await ctx.services.queries.list(tenant, args);
+        await recordRead(ctx, tenant, 'auditEvents', {
+          returned: page.edges.length,
+          filter: args.filter ?? null,
+          order: args.order ?? null,
+        });
+        return page;
+      },
     },
-    authScopes: { eventsRead: true },
-    unauthorizedResolver: refusedAsResult,
-    args: {
-      first: t.arg.int(),
-      after: t.arg.string(),
-      last: t.arg.int(),
-      before: t.arg.string(),
-      filter: t.arg({ type: AuditEventFilterInput }),
-      order: t.arg({ type: AuditEventOrderEnum, defaultValue: 'OCCURRED_AT_DESC' }),
-    },
-    resolve: async (_root, args, ctx) => {
-      const tenant = requireTenant(ctx);
-      await ctx.services.tenants.ensure(tenant, false);
-      const page = await ctx.services.queries.list(tenant, args);
-      await recordRead(ctx, tenant, 'auditEvents', {
-        returned: page.edges.length,
-        filter: args.filter ?? null,
-        order: args.order ?? null,
-      });
-      return page;
-    },
-  }),
+    { name: 'AuditEventConnection' },
+    { name: 'AuditEventEdge' },
+  ),
 );
 
 const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
@@ -185,24 +170,21 @@ builder.queryField('auditEvent', (t) =>
     type: AuditEvent,
     nullable: true,
     description:
-      'One event by id (null when absent). Give occurredAt too to make the look-up exact and cheaper.',
-    errors: {
-      types: [...TENANT_ERRORS, ...READ_RECORD_ERRORS],
-      union: { name: 'AuditEventResult' },
-    },
+      'One event by its UUID (`eventId`; null when absent). Give occurredAt too to make the ' +
+      'look-up exact and cheaper. (`node(id:)` takes the global id.)',
     authScopes: { eventsRead: true },
-    unauthorizedResolver: refusedAsResult,
     args: {
-      id: t.arg.string({ required: true }),
+      eventId: t.arg.string({ required: true }),
       occurredAt: t.arg({ type: 'DateTime' }),
     },
     resolve: async (_root, args, ctx) => {
       const tenant = requireTenant(ctx);
-      if (!UUID.test(args.id)) throw ValidationError.single('id', 'must be a UUID');
+      if (!UUID.test(args.eventId)) throw ValidationError.single('eventId', 'must be a UUID');
+      const id = args.eventId.toLowerCase();
       await ctx.services.tenants.ensure(tenant, false);
-      const event = await ctx.services.queries.byId(tenant, args.id.toLowerCase(), args.occurredAt);
+      const event = await ctx.services.queries.byId(tenant, id, args.occurredAt);
       await recordRead(ctx, tenant, 'auditEvent', {
-        id: args.id.toLowerCase(),
+        id,
         found: event !== null,
       });
       return event;

@@ -1,5 +1,4 @@
 import type { IncomingMessage } from 'node:http';
-import { wrapErrorIfMatches } from '@pothos/plugin-errors';
 import {
   apiKeyProblem,
   hashApiKey,
@@ -19,8 +18,8 @@ import { type Caller, type GraphQLContext, type Services, TENANT_HEADER } from '
  *   connection_init payload). The tenant and the scopes are the key's. A request that names a
  *   tenant itself (`x-tenant-id`) is refused: it could only be a mistake or an attempt.
  *
- * A refusal is not thrown here: it is carried in the context and every field answers it as its
- * typed error (UnauthenticatedError, ForbiddenError), like any other expected failure.
+ * A refusal is not thrown here: it is carried in the context, and every field the caller asks
+ * for answers it as a GraphQL error (UNAUTHENTICATED, FORBIDDEN; see error-mapping.ts).
  */
 
 /** Scope names as Pothos scope-auth knows them (identifiers), and the scope each stands for. */
@@ -62,6 +61,17 @@ export function authScopesOf(ctx: GraphQLContext): AuthScopes {
 }
 
 /**
+ * Throws unless the caller holds the scope: for checks that scope-auth cannot make on a field
+ * (an object reached through `node(id:)`, whose type is only known once the id is read).
+ */
+export function requireScope(ctx: GraphQLContext, scope: ScopeName): void {
+  if (ctx.caller.kind === 'refused') throw ctx.caller.error;
+  if (!grantedScopes(ctx.caller).has(SCOPE_OF[scope])) {
+    throw new ForbiddenError(`this API key lacks the scope ${SCOPE_OF[scope]}`);
+  }
+}
+
+/**
  * The typed error for a failed scope check: the caller's own refusal when it has no valid
  * credential, else ForbiddenError naming the scope that is missing.
  */
@@ -79,23 +89,6 @@ function missingScopes(failure: unknown): string[] {
   }
   if (f && Array.isArray(f.failures)) return f.failures.flatMap(missingScopes);
   return [];
-}
-
-const AUTH_ERRORS = [UnauthenticatedError, ForbiddenError];
-
-/**
- * `unauthorizedResolver` of every query and mutation field: the refusal becomes the field's
- * typed result. (scope-auth runs first, outside the errors plugin, so the errors plugin would
- * not see the error if it were thrown.)
- */
-export function refusedAsResult(
-  _parent: unknown,
-  _args: unknown,
-  _ctx: unknown,
-  _info: unknown,
-  error: Error,
-): never {
-  return wrapErrorIfMatches(error, AUTH_ERRORS) as never;
 }
 
 const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;

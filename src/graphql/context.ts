@@ -22,6 +22,7 @@ import type { AuditEventQueries } from '../query/audit-event-queries.js';
 import type { Cluster } from '../realtime/cluster.js';
 import type { RealtimeBus } from '../realtime/pubsub.js';
 import type { TenantConnectionLimiter } from './connection-limiter.js';
+import { requestRefusal } from './error-mapping.js';
 import type { KeyWatcher } from './key-watcher.js';
 
 /** What resolvers may use; built once by app.ts. */
@@ -96,8 +97,8 @@ export const TENANT_HEADER = 'x-tenant-id';
 
 /**
  * The caller's tenant, from the request and only from it: the API key's tenant, or in
- * AUTH_MODE=dev the tenant the request names. Missing or malformed is a typed error; there is
- * no default tenant to fall back to.
+ * AUTH_MODE=dev the tenant the request names. Missing or malformed refuses the request (a
+ * GraphQL error, whatever the field); there is no default tenant to fall back to.
  */
 export function requireTenant(ctx: GraphQLContext): TenantId {
   const caller = ctx.caller;
@@ -113,7 +114,9 @@ export function requireTenant(ctx: GraphQLContext): TenantId {
     throw new UnauthenticatedError(`the ${TENANT_HEADER} header is required (AUTH_MODE=dev)`);
   }
   const problem = tenantIdProblem(claim);
-  if (problem) throw ValidationError.single(TENANT_HEADER, `tenant id ${problem}`);
+  if (problem) {
+    throw requestRefusal(ValidationError.single(TENANT_HEADER, `tenant id ${problem}`), 'dev');
+  }
   return claim as TenantId;
 }
 

@@ -1,9 +1,9 @@
 import { ValidationError } from '../domain/errors.js';
 import type { DeadLetter } from '../ingest/dead-letter-queue.js';
-import { refusedAsResult } from './auth.js';
+import { requireScope } from './auth.js';
 import { builder } from './builder.js';
 import { recordAccess, requireTenant } from './context.js';
-import { TENANT_ERRORS } from './errors.js';
+import { ownIdOf } from './node-ids.js';
 
 const DeadLetterStateEnum = builder.enumType('DeadLetterState', {
   values: {
@@ -17,17 +17,22 @@ const DeadLetterEventRef = builder
   .implement({
     description: 'An event held in the dead-letter queue (the main fields; the rest is kept too).',
     fields: (t) => ({
-      id: t.exposeString('id'),
+      eventId: t.exposeString('id', { description: 'The event’s UUID.' }),
       occurredAt: t.expose('occurredAt', { type: 'DateTime' }),
       eventType: t.exposeString('eventType'),
       correlationId: t.exposeString('correlationId'),
     }),
   });
 
-const DeadLetterRef = builder.objectRef<DeadLetter>('DeadLetter').implement({
+const DeadLetterRef = builder.node(builder.objectRef<DeadLetter>('DeadLetter'), {
   description: 'Events that could not be stored, with why and how often they were tried.',
+  id: { resolve: (d) => d.id },
+  loadOne: async (id, ctx) => {
+    requireScope(ctx, 'deadlettersAdmin');
+    return UUID.test(id) ? ctx.services.deadLetters.get(requireTenant(ctx), id) : null;
+  },
   fields: (t) => ({
-    id: t.exposeString('id'),
+    deadLetterId: t.exposeString('id', { description: 'The dead letter’s own id (a UUID).' }),
     state: t.field({ type: DeadLetterStateEnum, resolve: (d) => d.state }),
     errorCode: t.exposeString('errorCode', {
       nullable: true,
@@ -44,38 +49,6 @@ const DeadLetterRef = builder.objectRef<DeadLetter>('DeadLetter').implement({
   }),
 });
 
-interface DeadLetterPage {
-  edges: { cursor: string; node: DeadLetter }[];
-  pageInfo: { hasNextPage: boolean; endCursor: string | null };
-  totalCount: number;
-}
-
-const DeadLetterConnection = builder.objectRef<DeadLetterPage>('DeadLetterConnection').implement({
-  fields: (t) => ({
-    edges: t.field({
-      type: [
-        builder.objectRef<DeadLetterPage['edges'][number]>('DeadLetterEdge').implement({
-          fields: (e) => ({
-            cursor: e.exposeString('cursor'),
-            node: e.field({ type: DeadLetterRef, resolve: (x) => x.node }),
-          }),
-        }),
-      ],
-      resolve: (c) => c.edges,
-    }),
-    pageInfo: t.field({
-      type: builder.objectRef<DeadLetterPage['pageInfo']>('DeadLetterPageInfo').implement({
-        fields: (p) => ({
-          hasNextPage: p.exposeBoolean('hasNextPage'),
-          endCursor: p.exposeString('endCursor', { nullable: true }),
-        }),
-      }),
-      resolve: (c) => c.pageInfo,
-    }),
-    totalCount: t.exposeInt('totalCount'),
-  }),
-});
-
 const DeadLetterFilter = builder.inputType('DeadLetterFilter', {
   fields: (t) => ({
     state: t.field({ type: DeadLetterStateEnum }),
@@ -86,49 +59,71 @@ const DeadLetterFilter = builder.inputType('DeadLetterFilter', {
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 builder.queryField('deadLetters', (t) =>
-  t.field({
-    type: DeadLetterConnection,
-    description: 'The caller’s dead letters, oldest first. Cursors are dead-letter ids.',
-    errors: { types: TENANT_ERRORS, union: { name: 'DeadLettersResult' } },
-    authScopes: { deadlettersAdmin: true },
-    unauthorizedResolver: refusedAsResult,
-    args: {
-      first: t.arg.int({ defaultValue: 50 }),
-      after: t.arg.string(),
-      filter: t.arg({ type: DeadLetterFilter }),
+  t.connection(
+    {
+      type: DeadLetterRef,
+      description:
+        'The caller’s dead letters, oldest first (forward only: first/after; 50 by default, at most 500).',
+      authScopes: { deadlettersAdmin: true },
+      args: {
+        filter: t.arg({ type: DeadLetterFilter }),
+      },
+      resolve: async (_root, args, ctx) => {
+        const tenant = requireTenant(ctx);
+        const first = args.first ?? 50;
+        if (first < 1 || first > 500)
+          throw ValidationError.single('first', 'must be between 1 and 500');
+        if (args.last != null || args.before != null) {
+          throw ValidationError.single('last', 'dead letters page forward only (first/after)');
+        }
+        if (args.filter?.errorCode && !/^[0-9A-Z]{5}$/.test(args.filter.errorCode)) {
+          throw ValidationError.single('filter.errorCode', 'must be a SQLSTATE (5 characters)');
+        }
+        const all = await ctx.services.deadLetters.list(tenant, {
+          state: args.filter?.state ?? null,
+          errorCode: args.filter?.errorCode ?? null,
+        });
+        let start = 0;
+        if (args.after) {
+          const at = all.findIndex((d) => d.id === args.after);
+          if (at < 0)
+            throw ValidationError.single(
+              'after',
+              'no such dead letter (it may have been replayed)',
+            );
+          start = at + 1;
+        }
+        const page = all.slice(start, start + first);
+        return {
+          edges: page.map((node) => ({ cursor: node.id, node })),
+          pageInfo: {
+            hasNextPage: start + first < all.length,
+            hasPreviousPage: start > 0,
+            startCursor: page[0]?.id ?? null,
+            endCursor: page.at(-1)?.id ?? null,
+          },
+          totalCount: all.length,
+        };
+      },
     },
-    resolve: async (_root, args, ctx) => {
-      const tenant = requireTenant(ctx);
-      const first = args.first ?? 50;
-      if (first < 1 || first > 500)
-        throw ValidationError.single('first', 'must be between 1 and 500');
-      if (args.filter?.errorCode && !/^[0-9A-Z]{5}$/.test(args.filter.errorCode)) {
-        throw ValidationError.single('filter.errorCode', 'must be a SQLSTATE (5 characters)');
-      }
-      const all = await ctx.services.deadLetters.list(tenant, {
-        state: args.filter?.state ?? null,
-        errorCode: args.filter?.errorCode ?? null,
-      });
-      let start = 0;
-      if (args.after) {
-        const at = all.findIndex((d) => d.id === args.after);
-        if (at < 0)
-          throw ValidationError.single('after', 'no such dead letter (it may have been replayed)');
-        start = at + 1;
-      }
-      const page = all.slice(start, start + first);
-      return {
-        edges: page.map((node) => ({ cursor: node.id, node })),
-        pageInfo: { hasNextPage: start + first < all.length, endCursor: page.at(-1)?.id ?? null },
-        totalCount: all.length,
-      };
+    {
+      name: 'DeadLetterConnection',
+      fields: (c) => ({
+        totalCount: c.int({
+          description: 'Dead letters matching the filter.',
+          resolve: (p) => (p as unknown as { totalCount: number }).totalCount,
+        }),
+      }),
     },
-  }),
+    { name: 'DeadLetterEdge' },
+  ),
 );
 
 const ReplayDeadLettersInput = builder.inputType('ReplayDeadLettersInput', {
   fields: (t) => ({
-    ids: t.stringList({ description: 'Parked dead letters to replay (at most 1000).' }),
+    ids: t.idList({
+      description: 'Parked dead letters to replay (at most 1000): their `id` or `deadLetterId`.',
+    }),
     all: t.boolean({ description: 'Replay every parked dead letter of the tenant.' }),
   }),
 });
@@ -148,9 +143,8 @@ const ReplayPayload = builder
 builder.mutationField('replayDeadLetters', (t) =>
   t.field({
     type: ReplayPayload,
-    errors: { types: TENANT_ERRORS, union: { name: 'ReplayDeadLettersResult' } },
+    errors: { types: [ValidationError], union: { name: 'ReplayDeadLettersResult' } },
     authScopes: { deadlettersAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: ReplayDeadLettersInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
@@ -159,7 +153,7 @@ builder.mutationField('replayDeadLetters', (t) =>
         throw ValidationError.single('input', 'give either ids or all: true');
       const ids = input.all
         ? (await deadLetters.list(tenant, { state: 'PARKED' })).map((d) => d.id)
-        : (input.ids ?? []);
+        : (input.ids ?? []).map((id) => ownIdOf(String(id), 'DeadLetter', 'input.ids'));
       if (ids.length > 1000) throw ValidationError.single('input.ids', 'at most 1000 ids');
       const replayed: DeadLetter[] = [];
       const notFound: string[] = [];
@@ -201,7 +195,7 @@ builder.mutationField('replayDeadLetters', (t) =>
 
 const DiscardDeadLetterInput = builder.inputType('DiscardDeadLetterInput', {
   fields: (t) => ({
-    id: t.string({ required: true }),
+    id: t.id({ required: true, description: 'The dead letter’s `id` or `deadLetterId`.' }),
     reason: t.string({
       required: true,
       description: 'Why these events are given up (1–1000 characters); logged.',
@@ -214,9 +208,8 @@ builder.mutationField('discardDeadLetter', (t) =>
     type: DeadLetterRef,
     description:
       'Gives up a PARKED dead letter for good. Counted in auditStats.discarded and logged with the reason — never silent.',
-    errors: { types: TENANT_ERRORS, union: { name: 'DiscardDeadLetterResult' } },
+    errors: { types: [ValidationError], union: { name: 'DiscardDeadLetterResult' } },
     authScopes: { deadlettersAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: DiscardDeadLetterInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
@@ -224,9 +217,8 @@ builder.mutationField('discardDeadLetter', (t) =>
       if (reason.length < 1 || reason.length > 1000) {
         throw ValidationError.single('input.reason', 'must be 1 to 1000 characters');
       }
-      const dl = UUID.test(input.id)
-        ? await ctx.services.deadLetters.discard(tenant, input.id)
-        : null;
+      const id = ownIdOf(String(input.id), 'DeadLetter', 'input.id');
+      const dl = UUID.test(id) ? await ctx.services.deadLetters.discard(tenant, id) : null;
       if (!dl) throw ValidationError.single('input.id', 'no parked dead letter with this id');
       ctx.services.ingest.recordDiscarded(tenant, dl.records.length);
       ctx.log.warn(

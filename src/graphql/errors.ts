@@ -3,23 +3,25 @@ import {
   BackpressureError,
   CommitTimeoutError,
   FlushTimeoutError,
-  ForbiddenError,
-  InvalidCursorError,
-  LimitExceededError,
   RateLimitedError,
   ShuttingDownError,
-  UnauthenticatedError,
-  UnknownTenantError,
   ValidationError,
   type ValidationIssue,
 } from '../domain/errors.js';
 import { builder } from './builder.js';
 
-/** Every expected failure implements this: a message, and whether retrying can succeed. */
+/**
+ * Every typed outcome of a mutation's result (and a subscription's interruption) implements
+ * this: a message, and whether retrying can succeed. Refusals of the request itself are GraphQL
+ * errors instead (error-mapping.ts).
+ */
 export const AuditErrorInterface = builder.interfaceRef<AuditError>('AuditError').implement({
   description:
     'An expected failure. `retryable` alone says whether the same request may succeed later.',
   fields: (t) => ({
+    code: t.exposeString('code', {
+      description: 'The machine-readable code, as in GraphQL errors’ extensions.code.',
+    }),
     message: t.exposeString('message'),
     retryable: t.exposeBoolean('retryable'),
   }),
@@ -66,58 +68,11 @@ builder.objectType(RateLimitedError, {
   }),
 });
 
-builder.objectType(UnauthenticatedError, {
-  name: 'UnauthenticatedError',
-  description:
-    'The request does not say who it is: no API key, or one that is unknown, revoked or expired ' +
-    '(AUTH_MODE=dev: no tenant).',
-  interfaces: [AuditErrorInterface],
-  isTypeOf: (e) => e instanceof UnauthenticatedError,
-  fields: () => ({}),
-});
-
-builder.objectType(ForbiddenError, {
-  name: 'ForbiddenError',
-  description:
-    'The caller is known but may not do this: its key lacks the scope, or the request tried to ' +
-    'choose its tenant.',
-  interfaces: [AuditErrorInterface],
-  isTypeOf: (e) => e instanceof ForbiddenError,
-  fields: () => ({}),
-});
-
-builder.objectType(LimitExceededError, {
-  name: 'LimitExceededError',
-  description: 'A configured limit was reached; `limit` names the setting.',
-  interfaces: [AuditErrorInterface],
-  isTypeOf: (e) => e instanceof LimitExceededError,
-  fields: (t) => ({
-    limit: t.exposeString('limit'),
-    max: t.exposeInt('max'),
-  }),
-});
-
-builder.objectType(UnknownTenantError, {
-  name: 'UnknownTenantError',
-  description: 'The tenant does not exist (and is not provisioned automatically here).',
-  interfaces: [AuditErrorInterface],
-  isTypeOf: (e) => e instanceof UnknownTenantError,
-  fields: () => ({}),
-});
-
 builder.objectType(ShuttingDownError, {
   name: 'ShuttingDownError',
   description: 'The instance is stopping; nothing from this call was accepted.',
   interfaces: [AuditErrorInterface],
   isTypeOf: (e) => e instanceof ShuttingDownError,
-  fields: () => ({}),
-});
-
-builder.objectType(InvalidCursorError, {
-  name: 'InvalidCursorError',
-  description: 'The cursor was altered, or belongs to another tenant, order or filter.',
-  interfaces: [AuditErrorInterface],
-  isTypeOf: (e) => e instanceof InvalidCursorError,
   fields: () => ({}),
 });
 
@@ -142,13 +97,5 @@ builder.objectType(FlushTimeoutError, {
     }),
   }),
 });
-
-/** The errors every tenant-scoped field can answer with. */
-export const TENANT_ERRORS = [
-  ValidationError,
-  UnauthenticatedError,
-  ForbiddenError,
-  UnknownTenantError,
-];
 
 export { AuditError, CommitTimeoutError };

@@ -4,11 +4,9 @@ import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import {
   AuditError,
+  ERROR_STATUS,
   ForbiddenError,
-  LimitExceededError,
   ShuttingDownError,
-  UnauthenticatedError,
-  UnknownTenantError,
   ValidationError,
 } from '../domain/errors.js';
 
@@ -19,6 +17,7 @@ import { sendJson as sendJsonResponse } from '../http/json-response.js';
 import type { Logger } from '../logger.js';
 import { authenticateRequest, fetchHeaders, grantedScopes } from './auth.js';
 import { type GraphQLContext, recordRead, requireTenant, type Services } from './context.js';
+import { extensionsOf } from './error-mapping.js';
 
 /**
  * `GET /export`: the HTTP side of the export (src/export/ does the reading and formatting). It
@@ -28,7 +27,9 @@ import { type GraphQLContext, recordRead, requireTenant, type Services } from '.
  *
  * Refusals answer before anything is streamed, as JSON: `{ "error": { "type": "ValidationError",
  * "code": "BAD_USER_INPUT", "message": …, "retryable": false, "issues": [...] } }` (every bad
- * parameter is a 400 naming it). The status is sent with the first chunk, once the first page was
+ * parameter is a 400 naming it): the same codes and fields as GraphQL errors' extensions, with
+ * the status of each code from the one table (domain/errors.ts ERROR_STATUS); a tenant's full
+ * access-record share, say, is a 429: the export is refused, not sent unrecorded. The status is sent with the first chunk, once the first page was
  * read, so a failure before that is still a 500 with a JSON reason. A failure after it can no
  * longer change the status: the body then ends with an error line (`{"error": …}`, CSV
  * `#error,…`) instead of the trailer, and the verifier reports the file as failed.
@@ -36,28 +37,6 @@ import { type GraphQLContext, recordRead, requireTenant, type Services } from '.
 
 /** Sends one export request's answer; never throws (every failure is answered or logged). */
 export type ExportRoute = (req: IncomingMessage, res: ServerResponse, requestId: string) => void;
-
-/** The `code` of each typed refusal, as GraphQL errors name them. */
-function codeOf(err: AuditError): string {
-  if (err instanceof ValidationError) return 'BAD_USER_INPUT';
-  if (err instanceof UnauthenticatedError) return 'UNAUTHENTICATED';
-  if (err instanceof ForbiddenError) return 'FORBIDDEN';
-  if (err instanceof UnknownTenantError) return 'UNKNOWN_TENANT';
-  if (err instanceof ShuttingDownError) return 'SHUTTING_DOWN';
-  return 'INTERNAL';
-}
-
-/** HTTP status of each typed refusal; anything else is a 500. */
-function statusOf(err: AuditError): number {
-  if (err instanceof ValidationError) return 400;
-  if (err instanceof UnauthenticatedError) return 401;
-  if (err instanceof ForbiddenError) return 403;
-  if (err instanceof UnknownTenantError) return 404;
-  if (err instanceof ShuttingDownError) return 503;
-  // e.g. the tenant's access-record share is full: the export is refused, not sent unrecorded.
-  if (err instanceof LimitExceededError) return 429;
-  return 500;
-}
 
 /** JSON answers of this route are never cached: they are about one caller's request. */
 function sendJson(
@@ -211,20 +190,13 @@ export function createExportRoute(
         return;
       }
       if (err instanceof AuditError) {
-        const status = statusOf(err);
+        const status = ERROR_STATUS[err.code];
         if (status < 500 || err instanceof ShuttingDownError) {
+          const { http: _http, ...extensions } = extensionsOf(err, config.authMode);
           sendJson(
             res,
             status,
-            {
-              error: {
-                type: err.name,
-                code: codeOf(err),
-                message: err.message,
-                retryable: err.retryable,
-                ...(err instanceof ValidationError ? { issues: err.issues } : {}),
-              },
-            },
+            { error: { message: err.message, ...extensions } },
             status === 401 && config.authMode === 'keys' ? { 'www-authenticate': 'Bearer' } : {},
           );
           return;

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type ForbiddenError, UnauthenticatedError } from '../domain/errors.js';
 import { authenticateRequest, fetchHeaders } from './auth.js';
 import type { Caller, Services } from './context.js';
+import { answersAs, extensionsOf } from './error-mapping.js';
 
 /**
  * Who is calling POST/GET /graphql, decided from the headers alone, before a byte of the body is
@@ -40,27 +41,25 @@ export async function gateBeforeBody(services: Services, req: IncomingMessage): 
 }
 
 /**
- * A refusal as a GraphQL-over-HTTP response: 401 (with `WWW-Authenticate: Bearer`) for a
- * missing or invalid key, 403 for a request that names a tenant itself. The body is a GraphQL
- * response with one error and no `data`: its `extensions` carry the code and the typed error's
- * name. The connection is closed after it, so the unread body is never drained either.
+ * A refusal as a GraphQL-over-HTTP response: a GraphQL response with one error and no `data`,
+ * whose `extensions` carry the code (error-mapping.ts). Its status follows that spec: 401 (with
+ * `WWW-Authenticate: Bearer`) for a missing or invalid key and 403 for a request that names a
+ * tenant itself — for `application/graphql-response+json` and for streams (SSE) — and 200 for
+ * `application/json`, which that spec requires. The connection is closed after it, so the
+ * unread body is never drained either.
  */
-export function refuse(res: ServerResponse, error: UnauthenticatedError | ForbiddenError): void {
+export function refuse(
+  req: IncomingMessage,
+  res: ServerResponse,
+  error: UnauthenticatedError | ForbiddenError,
+): void {
   const unauthenticated = error instanceof UnauthenticatedError;
-  const text = JSON.stringify({
-    errors: [
-      {
-        message: error.message,
-        extensions: {
-          code: unauthenticated ? 'UNAUTHENTICATED' : 'FORBIDDEN',
-          type: error.name,
-          retryable: error.retryable,
-        },
-      },
-    ],
-  });
-  res.writeHead(unauthenticated ? 401 : 403, {
-    'content-type': 'application/json; charset=utf-8',
+  const { http: _http, ...extensions } = extensionsOf(error, 'keys');
+  const text = JSON.stringify({ errors: [{ message: error.message, extensions }] });
+  const as = answersAs(req.headers.accept);
+  const status = as === 'json' ? 200 : unauthenticated ? 401 : 403;
+  res.writeHead(status, {
+    'content-type': `application/${as === 'graphql-response+json' ? 'graphql-response+json' : 'json'}; charset=utf-8`,
     'content-length': Buffer.byteLength(text),
     'cache-control': 'no-store',
     connection: 'close',

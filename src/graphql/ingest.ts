@@ -16,10 +16,9 @@ import type { TenantId } from '../domain/tenant.js';
 import type { AcceptedEvent, FlushResult } from '../ingest/ingest-service.js';
 import { identityHolds, type TenantStats } from '../ingest/stats.js';
 import { OutcomeEnum } from './audit-event.js';
-import { refusedAsResult } from './auth.js';
 import { builder } from './builder.js';
 import { requireTenant } from './context.js';
-import { AuditErrorInterface, TENANT_ERRORS } from './errors.js';
+import { AuditErrorInterface } from './errors.js';
 
 const AckEnum = builder.enumType('Ack', {
   values: {
@@ -107,7 +106,9 @@ const CreateAuditEventsInput = builder.inputType('CreateAuditEventsInput', {
 
 const AcceptedEventRef = builder.objectRef<AcceptedEvent>('AcceptedEvent').implement({
   fields: (t) => ({
-    id: t.exposeString('id'),
+    eventId: t.exposeString('id', {
+      description: 'The event’s UUID (generated when the call gave none): keep it for a retry.',
+    }),
     occurredAt: t.expose('occurredAt', { type: 'DateTime' }),
     status: t.field({ type: EventStatusEnum, resolve: (e) => e.status }),
   }),
@@ -155,7 +156,7 @@ builder.mutationField('createAuditEvents', (t) =>
       'CommitTimeoutError means everything was accepted and is still pending.',
     errors: {
       types: [
-        ...TENANT_ERRORS,
+        ValidationError,
         BackpressureError,
         RateLimitedError,
         ShuttingDownError,
@@ -164,7 +165,6 @@ builder.mutationField('createAuditEvents', (t) =>
       union: { name: 'CreateAuditEventsResult' },
     },
     authScopes: { eventsWrite: true },
-    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: CreateAuditEventsInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
@@ -217,9 +217,8 @@ builder.mutationField('flushAudit', (t) =>
     type: FlushAuditPayload,
     description:
       'A barrier: returns when every event of the tenant accepted before the call has a final status.',
-    errors: { types: [...TENANT_ERRORS, FlushTimeoutError], union: { name: 'FlushAuditResult' } },
+    errors: { types: [ValidationError, FlushTimeoutError], union: { name: 'FlushAuditResult' } },
     authScopes: { eventsWrite: true },
-    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: FlushAuditInput }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
@@ -287,9 +286,7 @@ const AuditStatsRef = builder
 builder.queryField('auditStats', (t) =>
   t.field({
     type: AuditStatsRef,
-    errors: { types: TENANT_ERRORS, union: { name: 'AuditStatsResult' } },
     authScopes: { eventsRead: true },
-    unauthorizedResolver: refusedAsResult,
     resolve: async (_root, _args, ctx) => {
       const tenant = requireTenant(ctx);
       await ctx.services.tenants.ensure(tenant, false);

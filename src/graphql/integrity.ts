@@ -1,12 +1,10 @@
 import { createGraphQLError } from 'graphql-yoga';
 import type { ChainBreak } from '../domain/chain.js';
 import type { Checkpoint } from '../domain/checkpoint.js';
-import { LimitExceededError, ValidationError } from '../domain/errors.js';
+import { ValidationError } from '../domain/errors.js';
 import type { ChainVerification, MonthVerification } from '../integrity/chain-auditor.js';
-import { refusedAsResult } from './auth.js';
 import { builder } from './builder.js';
 import { requireTenant } from './context.js';
-import { TENANT_ERRORS } from './errors.js';
 
 /** Widest range one verification may cover (it re-reads whole months). */
 const MAX_RANGE_MS = 10 * 366 * 86_400_000;
@@ -141,9 +139,7 @@ builder.queryField('auditChainKey', (t) =>
   t.field({
     type: AuditChainKey,
     description: 'The public key that signs checkpoints, and how events are hashed.',
-    errors: { types: TENANT_ERRORS, union: { name: 'AuditChainKeyResult' } },
     authScopes: { eventsRead: true },
-    unauthorizedResolver: refusedAsResult,
     resolve: (_root, _args, ctx) => {
       requireTenant(ctx);
       const { key } = ctx.services.checkpoints;
@@ -161,13 +157,7 @@ builder.queryField('auditCheckpoints', (t) =>
   t.field({
     type: [AuditCheckpoint],
     description: 'Signed checkpoints of the tenant’s chains, oldest first; optionally one month.',
-    errors: {
-      types: TENANT_ERRORS,
-      union: { name: 'AuditCheckpointsResult' },
-      result: { name: 'AuditCheckpointList' },
-    },
     authScopes: { eventsRead: true },
-    unauthorizedResolver: refusedAsResult,
     args: {
       month: t.arg({
         type: 'DateTime',
@@ -185,23 +175,30 @@ builder.queryField('auditCheckpoints', (t) =>
   }),
 );
 
+/** What signAuditCheckpoints signed. */
+const SignedAuditCheckpoints = builder
+  .objectRef<{ data: Checkpoint[] }>('SignedAuditCheckpoints')
+  .implement({
+    fields: (t) => ({
+      data: t.field({
+        type: [AuditCheckpoint],
+        description: 'The new checkpoints, oldest first (empty if no chain head moved).',
+        resolve: (p) => p.data,
+      }),
+    }),
+  });
+
 builder.mutationField('signAuditCheckpoints', (t) =>
   t.field({
-    type: [AuditCheckpoint],
+    type: SignedAuditCheckpoints,
     description:
       'Signs every chain head of the tenant that moved since its last checkpoint, now (they are ' +
       'also signed every CHECKPOINT_INTERVAL_MS). Returns the new checkpoints (empty if none moved).',
-    errors: {
-      types: TENANT_ERRORS,
-      union: { name: 'SignAuditCheckpointsResult' },
-      result: { name: 'SignedAuditCheckpoints' },
-    },
     authScopes: { auditAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     resolve: async (_root, _args, ctx) => {
       const tenant = requireTenant(ctx);
       await ctx.services.tenants.ensure(tenant, false);
-      return ctx.services.checkpoints.checkpointTenant(tenant);
+      return { data: await ctx.services.checkpoints.checkpointTenant(tenant) };
     },
   }),
 );
@@ -209,19 +206,17 @@ builder.mutationField('signAuditCheckpoints', (t) =>
 builder.queryField('verifyAuditChain', (t) =>
   t.field({
     type: AuditChainVerification,
+    // Null when refused (the error says why): one refused run must not void the others of the
+    // same request, whose work is long and already under way.
+    nullable: true,
     description:
       'Re-computes the tenant’s hash chains for every month overlapping [from, to) — whole ' +
       'months, streamed in chain order in constant memory — and holds each against its signed ' +
       'checkpoints. Reports the first broken link with the event and the expected and actual ' +
       'hashes. Progress of a long run is logged. A tenant runs at most ' +
-      'MAX_VERIFICATIONS_PER_TENANT at once on an instance (more: LimitExceededError); a run ' +
-      'stops when its caller goes away.',
-    errors: {
-      types: [...TENANT_ERRORS, LimitExceededError],
-      union: { name: 'VerifyAuditChainResult' },
-    },
+      'MAX_VERIFICATIONS_PER_TENANT at once on an instance (more: null with a LIMIT_EXCEEDED ' +
+      'error); a run stops when its caller goes away.',
     authScopes: { eventsRead: true },
-    unauthorizedResolver: refusedAsResult,
     args: {
       from: t.arg({ type: 'DateTime', required: true }),
       to: t.arg({ type: 'DateTime', required: true }),

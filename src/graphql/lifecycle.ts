@@ -10,10 +10,10 @@ import type {
   TenantMaintenanceReport,
 } from '../lifecycle/retention.js';
 import type { RetentionDrop, RetentionSetting } from '../lifecycle/tenant-retention.js';
-import { refusedAsResult } from './auth.js';
+import { requireScope } from './auth.js';
 import { builder } from './builder.js';
 import { type GraphQLContext, requireTenant } from './context.js';
-import { TENANT_ERRORS } from './errors.js';
+import { ownIdOf } from './node-ids.js';
 
 /**
  * Lifecycle of a tenant's events (scope `audit:admin`): legal holds, the tenant's retention, and
@@ -21,7 +21,8 @@ import { TENANT_ERRORS } from './errors.js';
  * tenant (through the ingest path, COMMITTED), and the payload says what became of that event.
  */
 
-const LIFECYCLE_ERRORS = [...TENANT_ERRORS, ShuttingDownError];
+/** A lifecycle change's own failures: its input broke a rule, or the instance is stopping. */
+const LIFECYCLE_ERRORS = [ValidationError, ShuttingDownError];
 
 /** Who the caller is, as an event's actor and as `placed_by` / `released_by`. */
 function callerOf(ctx: GraphQLContext): {
@@ -69,7 +70,7 @@ function refuseWhileStopping(ctx: GraphQLContext): void {
 const RecordedEventRef = builder.objectRef<RecordedEvent>('LifecycleAuditEvent').implement({
   description: 'The audit event that records a lifecycle change, and what became of it.',
   fields: (t) => ({
-    id: t.exposeString('id'),
+    eventId: t.exposeString('id', { description: 'The event’s UUID.' }),
     occurredAt: t.expose('occurredAt', { type: 'DateTime' }),
     status: t.exposeString('status', {
       description:
@@ -80,12 +81,19 @@ const RecordedEventRef = builder.objectRef<RecordedEvent>('LifecycleAuditEvent')
   }),
 });
 
-const LegalHoldRef = builder.objectRef<LegalHold>('LegalHold').implement({
+const LegalHoldRef = builder.node(builder.objectRef<LegalHold>('LegalHold'), {
   description:
     'While active, retention keeps every month holding an event it covers: the events of one ' +
     'correlation id, or every event with occurredFrom ≤ occurredAt < occurredTo.',
+  id: { resolve: (h) => h.id },
+  loadOne: async (id, ctx) => {
+    requireScope(ctx, 'auditAdmin');
+    const tenant = requireTenant(ctx);
+    await ctx.services.tenants.ensure(tenant, false);
+    return (await ctx.services.legalHolds.list(tenant)).find((h) => h.id === id) ?? null;
+  },
   fields: (t) => ({
-    id: t.exposeString('id'),
+    holdId: t.exposeString('id', { description: 'The hold’s own id (a UUID).' }),
     correlationId: t.exposeString('correlationId', { nullable: true }),
     occurredFrom: t.expose('occurredFrom', { type: 'DateTime', nullable: true }),
     occurredTo: t.expose('occurredTo', {
@@ -137,7 +145,6 @@ builder.mutationField('placeLegalHold', (t) =>
       'event until the hold is released. Recorded as the event auditgraph.legal_hold.placed.',
     errors: { types: LIFECYCLE_ERRORS, union: { name: 'PlaceLegalHoldResult' } },
     authScopes: { auditAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: PlaceLegalHoldInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
@@ -172,7 +179,7 @@ builder.mutationField('placeLegalHold', (t) =>
 
 const ReleaseLegalHoldInput = builder.inputType('ReleaseLegalHoldInput', {
   fields: (t) => ({
-    id: t.string({ required: true, description: 'The hold to release.' }),
+    id: t.id({ required: true, description: 'The hold to release: its `id` or `holdId`.' }),
     reason: t.string({ required: true, description: '1 to 1000 characters.' }),
   }),
 });
@@ -185,7 +192,6 @@ builder.mutationField('releaseLegalHold', (t) =>
       'the months it kept. Recorded as the event auditgraph.legal_hold.released.',
     errors: { types: LIFECYCLE_ERRORS, union: { name: 'ReleaseLegalHoldResult' } },
     authScopes: { auditAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: ReleaseLegalHoldInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
@@ -193,7 +199,7 @@ builder.mutationField('releaseLegalHold', (t) =>
       refuseWhileStopping(ctx);
       const hold = await ctx.services.legalHolds.release(
         tenant,
-        input.id,
+        ownIdOf(String(input.id), 'LegalHold', 'input.id'),
         input.reason,
         callerOf(ctx).by,
       );
@@ -229,9 +235,7 @@ builder.queryField('legalHolds', (t) =>
   t.field({
     type: LegalHoldList,
     description: 'The caller’s legal holds, oldest first.',
-    errors: { types: TENANT_ERRORS, union: { name: 'LegalHoldsResult' } },
     authScopes: { auditAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     args: {
       active: t.arg.boolean({
         description: 'true: active holds only; false: released ones only; absent: all.',
@@ -305,9 +309,7 @@ const RetentionRef = builder
 builder.queryField('retention', (t) =>
   t.field({
     type: RetentionRef,
-    errors: { types: TENANT_ERRORS, union: { name: 'RetentionResult' } },
     authScopes: { auditAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     resolve: async (_root, _args, ctx) => {
       const tenant = requireTenant(ctx);
       await ctx.services.tenants.ensure(tenant, false);
@@ -345,7 +347,6 @@ builder.mutationField('setRetention', (t) =>
       'Recorded as the event auditgraph.retention.changed.',
     errors: { types: LIFECYCLE_ERRORS, union: { name: 'SetRetentionResult' } },
     authScopes: { auditAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     args: { input: t.arg({ type: SetRetentionInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
@@ -447,7 +448,6 @@ builder.mutationField('runMaintenance', (t) =>
       '(whole months past it are dropped unless a legal hold covers them).',
     errors: { types: LIFECYCLE_ERRORS, union: { name: 'RunMaintenanceResult' } },
     authScopes: { auditAdmin: true },
-    unauthorizedResolver: refusedAsResult,
     resolve: async (_root, _args, ctx) => {
       const tenant = requireTenant(ctx);
       await ctx.services.tenants.ensure(tenant, false);

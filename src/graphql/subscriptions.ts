@@ -1,12 +1,5 @@
 import { errorTypeMap, wrapErrorIfMatches } from '@pothos/plugin-errors';
-import {
-  ForbiddenError,
-  LimitExceededError,
-  ShuttingDownError,
-  UnauthenticatedError,
-  UnknownTenantError,
-  ValidationError,
-} from '../domain/errors.js';
+import { LimitExceededError, ShuttingDownError, ValidationError } from '../domain/errors.js';
 import { type AuditEventRecord, LIMITS, recordBytes } from '../domain/event.js';
 import { type AuditEventFilter, matchesLiveTail, validateFilter } from '../domain/filter.js';
 import { isServiceEventType } from '../domain/service-event.js';
@@ -68,6 +61,9 @@ const InterruptReasonEnum = builder.enumType('SubscriptionInterruptReason', {
     },
     FANOUT_LOST: { description: 'The connection to Redis (fan-out across instances) dropped.' },
     FANOUT_UNAVAILABLE: { description: 'Redis did not confirm the subscription.' },
+    UNAUTHENTICATED: {
+      description: 'The API key the subscription was opened with was revoked or expired.',
+    },
   } as const,
 });
 
@@ -81,17 +77,13 @@ builder.objectType(SubscriptionInterruptedError, {
   fields: (t) => ({ reason: t.field({ type: InterruptReasonEnum, resolve: (e) => e.reason }) }),
 });
 
-/** What every subscription may answer besides its own messages (first or last, then it ends). */
-const SUBSCRIPTION_ERRORS = [
-  ValidationError,
-  UnauthenticatedError,
-  ForbiddenError,
-  UnknownTenantError,
-  LimitExceededError,
-  SubscriptionInterruptedError,
-] as const;
-
-type SubscriptionError = InstanceType<(typeof SUBSCRIPTION_ERRORS)[number]>;
+/**
+ * What every subscription may answer besides its own messages: its last one, when the server
+ * ends it. A subscription refused when it is opened (who is calling, its arguments, a limit)
+ * is not a message: it is refused as a whole, as a GraphQL error (a graphql-ws `error`
+ * message; an SSE request's 4xx), like every other request.
+ */
+const SUBSCRIPTION_ERRORS = [SubscriptionInterruptedError] as const;
 
 /** The GraphQL type name of a ready marker or an error; `payload` for anything else. */
 function typeOf(value: unknown, payload: string): string {
@@ -107,20 +99,6 @@ function typeOf(value: unknown, payload: string): string {
  */
 function resolveMessage<T>(item: T): T {
   return wrapErrorIfMatches(item, [...SUBSCRIPTION_ERRORS]) as T;
-}
-
-/**
- * `unauthorizedResolver` of the subscription fields: scope-auth checks them when they are
- * opened, and a refusal is the stream's only message, as every other expected failure is.
- */
-function refusedAsStream(
-  _parent: unknown,
-  _args: unknown,
-  _ctx: unknown,
-  _info: unknown,
-  error: Error,
-): never {
-  return single(error) as never;
 }
 
 const FlushTriggerEnum = builder.enumType('FlushTrigger', {
@@ -244,8 +222,8 @@ const AuditEventsAddedMessageUnion = builder.unionType('AuditEventsAddedMessage'
 
 /**
  * Checks the caller (the tenant from the request or connection, then the field's own arguments)
- * and only then opens the stream. An expected failure is answered as the stream's only message,
- * the typed error, as every other field answers its errors.
+ * and only then opens the stream. A refusal is thrown before the stream exists, so that the
+ * subscription is refused as a whole (see SUBSCRIPTION_ERRORS).
  */
 async function open<A, T>(
   ctx: GraphQLContext,
@@ -253,7 +231,7 @@ async function open<A, T>(
   check: () => A,
   start: (tenant: TenantId, checked: A) => AsyncIterable<LiveItem<T>>,
   read?: (checked: A) => Record<string, unknown>,
-): Promise<AsyncIterable<LiveItem<T> | SubscriptionError>> {
+): Promise<AsyncIterable<LiveItem<T>>> {
   let release: (() => void) | undefined;
   let slot: (() => void) | undefined;
   try {
@@ -295,23 +273,22 @@ async function open<A, T>(
     if (err instanceof ShuttingDownError) {
       return single(new SubscriptionInterruptedError('SHUTTING_DOWN'));
     }
-    if (SUBSCRIPTION_ERRORS.some((E) => err instanceof E)) return single(err as SubscriptionError);
     throw err;
   }
 }
 
 /**
  * The stream, ended early when the caller's key is revoked or expires — its last message is
- * then the UnauthenticatedError — and with `release` called however it ends.
+ * then SubscriptionInterruptedError UNAUTHENTICATED — and with `release` called however it ends.
  */
 function guarded<T>(
   ctx: GraphQLContext,
   source: AsyncIterable<T>,
   release: (() => void) | undefined,
-): AsyncIterableIterator<T | UnauthenticatedError> {
+): AsyncIterableIterator<T | SubscriptionInterruptedError> {
   const it = source[Symbol.asyncIterator]();
   const caller = ctx.caller;
-  let revoked: UnauthenticatedError | undefined;
+  let revoked: SubscriptionInterruptedError | undefined;
   let finished = false;
   let wake: (() => void) | undefined;
   const stopped = new Promise<void>((resolve) => {
@@ -320,7 +297,7 @@ function guarded<T>(
   const unwatch =
     caller.kind === 'key'
       ? ctx.services.keyWatcher.watch(caller.keyHash, (err) => {
-          revoked = err;
+          revoked = new SubscriptionInterruptedError('UNAUTHENTICATED', err.message);
           wake?.();
         })
       : undefined;
@@ -333,7 +310,7 @@ function guarded<T>(
   };
   const done = { value: undefined, done: true } as const;
   return {
-    async next(): Promise<IteratorResult<T | UnauthenticatedError>> {
+    async next(): Promise<IteratorResult<T | SubscriptionInterruptedError>> {
       if (finished) return done;
       const r = await Promise.race([it.next(), stopped.then(() => null)]);
       if (r === null || revoked) {
@@ -343,7 +320,7 @@ function guarded<T>(
       if (r.done) finish();
       return r;
     },
-    async return(): Promise<IteratorResult<T | UnauthenticatedError>> {
+    async return(): Promise<IteratorResult<T | SubscriptionInterruptedError>> {
       finish();
       return done;
     },
@@ -372,7 +349,6 @@ builder.subscriptionField('flushCompleted', (t) =>
       'correlation id, with only its counts). First message: SubscriptionReady.',
     args: { filter: t.arg({ type: FlushCompletedFilter }) },
     authScopes: { eventsRead: true },
-    unauthorizedResolver: refusedAsStream,
     subscribe: (_root, args, ctx) =>
       open(
         ctx,
@@ -395,7 +371,6 @@ builder.subscriptionField('deadLetterEvents', (t) =>
     description:
       'Every step of every dead letter of the tenant, on any instance. First message: SubscriptionReady.',
     authScopes: { deadlettersAdmin: true },
-    unauthorizedResolver: refusedAsStream,
     subscribe: (_root, _args, ctx) =>
       open(
         ctx,
@@ -467,7 +442,6 @@ builder.subscriptionField('auditEventsAdded', (t) =>
       'After a reconnect, re-query auditEvents from your last position, then rely on the tail.',
     args: { filter: t.arg({ type: AuditEventFilterInput }) },
     authScopes: { eventsRead: true },
-    unauthorizedResolver: refusedAsStream,
     subscribe: (_root, args, ctx) =>
       open(
         ctx,
@@ -528,20 +502,28 @@ const VerificationMessageUnion = builder.unionType('AuditChainVerificationMessag
 const PROGRESS_EVERY_MS = 250;
 
 /**
- * A verification as a stream: its progress and, last, its result. Completing the subscription
- * (graphql-ws `complete`, a closed socket or SSE stream) aborts the run at once — an async
- * generator would only notice at its next yield, and a slow window can take a while — and so
- * frees the tenant's verification slot.
+ * A verification as a stream: its progress and, last, its result. The run starts here, before
+ * the stream exists, so that a refusal (MAX_VERIFICATIONS_PER_TENANT: LimitExceededError) is
+ * thrown and refuses the subscription as a whole. Completing the subscription (graphql-ws
+ * `complete`, a closed socket or SSE stream) aborts the run at once — an async generator would
+ * only notice at its next yield, and a slow window can take a while — and so frees the tenant's
+ * verification slot.
  */
 function verification(
   ctx: GraphQLContext,
   tenant: TenantId,
   from: Date,
   to: Date,
-): AsyncIterableIterator<LiveItem<VerificationProgress> | LimitExceededError> {
+): AsyncIterableIterator<LiveItem<VerificationProgress>> {
   const abort = new AbortController();
   const signal = ctx.signal ? AbortSignal.any([abort.signal, ctx.signal]) : abort.signal;
-  const steps = verificationSteps(ctx, tenant, from, to, signal);
+  const started = Date.now();
+  const progress = new ProgressQueue(started);
+  const run = ctx.services.chainAuditor.verify(tenant, from, to, {
+    signal,
+    onProgress: (p) => progress.offer(p),
+  });
+  const steps = verificationSteps(ctx, run, progress, from, started, signal);
   return {
     next: () => steps.next(),
     return: (value?: unknown) => {
@@ -554,50 +536,55 @@ function verification(
   };
 }
 
+/** Progress reports of a running verification, at most one per PROGRESS_EVERY_MS, and a waiter. */
+class ProgressQueue {
+  private readonly queue: VerificationProgress[] = [];
+  private lastSent = 0;
+  private wake: (() => void) | undefined;
+  constructor(private readonly started: number) {}
+  offer(p: Omit<VerificationProgress, 'elapsedMs' | 'result'>): void {
+    const now = Date.now();
+    if (now - this.lastSent < PROGRESS_EVERY_MS) return;
+    this.lastSent = now;
+    this.queue.push({ ...p, elapsedMs: now - this.started, result: null });
+    this.notify();
+  }
+  take(): VerificationProgress | undefined {
+    return this.queue.shift();
+  }
+  notify(): void {
+    this.wake?.();
+  }
+  waitForMore(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.wake = resolve;
+    });
+  }
+}
+
 async function* verificationSteps(
   ctx: GraphQLContext,
-  tenant: TenantId,
+  run: Promise<ChainVerification>,
+  progress: ProgressQueue,
   from: Date,
-  to: Date,
+  started: number,
   signal: AbortSignal,
-): AsyncGenerator<LiveItem<VerificationProgress> | LimitExceededError, void, undefined> {
-  const started = Date.now();
-  const queue: VerificationProgress[] = [];
-  let wake: (() => void) | undefined;
-  let lastSent = 0;
-  let run: Promise<ChainVerification>;
-  try {
-    // Taken before SubscriptionReady: a refusal (MAX_VERIFICATIONS_PER_TENANT) is the only message.
-    run = ctx.services.chainAuditor.verify(tenant, from, to, {
-      signal,
-      onProgress: (p) => {
-        if (Date.now() - lastSent < PROGRESS_EVERY_MS) return;
-        lastSent = Date.now();
-        queue.push({ ...p, elapsedMs: lastSent - started, result: null });
-        wake?.();
-      },
-    });
-  } catch (err) {
-    if (!(err instanceof LimitExceededError)) throw err;
-    yield err;
-    return;
-  }
+): AsyncGenerator<LiveItem<VerificationProgress>, void, undefined> {
   let settled = false;
   const settle = () => {
     settled = true;
-    wake?.();
+    progress.notify();
   };
   void run.then(settle, settle);
   yield new SubscriptionReady(ctx.services.instanceId, new Date());
-  while (!settled || queue.length > 0) {
-    const next = queue.shift();
+  for (;;) {
+    const next = progress.take();
     if (next) {
       yield next;
       continue;
     }
-    await new Promise<void>((resolve) => {
-      wake = resolve;
-    });
+    if (settled) break;
+    await progress.waitForMore();
   }
   let result: ChainVerification;
   try {
@@ -625,14 +612,12 @@ builder.subscriptionField('auditChainVerification', (t) =>
     description:
       'verifyAuditChain as a stream, for long ranges: SubscriptionReady, progress messages (at ' +
       'most every 250 ms) and, last, one with `done: true` and the result; then it ends. Over ' +
-      'MAX_VERIFICATIONS_PER_TENANT its only message is LimitExceededError; completing it stops ' +
-      'the run.',
+      'MAX_VERIFICATIONS_PER_TENANT it is refused (LIMIT_EXCEEDED); completing it stops the run.',
     args: {
       from: t.arg({ type: 'DateTime', required: true }),
       to: t.arg({ type: 'DateTime', required: true }),
     },
     authScopes: { eventsRead: true },
-    unauthorizedResolver: refusedAsStream,
     subscribe: (_root, { from, to }, ctx) =>
       open(
         ctx,

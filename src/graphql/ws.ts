@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { DocumentNode, ExecutionArgs, GraphQLError } from 'graphql';
+import type { DocumentNode, ExecutionArgs, ExecutionResult, GraphQLError } from 'graphql';
 import { type Context, handleProtocols, makeServer } from 'graphql-ws';
 import type { Extra } from 'graphql-ws/use/ws';
 import { createGraphQLError, type YogaServerInstance } from 'graphql-yoga';
@@ -184,6 +184,16 @@ export function attachWebSocket(
   const gql = makeServer<Record<string, unknown> | undefined, Extra>({
     execute: (args) => run(args, 'execute'),
     subscribe: (args) => run(args, 'subscribe'),
+    onNext: (_ctx, _id, _payload, _args, result) =>
+      result.errors?.some((e) => e.extensions && 'http' in e.extensions)
+        ? {
+            ...result,
+            errors: result.errors.map((e) => {
+              const json = e.toJSON();
+              return { ...json, extensions: withoutHttp(json.extensions) };
+            }),
+          }
+        : undefined,
     async onConnect(ctx) {
       const socket = ctx.extra.socket;
       const state = stateOf(socket);
@@ -472,7 +482,40 @@ export function attachWebSocket(
 async function run(args: ExecutionArgs, kind: 'execute' | 'subscribe'): Promise<never> {
   const root = args.rootValue as EnvelopedRoot;
   const result = await requestScope.run(root.scope, () => root[kind](args));
-  return (isAsyncIterable(result) ? bindScope(result, root.scope) : result) as never;
+  if (isAsyncIterable(result)) return bindScope(result, root.scope) as never;
+  if (kind === 'subscribe') return refusedAtTheDoor(result as ExecutionResult) as never;
+  return result as never;
+}
+
+/**
+ * A subscription refused when it is opened (who is calling, its arguments, a limit) is answered
+ * with graphql-ws' `error` message, the protocol's "this operation did not start", rather than a
+ * `next` holding the errors followed by `complete`, which a client cannot tell from a stream that
+ * ran and ended. graphql-ws sends `error` only for a stream that throws; its error keeps the
+ * thrown GraphQLError's message and extensions (code, retryable, …).
+ */
+function refusedAtTheDoor(result: ExecutionResult): AsyncIterableIterator<never> {
+  const first = result.errors?.[0];
+  const refusal = first
+    ? createGraphQLError(first.message, {
+        path: first.path,
+        extensions: withoutHttp(first.extensions),
+      })
+    : createGraphQLError('the subscription was refused');
+  return {
+    next: () => Promise.reject(refusal),
+    return: () => Promise.resolve({ value: undefined as never, done: true }),
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+  };
+}
+
+/** `extensions.http` tells yoga an HTTP status; over a WebSocket it means nothing. */
+function withoutHttp(extensions: GraphQLError['extensions'] | undefined) {
+  if (!extensions || !('http' in extensions)) return extensions;
+  const { http: _http, ...rest } = extensions;
+  return rest;
 }
 
 function isAsyncIterable(v: unknown): v is AsyncIterable<unknown> {

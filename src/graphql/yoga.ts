@@ -5,6 +5,7 @@ import { createYoga, maskError, type YogaServerInstance } from 'graphql-yoga';
 import type { Logger } from '../logger.js';
 import { authenticateRequest } from './auth.js';
 import { type Caller, type GraphQLContext, type Services, TENANT_HEADER } from './context.js';
+import { refusalAsGraphQLError, useRefusedStreams } from './error-mapping.js';
 import { useRequestLimits } from './limits.js';
 import { buildSchema } from './schema.js';
 
@@ -42,12 +43,19 @@ const KEYS_INTRO = `# auditgraph — every request carries an API key: put yours
 # Run "Create", then "Flush", then "Page".
 `;
 
-export const EXAMPLE_OPERATIONS = `
+/**
+ * The operations GraphiQL opens with, written for the day the page is loaded (a fixed date would
+ * fall out of retention, and be refused, a few months after it was written).
+ */
+export function exampleOperations(now = new Date()): string {
+  const occurredAt = new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000).toISOString();
+  const year = now.getUTCFullYear();
+  return `
 mutation Create {
   createAuditEvents(input: {
-    ack: COMMITTED
+    ack: BUFFERED
     events: [{
-      occurredAt: "${new Date(Date.UTC(2026, 0, 4, 13, 41, 9, 5)).toISOString()}"
+      occurredAt: "${occurredAt}"
       eventType: "workflow.execution.started"
       category: "workflow"
       action: "start"
@@ -59,69 +67,56 @@ mutation Create {
     }]
   }) {
     __typename
-    ... on CreateAuditEventsPayload { accepted stored duplicates events { id status } }
-    ... on AuditError { message retryable }
+    ... on CreateAuditEventsPayload { accepted buffered stored duplicates events { eventId status } }
+    ... on AuditError { code message retryable }
     ... on ValidationError { issues { index field message } }
   }
 }
 
+# BUFFERED answers before the events are written; this barrier waits until they are.
 mutation Flush {
   flushAudit(input: { timeoutMs: 5000 }) {
     __typename
-    ... on FlushAuditPayload { stored duplicates deadLettered waitedFor durationMs }
-    ... on AuditError { message retryable }
+    ... on FlushAuditPayload { waitedFor stored duplicates deadLettered durationMs }
+    ... on AuditError { code message retryable }
   }
 }
 
 query Page($after: String) {
   auditEvents(first: 20, after: $after, filter: { correlationId: "run-42" }) {
-    __typename
-    ... on AuditEventConnection {
-      edges { cursor node { id occurredAt eventType outcome actor { id } resource { id } data } }
-      pageInfo { hasNextPage endCursor }
-    }
-    ... on AuditError { message retryable }
+    edges { cursor node { id eventId occurredAt eventType outcome actor { id } resource { id } data } }
+    pageInfo { hasNextPage endCursor }
   }
 }
 
 query Stats {
-  auditStats {
-    ... on AuditStats { accepted stored duplicates pending deadLettered discarded identityHolds }
-    ... on AuditError { message }
-  }
+  auditStats { accepted stored duplicates pending deadLettered discarded identityHolds }
 }
 
 # Tamper evidence: sign the chain heads now, then re-compute every link (audit:admin to sign).
 mutation Sign {
-  signAuditCheckpoints {
-    __typename
-    ... on SignedAuditCheckpoints { data { month seq hash signedAt keyId } }
-    ... on AuditError { message }
-  }
+  signAuditCheckpoints { data { month seq hash signedAt keyId } }
 }
 
 query Verify {
-  verifyAuditChain(from: "${new Date().getUTCFullYear() - 1}-01-01T00:00:00Z", to: "${new Date().getUTCFullYear() + 1}-01-01T00:00:00Z") {
-    __typename
-    ... on AuditChainVerification {
-      ok eventsVerified elapsedMs
-      months { month status eventsVerified lastSeq checkpoints }
-      firstBreak { kind eventId seq expectedHash actualHash message }
-    }
-    ... on AuditError { message }
+  verifyAuditChain(from: "${year - 1}-01-01T00:00:00Z", to: "${year + 1}-01-01T00:00:00Z") {
+    ok eventsVerified elapsedMs
+    months { month status eventsVerified lastSeq checkpoints }
+    firstBreak { kind eventId seq expectedHash actualHash message }
   }
 }
 
-# Run it in a second tab, wait for SubscriptionReady, then run "Create" here.
+# Live: open /graphql in a second browser window (GraphiQL ends a tab's subscription when you
+# switch tabs), run this there and wait for SubscriptionReady, then run "Create" and "Flush" here.
 subscription Settled {
   flushCompleted(filter: { correlationId: "run-42" }) {
     __typename
     ... on FlushCompleted { batchId trigger correlations { correlationId stored duplicates deadLettered } }
-    ... on SubscriptionInterruptedError { reason }
-    ... on AuditError { message }
+    ... on SubscriptionInterruptedError { reason message }
   }
 }
 `;
+}
 
 /** The GraphQL endpoint: schema, context from the request, masked unexpected errors, GraphiQL. */
 export function createGraphQLServer(
@@ -137,16 +132,16 @@ export function createGraphQLServer(
     logging: log.child({ component: 'yoga' }),
     renderGraphiQL,
     graphiql: config.graphiql
-      ? {
+      ? () => ({
           title: 'auditgraph',
-          defaultQuery: (keys ? KEYS_INTRO : DEV_INTRO) + EXAMPLE_OPERATIONS,
+          defaultQuery: (keys ? KEYS_INTRO : DEV_INTRO) + exampleOperations(),
           headers: JSON.stringify(
             keys ? { authorization: 'Bearer <your API key>' } : { [TENANT_HEADER]: 'demo' },
             null,
             2,
           ),
           shouldPersistHeaders: true,
-        }
+        })
       : false,
     // The limits plugin refuses batches over MAX_OPERATIONS_PER_REQUEST with an error naming it;
     // yoga's own check (which follows) is set to the same bound.
@@ -158,9 +153,12 @@ export function createGraphQLServer(
               config.maxOperationsPerRequest === 0 ? 1_000_000 : config.maxOperationsPerRequest,
           },
     maxRequestBodySize: config.maxRequestBytes,
-    plugins: [useRequestLimits(config)],
+    plugins: [useRequestLimits(config), useRefusedStreams()],
     maskedErrors: {
       maskError(error, message) {
+        // An expected failure a resolver threw: the client's to see, with its code.
+        const refusal = refusalAsGraphQLError(error, config.authMode);
+        if (refusal) return refusal;
         // Never in "dev" form: that would put stack traces and SQL into responses.
         const masked = maskError(error, message, false);
         if (masked === error) return masked; // GraphQL's own (parse, validation, variables): the client's to see
@@ -170,7 +168,10 @@ export function createGraphQLServer(
           'unexpected error',
         );
         const extensions = (masked as { extensions?: Record<string, unknown> }).extensions;
-        if (extensions) extensions.requestId = requestId;
+        if (extensions) {
+          extensions.code = 'INTERNAL';
+          extensions.requestId = requestId;
+        }
         return masked;
       },
     },

@@ -17,7 +17,8 @@ export type InterruptReason =
   | 'SLOW_CONSUMER'
   | 'OVERLOADED'
   | 'FANOUT_LOST'
-  | 'FANOUT_UNAVAILABLE';
+  | 'FANOUT_UNAVAILABLE'
+  | 'UNAUTHENTICATED';
 
 const INTERRUPT_MESSAGES: Record<InterruptReason, string> = {
   SHUTTING_DOWN: 'the instance is shutting down',
@@ -28,6 +29,7 @@ const INTERRUPT_MESSAGES: Record<InterruptReason, string> = {
   FANOUT_LOST: 'the connection to Redis (fan-out across instances) was lost',
   FANOUT_UNAVAILABLE:
     'the subscription could not be registered with Redis (fan-out across instances)',
+  UNAUTHENTICATED: 'the API key was revoked or expired',
 };
 
 /**
@@ -36,6 +38,7 @@ const INTERRUPT_MESSAGES: Record<InterruptReason, string> = {
  */
 export class SubscriptionInterruptedError extends AuditError {
   readonly retryable = true;
+  readonly code = 'SUBSCRIPTION_INTERRUPTED' as const;
   constructor(
     readonly reason: InterruptReason,
     detail?: string,

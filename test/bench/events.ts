@@ -273,12 +273,12 @@ export const STATS_QUERY = `{
   auditStats {
     __typename
     ... on AuditStats { accepted stored duplicates pending deadLettered discarded identityHolds }
-    ... on AuditError { message }
+    
   }
 }`;
 
 /** Every field of an event, for reads that are compared with `select *`. */
-export const EVENT_FIELDS = `id occurredAt receivedAt eventType category action outcome correlationId
+export const EVENT_FIELDS = `id: eventId occurredAt receivedAt eventType category action outcome correlationId
   actor { type id ip } resource { type id name } parentEventId severity durationMs errorCode
   errorMessage namespace clusterId traceId spanId data batchId`;
 
@@ -289,7 +289,6 @@ export const PAGE_QUERY = `query Page($first: Int, $after: String, $filter: Audi
       edges { cursor node { ${EVENT_FIELDS} } }
       pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
     }
-    ... on AuditError { message }
   }
 }`;
 
@@ -297,7 +296,7 @@ export const PAGE_QUERY = `query Page($first: Int, $after: String, $filter: Audi
 export const WALK_QUERY = `query Walk($first: Int, $after: String) {
   auditEvents(first: $first, after: $after) {
     __typename
-    ... on AuditEventConnection { edges { node { id occurredAt } } pageInfo { hasNextPage endCursor } }
-    ... on AuditError { message }
+    ... on AuditEventConnection { edges { node { id: eventId occurredAt } } pageInfo { hasNextPage endCursor } }
+    
   }
 }`;

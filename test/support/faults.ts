@@ -14,7 +14,7 @@ import { databaseUrl, graphqlClient, type TestApp } from './harness.js';
 
 export const STATS_FULL = `query { auditStats { __typename ... on AuditStats {
   accepted stored duplicates pending deadLettered discarded replayed failedWrites identityHolds lastError
-} ... on AuditError { message } } }`;
+}  } }`;
 
 export interface FullStats {
   accepted: number;

@@ -43,9 +43,16 @@ function flood(): void {
               count('serviceEventsDelivered');
             }
             if (m.__typename === 'SubscriptionInterruptedError') count(`interrupted:${m.reason}`);
-            if (m.__typename === 'LimitExceededError') count(`limit:${m.limit}`);
           },
-          error: () => count('subscriptionError'),
+          // A subscription refused when it is opened is a graphql-ws `error` message.
+          error: (e) => {
+            const first = Array.isArray(e)
+              ? (e[0] as { extensions?: { code?: string; limit?: string } } | undefined)
+              : undefined;
+            if (first?.extensions?.code === 'LIMIT_EXCEEDED') {
+              count(`limit:${first.extensions.limit}`);
+            } else count('subscriptionError');
+          },
           complete: () => count('complete'),
         },
       );

@@ -35,7 +35,24 @@ export interface TestApp {
     body: unknown,
     headers?: Record<string, string>,
   ): Promise<{ status: number; body: any }>;
+  /**
+   * Sends one operation that must be refused: returns the first GraphQL error (its message and
+   * extensions: code, retryable, …); throws when the operation was answered with data instead.
+   */
+  refused(
+    tenant: string | null,
+    query: string,
+    variables?: Record<string, unknown>,
+    headers?: Record<string, string>,
+  ): Promise<GraphQLErrorBody>;
   stop(): Promise<void>;
+}
+
+/** One entry of a response's `errors`. */
+export interface GraphQLErrorBody {
+  message: string;
+  path?: (string | number)[];
+  extensions: { code: string; retryable?: boolean; [key: string]: unknown };
 }
 
 /** Starts the real service (HTTP on an ephemeral port) against the run's test database. */
@@ -61,7 +78,7 @@ export async function startApp(env: Record<string, string> = {}): Promise<TestAp
 }
 
 /** `gql` and `raw` for a GraphQL endpoint at `url` (any running auditgraph, e.g. an embedded one). */
-export function graphqlClient(url: string): Pick<TestApp, 'gql' | 'raw'> {
+export function graphqlClient(url: string): Pick<TestApp, 'gql' | 'raw' | 'refused'> {
   const raw = async (
     tenant: string | null,
     body: unknown,
@@ -93,6 +110,12 @@ export function graphqlClient(url: string): Pick<TestApp, 'gql' | 'raw'> {
       const { body } = await raw(tenant, { query, variables });
       if (body.errors) throw new Error(`GraphQL errors: ${JSON.stringify(body.errors)}`);
       return body.data;
+    },
+    async refused(tenant, query, variables, headers) {
+      const { body } = await raw(tenant, { query, variables }, headers);
+      const first = body?.errors?.[0];
+      if (!first) throw new Error(`expected a refusal, got ${JSON.stringify(body)}`);
+      return first as GraphQLErrorBody;
     },
   };
 }
@@ -139,11 +162,11 @@ export function event(overrides: Record<string, unknown> = {}): Record<string, u
 export const CREATE = `mutation Create($input: CreateAuditEventsInput!) {
   createAuditEvents(input: $input) {
     __typename
-    ... on CreateAuditEventsPayload { accepted stored duplicates buffered events { id occurredAt status } }
+    ... on CreateAuditEventsPayload { accepted stored duplicates buffered events { id: eventId occurredAt status } }
     ... on AuditError { message retryable }
     ... on ValidationError { issues { index field message } }
     ... on BackpressureError { retryAfterMs limit }
-    ... on CommitTimeoutError { pending events { id status } }
+    ... on CommitTimeoutError { pending events { id: eventId status } }
   }
 }`;
 
@@ -158,15 +181,15 @@ export const FLUSH = `mutation Flush($timeoutMs: Int) {
 
 export const STATS = `query { auditStats { __typename ... on AuditStats {
   accepted stored duplicates pending deadLettered discarded conflicts identityHolds failedWrites lastError
-} ... on AuditError { message } } }`;
+}  } }`;
 
 export const PAGE = `query Page($first: Int, $after: String, $last: Int, $before: String, $filter: AuditEventFilter, $order: AuditEventOrder) {
   auditEvents(first: $first, after: $after, last: $last, before: $before, filter: $filter, order: $order) {
     __typename
     ... on AuditEventConnection {
-      edges { cursor node { id occurredAt correlationId eventType } }
+      edges { cursor node { id: eventId occurredAt correlationId eventType } }
       pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
     }
-    ... on AuditError { message retryable }
+    
   }
 }`;

@@ -57,5 +57,8 @@ export function keyClient(t: TestApp, secret: string) {
     },
     raw: (body: unknown, headers: Record<string, string> = {}) =>
       c.raw(null, body, { ...bearer(secret), ...headers }),
+    /** The first GraphQL error of an operation that must be refused (see TestApp.refused). */
+    refused: (query: string, variables?: Record<string, unknown>) =>
+      c.refused(null, query, variables, bearer(secret)),
   };
 }

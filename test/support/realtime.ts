@@ -29,11 +29,11 @@ export const EVENTS_ADDED = `subscription Tail($filter: AuditEventFilter) {
     __typename
     ... on SubscriptionReady { instanceId }
     ... on AuditEvent {
-      id occurredAt correlationId outcome eventType batchId data actor { type id ip } resource { id }
+      id: eventId occurredAt correlationId outcome eventType batchId data actor { type id ip } resource { id }
     }
     ... on SubscriptionInterruptedError { reason }
     ... on AuditError { message retryable }
-    ... on ValidationError { issues { field message } }
+    
   }
 }`;
 
@@ -96,6 +96,8 @@ export function wsSubscribe(
   const it = client.iterate({ query, variables });
   return streamOf(
     async () => {
+      // A subscription refused when it is opened rejects with graphql-ws' `error` message: the
+      // list of its GraphQL errors.
       const r = await it.next();
       if (r.done) return null;
       if (r.value.errors) throw new Error(`GraphQL errors: ${JSON.stringify(r.value.errors)}`);

@@ -1,0 +1,130 @@
+import type { ExecutionResult, GraphQLError } from 'graphql';
+import { createGraphQLError, isAsyncIterable, type Plugin } from 'graphql-yoga';
+import { AuditError, ERROR_STATUS, type ErrorCode } from '../domain/errors.js';
+
+/**
+ * How a refusal reaches a GraphQL client: an entry in `errors` whose `extensions` carry the code
+ * (the error classes' table, domain/errors.ts), `retryable`, the class's name as `type`, and the
+ * error's own fields (`retryAfterMs`, `limit`, `issues`, …).
+ *
+ * The HTTP status follows the GraphQL-over-HTTP spec: a request refused for who is calling
+ * answers 401 (UNAUTHENTICATED, with `WWW-Authenticate: Bearer` when keys are what is asked for)
+ * or 403 (FORBIDDEN) when the response is `application/graphql-response+json`, and 200 when it
+ * is `application/json`, as that spec requires for JSON clients. (yoga skips the status of an
+ * error marked `spec` for `application/json`.) Every other refusal is a 200 with `errors`: the
+ * request was a valid GraphQL request whose field could not be answered.
+ */
+export function extensionsOf(
+  err: AuditError,
+  authMode: 'dev' | 'keys',
+): Record<string, unknown> & { code: ErrorCode } {
+  const extensions: Record<string, unknown> & { code: ErrorCode } = {
+    code: err.code,
+    retryable: err.retryable,
+    type: err.name,
+    ...err.details(),
+  };
+  const http = httpOf(err.code, authMode);
+  if (http) extensions.http = http;
+  return extensions;
+}
+
+function httpOf(code: ErrorCode, authMode: 'dev' | 'keys') {
+  if (code === 'UNAUTHENTICATED') {
+    return {
+      status: 401,
+      spec: true,
+      ...(authMode === 'keys' ? { headers: { 'WWW-Authenticate': 'Bearer' } } : {}),
+    };
+  }
+  if (code === 'FORBIDDEN') return { status: 403, spec: true };
+  return null;
+}
+
+/**
+ * The media type yoga answers a request with, as yoga chooses it: the first entry of `Accept` it
+ * can serve, where a wildcard (or no Accept at all) means `application/json`.
+ */
+export function answersAs(accept: string | undefined): 'graphql-response+json' | 'json' | 'other' {
+  for (const entry of (accept || '*/*').toLowerCase().split(',')) {
+    const type = entry.split(';')[0]!.trim();
+    if (type === 'application/graphql-response+json') return 'graphql-response+json';
+    if (type === 'application/json' || type === 'application/*' || type === '*/*') return 'json';
+    if (type === 'text/event-stream' || type === 'multipart/mixed') return 'other';
+  }
+  return 'json';
+}
+
+/**
+ * The GraphQL error for an expected failure a resolver threw (`error` is graphql-js's located
+ * error around it); null for anything else, which stays masked.
+ */
+export function refusalAsGraphQLError(error: unknown, authMode: 'dev' | 'keys'): Error | null {
+  const located = error as {
+    originalError?: unknown;
+    nodes?: never;
+    source?: never;
+    positions?: never;
+    path?: readonly (string | number)[];
+  };
+  const original = error instanceof AuditError ? error : located.originalError;
+  if (!(original instanceof AuditError)) return null;
+  return createGraphQLError(original.message, {
+    nodes: located.nodes,
+    source: located.source,
+    positions: located.positions,
+    path: located.path,
+    extensions: extensionsOf(original, authMode),
+  });
+}
+
+/**
+ * A subscription refused when it is opened over SSE (who is calling, its arguments, a limit)
+ * answers with its status (401, 403, 400, 429, … from ERROR_STATUS) and a JSON GraphQL response
+ * before any event is streamed, rather than yoga's 200 stream whose only event is the error:
+ * EventSource, proxies and client auth handlers act on the status. Anything but a refusal — a
+ * stream, or an unexpected error — is left to yoga.
+ */
+export function useRefusedStreams(): Plugin {
+  return {
+    onResultProcess({ request, result, setResultProcessor }) {
+      if (isAsyncIterable(result) || Array.isArray(result)) return;
+      if (answersAs(request.headers.get('accept') ?? undefined) !== 'other') return;
+      const errors = (result as ExecutionResult).errors ?? [];
+      if (errors.length === 0 || (result as ExecutionResult).data) return;
+      let status = 0;
+      for (const error of errors) {
+        const code = error.extensions?.code;
+        if (typeof code !== 'string' || !(code in ERROR_STATUS)) return;
+        status = Math.max(status, ERROR_STATUS[code as ErrorCode]);
+      }
+      const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8' };
+      for (const error of errors) {
+        const http = error.extensions?.http as { headers?: Record<string, string> } | undefined;
+        Object.assign(headers, http?.headers);
+      }
+      setResultProcessor(
+        (r, fetchAPI) =>
+          new fetchAPI.Response(
+            JSON.stringify({ errors: (r as ExecutionResult).errors?.map(withoutHttp) }),
+            { status, headers },
+          ),
+        'application/json',
+      );
+    },
+  };
+}
+
+function withoutHttp(error: GraphQLError) {
+  const { http: _http, ...extensions } = error.extensions ?? {};
+  return { ...error.toJSON(), extensions };
+}
+
+/**
+ * A refusal of the request itself thrown as the GraphQL error it becomes, so that no field's
+ * typed result can take it in: a malformed tenant header is a ValidationError, but not one of
+ * a mutation's own results (the events it was given were not the problem).
+ */
+export function requestRefusal(err: AuditError, authMode: 'dev' | 'keys'): Error {
+  return createGraphQLError(err.message, { extensions: extensionsOf(err, authMode) });
+}

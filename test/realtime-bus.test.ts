@@ -59,8 +59,8 @@ describe('LiveSubscription', () => {
 describe.each(['in-process', 'redis'] as const)('realtime bus (%s)', (mode) => {
   const buses: RealtimeBus[] = [];
   const prefix = `test:${randomBytes(4).toString('hex')}:`;
-  async function bus(instanceId: string): Promise<RealtimeBus> {
-    const config = loadConfig(mode === 'redis' ? redisEnv(prefix) : {});
+  async function bus(instanceId: string, env: Record<string, string> = {}): Promise<RealtimeBus> {
+    const config = loadConfig({ ...(mode === 'redis' ? redisEnv(prefix) : {}), ...env });
     const b = createRealtimeBus(config, { instanceId, log });
     await b.start();
     buses.push(b);
@@ -101,6 +101,43 @@ describe.each(['in-process', 'redis'] as const)('realtime bus (%s)', (mode) => {
     const late = b.subscribe(A, 'flushCompleted', (m) => [m.batchId]);
     expect((await late.next()).value).toMatchObject({ reason: 'SHUTTING_DOWN' });
   });
+
+  // In process, a publish reaches the bus at once: the backlog it leaves is known synchronously.
+  (mode === 'in-process' ? it : () => undefined)(
+    'counts messages waiting for their turn against SUBSCRIPTION_QUEUE_MAX_BYTES',
+    async () => {
+      const max = 64 * 1024;
+      const b = await bus('backlog', { SUBSCRIPTION_QUEUE_MAX_BYTES: String(max) });
+      const subs = Array.from({ length: 200 }, () =>
+        b.subscribe(A, 'flushCompleted', (m) => [m.batchId]),
+      );
+      for (const sub of subs) await sub.next(); // ready; then nobody reads
+      const ids = Array.from({ length: 100 }, (_, i) => `m${i}`);
+      for (const id of ids) b.publish(A, 'flushCompleted', message(id));
+      // Most of it waits in the bus for its turn: held for the subscribers, so within the
+      // bound, and subscriptions were cut off for room before the loop turned even once.
+      expect(b.queuedBytes).toBeGreaterThan(0);
+      expect(b.queuedBytes).toBeLessThanOrEqual(max);
+      expect(b.size).toBeLessThan(subs.length);
+      await b.stop();
+      let overloaded = 0;
+      for (const sub of subs) {
+        const got: unknown[] = [];
+        for await (const v of sub) got.push(v);
+        const last = got.pop() as { reason?: string };
+        // Every message in order, or a prefix of them and the reason it was cut off.
+        expect(got).toEqual(ids.slice(0, got.length));
+        if (last.reason === 'OVERLOADED') overloaded++;
+        else
+          expect({ last, got: got.length }).toEqual({
+            last: expect.objectContaining({ reason: 'SHUTTING_DOWN' }),
+            got: ids.length,
+          });
+      }
+      expect(overloaded).toBeGreaterThan(0);
+      expect(b.queuedBytes).toBe(0);
+    },
+  );
 
   // Only the Redis bus has a subscriber connection to lose; the in-process bus has no such test.
   (mode === 'redis' ? it : () => undefined)(

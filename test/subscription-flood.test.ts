@@ -262,6 +262,205 @@ describe('a read-only key flooding the live tail', () => {
   });
 });
 
+const OWN_CONNECTIONS = 20;
+const OWN_SUBSCRIPTIONS_PER_CONNECTION = 50;
+/** How long the tenant writes; before the fix the service's heap passed 160 MB within ~15 s. */
+const OWN_WRITES_MS = 20_000;
+/** The service's heap limit: a live tail that holds memory past its bounds dies of it. */
+const OWN_HEAP_MB = 160;
+/**
+ * SUBSCRIPTION_QUEUE_MAX_BYTES of that service: small, so that the messages waiting in the bus
+ * reach it within seconds (a thousand subscribers hold ~14 KB per message waiting) and what is
+ * still on its way when the writes stop arrives in seconds too.
+ */
+const OWN_QUEUE_MAX_BYTES = 256 * 1024;
+
+/**
+ * The same read-only flood, 1,000 subscriptions, while the tenant itself writes COMMITTED
+ * batches of 10 faster than the process can deliver them to everyone. Every delivered message
+ * once left a few hundred bytes behind for the life of its subscription, and the messages
+ * waiting for their turn in the bus were held outside SUBSCRIPTION_QUEUE_MAX_BYTES: the service
+ * grew past 850 MB, and died under a 160 MB heap. Now, under that heap, it stays up; the
+ * subscriptions it cannot serve are cut off (OVERLOADED) until it keeps up; a subscriber gets
+ * every event in order or a prefix of them and the typed reason; and every write is stored.
+ */
+describe('a read-only key flooding the live tail while the tenant writes', () => {
+  let admin: TestApp;
+  let inst: Instance;
+  let sql: pg.Client;
+  const tenant = newTenant('ownflood');
+  let reader: TestKey;
+  let writerKey: TestKey;
+  const flooders: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    const env = redisEnv();
+    admin = await startKeysApp({ ...env, INSTANCE_ID: 'ownflood-admin' });
+    reader = await createKey(admin, tenant, ['events:read'], { label: 'flooder' });
+    writerKey = await createKey(admin, tenant, ['events:write', 'events:read'], { label: 'w' });
+    await admin.stop();
+    inst = await spawnInstance({
+      ...env,
+      AUTH_MODE: 'keys',
+      AUDIT_READS: 'true',
+      TENANT_AUTO_PROVISION: 'false',
+      INSTANCE_ID: 'ownflood-svc',
+      NODE_OPTIONS: `--max-old-space-size=${OWN_HEAP_MB}`,
+      SUBSCRIPTION_QUEUE_MAX_BYTES: String(OWN_QUEUE_MAX_BYTES),
+    });
+    sql = await sqlClient();
+  });
+
+  afterAll(async () => {
+    for (const f of flooders) f.kill('SIGKILL');
+    await inst?.stop('SIGTERM', 20_000);
+    await sql?.end();
+    await dropTenants(tenant);
+  });
+
+  it(`stays up under a ${OWN_HEAP_MB} MB heap; subscribers get everything or a typed cut-off`, {
+    timeout: 90_000,
+  }, async () => {
+    const writer = keyClient({ url: inst.url } as TestApp, writerKey.secret);
+    // One subscriber of the test's own, opened first (it has its place under the tenant's cap).
+    const seen: string[] = [];
+    let watcherEnd: Record<string, any> | undefined;
+    const ws = wsClient(inst.url, bearer(reader.secret));
+    const watcherReady = new Promise<void>((resolve, reject) => {
+      ws.subscribe(
+        { query: EVENTS_ADDED_WITH_LIMIT, variables: {} },
+        {
+          next: (r) => {
+            const m = (r.data as Record<string, any>).auditEventsAdded;
+            if (m.__typename === 'SubscriptionReady') resolve();
+            else if (m.__typename === 'AuditEvent' && !watcherEnd) seen.push(m.id);
+            else watcherEnd ??= m;
+          },
+          error: reject,
+          complete: () => {},
+        },
+      );
+    });
+    await watcherReady;
+
+    const flooder = fork(
+      fileURLToPath(new URL('./support/flood-client.ts', import.meta.url)),
+      [
+        inst.url,
+        reader.secret,
+        String(OWN_CONNECTIONS),
+        String(OWN_SUBSCRIPTIONS_PER_CONNECTION),
+        EVENTS_ADDED_WITH_LIMIT,
+      ],
+      { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] },
+    );
+    flooders.push(flooder);
+    await new Promise((resolve) => flooder.once('message', resolve));
+    flooder.send('go');
+
+    const pid = inst.child.pid!;
+    let rssMax = rssMb(pid);
+    const sampler = setInterval(() => {
+      if (inst.child.exitCode !== null) return;
+      try {
+        rssMax = Math.max(rssMax, rssMb(pid));
+      } catch {
+        // the process is gone: checked below
+      }
+    }, 100);
+    const written: string[] = [];
+    const answers: string[] = [];
+    const started = Date.now();
+    while (Date.now() - started < OWN_WRITES_MS && inst.child.exitCode === null) {
+      const events = Array.from({ length: 10 }, () => event({ correlationId: 'own-flood' }));
+      const r = await timedGql(
+        inst.url,
+        writerKey.secret,
+        CREATE,
+        { input: { events, ack: 'COMMITTED' } },
+        10_000,
+      ).catch((err: Error) => ({ createAuditEvents: { __typename: `failed: ${err.message}` } }));
+      const payload = r?.createAuditEvents;
+      answers.push(payload?.__typename ?? 'timed out');
+      if (payload?.__typename === 'CreateAuditEventsPayload') {
+        for (const e of payload.events) written.push(e.id);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    clearInterval(sampler);
+    const watchedMs = Date.now() - started;
+    expect(inst.child.exitCode, 'the service process died').toBeNull();
+
+    // Let what is still on its way arrive, then ask the flooding client what it saw.
+    const deadline = Date.now() + 15_000;
+    while (!watcherEnd && seen.length < written.length && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const counts = await new Promise<Record<string, number>>((resolve, reject) => {
+      flooder.once('message', (m) => resolve(m as Record<string, number>));
+      flooder.once('exit', (code) => reject(new Error(`the flooding client exited with ${code}`)));
+      flooder.send('report');
+    });
+    await ws.dispose();
+    console.log(
+      'own flood',
+      JSON.stringify({
+        rssMax: Math.round(rssMax),
+        watchedMs,
+        written: written.length,
+        watcherSeen: seen.length,
+        watcherEnd: watcherEnd?.reason ?? watcherEnd?.__typename,
+        answers: [...new Set(answers)],
+        counts,
+      }),
+    );
+
+    expect(inst.child.exitCode, 'the service process died').toBeNull();
+    expect(watchedMs).toBeGreaterThanOrEqual(OWN_WRITES_MS);
+    // Every connection stayed open (a dead service closes them all with 1006), and every
+    // subscription ended, if at all, with a typed reason.
+    expect(
+      Object.keys(counts).filter((k) => k.startsWith('closed:')),
+      'connections the service dropped',
+    ).toEqual([]);
+    expect(new Set(answers)).toEqual(new Set(['CreateAuditEventsPayload']));
+    expect(written.length).toBeGreaterThan(100);
+    expect(counts.subscriptionError ?? 0).toBe(0);
+    expect(counts.errors ?? 0).toBe(0);
+    // Each one served, or refused for the tenant's cap (the cut-off ones free their places).
+    expect(
+      (counts.SubscriptionReady ?? 0) + (counts['limit:MAX_SUBSCRIPTIONS_PER_TENANT'] ?? 0),
+    ).toBe(OWN_CONNECTIONS * OWN_SUBSCRIPTIONS_PER_CONNECTION);
+    // The process could not serve them all: some were cut off, with the typed reason.
+    const cutOff = counts.SubscriptionInterruptedError ?? 0;
+    expect(cutOff).toBeGreaterThan(0);
+    expect(cutOff).toBe(
+      (counts['interrupted:OVERLOADED'] ?? 0) + (counts['interrupted:SLOW_CONSUMER'] ?? 0),
+    );
+    // The subscriber of the test's own got every event, in commit order — or, cut off, a prefix
+    // of them and then the typed reason.
+    if (watcherEnd) {
+      expect(watcherEnd).toMatchObject({ __typename: 'SubscriptionInterruptedError' });
+      expect(['OVERLOADED', 'SLOW_CONSUMER']).toContain(watcherEnd.reason);
+      expect(seen).toEqual(written.slice(0, seen.length));
+    } else {
+      expect(seen.length, 'events the uninterrupted subscriber got').toBe(written.length);
+      expect(seen).toEqual(written);
+    }
+
+    // Nothing accepted is lost.
+    const flushed = await writer.gql(FLUSH, { timeoutMs: 30_000 });
+    expect(flushed.flushAudit.__typename).toBe('FlushAuditPayload');
+    const stats = (await writer.gql(STATS)).auditStats;
+    expect(stats.pending).toBe(0);
+    expect(stats.identityHolds).toBe(true);
+    const { rows } = await sql.query(
+      `select count(*)::int as n from "t_${tenant}".audit_events where correlation_id = 'own-flood'`,
+    );
+    expect(rows[0].n).toBe(written.length);
+  });
+});
+
 /**
  * Access records have their own bounded share of the tenant's buffer: reads cannot fill the
  * buffer the tenant's writes need, and a read whose record finds the share full is refused with

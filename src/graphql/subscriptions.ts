@@ -280,27 +280,26 @@ async function open<A, T>(
 /**
  * The stream, ended early when the caller's key is revoked or expires — its last message is
  * then SubscriptionInterruptedError UNAUTHENTICATED — and with `release` called however it ends.
+ *
+ * A `next()` waiting for a message is answered by the revocation directly, not raced against a
+ * promise that lives as long as the stream: every `.then()` on such a promise stays attached to
+ * it (with the promises and closures it made) until it settles, so each message delivered would
+ * leave a few hundred bytes behind for the subscription's whole life.
  */
 function guarded<T>(
   ctx: GraphQLContext,
   source: AsyncIterable<T>,
   release: (() => void) | undefined,
 ): AsyncIterableIterator<T | SubscriptionInterruptedError> {
+  type Step = IteratorResult<T | SubscriptionInterruptedError>;
   const it = source[Symbol.asyncIterator]();
   const caller = ctx.caller;
   let revoked: SubscriptionInterruptedError | undefined;
   let finished = false;
-  let wake: (() => void) | undefined;
-  const stopped = new Promise<void>((resolve) => {
-    wake = resolve;
-  });
-  const unwatch =
-    caller.kind === 'key'
-      ? ctx.services.keyWatcher.watch(caller.keyHash, (err) => {
-          revoked = new SubscriptionInterruptedError('UNAUTHENTICATED', err.message);
-          wake?.();
-        })
-      : undefined;
+  const done = { value: undefined, done: true } as const;
+  /** The `next()` calls waiting on `it`: told of a revocation at once. */
+  const waiting = new Set<(step: Step) => void>();
+  let unwatch: (() => void) | undefined;
   const finish = () => {
     if (finished) return;
     finished = true;
@@ -308,19 +307,58 @@ function guarded<T>(
     release?.();
     void it.return?.();
   };
-  const done = { value: undefined, done: true } as const;
+  if (caller.kind === 'key') {
+    unwatch = ctx.services.keyWatcher.watch(caller.keyHash, (err) => {
+      const last = new SubscriptionInterruptedError('UNAUTHENTICATED', err.message);
+      revoked = last;
+      if (waiting.size === 0) return; // the next `next()` answers it
+      const waiters = [...waiting];
+      waiting.clear();
+      finish();
+      const [first, ...rest] = waiters;
+      first?.({ value: last, done: false });
+      for (const answer of rest) answer(done);
+    });
+  }
   return {
-    async next(): Promise<IteratorResult<T | SubscriptionInterruptedError>> {
-      if (finished) return done;
-      const r = await Promise.race([it.next(), stopped.then(() => null)]);
-      if (r === null || revoked) {
+    next(): Promise<Step> {
+      if (finished) return Promise.resolve(done);
+      if (revoked) {
+        const err = revoked;
         finish();
-        return revoked ? { value: revoked, done: false } : done;
+        return Promise.resolve({ value: err, done: false });
       }
-      if (r.done) finish();
-      return r;
+      return new Promise<Step>((resolve, reject) => {
+        let answered = false;
+        const answer = (step: Step) => {
+          if (answered) return;
+          answered = true;
+          waiting.delete(answer);
+          resolve(step);
+        };
+        waiting.add(answer);
+        it.next().then(
+          (r) => {
+            if (answered) return; // the revocation answered this call already
+            if (revoked) {
+              const err = revoked;
+              finish();
+              answer({ value: err, done: false });
+              return;
+            }
+            if (r.done) finish();
+            answer(r);
+          },
+          (err: unknown) => {
+            if (answered) return;
+            answered = true;
+            waiting.delete(answer);
+            reject(err);
+          },
+        );
+      });
     },
-    async return(): Promise<IteratorResult<T | SubscriptionInterruptedError>> {
+    async return(): Promise<Step> {
       finish();
       return done;
     },

@@ -54,7 +54,7 @@ export type LiveItem<T> = T | SubscriptionReady | SubscriptionInterruptedError;
 
 /** A queue whose undelivered bytes count against a QueueBudget. */
 export interface BudgetHolder {
-  /** Bytes of its messages queued and not yet delivered. */
+  /** Bytes of its messages queued (or on their way to it) and not yet delivered. */
   readonly queuedBytes: number;
   /** Drops what it has queued (releasing those bytes) and ends with OVERLOADED. */
   shed(): void;
@@ -113,13 +113,16 @@ export class QueueBudget {
  *
  * Bounded: past `maxQueued` undelivered messages the subscription is interrupted
  * (SLOW_CONSUMER) after the messages already queued, never silently thinned out. With a
- * `budget`, the bytes it has queued also count against the process-wide bound (OVERLOADED).
+ * `budget`, the bytes it has queued also count against the process-wide bound (OVERLOADED), and
+ * so does its share of the messages still on their way to it (`expect`, `arrived`).
  */
 export class LiveSubscription<T> implements AsyncIterableIterator<LiveItem<T>>, BudgetHolder {
   private queue: LiveItem<T>[] = [];
   /** Bytes of each queued item (0 for markers), in the queue's order. */
   private sizes: number[] = [];
   private held = 0;
+  /** Part of `held`: messages on their way to it that have not reached its queue yet. */
+  private expectedBytes = 0;
   private waiter: ((r: IteratorResult<LiveItem<T>>) => void) | undefined;
   private ended = false;
   private release: (() => void) | undefined;
@@ -160,6 +163,27 @@ export class LiveSubscription<T> implements AsyncIterableIterator<LiveItem<T>>, 
     if (!this.budget.reserve(this, bytes)) return;
     this.held += bytes;
     this.deliver(item, bytes);
+  }
+
+  /**
+   * A message is on its way to this subscriber (waiting in the bus for its turn): `bytes` of it
+   * count against the budget until `arrived` — held in the bus, it is memory held for this
+   * subscriber as much as its queue is. May shed the largest holders, this one included.
+   */
+  expect(bytes: number): void {
+    if (this.ended || bytes <= 0 || !this.budget) return;
+    if (!this.budget.reserve(this, bytes)) return;
+    this.held += bytes;
+    this.expectedBytes += bytes;
+  }
+
+  /** The message `expect`ed with `bytes` is handed over now (pushed next, or not at all). */
+  arrived(bytes: number): void {
+    const b = Math.min(bytes, this.expectedBytes);
+    if (b <= 0) return;
+    this.expectedBytes -= b;
+    this.held -= b;
+    this.budget?.release(this, b);
   }
 
   /** Puts the ready marker before anything already queued: it is always the first message. */
@@ -241,12 +265,15 @@ export class LiveSubscription<T> implements AsyncIterableIterator<LiveItem<T>>, 
     this.sizes = [];
     const held = this.held;
     this.held = 0;
+    this.expectedBytes = 0;
     if (held > 0) this.budget?.release(this, held);
   }
 
   private end(): void {
     if (this.ended) return;
     this.ended = true;
+    // Nothing more is queued once ended: what was on its way is not held for it any more.
+    this.arrived(this.expectedBytes);
     const release = this.release;
     this.release = undefined;
     release?.();

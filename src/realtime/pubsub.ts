@@ -19,8 +19,14 @@ export const MAX_QUEUED_PER_SUBSCRIPTION = 10_000;
  * thousand subscribers means a thousand executions and socket writes; done at once, it holds
  * the loop for hundreds of milliseconds and every other request (other tenants' included)
  * waits. In slices, requests are served between them. Order per subscriber is kept: one queue.
+ * Messages waiting for their slice are held for their subscribers and counted as theirs
+ * (SUBSCRIPTION_QUEUE_MAX_BYTES): when messages arrive faster than the process delivers them,
+ * the backlog does not grow past the bound, subscribers are cut off (OVERLOADED) instead.
  */
 const DELIVERIES_PER_TURN = 64;
+
+/** Bytes a message waiting in the backlog holds per subscriber besides its share of the text. */
+const BACKLOG_ENTRY_BYTES = 8;
 
 /** Longest wait for Redis to confirm a SUBSCRIBE before the subscription is refused. */
 const REGISTER_TIMEOUT_MS = 5_000;
@@ -64,11 +70,13 @@ export interface RealtimeBus {
   stop(deadlineMs?: number): Promise<void>;
 }
 
-/**
- * A subscriber's callback: the decoded message (shared by all) and its serialised size. Returns
- * how many items it queued.
- */
-type Listener = (message: unknown, bytes: number) => number;
+/** A subscriber of a channel. */
+interface Listener {
+  /** Its queue: messages waiting in the backlog for it are charged to it meanwhile. */
+  sub: LiveSubscription<unknown>;
+  /** Takes the decoded message (shared by all) and its serialised size; returns items queued. */
+  take(message: unknown, bytes: number): number;
+}
 
 /** One message on its way to the listeners of its channel (as they were when it arrived). */
 interface Delivery {
@@ -76,6 +84,8 @@ interface Delivery {
   next: number;
   message: unknown;
   bytes: number;
+  /** What it is charged to each listener until handed over (the listeners share it). */
+  share: number;
 }
 
 /** Builds the bus for this configuration; nothing connects until `start()`. */
@@ -126,7 +136,7 @@ abstract class BaseBus {
       sub.interrupt(new SubscriptionInterruptedError('SHUTTING_DOWN'));
       return sub;
     }
-    const listener: Listener = (message, bytes) => {
+    const take = (message: unknown, bytes: number) => {
       if (sub.isEnded) return 0;
       let n = 0;
       try {
@@ -140,6 +150,7 @@ abstract class BaseBus {
       }
       return n;
     };
+    const listener: Listener = { sub: sub as LiveSubscription<unknown>, take };
     this.live.add(sub as LiveSubscription<unknown>);
     const registered = this.register(this.channel(tenant, topic), listener);
     sub.onEnd(() => {
@@ -156,9 +167,16 @@ abstract class BaseBus {
     return sub;
   }
 
-  /** Hands a message to the listeners of its channel: now if the loop allows, else in slices. */
+  /**
+   * Hands a message to the listeners of its channel: now if the loop allows, else in slices.
+   * Until a listener has it, it holds its share of the message (the text once, shared, and its
+   * place in the list) against the budget; a listener shed for room never gets it.
+   */
   protected fanOut(listeners: Iterable<Listener>, message: unknown, bytes: number): void {
-    this.deliveries.push({ listeners: [...listeners], next: 0, message, bytes });
+    const list = [...listeners];
+    const share = Math.ceil(bytes / list.length) + BACKLOG_ENTRY_BYTES;
+    for (const l of list) l.sub.expect(share);
+    this.deliveries.push({ listeners: list, next: 0, message, bytes, share });
     if (!this.draining) this.deliver();
   }
 
@@ -169,7 +187,9 @@ abstract class BaseBus {
     while (this.deliveries.length > 0 && (all || budget > 0)) {
       const d = this.deliveries[0]!;
       while (d.next < d.listeners.length && (all || budget > 0)) {
-        budget -= Math.max(1, d.listeners[d.next++]!(d.message, d.bytes));
+        const l = d.listeners[d.next++]!;
+        l.sub.arrived(d.share);
+        budget -= Math.max(1, l.take(d.message, d.bytes));
       }
       if (d.next >= d.listeners.length) this.deliveries.shift();
     }

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -160,6 +160,22 @@ describe('a valid key', () => {
     const body = { query: CREATE, variables: { input: { events: [event()] } } };
     expect((await reader.raw(body, GRJ)).status).toBe(403);
     expect((await reader.raw(body, { accept: 'application/json' })).status).toBe(200);
+  });
+
+  it('answers a request that was answered in part with 200, its refused field null', async () => {
+    const writer = keyClient(t, (await createKey(t, A, ['events:write'])).secret);
+    const id = Buffer.from(`AuditEvent:${randomUUID()}@${new Date().toISOString()}`).toString(
+      'base64',
+    );
+    const r = await writer.raw(
+      { query: 'query($id: ID!) { __typename node(id: $id) { id } }', variables: { id } },
+      GRJ,
+    );
+    expect(r.body.data).toEqual({ __typename: 'Query', node: null });
+    expect(r.body.errors[0].extensions.code).toBe('FORBIDDEN');
+    // The spec asks for 2xx whenever `data` is not null; a whole refusal stays a 403 (above).
+    expect(r.status).toBe(200);
+    expect(r.body.errors[0].extensions).not.toHaveProperty('http');
     const page = await keyClient(t, readerA.secret).gql(PAGE, { first: 1 });
     expect(page.auditEvents.__typename).toBe('AuditEventConnection');
   });
@@ -254,6 +270,7 @@ describe('revocation and expiry', () => {
     expect(last).toMatchObject({
       __typename: 'SubscriptionInterruptedError',
       reason: 'UNAUTHENTICATED',
+      retryable: false,
     });
     await expect(sse.next()).rejects.toThrow('the subscription ended');
     await expect(wsSub.next()).rejects.toMatchObject({ code: 4401 });

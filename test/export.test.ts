@@ -549,6 +549,14 @@ describe('GET /export (AUTH_MODE=dev)', () => {
     const unknown = await get(exportUrl(base), { 'x-tenant-id': newTenant('nobody') });
     expect(unknown.status).toBe(404);
     expect(JSON.parse(unknown.body.toString()).error.type).toBe('UnknownTenantError');
+    // A malformed tenant header is the caller's mistake (400, naming it), never a 500.
+    const malformed = await get(exportUrl(base), { 'x-tenant-id': 'Not-A-Tenant' });
+    expect(malformed.status).toBe(400);
+    expect(JSON.parse(malformed.body.toString()).error).toMatchObject({
+      code: 'BAD_USER_INPUT',
+      type: 'ValidationError',
+      issues: [{ field: 'x-tenant-id' }],
+    });
   });
 
   it('rejects a modified export and says where and what', async () => {

@@ -67,8 +67,8 @@ export function refusalAsGraphQLError(error: unknown, authMode: 'dev' | 'keys'):
     positions?: never;
     path?: readonly (string | number)[];
   };
-  const original = error instanceof AuditError ? error : located.originalError;
-  if (!(original instanceof AuditError)) return null;
+  const original = auditErrorOf(error);
+  if (!original) return null;
   return createGraphQLError(original.message, {
     nodes: located.nodes,
     source: located.source,
@@ -79,16 +79,27 @@ export function refusalAsGraphQLError(error: unknown, authMode: 'dev' | 'keys'):
 }
 
 /**
- * A subscription refused when it is opened over SSE (who is calling, its arguments, a limit)
- * answers with its status (401, 403, 400, 429, … from ERROR_STATUS) and a JSON GraphQL response
+ * The status of a refusal where the spec leaves it to the server. A request that was answered in
+ * part (`data` is not null) is a 200 even with a FORBIDDEN field among its errors. A subscription
+ * refused when it is opened over SSE (who is calling, its arguments, a limit) answers with its status (401, 403, 400, 429, … from ERROR_STATUS) and a JSON GraphQL response
  * before any event is streamed, rather than yoga's 200 stream whose only event is the error:
  * EventSource, proxies and client auth handlers act on the status. Anything but a refusal — a
  * stream, or an unexpected error — is left to yoga.
  */
-export function useRefusedStreams(): Plugin {
+export function useRefusalStatus(): Plugin {
   return {
-    onResultProcess({ request, result, setResultProcessor }) {
+    onResultProcess({ request, result, setResult, setResultProcessor }) {
       if (isAsyncIterable(result) || Array.isArray(result)) return;
+      const answered = (result as ExecutionResult).data;
+      if (answered && (result as ExecutionResult).errors?.length) {
+        // Some fields were answered: the request as a whole was not refused, so it is a 200
+        // whatever the media type (the spec asks for 2xx whenever `data` is not null).
+        const errors = (result as ExecutionResult).errors!;
+        if (errors.some((e) => e.extensions?.http)) {
+          setResult({ ...(result as ExecutionResult), errors: errors.map(withoutHttpStatus) });
+        }
+        return;
+      }
       if (answersAs(request.headers.get('accept') ?? undefined) !== 'other') return;
       const errors = (result as ExecutionResult).errors ?? [];
       if (errors.length === 0 || (result as ExecutionResult).data) return;
@@ -115,6 +126,18 @@ export function useRefusedStreams(): Plugin {
   };
 }
 
+function withoutHttpStatus(error: GraphQLError): GraphQLError {
+  if (!error.extensions?.http) return error;
+  const { http: _http, ...extensions } = error.extensions;
+  return createGraphQLError(error.message, {
+    nodes: error.nodes,
+    source: error.source,
+    positions: error.positions,
+    path: error.path,
+    extensions,
+  });
+}
+
 function withoutHttp(error: GraphQLError) {
   const { http: _http, ...extensions } = error.extensions ?? {};
   return { ...error.toJSON(), extensions };
@@ -126,5 +149,18 @@ function withoutHttp(error: GraphQLError) {
  * a mutation's own results (the events it was given were not the problem).
  */
 export function requestRefusal(err: AuditError, authMode: 'dev' | 'keys'): Error {
-  return createGraphQLError(err.message, { extensions: extensionsOf(err, authMode) });
+  return createGraphQLError(err.message, {
+    extensions: extensionsOf(err, authMode),
+    originalError: err,
+  });
+}
+
+/** The expected failure behind an error, however many GraphQL errors wrap it; else null. */
+export function auditErrorOf(error: unknown): AuditError | null {
+  let e: unknown = error;
+  for (let depth = 0; depth < 4 && e; depth++) {
+    if (e instanceof AuditError) return e;
+    e = (e as { originalError?: unknown }).originalError;
+  }
+  return null;
 }

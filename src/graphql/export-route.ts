@@ -3,7 +3,6 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import {
-  AuditError,
   ERROR_STATUS,
   ForbiddenError,
   ShuttingDownError,
@@ -17,7 +16,7 @@ import { sendJson as sendJsonResponse } from '../http/json-response.js';
 import type { Logger } from '../logger.js';
 import { authenticateRequest, fetchHeaders, grantedScopes } from './auth.js';
 import { type GraphQLContext, recordRead, requireTenant, type Services } from './context.js';
-import { extensionsOf } from './error-mapping.js';
+import { auditErrorOf, extensionsOf } from './error-mapping.js';
 
 /**
  * `GET /export`: the HTTP side of the export (src/export/ does the reading and formatting). It
@@ -189,14 +188,15 @@ export function createExportRoute(
         res.destroy();
         return;
       }
-      if (err instanceof AuditError) {
-        const status = ERROR_STATUS[err.code];
-        if (status < 500 || err instanceof ShuttingDownError) {
-          const { http: _http, ...extensions } = extensionsOf(err, config.authMode);
+      const refusal = auditErrorOf(err);
+      if (refusal) {
+        const status = ERROR_STATUS[refusal.code];
+        if (status < 500 || refusal instanceof ShuttingDownError) {
+          const { http: _http, ...extensions } = extensionsOf(refusal, config.authMode);
           sendJson(
             res,
             status,
-            { error: { message: err.message, ...extensions } },
+            { error: { message: refusal.message, ...extensions } },
             status === 401 && config.authMode === 'keys' ? { 'www-authenticate': 'Bearer' } : {},
           );
           return;

@@ -5,7 +5,7 @@ import { createYoga, maskError, type YogaServerInstance } from 'graphql-yoga';
 import type { Logger } from '../logger.js';
 import { authenticateRequest } from './auth.js';
 import { type Caller, type GraphQLContext, type Services, TENANT_HEADER } from './context.js';
-import { refusalAsGraphQLError, useRefusedStreams } from './error-mapping.js';
+import { refusalAsGraphQLError, useRefusalStatus } from './error-mapping.js';
 import { useRequestLimits } from './limits.js';
 import { buildSchema } from './schema.js';
 
@@ -153,7 +153,7 @@ export function createGraphQLServer(
               config.maxOperationsPerRequest === 0 ? 1_000_000 : config.maxOperationsPerRequest,
           },
     maxRequestBodySize: config.maxRequestBytes,
-    plugins: [useRequestLimits(config), useRefusedStreams()],
+    plugins: [useRequestLimits(config), useRefusalStatus()],
     maskedErrors: {
       maskError(error, message) {
         // An expected failure a resolver threw: the client's to see, with its code.

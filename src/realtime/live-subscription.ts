@@ -37,7 +37,8 @@ const INTERRUPT_MESSAGES: Record<InterruptReason, string> = {
  * the stream stops instead. Resubscribe, then re-query `auditEvents` from your last position.
  */
 export class SubscriptionInterruptedError extends AuditError {
-  readonly retryable = true;
+  /** Resubscribing can succeed, except with a key that was revoked or expired. */
+  readonly retryable: boolean;
   readonly code = 'SUBSCRIPTION_INTERRUPTED' as const;
   constructor(
     readonly reason: InterruptReason,
@@ -45,8 +46,11 @@ export class SubscriptionInterruptedError extends AuditError {
   ) {
     super(
       `subscription ended: ${INTERRUPT_MESSAGES[reason]}${detail ? ` (${detail})` : ''}; ` +
-        'resubscribe, then re-query auditEvents from your last position',
+        (reason === 'UNAUTHENTICATED'
+          ? 'subscribe again with a valid key'
+          : 'resubscribe, then re-query auditEvents from your last position'),
     );
+    this.retryable = reason !== 'UNAUTHENTICATED';
   }
 }
 

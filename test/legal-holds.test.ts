@@ -53,7 +53,7 @@ const HOLD_EVENTS = `query {
     __typename
     ... on AuditEventConnection { edges { node {
       id: eventId eventType category action correlationId
-      actor { type id } resource { type id } data
+      actor { type id: actorId } resource { type id: resourceId } data
     } } }
     
   }

@@ -67,10 +67,10 @@ async function refusal(a: TestApp, k: TestKey, body: unknown) {
   return { status: r.status, error: r.body.errors[0] };
 }
 
-const DEEP = `query { auditEvents(first: 1) { ... on AuditEventConnection { edges { node { actor { id } } } } } }`;
+const DEEP = `query { auditEvents(first: 1) { ... on AuditEventConnection { edges { node { actor { id: actorId } } } } } }`;
 const DEEP_VIA_FRAGMENT = `query { auditEvents(first: 1) { ...C } }
 fragment C on AuditEventConnection { edges { ...E } }
-fragment E on AuditEventEdge { node { actor { id } } }`;
+fragment E on AuditEventEdge { node { actor { id: actorId } } }`;
 
 describe('query depth (MAX_QUERY_DEPTH)', () => {
   it('refuses fields nested deeper than the limit, through fragments too, naming the limit', async () => {

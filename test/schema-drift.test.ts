@@ -148,6 +148,14 @@ describe('schema/schema.graphql', () => {
       expect(Object.keys(fieldsOf(name)), name).not.toContain('id');
       expect(Object.keys(fieldsOf(name)), name).toContain('eventId');
     }
+    // An actor and a resource of the same id would be one record in such a store.
+    expect(Object.keys(fieldsOf('Actor'))).toEqual(expect.arrayContaining(['actorId']));
+    expect(Object.keys(fieldsOf('Resource'))).toEqual(expect.arrayContaining(['resourceId']));
+    const withId = types
+      .filter((t) => kind(t) === 'GraphQLObjectType' && 'id' in (t.getFields?.() ?? {}))
+      .filter((t) => !(t.getInterfaces?.() ?? []).some((i) => i.name === 'Node'))
+      .map((t) => t.name);
+    expect(withId).toEqual([]);
     expect(Object.keys(fieldsOf('AuditEvent'))).toContain('eventId');
   });
 

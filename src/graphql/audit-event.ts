@@ -20,11 +20,14 @@ export const AuditEventOrderEnum = builder.enumType('AuditEventOrder', {
   } as const,
 });
 
+// Actor and Resource name their ids actorId and resourceId (as the filter does), not `id`:
+// client caches such as Relay's key every object by `id` alone, and an actor and a resource
+// with the same id would become one record there.
 const Actor = builder.objectRef<AuditEventRow>('Actor').implement({
   description: 'Who did it.',
   fields: (t) => ({
     type: t.string({ resolve: (e) => e.actorType }),
-    id: t.string({ resolve: (e) => e.actorId }),
+    actorId: t.string({ resolve: (e) => e.actorId }),
     ip: t.string({ nullable: true, resolve: (e) => e.actorIp }),
   }),
 });
@@ -33,7 +36,7 @@ const Resource = builder.objectRef<AuditEventRow>('Resource').implement({
   description: 'What it was done to.',
   fields: (t) => ({
     type: t.string({ resolve: (e) => e.resourceType }),
-    id: t.string({ resolve: (e) => e.resourceId }),
+    resourceId: t.string({ resolve: (e) => e.resourceId }),
     name: t.string({ nullable: true, resolve: (e) => e.resourceName }),
   }),
 });

@@ -84,7 +84,7 @@ mutation Flush {
 
 query Page($after: String) {
   auditEvents(first: 20, after: $after, filter: { correlationId: "run-42" }) {
-    edges { cursor node { id eventId occurredAt eventType outcome actor { id } resource { id } data } }
+    edges { cursor node { id eventId occurredAt eventType outcome actor { actorId } resource { resourceId } data } }
     pageInfo { hasNextPage endCursor }
   }
 }

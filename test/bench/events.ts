@@ -279,7 +279,7 @@ export const STATS_QUERY = `{
 
 /** Every field of an event, for reads that are compared with `select *`. */
 export const EVENT_FIELDS = `id: eventId occurredAt receivedAt eventType category action outcome correlationId
-  actor { type id ip } resource { type id name } parentEventId severity durationMs errorCode
+  actor { type id: actorId ip } resource { type id: resourceId name } parentEventId severity durationMs errorCode
   errorMessage namespace clusterId traceId spanId data batchId`;
 
 export const PAGE_QUERY = `query Page($first: Int, $after: String, $filter: AuditEventFilter) {

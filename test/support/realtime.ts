@@ -29,7 +29,7 @@ export const EVENTS_ADDED = `subscription Tail($filter: AuditEventFilter) {
     __typename
     ... on SubscriptionReady { instanceId }
     ... on AuditEvent {
-      id: eventId occurredAt correlationId outcome eventType batchId data actor { type id ip } resource { id }
+      id: eventId occurredAt correlationId outcome eventType batchId data actor { type id: actorId ip } resource { id: resourceId }
     }
     ... on SubscriptionInterruptedError { reason }
     ... on AuditError { message retryable }

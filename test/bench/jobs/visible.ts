@@ -17,8 +17,8 @@ import { classify } from './ingest.js';
 const READ_QUERY = `query Visible($filter: AuditEventFilter) {
   auditEvents(first: 500, filter: $filter) {
     __typename
-    ... on AuditEventConnection { edges { node { id } } }
-    ... on AuditError { message }
+    ... on AuditEventConnection { edges { node { id: eventId } } }
+    
   }
 }`;
 

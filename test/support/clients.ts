@@ -172,3 +172,52 @@ export function run(
     );
   });
 }
+
+/** The page the Apollo and urql tests walk: what a client's paginated list asks for. */
+export const EVENTS_PAGE = `query Events(
+  $first: Int
+  $after: String
+  $last: Int
+  $before: String
+  $filter: AuditEventFilter
+  $order: AuditEventOrder
+) {
+  auditEvents(first: $first, after: $after, last: $last, before: $before, filter: $filter, order: $order) {
+    edges {
+      cursor
+      node {
+        id
+        eventId
+        occurredAt
+        eventType
+      }
+    }
+    pageInfo {
+      hasNextPage
+      hasPreviousPage
+      startCursor
+      endCursor
+    }
+  }
+}`;
+
+/** One `EVENTS_PAGE` answer (or a client's merged list of them). */
+export interface EventsPage {
+  auditEvents: {
+    edges: {
+      cursor: string;
+      node: { id: string; eventId: string; occurredAt: string; eventType: string };
+    }[];
+    pageInfo: {
+      hasNextPage: boolean;
+      hasPreviousPage: boolean;
+      startCursor: string | null;
+      endCursor: string | null;
+    };
+  };
+}
+
+/** The event ids of a page or merged list, in its order. */
+export function eventIds(page: EventsPage | null | undefined): string[] {
+  return page?.auditEvents.edges.map((e) => e.node.eventId) ?? [];
+}

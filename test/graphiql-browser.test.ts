@@ -109,12 +109,25 @@ describe('GraphiQL in headless Chromium', () => {
   const tenants: string[] = [];
   const foreign: string[] = [];
 
+  /** The page, opened once in a fresh browser profile; the tests take turns on it. */
+  let page: Page;
+  /** What the query editor held when the page opened. */
+  let examples = '';
+  let flushPane = '';
+
   beforeAll(async () => {
     // Buffered events wait a minute for their batch, so a Flush finds them still pending.
     t = await startApp({ GRAPHIQL: 'true', FLUSH_INTERVAL_MS: '60000' });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: ['--headless', '--no-sandbox'],
+    });
+    const context = await browser.newContext({ viewport: { width: 1800, height: 1600 } });
+    page = await context.newPage();
+    const origin = new URL(t.url).origin;
+    page.on('request', (r) => {
+      const url = r.url();
+      if (!url.startsWith(`${origin}/`) && !url.startsWith(`blob:${origin}/`)) foreign.push(url);
     });
   });
   afterAll(async () => {
@@ -123,55 +136,16 @@ describe('GraphiQL in headless Chromium', () => {
     await dropTenants(...tenants);
   });
 
-  /** A fresh browser profile on the page, recording any request that leaves the service. */
-  async function open(): Promise<Page> {
-    const context = await browser.newContext({ viewport: { width: 1800, height: 1600 } });
-    const page = await context.newPage();
-    const origin = new URL(t.url).origin;
-    page.on('request', (r) => {
-      const url = r.url();
-      if (!url.startsWith(`${origin}/`) && !url.startsWith(`blob:${origin}/`)) foreign.push(url);
-    });
-    const response = await page.goto(t.url);
+  it('serves the page bundled, opening with examples that validate against the schema', async () => {
+    const tenant = newTenant('giqlx');
+    tenants.push(tenant);
+    const response = await page.goto(t.url); // a browser's GET, accepting text/html
     expect(response?.status()).toBe(200);
     expect(response?.headers()['content-type']).toContain('text/html');
     await page.locator(QUERY_EDITOR).first().waitFor({ timeout: 20_000 });
-    return page;
-  }
-
-  /** What the query editor held when the page opened (read by the first test). */
-  let examples = '';
-  let flushPane = '';
-
-  it('runs a query typed into the editor and shows its 5 events in the result pane', async () => {
-    const tenant = newTenant('giql');
-    tenants.push(tenant);
-    const written = await writeEvents(t, tenant, 7, 'graphiql');
-    const page = await open();
     const opened = await storedTab(page, (tab) => (tab.query ?? '').includes('mutation Create'));
     examples = opened.query!;
-    await setTenant(page, tenant);
-    await typeInto(page, QUERY_EDITOR, TYPED_QUERY);
-    await storedTab(page, (tab) => tab.query === TYPED_QUERY);
-    const text = await runAndRead(page, null, '"edges"');
-    expect(text).not.toContain('"errors"');
-    // Newest first: the last five of the seven written.
-    const shown = [...text.matchAll(/"eventType": "([^"]+)"/g)].map((m) => m[1]);
-    expect(shown).toEqual(
-      written
-        .map((_, i) => `dashboard.event.${i}`)
-        .reverse()
-        .slice(0, 5),
-    );
-    expect(text.match(/"node":/g)).toHaveLength(5);
-    expect(foreign).toEqual([]);
-    await page.context().close();
-  });
 
-  it('opens with example operations that validate against the service schema', async () => {
-    expect(examples, 'the page was read').toContain('mutation Create');
-    const tenant = newTenant('giqlx');
-    tenants.push(tenant);
     const doc = parse(examples);
     const names = (d: DocumentNode) =>
       d.definitions.flatMap((x) => (x.kind === Kind.OPERATION_DEFINITION ? [x.name?.value] : []));
@@ -189,12 +163,13 @@ describe('GraphiQL in headless Chromium', () => {
     expect(validate(buildASTSchema(withoutAuditEvents), doc).map((e) => e.message)).toContainEqual(
       expect.stringContaining('Cannot query field "auditEvents" on type "Query"'),
     );
+    expect(foreign).toEqual([]);
   });
 
   it('runs "Create" then "Flush" from the examples, as the tenant in the headers', async () => {
+    expect(examples, 'the page opened').toContain('mutation Create');
     const tenant = newTenant('giqlc');
     tenants.push(tenant);
-    const page = await open();
     await setTenant(page, tenant);
     await caretOn(page, 'mutation Create');
     const created = await runAndRead(page, 'Create', '"createAuditEvents"');
@@ -207,13 +182,34 @@ describe('GraphiQL in headless Chromium', () => {
     const stats = await t.gql(tenant, '{ auditStats { ... on AuditStats { accepted stored } } }');
     expect(stats.auditStats).toEqual({ accepted: 1, stored: 1 });
     expect(foreign).toEqual([]);
-    await page.context().close();
   });
 
   it('the "Flush" after "Create" waits for the event "Create" left buffered', () => {
     expect(flushPane, 'Create then Flush ran').toContain('FlushAuditPayload');
     const waitedFor = Number(flushPane.match(/"waitedFor": (\d+)/)?.[1]);
     expect(waitedFor).toBeGreaterThan(0);
+  });
+
+  it('runs a query typed into the editor and shows its 5 events in the result pane', async () => {
+    expect(examples, 'the page opened').toContain('mutation Create');
+    const tenant = newTenant('giql');
+    tenants.push(tenant);
+    const written = await writeEvents(t, tenant, 7, 'graphiql');
+    await setTenant(page, tenant);
+    await typeInto(page, QUERY_EDITOR, TYPED_QUERY);
+    await storedTab(page, (tab) => tab.query === TYPED_QUERY);
+    const text = await runAndRead(page, null, '"edges"');
+    expect(text).not.toContain('"errors"');
+    // Newest first: the last five of the seven written.
+    const shown = [...text.matchAll(/"eventType": "([^"]+)"/g)].map((m) => m[1]);
+    expect(shown).toEqual(
+      written
+        .map((_, i) => `dashboard.event.${i}`)
+        .reverse()
+        .slice(0, 5),
+    );
+    expect(text.match(/"node":/g)).toHaveLength(5);
+    expect(foreign).toEqual([]);
   });
 
   it("the examples' dates follow the clock, and stay valid as time passes", async () => {

@@ -9,8 +9,8 @@ import {
   visit,
 } from 'graphql';
 import { type Browser, chromium, type Page } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { EXAMPLE_OPERATIONS } from '../src/graphql/yoga.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { exampleOperations } from '../src/graphql/yoga.js';
 import { introspect, schemaFileText, writeEvents } from './support/clients.js';
 import { dropTenants, newTenant, startApp, type TestApp } from './support/harness.js';
 
@@ -149,7 +149,7 @@ describe('GraphiQL in headless Chromium', () => {
     const doc = parse(examples);
     const names = (d: DocumentNode) =>
       d.definitions.flatMap((x) => (x.kind === Kind.OPERATION_DEFINITION ? [x.name?.value] : []));
-    expect(names(doc)).toEqual(names(parse(EXAMPLE_OPERATIONS)));
+    expect(names(doc)).toEqual(names(parse(exampleOperations())));
     expect(names(doc)).toEqual(expect.arrayContaining(['Create', 'Flush']));
     const schema = buildClientSchema(await introspect(t, tenant));
     expect(validate(schema, doc).map((e) => e.message)).toEqual([]);
@@ -234,18 +234,9 @@ describe('GraphiQL in headless Chromium', () => {
     const now = dates(examples);
     expect(now.map((d) => d.name)).toContain('occurredAt');
 
-    // The same examples as the service would build them three years from now.
+    // The same examples as the service builds them for a page loaded three years from now.
     const later = new Date(Date.now() + 3 * 365 * 86_400_000);
-    vi.useFakeTimers({ toFake: ['Date'] });
-    vi.setSystemTime(later);
-    let future: { name: string; value: string }[];
-    try {
-      vi.resetModules();
-      const fresh = await import('../src/graphql/yoga.js');
-      future = dates(fresh.EXAMPLE_OPERATIONS);
-    } finally {
-      vi.useRealTimers();
-    }
+    const future = dates(exampleOperations(later));
     expect(future.map((d) => d.name)).toEqual(now.map((d) => d.name));
     const fixed = now.filter((d, i) => d.value === future[i]!.value);
     expect(fixed, 'dates that do not follow the clock').toEqual([]);

@@ -16,7 +16,7 @@ import {
   type Written,
   writeEvents,
 } from './support/clients.js';
-import { dropTenants, newTenant, startApp, type TestApp } from './support/harness.js';
+import { CREATE, dropTenants, newTenant, startApp, type TestApp } from './support/harness.js';
 
 /**
  * Apollo Client 4 pages 1,000 events of one correlation id through its normalised cache with
@@ -170,5 +170,72 @@ describe('Apollo Client 4 with relayStylePagination', () => {
     expect(cached(forward)).toEqual(before);
     expect(forward.query.getCurrentResult().data).toEqual(before);
     forward.client.stop();
+  });
+});
+
+/**
+ * Apollo normalises every object with an `id` by `__typename:id`. An actor and a resource are
+ * not entities of the service: two events by the same actor may carry different ips, and two on
+ * the same resource different names. They name their ids actorId and resourceId, so each event
+ * keeps its own.
+ */
+describe('Apollo Client 4 and the values inside an event', () => {
+  let t: TestApp;
+  const tenant = newTenant('apolloactor');
+  const QUERY_ACTORS = gql(`query Actors($filter: AuditEventFilter) {
+    auditEvents(first: 10, filter: $filter, order: OCCURRED_AT_ASC) {
+      edges { node { id eventId actor { type actorId ip } resource { type resourceId name } } }
+    }
+  }`);
+  const variables = { filter: { correlationId: 'same-actor' } };
+
+  beforeAll(async () => {
+    t = await startApp();
+    const at = Date.now() - 60_000;
+    const events = [0, 1].map((i) => ({
+      occurredAt: new Date(at + i * 1_000).toISOString(),
+      eventType: 'workflow.execution.started',
+      category: 'workflow',
+      action: 'start',
+      outcome: 'SUCCESS',
+      correlationId: 'same-actor',
+      actor: { type: 'user', id: 'alice', ip: `10.0.0.${i}` },
+      resource: { type: 'workflow', id: 'wf-1', name: `name-${i}` },
+    }));
+    const r = await t.gql(tenant, CREATE, { input: { events } });
+    expect(r.createAuditEvents.stored).toBe(2);
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await dropTenants(tenant);
+  });
+
+  type Actors = {
+    auditEvents: { edges: { node: { actor: { ip: string }; resource: { name: string } } }[] };
+  };
+  const seen = (data: Actors | undefined) =>
+    data?.auditEvents.edges.map((e) => `${e.node.actor.ip} ${e.node.resource.name}`);
+
+  async function read(cache: InMemoryCache) {
+    const client = new ApolloClient({
+      link: new HttpLink({ uri: t.url, fetch, headers: { 'x-tenant-id': tenant } }),
+      cache,
+    });
+    const r = await client.query<Actors>({ query: QUERY_ACTORS, variables });
+    client.stop();
+    return seen(r.data);
+  }
+
+  it('keeps each event’s actor ip and resource name apart in the cache', async () => {
+    expect(await read(new InMemoryCache())).toEqual(['10.0.0.0 name-0', '10.0.0.1 name-1']);
+  });
+
+  it('can fail: keyed by their ids, the two actors and resources collapse into one each', async () => {
+    const keyed = new InMemoryCache({
+      typePolicies: { Actor: { keyFields: ['actorId'] }, Resource: { keyFields: ['resourceId'] } },
+    });
+    const collapsed = await read(keyed);
+    expect(collapsed).toHaveLength(2);
+    expect(collapsed![0]).toBe(collapsed![1]);
   });
 });

@@ -15,11 +15,11 @@ export const DashboardEventRowFragment = graphql`
     correlationId
     actor {
       type
-      id
+      actorId
     }
     resource {
       type
-      id
+      resourceId
     }
   }
 `;

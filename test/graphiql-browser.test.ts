@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import {
   buildASTSchema,
   buildClientSchema,
@@ -117,6 +118,12 @@ describe('GraphiQL in headless Chromium', () => {
 
   beforeAll(async () => {
     // Buffered events wait a minute for their batch, so a Flush finds them still pending.
+    if (!existsSync(CHROMIUM)) {
+      throw new Error(
+        `${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; ` +
+          'bash .ci/run does it when it is missing)',
+      );
+    }
     t = await startApp({ GRAPHIQL: 'true', FLUSH_INTERVAL_MS: '60000' });
     browser = await chromium.launch({
       executablePath: CHROMIUM,

@@ -5,7 +5,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuditExporter } from '../src/export/exporter.js';
 import { verifyExport } from '../src/export/verify-export.js';
-import { createExportRoute } from '../src/graphql/export-route.js';
+import { createExportRoute } from '../src/http/export-route.js';
 import { AuditEventReader } from '../src/query/audit-event-reader.js';
 import {
   CREATE,

@@ -128,7 +128,7 @@ export class AuditExporter {
     const maxWindow = this.opts.pageSize ?? EXPORT_PAGE_SIZE;
     let window = Math.min(FIRST_WINDOW, maxWindow);
     // The CSV header goes out with the first chunk, not before it: a caller that waits for the
-    // first chunk before answering (see export-route.ts) then knows the first read succeeded.
+    // first chunk before answering (see http/export-route.ts) then knows the first read succeeded.
     let head = format === 'csv' ? csvHeader() : '';
     let count = 0;
     let firstHash: string | null = null;

@@ -49,7 +49,7 @@ export const builder = new SchemaBuilder<{
   },
   scopeAuth: {
     // A subscription is authorised once, when it is opened (its key is then re-checked while
-    // it stays open, see ws.ts and subscriptions.ts), not again for every message.
+    // it stays open, see http/websocket.ts and subscriptions.ts), not again for every message.
     authorizeOnSubscribe: true,
     authScopes: authScopesOf,
     unauthorizedError: (_parent, ctx, _info, result) => scopeRefusal(ctx, result.failure),

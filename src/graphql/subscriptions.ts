@@ -250,7 +250,7 @@ async function open<A, T>(
         'subscriptions open for this tenant on this instance',
       );
     }
-    // A WebSocket counts once, when it connects (ws.ts); an SSE stream is a connection itself.
+    // A WebSocket counts once, when it connects (http/websocket.ts); an SSE stream is a connection itself.
     if (ctx.transport === 'http') {
       release = connections.acquire(tenant) ?? undefined;
       if (!release) {

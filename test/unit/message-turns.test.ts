@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { MessageTurns } from '../../src/graphql/message-turns.js';
+import { MessageTurns } from '../../src/http/message-turns.js';
 
 const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
 

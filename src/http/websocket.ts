@@ -8,11 +8,11 @@ import { createGraphQLError, type YogaServerInstance } from 'graphql-yoga';
 import { type WebSocket, WebSocketServer } from 'ws';
 import { UnauthenticatedError } from '../domain/errors.js';
 import { tenantIdProblem } from '../domain/tenant.js';
+import { authenticateConnection, recheckCaller } from '../graphql/auth.js';
+import type { Caller, GraphQLContext, Services } from '../graphql/context.js';
+import { type RequestScope, requestScope, type ServerContext } from '../graphql/yoga.js';
 import type { Logger } from '../logger.js';
-import { authenticateConnection, recheckCaller } from './auth.js';
-import type { Caller, GraphQLContext, Services } from './context.js';
 import { MessageTurns } from './message-turns.js';
-import { type RequestScope, requestScope, type ServerContext } from './yoga.js';
 
 /** Close code for a refused connection_init (graphql-ws' own "Forbidden"). */
 const FORBIDDEN = 4403;

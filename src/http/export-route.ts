@@ -12,16 +12,21 @@ import {
 import { type AuditExporter, filterJson } from '../export/exporter.js';
 import { errorLine } from '../export/format.js';
 import { acceptsGzip, MAX_EXPORT_URL_BYTES, parseExportParams } from '../export/params.js';
-import { sendJson as sendJsonResponse } from '../http/json-response.js';
+import { authenticateRequest, fetchHeaders, grantedScopes } from '../graphql/auth.js';
+import {
+  type GraphQLContext,
+  recordRead,
+  requireTenant,
+  type Services,
+} from '../graphql/context.js';
+import { auditErrorOf, extensionsOf } from '../graphql/error-mapping.js';
 import type { Logger } from '../logger.js';
-import { authenticateRequest, fetchHeaders, grantedScopes } from './auth.js';
-import { type GraphQLContext, recordRead, requireTenant, type Services } from './context.js';
-import { auditErrorOf, extensionsOf } from './error-mapping.js';
+import { sendJson as sendJsonResponse } from './json-response.js';
 
 /**
  * `GET /export`: the HTTP side of the export (src/export/ does the reading and formatting). It
- * lives beside auth.ts because it authenticates exactly as the GraphQL endpoint does — the same
- * caller, the same tenant rule (the key's tenant; `x-tenant-id` only in AUTH_MODE=dev), the
+ * authenticates exactly as the GraphQL endpoint does (graphql/auth.ts) — the same caller, the
+ * same tenant rule (the key's tenant; `x-tenant-id` only in AUTH_MODE=dev), the
  * `events:read` scope — and records the read in the tenant's access log like `auditEvents`.
  *
  * Refusals answer before anything is streamed, as JSON: `{ "error": { "type": "ValidationError",

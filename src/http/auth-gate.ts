@@ -1,8 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type ForbiddenError, UnauthenticatedError } from '../domain/errors.js';
-import { authenticateRequest, fetchHeaders } from './auth.js';
-import type { Caller, Services } from './context.js';
-import { answersAs, extensionsOf } from './error-mapping.js';
+import { authenticateRequest, fetchHeaders } from '../graphql/auth.js';
+import type { Caller, Services } from '../graphql/context.js';
+import { answersAs, extensionsOf } from '../graphql/error-mapping.js';
 
 /**
  * Who is calling POST/GET /graphql, decided from the headers alone, before a byte of the body is

@@ -9,7 +9,13 @@ import {
   validate,
   visit,
 } from 'graphql';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import {
+  type Browser,
+  type BrowserContext,
+  chromium,
+  type Page,
+  type Request,
+} from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleOperations } from '../src/graphql/yoga.js';
 import { introspect, schemaFileText, writeEvents } from './support/clients.js';
@@ -20,7 +26,10 @@ import { dropTenants, newTenant, startApp, type TestApp } from './support/harnes
  * (bundled: nothing is loaded from another origin), its headers set to a fresh tenant in the
  * headers editor, a query typed into the query editor and run with Ctrl-Enter, the answer read
  * off the result pane. The examples the page opens with validate against the service's schema
- * and run from the page ("Create", then "Flush"), and their dates follow the clock.
+ * and run from the page ("Create", then "Flush"), and their dates follow the clock. The
+ * subscription example "Settled", run as its comment says in a second window of the same
+ * profile, shows the FlushCompleted of a "Create" and "Flush" run in the first, and switching
+ * that window's tab ends it.
  */
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -89,14 +98,42 @@ async function runAndRead(page: Page, operationName: string | null, shows: strin
   await page.keyboard.press('Control+Enter');
   const response = await answered;
   expect(response.status()).toBe(200);
-  // The rendered lines, one after the other; Monaco renders spaces as no-break spaces.
-  const text = async () =>
-    ((await page.locator('.graphiql-response .view-lines').textContent()) ?? '').replace(
-      /\u00a0/g,
-      ' ',
-    );
-  await expect.poll(text, { timeout: 10_000 }).toContain(shows);
-  return text();
+  await expect.poll(() => paneText(page), { timeout: 10_000 }).toContain(shows);
+  return paneText(page);
+}
+
+/** The result pane's rendered lines, run together; Monaco renders spaces as no-break spaces. */
+async function paneText(page: Page): Promise<string> {
+  const text = await page.locator('.graphiql-response .view-lines').textContent();
+  return (text ?? '').replace(/\u00a0/g, ' ');
+}
+
+/** The text of the visible `editor` (one of the editors above). */
+async function editorText(page: Page, editor: string): Promise<string> {
+  const lines = page.locator(`${editor} .view-lines`).filter({ visible: true }).first();
+  return ((await lines.textContent()) ?? '').replace(/\u00a0/g, ' ');
+}
+
+async function tabTitles(page: Page): Promise<string[]> {
+  return page.locator('.graphiql-tab-button').allTextContents();
+}
+
+async function activeTab(page: Page): Promise<number> {
+  const selected = await page
+    .locator('.graphiql-tab')
+    .evaluateAll((tabs) => tabs.map((tab) => tab.getAttribute('aria-selected')));
+  return selected.indexOf('true');
+}
+
+/**
+ * Switches to tab `index` as a keyboard user does (Tab to it, Enter). A tab can be dragged to
+ * reorder it, and in headless Chromium the first mouse press on a freshly rendered tab ends its
+ * reorder animation without switching to it.
+ */
+async function openTab(page: Page, index: number): Promise<void> {
+  await page.locator('.graphiql-tab-button').nth(index).focus();
+  await page.keyboard.press('Enter');
+  await expect.poll(() => activeTab(page)).toBe(index);
 }
 
 /** Puts the caret on the first line of the query editor that contains `text`. */
@@ -112,9 +149,21 @@ describe('GraphiQL in headless Chromium', () => {
 
   /** The page, opened once in a fresh browser profile; the tests take turns on it. */
   let page: Page;
+  let context: BrowserContext;
+  /** A second window of the same profile, where "Settled" runs, and that subscription's request. */
+  let second: Page;
+  let subscription: Request | undefined;
   /** What the query editor held when the page opened. */
   let examples = '';
   let flushPane = '';
+  /** Records the requests `p` makes to anywhere but the service. */
+  const watchForeign = (p: Page) => {
+    const origin = new URL(t.url).origin;
+    p.on('request', (r) => {
+      const url = r.url();
+      if (!url.startsWith(`${origin}/`) && !url.startsWith(`blob:${origin}/`)) foreign.push(url);
+    });
+  };
 
   beforeAll(async () => {
     // Buffered events wait a minute for their batch, so a Flush finds them still pending.
@@ -129,13 +178,9 @@ describe('GraphiQL in headless Chromium', () => {
       executablePath: CHROMIUM,
       args: ['--headless', '--no-sandbox'],
     });
-    const context = await browser.newContext({ viewport: { width: 1800, height: 1600 } });
+    context = await browser.newContext({ viewport: { width: 1800, height: 1600 } });
     page = await context.newPage();
-    const origin = new URL(t.url).origin;
-    page.on('request', (r) => {
-      const url = r.url();
-      if (!url.startsWith(`${origin}/`) && !url.startsWith(`blob:${origin}/`)) foreign.push(url);
-    });
+    watchForeign(page);
   });
   afterAll(async () => {
     await browser?.close();
@@ -195,6 +240,81 @@ describe('GraphiQL in headless Chromium', () => {
     expect(flushPane, 'Create then Flush ran').toContain('FlushAuditPayload');
     const waitedFor = Number(flushPane.match(/"waitedFor": (\d+)/)?.[1]);
     expect(waitedFor).toBeGreaterThan(0);
+  });
+
+  it('runs "Settled" in a second window, which shows the FlushCompleted of "Create" then "Flush" here', async () => {
+    expect(examples, 'the page opened').toContain('subscription Settled');
+    const tenant = newTenant('giqls');
+    tenants.push(tenant);
+    await setTenant(page, tenant);
+
+    second = await context.newPage();
+    watchForeign(second);
+    await second.goto(t.url);
+    await second.locator(QUERY_EDITOR).first().waitFor({ timeout: 20_000 });
+    // The second window restores the first one's tab (the examples, with the tenant) and opens
+    // a new, empty tab of its own with the persisted headers: the examples are a tab away.
+    await expect.poll(() => tabTitles(second)).toEqual([expect.any(String), '<untitled>']);
+    expect(await activeTab(second)).toBe(1);
+    await second.getByRole('button', { name: 'Headers' }).click();
+    await expect.poll(() => editorText(second, HEADERS_EDITOR)).toContain(tenant);
+    expect(JSON.parse(await editorText(second, HEADERS_EDITOR))).toEqual({ 'x-tenant-id': tenant });
+    await openTab(second, 0);
+    await second.locator(QUERY_EDITOR).first().click();
+    await second.keyboard.press('Control+End'); // "Settled" is last, below the editor's fold
+    await caretOn(second, 'subscription Settled');
+
+    const subscribed = second.waitForRequest((r) => r.url().includes('operationName=Settled'));
+    await second.keyboard.press('Control+Enter');
+    const request = await subscribed;
+    // GraphiQL's subscription transport: a GET with the operation in the query string, asking
+    // for an event stream, with the headers editor's headers.
+    expect(request.method()).toBe('GET');
+    expect(request.headers().accept).toBe('text/event-stream');
+    expect(request.headers()['x-tenant-id']).toBe(tenant);
+    const response = await request.response();
+    expect(response?.status()).toBe(200);
+    expect(response?.headers()['content-type']).toContain('text/event-stream');
+    await expect
+      .poll(() => paneText(second), { timeout: 10_000 })
+      .toContain('"__typename": "SubscriptionReady"');
+    expect(t.app.services.connections.count(tenant)).toBe(1);
+    subscription = request;
+
+    await caretOn(page, 'mutation Create');
+    const created = await runAndRead(page, 'Create', '"createAuditEvents"');
+    expect(created).toContain('"buffered": 1');
+    // Control: the event is buffered, not stored, so nothing has settled yet.
+    const beforeFlush = await paneText(second);
+    expect(beforeFlush).toContain('SubscriptionReady');
+    expect(beforeFlush).not.toContain('FlushCompleted');
+
+    await caretOn(page, 'mutation Flush');
+    await runAndRead(page, 'Flush', '"flushAudit"');
+    await expect
+      .poll(() => paneText(second), { timeout: 10_000 })
+      .toContain('"__typename": "FlushCompleted"');
+    const settled = JSON.parse(await paneText(second)) as {
+      data: { flushCompleted: { correlations: unknown[] } };
+    };
+    expect(settled.data.flushCompleted.correlations).toEqual([
+      { correlationId: 'run-42', stored: 1, duplicates: 0, deadLettered: 0 },
+    ]);
+    expect(foreign).toEqual([]);
+  });
+
+  it('switching the tab in the second window ends its subscription', async () => {
+    expect(subscription, '"Settled" ran in the second window').toBeDefined();
+    const tenant = subscription!.headers()['x-tenant-id']!;
+    expect(t.app.services.connections.count(tenant)).toBe(1);
+    const ended = second.waitForEvent('requestfailed', {
+      predicate: (r) => r === subscription,
+      timeout: 10_000,
+    });
+    await openTab(second, 1);
+    expect((await ended).failure()?.errorText).toBe('net::ERR_ABORTED');
+    await expect.poll(() => t.app.services.connections.count(tenant), { timeout: 10_000 }).toBe(0);
+    await second.close();
   });
 
   it('runs a query typed into the editor and shows its 5 events in the result pane', async () => {

@@ -107,7 +107,8 @@ query Verify {
 }
 
 # Live: open /graphql in a second browser window (GraphiQL ends a tab's subscription when you
-# switch tabs), run this there and wait for SubscriptionReady, then run "Create" and "Flush" here.
+# switch to another tab). It opens on a new empty tab: select the tab with these examples, run
+# this there and wait for SubscriptionReady, then run "Create" and "Flush" here.
 subscription Settled {
   flushCompleted(filter: { correlationId: "run-42" }) {
     __typename

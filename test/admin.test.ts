@@ -20,10 +20,10 @@ import {
 import { createKey, keyClient, startKeysApp, type TestKey } from './support/keys.js';
 
 /**
- * Tenant administration with a platform key (issue 4 "Tenant administration"), the CLI that
+ * Tenant administration with a platform key, the CLI that
  * does the same for operators, and access auditing: key creation and revocation, provisioning,
  * dead-letter replay and discard, and reads are recorded in the affected tenant's own log with
- * the key's label as the actor — accepted and counted like any other event (promise 1).
+ * the key's label as the actor — accepted and counted like any other event, never lost.
  */
 
 let t: TestApp;

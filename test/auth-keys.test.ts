@@ -23,7 +23,7 @@ import {
 } from './support/realtime.js';
 
 /**
- * AUTH_MODE=keys (DESIGN.md promise 4, issue 4 "Authentication"): the tenant of a request is
+ * AUTH_MODE=keys: the tenant of a request is
  * its key's, and only its key's; a key is stored only as a hash; revocation and expiry take
  * effect on the next request and close what the key holds open.
  */

@@ -12,9 +12,9 @@ import {
 import { page } from './support/paging.js';
 
 /**
- * Page cursors are opaque and signed over tenant, order, filter and position (DESIGN.md): an
+ * Page cursors are opaque and signed over tenant, order, filter and position: an
  * altered cursor, one replayed by another tenant, or one used with another filter or order is
- * an InvalidCursorError (retryable: false) that reveals nothing of whoever minted it.
+ * an INVALID_CURSOR error (retryable: false) that reveals nothing of whoever minted it.
  *
  * Cursor layout today: `<epoch ms>.<uuid>.<base64url HMAC>` — the first two parts are called
  * the position part, the last the signature part. Every test also uses the unaltered cursor

@@ -18,7 +18,7 @@ import {
 } from './support/realtime.js';
 
 /**
- * Limits a hostile or careless client cannot get past (issue 4 "Limits"): each configurable,
+ * Limits a hostile or careless client cannot get past: each configurable,
  * each switched off by 0, each refused with an error that names its setting — and a refused
  * request reads and writes nothing.
  */

@@ -14,7 +14,7 @@ import {
 } from './support/harness.js';
 
 /**
- * DESIGN.md promise 4: one tenant can never read or write another's events, even when every
+ * One tenant can never read or write another's events, even when every
  * request shares a small pool. The isolation check below is generic over the reader; it is run
  * against the service and against a deliberately leaking reader (the incident's "SET
  * search_path on a shared pool" fix, built here in the test, never in src/) to show it can fail.

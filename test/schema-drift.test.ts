@@ -7,8 +7,8 @@ import { buildSchema } from '../src/graphql/schema.js';
 import { exampleOperations } from '../src/graphql/yoga.js';
 
 /**
- * DESIGN.md: "The printed SDL is committed at schema/schema.graphql and a test fails when it
- * drifts from the code", and the GraphQL names are the contract.
+ * The printed SDL is committed at schema/schema.graphql and this test fails when it drifts from
+ * the code; the GraphQL names are the contract.
  *
  * Under vitest the code under test and its dependencies load two different copies of `graphql`
  * (vite resolves `graphql` to its ESM build for src/, Node resolves it to the CJS build for
@@ -159,7 +159,7 @@ describe('schema/schema.graphql', () => {
     expect(Object.keys(fieldsOf('AuditEvent'))).toContain('eventId');
   });
 
-  it('has the AuditEventFilter fields DESIGN.md names', () => {
+  it('has the AuditEventFilter fields of the contract', () => {
     expect(kind(typeNamed('AuditEventFilter')!)).toBe('GraphQLInputObjectType');
     expect(Object.keys(fieldsOf('AuditEventFilter')).sort()).toEqual(
       [

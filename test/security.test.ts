@@ -8,7 +8,7 @@ import { bearer, createKey, keyClient, startKeysApp } from './support/keys.js';
 import { sseSubscribe, wsClient, wsSubscribe } from './support/realtime.js';
 
 /**
- * The security suite (issue 4): two tenants A and B, keys with every combination of scopes for
+ * The security suite: two tenants A and B, keys with every combination of scopes for
  * each, a platform key, and callers with no, an unknown, a revoked and an expired key. Every
  * query, mutation and subscription is tried by every caller, on its own tenant and at the other
  * one (naming it with x-tenant-id, or with ids, cursors and dead letters that belong to it).

@@ -17,8 +17,8 @@ import {
 } from './support/harness.js';
 
 /**
- * Input validation (DESIGN.md "Data model" field limits, promise 2 "rejects the whole call",
- * promise 4 "the tenant comes from the request"). Every rejection is checked against the
+ * Input validation: the field limits of an event, a rejection refuses the whole call, and the
+ * tenant comes from the request. Every rejection is checked against the
  * database: the call stored nothing and accepted nothing.
  *
  * Two kinds of rejection exist:
@@ -216,7 +216,7 @@ const TEXT_FIELDS: [string, number, Setter, string][] = [
 ];
 
 describe('field limits of the data model', () => {
-  it('quotes the limits DESIGN.md states', () => {
+  it('quotes the limits the schema documents', () => {
     expect(LIMITS).toMatchObject({
       eventType: 100,
       category: 50,

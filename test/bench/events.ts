@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 
 /**
- * Benchmark events: every DESIGN.md field a real producer fills, with a ~500-byte `data`, about
+ * Benchmark events: every event field a real producer fills, with a ~500-byte `data`, about
  * 900 bytes as GraphQL input JSON and ~700 bytes as a row. The same generator feeds the API, the
  * COPY and INSERT baselines and the read data set, so every side writes the same rows.
  */

@@ -63,7 +63,7 @@ describe('loadConfig', () => {
     expect(problemsOf({ AUTH_MODE: 'none' })).toEqual([expect.stringMatching(/^AUTH_MODE:/)]);
   });
 
-  // DESIGN.md "Modes": with servers the default is key authentication; dev mode (the tenant
+  // With servers the default is key authentication; dev mode (the tenant
   // from a header, nothing authenticated) only when asked for by name.
   it('defaults to AUTH_MODE=keys when DATABASE_URL is set', () => {
     expect(loadConfig({ DATABASE_URL: PG }).authMode).toBe('keys');
@@ -125,7 +125,7 @@ describe('loadConfig', () => {
     expect(c.tenantAutoProvision).toBe(true);
   });
 
-  it('uses the documented defaults for the settings DESIGN.md names', () => {
+  it('uses the defaults the README documents', () => {
     const c = loadConfig({});
     expect(c).toMatchObject({
       port: 4000,

@@ -266,11 +266,6 @@ function createPgliteDatabase(dataDir: string): Database {
   return self;
 }
 
-/** Quotes an identifier for SQL text. Callers pass only names built from validated tenant ids. */
-export function ident(name: string): string {
-  return `"${name.replaceAll('"', '""')}"`;
-}
-
 /** SQLSTATE of a database error, if it has one. */
 export function sqlState(err: unknown): string | undefined {
   const code = (err as { code?: unknown } | null)?.code;

@@ -30,6 +30,28 @@ const EVENTS_ADDED_WITH_LIMIT = `subscription Tail($filter: AuditEventFilter) {
   }
 }`;
 
+/**
+ * The flooding client (support/flood-client.ts), loaded in a process of its own and ready: it
+ * opens its connections and subscriptions on `go`, and answers `report` with its counts. It is
+ * added to `flooders`, which the file's hooks kill.
+ */
+async function startFlooder(
+  flooders: ChildProcess[],
+  url: string,
+  secret: string,
+  connections: number,
+  perConnection: number,
+): Promise<ChildProcess> {
+  const flooder = fork(
+    fileURLToPath(new URL('./support/flood-client.ts', import.meta.url)),
+    [url, secret, String(connections), String(perConnection), EVENTS_ADDED_WITH_LIMIT],
+    { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] },
+  );
+  flooders.push(flooder);
+  await new Promise((resolve) => flooder.once('message', resolve));
+  return flooder;
+}
+
 /** Resident memory of a process, in MB (Linux /proc). */
 function rssMb(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -142,20 +164,13 @@ describe('a read-only key flooding the live tail', () => {
     // Warm the page path before timing it.
     for (let i = 0; i < 5; i++) await calm.gql(PAGE, { first: 50 });
 
-    // The flooding client loads in a process of its own first; it floods on `go`.
-    const flooder = fork(
-      fileURLToPath(new URL('./support/flood-client.ts', import.meta.url)),
-      [
-        inst.url,
-        reader.secret,
-        String(FLOOD_CONNECTIONS),
-        String(SUBSCRIPTIONS_PER_CONNECTION),
-        EVENTS_ADDED_WITH_LIMIT,
-      ],
-      { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] },
+    const flooder = await startFlooder(
+      flooders,
+      inst.url,
+      reader.secret,
+      FLOOD_CONNECTIONS,
+      SUBSCRIPTIONS_PER_CONNECTION,
     );
-    flooders.push(flooder);
-    await new Promise((resolve) => flooder.once('message', resolve));
 
     const pid = inst.child.pid!;
     const rssBefore = rssMb(pid);
@@ -343,19 +358,13 @@ describe('a read-only key flooding the live tail while the tenant writes', () =>
     });
     await watcherReady;
 
-    const flooder = fork(
-      fileURLToPath(new URL('./support/flood-client.ts', import.meta.url)),
-      [
-        inst.url,
-        reader.secret,
-        String(OWN_CONNECTIONS),
-        String(OWN_SUBSCRIPTIONS_PER_CONNECTION),
-        EVENTS_ADDED_WITH_LIMIT,
-      ],
-      { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] },
+    const flooder = await startFlooder(
+      flooders,
+      inst.url,
+      reader.secret,
+      OWN_CONNECTIONS,
+      OWN_SUBSCRIPTIONS_PER_CONNECTION,
     );
-    flooders.push(flooder);
-    await new Promise((resolve) => flooder.once('message', resolve));
     flooder.send('go');
 
     const pid = inst.child.pid!;

@@ -7,6 +7,7 @@ import {
   type NewApiKey,
 } from '../domain/api-key.js';
 import { CONTROL_SCHEMA, type TenantId } from '../domain/tenant.js';
+import { isLowerUuid } from '../domain/uuid.js';
 import type { Logger } from '../logger.js';
 import type { Database } from './client.js';
 
@@ -47,7 +48,6 @@ export interface ApiKeyStoreOptions {
 }
 
 const CACHE_MAX = 10_000;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
  * API keys in the control schema. Look-ups are cached for `cacheMs` so a busy client costs no
@@ -100,7 +100,7 @@ export class ApiKeyStore {
    * key stays revoked: calling again is safe).
    */
   async revoke(id: string): Promise<ApiKeyRecord | null> {
-    if (!UUID.test(id)) return null;
+    if (!isLowerUuid(id)) return null;
     const [row] = await this.db.query<ApiKeyRow>(
       `/* apiKeys.revoke */ update ${CONTROL_SCHEMA}.api_keys
          set revoked_at = coalesce(revoked_at, now()) where id = $1 returning ${COLUMNS}`,
@@ -138,7 +138,7 @@ export class ApiKeyStore {
   }
 
   async get(id: string): Promise<ApiKeyRecord | null> {
-    if (!UUID.test(id)) return null;
+    if (!isLowerUuid(id)) return null;
     const [row] = await this.db.query<ApiKeyRow>(
       `/* apiKeys.get */ select ${COLUMNS} from ${CONTROL_SCHEMA}.api_keys where id = $1`,
       [id],

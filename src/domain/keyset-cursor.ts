@@ -1,6 +1,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { InvalidCursorError } from './errors.js';
 import { type AuditEventFilter, type AuditEventOrder, canonicalFilter } from './filter.js';
+import { isLowerUuid } from './uuid.js';
 
 /** A position in the `(occurredAt, id)` order. */
 export interface KeysetPosition {
@@ -17,7 +18,6 @@ export interface CursorScope {
 
 const MAC_BYTES = 16;
 const MAC_TEXT = /^[A-Za-z0-9_-]{22}$/;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
  * Opaque, signed page cursors. The position travels in the clear (it is the client's own data);
@@ -44,7 +44,7 @@ export class KeysetCursorCodec {
   decode(cursor: string, scope: CursorScope): KeysetPosition {
     if (cursor.length > 128) throw new InvalidCursorError();
     const [ms, id, mac, ...rest] = cursor.split('.');
-    if (!ms || !id || !mac || rest.length > 0 || !/^\d{1,15}$/.test(ms) || !UUID.test(id)) {
+    if (!ms || !id || !mac || rest.length > 0 || !/^\d{1,15}$/.test(ms) || !isLowerUuid(id)) {
       throw new InvalidCursorError();
     }
     // Compare the signature as text: base64 decoding is lenient (it skips junk and ignores the

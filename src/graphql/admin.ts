@@ -7,8 +7,6 @@ import { builder } from './builder.js';
 import { type GraphQLContext, recordAccess } from './context.js';
 import { ownIdOf } from './node-ids.js';
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
 /**
  * Tenant administration (scope `tenants:admin`: a platform key, bound to no tenant). These
  * fields act on the tenant they name; every tenant field of the API acts on the caller's own.
@@ -47,7 +45,7 @@ const ApiKeyRef = builder.node(builder.objectRef<ApiKeyRecord>('ApiKey'), {
   id: { resolve: (k) => k.id },
   loadOne: async (id, ctx) => {
     requireScope(ctx, 'tenantsAdmin');
-    return UUID.test(id) ? ctx.services.apiKeys.get(id) : null;
+    return ctx.services.apiKeys.get(id);
   },
   fields: (t) => ({
     keyId: t.exposeString('id', { description: 'The key’s own id (a UUID), as the CLI shows it.' }),
@@ -317,7 +315,7 @@ builder.mutationField('revokeApiKey', (t) =>
     args: { input: t.arg({ type: RevokeApiKeyInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const id = ownIdOf(String(input.id), 'ApiKey', 'input.id');
-      const key = UUID.test(id) ? await ctx.services.apiKeys.revoke(id) : null;
+      const key = await ctx.services.apiKeys.revoke(id);
       if (!key) throw ValidationError.single('input.id', 'no API key with this id');
       if (key.tenantId !== null) {
         await recordAccess(ctx, {

@@ -1,4 +1,5 @@
 import { ValidationError } from '../domain/errors.js';
+import { isLowerUuid } from '../domain/uuid.js';
 import type { DeadLetter } from '../ingest/dead-letter-queue.js';
 import { requireScope } from './auth.js';
 import { builder } from './builder.js';
@@ -29,7 +30,7 @@ const DeadLetterRef = builder.node(builder.objectRef<DeadLetter>('DeadLetter'), 
   id: { resolve: (d) => d.id },
   loadOne: async (id, ctx) => {
     requireScope(ctx, 'deadlettersAdmin');
-    return UUID.test(id) ? ctx.services.deadLetters.get(requireTenant(ctx), id) : null;
+    return isLowerUuid(id) ? ctx.services.deadLetters.get(requireTenant(ctx), id) : null;
   },
   fields: (t) => ({
     deadLetterId: t.exposeString('id', { description: 'The dead letter’s own id (a UUID).' }),
@@ -55,8 +56,6 @@ const DeadLetterFilter = builder.inputType('DeadLetterFilter', {
     errorCode: t.string({ description: 'SQLSTATE, e.g. 22P02.' }),
   }),
 });
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 builder.queryField('deadLetters', (t) =>
   t.connection(
@@ -158,7 +157,7 @@ builder.mutationField('replayDeadLetters', (t) =>
       const replayed: DeadLetter[] = [];
       const notFound: string[] = [];
       for (const id of ids) {
-        const dl = UUID.test(id) ? await deadLetters.replay(tenant, id) : null;
+        const dl = isLowerUuid(id) ? await deadLetters.replay(tenant, id) : null;
         if (!dl) notFound.push(id);
         else {
           replayed.push(dl);
@@ -218,7 +217,7 @@ builder.mutationField('discardDeadLetter', (t) =>
         throw ValidationError.single('input.reason', 'must be 1 to 1000 characters');
       }
       const id = ownIdOf(String(input.id), 'DeadLetter', 'input.id');
-      const dl = UUID.test(id) ? await ctx.services.deadLetters.discard(tenant, id) : null;
+      const dl = isLowerUuid(id) ? await ctx.services.deadLetters.discard(tenant, id) : null;
       if (!dl) throw ValidationError.single('input.id', 'no parked dead letter with this id');
       ctx.services.ingest.recordDiscarded(tenant, dl.records.length);
       ctx.log.warn(

@@ -89,20 +89,19 @@ export function refusalAsGraphQLError(error: unknown, authMode: 'dev' | 'keys'):
 export function useRefusalStatus(): Plugin {
   return {
     onResultProcess({ request, result, setResult, setResultProcessor }) {
+      // Most answers have no errors: nothing to decide, not even the media type.
       if (isAsyncIterable(result) || Array.isArray(result)) return;
-      const answered = (result as ExecutionResult).data;
-      if (answered && (result as ExecutionResult).errors?.length) {
+      const errors = (result as ExecutionResult).errors;
+      if (!errors?.length) return;
+      if ((result as ExecutionResult).data) {
         // Some fields were answered: the request as a whole was not refused, so it is a 200
         // whatever the media type (the spec asks for 2xx whenever `data` is not null).
-        const errors = (result as ExecutionResult).errors!;
         if (errors.some((e) => e.extensions?.http)) {
           setResult({ ...(result as ExecutionResult), errors: errors.map(withoutHttpStatus) });
         }
         return;
       }
       if (answersAs(request.headers.get('accept') ?? undefined) !== 'other') return;
-      const errors = (result as ExecutionResult).errors ?? [];
-      if (errors.length === 0 || (result as ExecutionResult).data) return;
       let status = 0;
       for (const error of errors) {
         const code = error.extensions?.code;
@@ -117,7 +116,12 @@ export function useRefusalStatus(): Plugin {
       setResultProcessor(
         (r, fetchAPI) =>
           new fetchAPI.Response(
-            JSON.stringify({ errors: (r as ExecutionResult).errors?.map(withoutHttp) }),
+            JSON.stringify({
+              errors: (r as ExecutionResult).errors?.map((e) => ({
+                ...e.toJSON(),
+                extensions: withoutHttp(e.extensions),
+              })),
+            }),
             { status, headers },
           ),
         'application/json',
@@ -126,21 +130,30 @@ export function useRefusalStatus(): Plugin {
   };
 }
 
+/**
+ * Extensions as a client sees them: `http` only tells yoga a status and headers (yoga drops it
+ * from the responses it writes; the doors that write their own — SSE refusals, the auth gate,
+ * /export, WebSocket messages — drop it here).
+ */
+export function withoutHttp<T extends Record<string, unknown>>(extensions: T): Omit<T, 'http'>;
+export function withoutHttp<T extends Record<string, unknown>>(
+  extensions: T | undefined,
+): Omit<T, 'http'> | undefined;
+export function withoutHttp<T extends Record<string, unknown>>(extensions: T | undefined) {
+  if (!extensions || !('http' in extensions)) return extensions;
+  const { http: _http, ...rest } = extensions;
+  return rest;
+}
+
 function withoutHttpStatus(error: GraphQLError): GraphQLError {
   if (!error.extensions?.http) return error;
-  const { http: _http, ...extensions } = error.extensions;
   return createGraphQLError(error.message, {
     nodes: error.nodes,
     source: error.source,
     positions: error.positions,
     path: error.path,
-    extensions,
+    extensions: withoutHttp(error.extensions),
   });
-}
-
-function withoutHttp(error: GraphQLError) {
-  const { http: _http, ...extensions } = error.extensions ?? {};
-  return { ...error.toJSON(), extensions };
 }
 
 /**

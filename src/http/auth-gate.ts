@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type ForbiddenError, UnauthenticatedError } from '../domain/errors.js';
 import { authenticateRequest, fetchHeaders } from '../graphql/auth.js';
 import type { Caller, Services } from '../graphql/context.js';
-import { answersAs, extensionsOf } from '../graphql/error-mapping.js';
+import { answersAs, extensionsOf, withoutHttp } from '../graphql/error-mapping.js';
 
 /**
  * Who is calling POST/GET /graphql, decided from the headers alone, before a byte of the body is
@@ -54,7 +54,7 @@ export function refuse(
   error: UnauthenticatedError | ForbiddenError,
 ): void {
   const unauthenticated = error instanceof UnauthenticatedError;
-  const { http: _http, ...extensions } = extensionsOf(error, 'keys');
+  const extensions = withoutHttp(extensionsOf(error, 'keys'));
   const text = JSON.stringify({ errors: [{ message: error.message, extensions }] });
   const as = answersAs(req.headers.accept);
   const status = as === 'json' ? 200 : unauthenticated ? 401 : 403;

@@ -19,7 +19,7 @@ import {
   requireTenant,
   type Services,
 } from '../graphql/context.js';
-import { auditErrorOf, extensionsOf } from '../graphql/error-mapping.js';
+import { auditErrorOf, extensionsOf, withoutHttp } from '../graphql/error-mapping.js';
 import type { Logger } from '../logger.js';
 import { sendJson as sendJsonResponse } from './json-response.js';
 
@@ -197,7 +197,7 @@ export function createExportRoute(
       if (refusal) {
         const status = ERROR_STATUS[refusal.code];
         if (status < 500 || refusal instanceof ShuttingDownError) {
-          const { http: _http, ...extensions } = extensionsOf(refusal, config.authMode);
+          const extensions = withoutHttp(extensionsOf(refusal, config.authMode));
           sendJson(
             res,
             status,

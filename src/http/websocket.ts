@@ -10,6 +10,7 @@ import { UnauthenticatedError } from '../domain/errors.js';
 import { tenantIdProblem } from '../domain/tenant.js';
 import { authenticateConnection, recheckCaller } from '../graphql/auth.js';
 import type { Caller, GraphQLContext, Services } from '../graphql/context.js';
+import { withoutHttp } from '../graphql/error-mapping.js';
 import { type RequestScope, requestScope, type ServerContext } from '../graphql/yoga.js';
 import type { Logger } from '../logger.js';
 import { MessageTurns } from './message-turns.js';
@@ -509,13 +510,6 @@ function refusedAtTheDoor(result: ExecutionResult): AsyncIterableIterator<never>
       return this;
     },
   };
-}
-
-/** `extensions.http` tells yoga an HTTP status; over a WebSocket it means nothing. */
-function withoutHttp(extensions: GraphQLError['extensions'] | undefined) {
-  if (!extensions || !('http' in extensions)) return extensions;
-  const { http: _http, ...rest } = extensions;
-  return rest;
 }
 
 function isAsyncIterable(v: unknown): v is AsyncIterable<unknown> {

@@ -3,6 +3,13 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { KeyWatcher } from './auth/key-watcher.js';
+import { type Cluster, LocalCluster, RedisCluster } from './cluster/cluster.js';
+import {
+  type KeyRevocations,
+  LocalKeyRevocations,
+  RedisKeyRevocations,
+} from './cluster/key-revocations.js';
 import type { Config } from './config.js';
 import { ApiKeyStore } from './db/api-key-store.js';
 import { createDatabase, type Database } from './db/client.js';
@@ -10,17 +17,16 @@ import { Migrator } from './db/migrations.js';
 import { PartitionManager } from './db/partitions.js';
 import { ServiceSecretStore } from './db/service-secret-store.js';
 import { TenantDirectory } from './db/tenant-directory.js';
-import { TenantRegistry } from './db/tenant-registry.js';
+import { TenantProvisioner } from './db/tenant-provisioner.js';
 import { ChainHasher } from './domain/chain.js';
 import { KeysetCursorCodec } from './domain/keyset-cursor.js';
 import { AuditExporter } from './export/exporter.js';
-import { TenantConnectionLimiter } from './graphql/connection-limiter.js';
 import type { Services } from './graphql/context.js';
-import { KeyWatcher } from './graphql/key-watcher.js';
 import { createGraphQLServer, requestScope } from './graphql/yoga.js';
 import { type Gate, gateBeforeBody, refuse } from './http/auth-gate.js';
 import { createExportRoute } from './http/export-route.js';
 import { sendJson } from './http/json-response.js';
+import { createMetricsRoute } from './http/metrics-route.js';
 import { attachWebSocket, type WebSocketTransport } from './http/websocket.js';
 import { AccessLog } from './ingest/access-log.js';
 import { BatchWriter } from './ingest/batch-writer.js';
@@ -36,26 +42,20 @@ import { CheckpointService } from './integrity/checkpoints.js';
 import { loadSigningKey } from './integrity/signing-key.js';
 import { LegalHoldStore } from './lifecycle/legal-holds.js';
 import { LifecycleLog } from './lifecycle/lifecycle-events.js';
-import { MaintenanceJob } from './lifecycle/retention.js';
+import { MaintenanceJob } from './lifecycle/maintenance.js';
 import { TenantRetention } from './lifecycle/tenant-retention.js';
 import { createLogger, type Logger } from './logger.js';
 import { createMetrics, type Metrics } from './metrics.js';
-import { createMetricsRoute } from './metrics-http.js';
 import { AuditEventQueries } from './query/audit-event-queries.js';
 import { AuditEventReader } from './query/audit-event-reader.js';
-import { type Cluster, LocalCluster, RedisCluster } from './realtime/cluster.js';
-import {
-  type KeyRevocations,
-  LocalKeyRevocations,
-  RedisKeyRevocations,
-} from './realtime/key-revocations.js';
+import { TenantConnectionLimiter } from './realtime/connection-limiter.js';
 import { createRealtimeBus } from './realtime/pubsub.js';
-import { createRedis, RedisKeys } from './realtime/redis.js';
 import {
   auditEventsAddedMessage,
   deadLetterMessage,
   flushCompletedMessage,
 } from './realtime/topics.js';
+import { createRedis, RedisKeys } from './redis/client.js';
 
 export interface App {
   /** Migrates, then listens. Resolves with the bound port. */
@@ -87,7 +87,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
       maxNewPerCall: config.maxNewPartitionsPerCall,
     },
   });
-  const tenants = new TenantRegistry(
+  const tenants = new TenantProvisioner(
     db,
     migrator,
     partitions,

@@ -4,7 +4,7 @@ import type { DeadLetterEventKind, IngestEvents } from './ingest/events.js';
 import type { IngestService } from './ingest/ingest-service.js';
 import type { RetryWorker } from './ingest/retry-worker.js';
 import { identityHolds, type TenantStats } from './ingest/stats.js';
-import type { MaintenanceReport } from './lifecycle/retention.js';
+import type { MaintenanceReport } from './lifecycle/maintenance.js';
 
 /** What the metrics read; the real IngestService and RetryWorker satisfy it. */
 export interface MetricsSources {

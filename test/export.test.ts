@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createDatabase, type Database } from '../src/db/client.js';
 import { Migrator } from '../src/db/migrations.js';
 import { PartitionManager } from '../src/db/partitions.js';
-import { TenantRegistry } from '../src/db/tenant-registry.js';
+import { TenantProvisioner } from '../src/db/tenant-provisioner.js';
 import { ChainHasher, canonicalEvent } from '../src/domain/chain.js';
 import type { AuditEventRecord } from '../src/domain/event.js';
 import { parseTenantId, tenantSchema } from '../src/domain/tenant.js';
@@ -836,7 +836,7 @@ describe('export of 1,000,000 events from the service as its own process', () =>
         log,
       );
       const partitions = new PartitionManager(db, log);
-      await new TenantRegistry(db, new Migrator(db), partitions, log, {
+      await new TenantProvisioner(db, new Migrator(db), partitions, log, {
         partitionsAhead: 0,
       }).provision(parseTenantId(tenant));
       const writer = new BatchWriter(db, partitions, log, 'export-test-loader');

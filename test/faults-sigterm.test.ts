@@ -6,7 +6,7 @@ import { Redis } from 'ioredis';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { TenantId } from '../src/domain/tenant.js';
-import { RedisKeys } from '../src/realtime/redis.js';
+import { RedisKeys } from '../src/redis/client.js';
 import { countEvents, lockEvents, type TableLock } from './support/db.js';
 import { deleteRedisKeys, type ServiceProcess, spawnService, within } from './support/faults.js';
 import {

@@ -11,7 +11,7 @@ import {
 } from '../src/ingest/redis-dead-letter-layout.js';
 import { RedisDeadLetterStore } from '../src/ingest/redis-dead-letter-store.js';
 import { createLogger } from '../src/logger.js';
-import { RedisKeys } from '../src/realtime/redis.js';
+import { RedisKeys } from '../src/redis/client.js';
 import { countEventsNow } from './support/db.js';
 import {
   CREATE,

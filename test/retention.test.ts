@@ -7,7 +7,7 @@ import { type AuditEventRecord, validateEvents } from '../src/domain/event.js';
 import { type TenantId, tenantSchema } from '../src/domain/tenant.js';
 import { BatchWriter } from '../src/ingest/batch-writer.js';
 import type { LegalHold } from '../src/lifecycle/legal-holds.js';
-import { MAINTENANCE_LOCK, MaintenanceJob } from '../src/lifecycle/retention.js';
+import { MAINTENANCE_LOCK, MaintenanceJob } from '../src/lifecycle/maintenance.js';
 import { create, listPartitions, partitionNameFor, utcMonth } from './support/db.js';
 import {
   dropTenants,

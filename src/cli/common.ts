@@ -1,18 +1,18 @@
 import { randomUUID } from 'node:crypto';
 import { hostname, userInfo } from 'node:os';
+import { RedisKeyRevocations } from '../cluster/key-revocations.js';
 import { type Config, ConfigError, loadConfig } from '../config.js';
 import { ApiKeyStore } from '../db/api-key-store.js';
 import { createDatabase, type Database } from '../db/client.js';
 import { Migrator } from '../db/migrations.js';
 import { PartitionManager } from '../db/partitions.js';
 import { TenantDirectory } from '../db/tenant-directory.js';
-import { TenantRegistry } from '../db/tenant-registry.js';
+import { TenantProvisioner } from '../db/tenant-provisioner.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import { type AccessRecord, accessEventRecord } from '../ingest/access-log.js';
 import { BatchWriter } from '../ingest/batch-writer.js';
 import { createLogger, type Logger } from '../logger.js';
-import { RedisKeyRevocations } from '../realtime/key-revocations.js';
-import { RedisKeys } from '../realtime/redis.js';
+import { RedisKeys } from '../redis/client.js';
 
 /** A command-line failure: its message is printed as is, and the process exits with `code`. */
 export class CliError extends Error {
@@ -28,7 +28,7 @@ export interface Cli {
   config: Config;
   log: Logger;
   db: Database;
-  tenants: TenantRegistry;
+  tenants: TenantProvisioner;
   directory: TenantDirectory;
   apiKeys: ApiKeyStore;
   /** Writes an access record into the tenant's log at once (the CLI has no buffers to wait on). */
@@ -73,7 +73,7 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
     const partitions = new PartitionManager(db, log, {
       limits: { maxPerTenant: config.maxPartitionsPerTenant },
     });
-    const tenants = new TenantRegistry(db, migrator, partitions, log, {
+    const tenants = new TenantProvisioner(db, migrator, partitions, log, {
       partitionsAhead: config.partitionsAhead,
     });
     const writer = new BatchWriter(db, partitions, log, `cli-${process.pid}`, {

@@ -3,7 +3,7 @@ import { createLogger } from '../logger.js';
 import { createDatabase } from './client.js';
 import { Migrator } from './migrations.js';
 import { PartitionManager } from './partitions.js';
-import { TenantRegistry } from './tenant-registry.js';
+import { TenantProvisioner } from './tenant-provisioner.js';
 
 /** `npm run db:migrate`: migrates the control schema and every known tenant, then exits. */
 const config = loadConfig();
@@ -12,7 +12,7 @@ const db = createDatabase(config.database, log);
 try {
   const migrator = new Migrator(db);
   const control = await migrator.migrateControl();
-  const registry = new TenantRegistry(db, migrator, new PartitionManager(db, log), log, {
+  const registry = new TenantProvisioner(db, migrator, new PartitionManager(db, log), log, {
     partitionsAhead: config.partitionsAhead,
   });
   const tenants = await registry.migrateAll();

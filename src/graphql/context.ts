@@ -1,7 +1,9 @@
+import type { KeyWatcher } from '../auth/key-watcher.js';
+import type { Cluster } from '../cluster/cluster.js';
 import type { Config } from '../config.js';
 import type { ApiKeyStore } from '../db/api-key-store.js';
 import type { TenantDirectory } from '../db/tenant-directory.js';
-import type { TenantRegistry } from '../db/tenant-registry.js';
+import type { TenantProvisioner } from '../db/tenant-provisioner.js';
 import type { ApiKeyRecord } from '../domain/api-key.js';
 import { ForbiddenError, UnauthenticatedError, ValidationError } from '../domain/errors.js';
 import { type TenantId, tenantIdProblem } from '../domain/tenant.js';
@@ -15,15 +17,13 @@ import type { ChainAuditor } from '../integrity/chain-auditor.js';
 import type { CheckpointService } from '../integrity/checkpoints.js';
 import type { LegalHoldStore } from '../lifecycle/legal-holds.js';
 import type { LifecycleLog } from '../lifecycle/lifecycle-events.js';
-import type { MaintenanceJob } from '../lifecycle/retention.js';
+import type { MaintenanceJob } from '../lifecycle/maintenance.js';
 import type { TenantRetention } from '../lifecycle/tenant-retention.js';
 import type { Logger } from '../logger.js';
 import type { AuditEventQueries } from '../query/audit-event-queries.js';
-import type { Cluster } from '../realtime/cluster.js';
+import type { TenantConnectionLimiter } from '../realtime/connection-limiter.js';
 import type { RealtimeBus } from '../realtime/pubsub.js';
-import type { TenantConnectionLimiter } from './connection-limiter.js';
 import { requestRefusal } from './error-mapping.js';
-import type { KeyWatcher } from './key-watcher.js';
 
 /** What resolvers may use; built once by app.ts. */
 export interface Services {
@@ -32,7 +32,7 @@ export interface Services {
   /** What the write path reports: settled batches, dead-letter steps. */
   events: IngestEvents;
   queries: AuditEventQueries;
-  tenants: TenantRegistry;
+  tenants: TenantProvisioner;
   deadLetters: DeadLetterStore;
   /** Every live instance: flushAudit and auditStats span them all. */
   cluster: Cluster;

@@ -8,7 +8,7 @@ import type {
   MaintenanceProblem,
   MaintenanceReport,
   TenantMaintenanceReport,
-} from '../lifecycle/retention.js';
+} from '../lifecycle/maintenance.js';
 import type { RetentionDrop, RetentionSetting } from '../lifecycle/tenant-retention.js';
 import { requireScope } from './auth.js';
 import { builder } from './builder.js';

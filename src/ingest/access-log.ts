@@ -1,5 +1,5 @@
 import type { Config } from '../config.js';
-import type { TenantRegistry } from '../db/tenant-registry.js';
+import type { TenantProvisioner } from '../db/tenant-provisioner.js';
 import { BackpressureError, LimitExceededError } from '../domain/errors.js';
 import type { AuditEventRecord } from '../domain/event.js';
 import { serviceEventRecord } from '../domain/service-event.js';
@@ -51,7 +51,7 @@ export class AccessLog {
 
   constructor(
     private readonly ingest: IngestService,
-    private readonly tenants: TenantRegistry,
+    private readonly tenants: TenantProvisioner,
     private readonly log: Logger,
     private readonly opts: Pick<Config, 'auditReads' | 'bufferMaxBytes' | 'dlqMaxEvents'>,
   ) {}

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { type TenantId, tenantIdProblem } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
-import type { RedisKeys } from '../realtime/redis.js';
+import type { RedisKeys } from '../redis/client.js';
 
 /**
  * The dead-letter layout of earlier releases: `<prefix>dlq:<tenant>` (stream),

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { TenantId } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
-import { execChecked, type RedisKeys } from '../realtime/redis.js';
+import { execChecked, type RedisKeys } from '../redis/client.js';
 import {
   type DeadLetter,
   type DeadLetterDepth,

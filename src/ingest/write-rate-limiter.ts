@@ -8,7 +8,7 @@ import {
 import { RateLimitedError } from '../domain/errors.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
-import type { RedisKeys } from '../realtime/redis.js';
+import type { RedisKeys } from '../redis/client.js';
 
 export interface WriteRateOptions {
   /** Events per second per tenant; 0 switches the limit off. */

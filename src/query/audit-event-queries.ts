@@ -16,7 +16,7 @@ export interface PageArgs {
   order?: AuditEventOrder | null;
 }
 
-export interface Connection {
+export interface EventPage {
   edges: { cursor: string; node: AuditEventRow }[];
   pageInfo: {
     hasNextPage: boolean;
@@ -33,7 +33,7 @@ export class AuditEventQueries {
     private readonly cursors: KeysetCursorCodec,
   ) {}
 
-  async list(tenant: TenantId, args: PageArgs): Promise<Connection> {
+  async list(tenant: TenantId, args: PageArgs): Promise<EventPage> {
     if (args.first != null && args.last != null) {
       throw ValidationError.single('last', 'give either first or last, not both');
     }

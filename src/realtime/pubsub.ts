@@ -2,13 +2,13 @@ import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
+import { createRedis, RedisKeys } from '../redis/client.js';
 import {
   LiveSubscription,
   QueueBudget,
   SubscriptionInterruptedError,
   SubscriptionReady,
 } from './live-subscription.js';
-import { createRedis, RedisKeys } from './redis.js';
 import type { Topic, TopicMessages } from './topics.js';
 
 /** Undelivered messages one subscriber may have queued before it is interrupted (SLOW_CONSUMER). */

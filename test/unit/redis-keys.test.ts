@@ -1,8 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { TenantId } from '../../src/domain/tenant.js';
-import { RedisKeys } from '../../src/realtime/redis.js';
 import { TOPICS } from '../../src/realtime/topics.js';
+import { RedisKeys } from '../../src/redis/client.js';
 
 const keys = new RedisKeys('ag:');
 const tenantId = fc.stringMatching(/^[a-z][a-z0-9_]{0,39}$/).map((t) => t as TenantId);

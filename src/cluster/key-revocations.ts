@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../logger.js';
-import { createRedis, type RedisKeys } from './redis.js';
+import { createRedis, type RedisKeys } from '../redis/client.js';
 
 /** Longest a revocation waits for every instance to confirm it dropped the key. */
 export const REVOCATION_CONFIRM_MS = 3_000;

@@ -10,7 +10,7 @@ import type { PartitionManager } from './partitions.js';
  * is migrated; this process caches the tenants it has seen ready, so the hot path does not ask
  * the database each time.
  */
-export class TenantRegistry {
+export class TenantProvisioner {
   private readonly ready = new Set<string>();
   private readonly provisioning = new Map<string, Promise<void>>();
 

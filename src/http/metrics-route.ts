@@ -1,9 +1,9 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Config } from './config.js';
-import { sendJson } from './http/json-response.js';
-import type { Logger } from './logger.js';
-import type { Metrics } from './metrics.js';
+import type { Config } from '../config.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+import { sendJson } from './json-response.js';
 
 /** Which listener a request came in on: the service's own port, or METRICS_PORT. */
 export type Listener = 'main' | 'metrics';

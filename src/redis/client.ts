@@ -1,7 +1,6 @@
 import { Redis } from 'ioredis';
 import type { TenantId } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
-import type { Topic } from './topics.js';
 
 /**
  * A Redis connection. Every command is bounded (`commandTimeout`). With `failFast`, a command
@@ -86,7 +85,7 @@ export class RedisKeys {
   }
 
   /** The pub/sub channel of one tenant's topic: `<prefix>realtime:<tenant>:<topic>`. */
-  realtimeChannel(tenant: TenantId, topic: Topic): string {
+  realtimeChannel(tenant: TenantId, topic: string): string {
     return `${this.prefix}realtime:${checkedTenant(tenant)}:${topic}`;
   }
 

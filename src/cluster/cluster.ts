@@ -5,7 +5,7 @@ import type { TenantId } from '../domain/tenant.js';
 import type { FlushResult, IngestService } from '../ingest/ingest-service.js';
 import type { TenantStats } from '../ingest/stats.js';
 import type { Logger } from '../logger.js';
-import { createRedis, execChecked, type RedisKeys } from './redis.js';
+import { createRedis, execChecked, type RedisKeys } from '../redis/client.js';
 
 /** Stats of a tenant summed over the live instances, with who contributed. */
 export type ClusterStats = TenantStats & { instances: string[] };

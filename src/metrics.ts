@@ -26,8 +26,6 @@ export interface Metrics {
   readonly contentType: string;
   /** The exposition text, computed now. */
   render(): Promise<string>;
-  /** A COMMITTED createAuditEvents call answered after `ms` (settled, or CommitTimeoutError). */
-  observeCommit(ms: number, outcome?: CommitOutcome): void;
   /** Chain checkpoints signed for a tenant. */
   observeCheckpoints(tenant: string, count: number): void;
   /** A chain verification finished. */
@@ -37,8 +35,6 @@ export interface Metrics {
   /** Stops listening to the write path's events. */
   close(): void;
 }
-
-export type CommitOutcome = 'settled' | 'timeout';
 
 const PREFIX = 'auditgraph_';
 const DEAD_LETTER_KINDS: readonly DeadLetterEventKind[] = [
@@ -280,15 +276,13 @@ export function createMetrics(sources: MetricsSources): Metrics {
       if (b.durationMs > 0) batchWrite.observe({ trigger: b.trigger }, b.durationMs / 1000);
     }),
     events.onDeadLetter((e) => steps.inc({ kind: e.kind })),
+    events.onCommitWaited((e) => commitWait.observe({ outcome: e.outcome }, e.ms / 1000)),
   ];
 
   return {
     registry,
     contentType: registry.contentType,
     render: () => registry.metrics(),
-    observeCommit(ms, outcome = 'settled') {
-      commitWait.observe({ outcome }, ms / 1000);
-    },
     observeCheckpoints(tenant, count) {
       checkpointsSigned.inc({ tenant }, count);
     },

@@ -48,17 +48,18 @@ const aliased = (n: number) =>
     }`,
   ).join('\n')} }`;
 
-/** Completed verifications of a tenant on the app (the auditor's own hook). */
-const completed = new Map<string, number>();
+/** Completed verifications of a tenant on the app: its chain_verifications_total, every result. */
+const completed = {
+  async get(tenant: string): Promise<number> {
+    const metric = t.app.metrics.registry.getSingleMetric('auditgraph_chain_verifications_total');
+    const values = (await metric!.get()).values;
+    return values.filter((v) => v.labels.tenant === tenant).reduce((n, v) => n + v.value, 0);
+  },
+};
 
 beforeAll(async () => {
   t = await startKeysApp({ AUDIT_READS: 'true', CHECKPOINT_INTERVAL_MS: '0' });
   sql = await sqlClient();
-  const previous = t.app.services.chainAuditor.onVerified;
-  t.app.services.chainAuditor.onVerified = (tenant, r) => {
-    completed.set(tenant, (completed.get(tenant) ?? 0) + 1);
-    previous?.(tenant, r);
-  };
   const writer = await createKey(t, V, ['events:write'], { label: 'writer' });
   reader = await createKey(t, V, ['events:read'], { label: 'reader' });
   otherReader = await createKey(t, OTHER, ['events:read'], { label: 'other' });
@@ -87,7 +88,7 @@ afterAll(async () => {
 
 describe('verifyAuditChain', () => {
   it(`runs one of ${ALIASES} aliased verifications and refuses the rest with LIMIT_EXCEEDED`, async () => {
-    const before = completed.get(V) ?? 0;
+    const before = await completed.get(V);
     const { body } = await keyClient(t, reader.secret).raw({
       query: aliased(ALIASES),
       variables: { from: FROM, to: TO },
@@ -101,12 +102,12 @@ describe('verifyAuditChain', () => {
       message: expect.stringContaining('at most 1 (MAX_VERIFICATIONS_PER_TENANT)'),
       extensions: { code: 'LIMIT_EXCEEDED', limit: 'MAX_VERIFICATIONS_PER_TENANT', max: 1 },
     });
-    expect((completed.get(V) ?? 0) - before).toBe(1);
+    expect((await completed.get(V)) - before).toBe(1);
     expect(t.app.services.chainAuditor.running(V as TenantId)).toBe(0);
   });
 
   it(`stops verifying when 3 requests of ${ALIASES} aliases are abandoned after 0.5 s, and serves others`, async () => {
-    const before = completed.get(V) ?? 0;
+    const before = await completed.get(V);
     const auditor = t.app.services.chainAuditor;
     const aborts = Array.from({ length: 3 }, () => new AbortController());
     const sent = aborts.map((a) =>
@@ -147,7 +148,7 @@ describe('verifyAuditChain', () => {
     const stoppedMs = Date.now() - abandonedAt;
     console.info(`abandoned verifications stopped ${stoppedMs} ms after the callers left`);
     // None of them ran to the end, and nothing was left queued to run later.
-    expect((completed.get(V) ?? 0) - before).toBe(0);
+    expect((await completed.get(V)) - before).toBe(0);
 
     // The tenant's slot is free again, and another tenant is served promptly.
     const started = Date.now();
@@ -161,7 +162,7 @@ describe('verifyAuditChain', () => {
 
 describe('verifyAuditChain as a query over graphql-ws', () => {
   it('stops when the client completes the operation, and when the connection closes', async () => {
-    const before = completed.get(V) ?? 0;
+    const before = await completed.get(V);
     const auditor = t.app.services.chainAuditor;
     const bound = Math.min(2_000, Math.max(300, fullRunMs / 2));
     for (const leave of ['complete', 'close'] as const) {
@@ -192,7 +193,7 @@ describe('verifyAuditChain as a query over graphql-ws', () => {
         await client.dispose();
       }
     }
-    expect((completed.get(V) ?? 0) - before).toBe(0);
+    expect((await completed.get(V)) - before).toBe(0);
   });
 });
 
@@ -206,7 +207,7 @@ describe('auditChainVerification (graphql-ws)', () => {
   }`;
 
   it('refuses a second run of the tenant, and stops the first when it is completed', async () => {
-    const before = completed.get(V) ?? 0;
+    const before = await completed.get(V);
     const auditor = t.app.services.chainAuditor;
     const client = wsClient(t.url, { authorization: `Bearer ${reader.secret}` });
     try {
@@ -229,7 +230,7 @@ describe('auditChainVerification (graphql-ws)', () => {
         Math.min(2_000, Math.max(300, fullRunMs / 2)),
       );
       console.info(`a completed subscription's verification stopped in ${Date.now() - left} ms`);
-      expect((completed.get(V) ?? 0) - before).toBe(0);
+      expect((await completed.get(V)) - before).toBe(0);
     } finally {
       await client.dispose();
     }

@@ -1,18 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { hostname, userInfo } from 'node:os';
-import { RedisKeyRevocations } from '../cluster/key-revocations.js';
 import { type Config, ConfigError, loadConfig } from '../config.js';
-import { ApiKeyStore } from '../db/api-key-store.js';
-import { createDatabase, type Database } from '../db/client.js';
-import { Migrator } from '../db/migrations.js';
-import { PartitionManager } from '../db/partitions.js';
-import { TenantDirectory } from '../db/tenant-directory.js';
-import { TenantProvisioner } from '../db/tenant-provisioner.js';
+import type { ApiKeyStore } from '../db/api-key-store.js';
+import type { Database } from '../db/client.js';
+import type { TenantDirectory } from '../db/tenant-directory.js';
+import type { TenantProvisioner } from '../db/tenant-provisioner.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import { type AccessRecord, accessEventRecord } from '../ingest/access-log.js';
-import { BatchWriter } from '../ingest/batch-writer.js';
 import { createLogger, type Logger } from '../logger.js';
-import { RedisKeys } from '../redis/client.js';
+import { wireCliKeys, wireStorage } from '../wiring.js';
 
 /** A command-line failure: its message is printed as is, and the process exits with `code`. */
 export class CliError extends Error {
@@ -65,42 +61,15 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
   const log = createLogger({
     logLevel: ['debug', 'trace'].includes(config.logLevel) ? config.logLevel : 'error',
   });
-  const db = createDatabase(config.database, log);
+  const { db, migrator, tenants, directory, writer } = wireStorage(
+    config,
+    log,
+    `cli-${process.pid}`,
+  );
   let code = 0;
   try {
-    const migrator = new Migrator(db);
     await migrator.migrateControl();
-    const partitions = new PartitionManager(db, log, {
-      limits: { maxPerTenant: config.maxPartitionsPerTenant },
-    });
-    const tenants = new TenantProvisioner(db, migrator, partitions, log, {
-      partitionsAhead: config.partitionsAhead,
-    });
-    const writer = new BatchWriter(db, partitions, log, `cli-${process.pid}`, {
-      hashing: config.chainHashing,
-      hmacSecret: config.chainHmacSecret,
-    });
-    const apiKeys = new ApiKeyStore(db, log, { cacheMs: 0, touchIntervalMs: 0 });
-    // With Redis, running instances drop a revoked key from their caches before the command
-    // returns (without it, a lone instance reads keys through its own short cache).
-    const redisUrl = config.redisUrl;
-    if (redisUrl) {
-      apiKeys.announceRevocation = async (keyId) => {
-        const announcer = new RedisKeyRevocations(
-          redisUrl,
-          new RedisKeys(config.redisKeyPrefix),
-          `cli-${hostname()}-${process.pid}`,
-          log,
-          undefined,
-        );
-        await announcer.start();
-        try {
-          await announcer.announce(keyId);
-        } finally {
-          await announcer.stop();
-        }
-      };
-    }
+    const apiKeys = wireCliKeys(config, log, db);
     const actor = { type: 'operator', id: operator() };
     const correlationId = `cli-${randomUUID()}`;
     const cli: Cli = {
@@ -108,7 +77,7 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
       log,
       db,
       tenants,
-      directory: new TenantDirectory(db, config.readWindowPartitions),
+      directory,
       apiKeys,
       async recordAccess(record) {
         const event = accessEventRecord({ ...record, actor, correlationId });

@@ -45,6 +45,10 @@ export interface ApiKeyStoreOptions {
   cacheMs: number;
   /** `last_used_at` is written at most this often per key. */
   touchIntervalMs: number;
+  /** Tells the other instances of a revocation; resolves once they all dropped the key. */
+  announceRevocation?: (keyId: string) => Promise<void>;
+  /** Whether a cached look-up may be used (false while revocations elsewhere could be missed). */
+  trustCache?: () => boolean;
 }
 
 const CACHE_MAX = 10_000;
@@ -65,10 +69,6 @@ export class ApiKeyStore {
    * state from before the revocation, and is then not cached.
    */
   private generation = 0;
-  /** Tells the other instances of a revocation; resolves once they all dropped the key. */
-  announceRevocation: (keyId: string) => Promise<void> = async () => {};
-  /** Whether a cached look-up may be used (false while revocations elsewhere could be missed). */
-  trustCache: () => boolean = () => true;
 
   constructor(
     private readonly db: Database,
@@ -111,7 +111,7 @@ export class ApiKeyStore {
     const key = toRecord(row);
     this.log.info({ keyId: key.id, tenant: key.tenantId, label: key.label }, 'api key revoked');
     try {
-      await this.announceRevocation(key.id);
+      await this.opts.announceRevocation?.(key.id);
     } catch (err) {
       this.log.error(
         { err: (err as Error).message, keyId: key.id },
@@ -178,7 +178,8 @@ export class ApiKeyStore {
   async byHash(hash: string): Promise<ApiKeyRecord | null> {
     const now = Date.now();
     const hit = this.cache.get(hash);
-    if (hit && now - hit.at < this.opts.cacheMs && this.trustCache()) return hit.key;
+    if (hit && now - hit.at < this.opts.cacheMs && (this.opts.trustCache?.() ?? true))
+      return hit.key;
     const generation = this.generation;
     let row: ApiKeyRow | undefined;
     try {

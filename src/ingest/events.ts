@@ -4,6 +4,14 @@ import type { Logger } from '../logger.js';
 
 export type FlushTrigger = 'size' | 'interval' | 'flush' | 'commit-wait' | 'shutdown' | 'retry';
 export type SettledStatus = 'STORED' | 'DUPLICATE' | 'DEAD_LETTERED';
+/** How a COMMITTED call's wait ended: its events settled, or CommitTimeoutError. */
+export type CommitOutcome = 'settled' | 'timeout';
+
+/** A COMMITTED createAuditEvents call was answered after `ms`. */
+export interface CommitWaited {
+  ms: number;
+  outcome: CommitOutcome;
+}
 
 /** One batch reached a final status for each of its events (some may be dead-lettered). */
 export interface BatchSettled {
@@ -50,6 +58,7 @@ export interface DeadLetterEvent {
 export class IngestEvents {
   private readonly settled: ((e: BatchSettled) => void)[] = [];
   private readonly deadLetters: ((e: DeadLetterEvent) => void)[] = [];
+  private readonly commitWaits: ((e: CommitWaited) => void)[] = [];
 
   constructor(private readonly log: Logger) {}
 
@@ -63,12 +72,21 @@ export class IngestEvents {
     return () => remove(this.deadLetters, listener);
   }
 
+  onCommitWaited(listener: (e: CommitWaited) => void): () => void {
+    this.commitWaits.push(listener);
+    return () => remove(this.commitWaits, listener);
+  }
+
   batchSettled(e: BatchSettled): void {
     this.emit(this.settled, e);
   }
 
   deadLetter(e: DeadLetterEvent): void {
     this.emit(this.deadLetters, e);
+  }
+
+  commitWaited(ms: number, outcome: CommitOutcome): void {
+    this.emit(this.commitWaits, { ms, outcome });
   }
 
   private emit<E>(listeners: ((e: E) => void)[], e: E): void {

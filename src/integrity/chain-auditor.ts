@@ -72,8 +72,6 @@ export interface VerifyOptions {
 export class ChainAuditor {
   /** Verifications running now, per tenant, on this instance. */
   private readonly active = new Map<string, number>();
-  /** Told of every finished verification (metrics). */
-  onVerified: ((tenant: TenantId, result: ChainVerification) => void) | undefined;
 
   constructor(
     private readonly db: Database,
@@ -82,6 +80,8 @@ export class ChainAuditor {
     private readonly log: Logger,
     /** MAX_VERIFICATIONS_PER_TENANT: runs of one tenant at once on this instance. */
     readonly maxPerTenant = 1,
+    /** Told of every finished verification (metrics). */
+    private readonly onVerified?: (tenant: TenantId, result: ChainVerification) => void,
   ) {}
 
   /** Verifications running now on this instance: of one tenant, or of all. */

@@ -20,14 +20,13 @@ import type { SigningKey } from './signing-key.js';
 export class CheckpointService {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<unknown> | undefined;
-  /** Told of every checkpoint this instance stores (metrics). */
-  onSigned: ((tenant: TenantId, count: number) => void) | undefined;
-
   constructor(
     private readonly db: Database,
     readonly key: SigningKey,
     private readonly log: Logger,
     private readonly intervalMs: number,
+    /** Told of every checkpoint this instance stores (metrics). */
+    private readonly onSigned?: (tenant: TenantId, count: number) => void,
   ) {}
 
   start(): void {

@@ -96,6 +96,8 @@ export interface MaintenanceDeps {
   partitionsAhead: number;
   /** lock_timeout of a drop's transaction (DETACH needs ACCESS EXCLUSIVE on the table). */
   lockTimeoutMs?: number;
+  /** Told of every finished run (metrics). */
+  onReport?: (report: MaintenanceReport) => void;
 }
 
 type DropOutcome =
@@ -125,9 +127,6 @@ export class MaintenanceJob {
   private queue: Promise<unknown> = Promise.resolve();
   private periodic: Promise<unknown> | undefined;
   private stopping = false;
-  /** Told of every finished run (metrics). */
-  onReport: ((report: MaintenanceReport) => void) | undefined;
-
   constructor(readonly deps: MaintenanceDeps) {}
 
   /** Starts the periodic run (every MAINTENANCE_INTERVAL_MS; nothing when it is 0). */
@@ -166,7 +165,7 @@ export class MaintenanceJob {
     const run = this.queue
       .then(() => this.run(opts))
       .then((report) => {
-        this.onReport?.(report);
+        this.deps.onReport?.(report);
         return report;
       });
     this.queue = run.catch(() => {});

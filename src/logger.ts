@@ -15,3 +15,12 @@ export function createLogger(
     redact: { paths: ['req.headers.authorization', 'headers.authorization'], remove: true },
   });
 }
+
+/**
+ * What a log line's `err` holds: always an Error, so every line carries its type, message and
+ * stack the same way (`log.warn({ err: asError(caught) }, '…')`). A thrown non-Error becomes
+ * an Error whose message is its string form.
+ */
+export function asError(value: unknown): Error {
+  return value instanceof Error ? value : new Error(String(value));
+}

@@ -1,7 +1,7 @@
 import type { ApiKeyStore } from '../db/api-key-store.js';
 import { apiKeyProblem } from '../domain/api-key.js';
 import { UnauthenticatedError } from '../domain/errors.js';
-import type { Logger } from '../logger.js';
+import { asError, type Logger } from '../logger.js';
 
 type OnInvalid = (error: UnauthenticatedError) => void;
 
@@ -74,7 +74,7 @@ export class KeyWatcher {
           problem = key ? apiKeyProblem(key) : 'the API key was deleted';
         } catch (err) {
           // The database is unreachable: keep what is open; the next tick tries again.
-          this.log.warn({ err: (err as Error).message }, 'api key re-check failed');
+          this.log.warn({ err: asError(err) }, 'api key re-check failed');
           continue;
         }
         if (!problem) continue;

@@ -4,7 +4,7 @@ import { FlushTimeoutError } from '../domain/errors.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { FlushResult, IngestService } from '../ingest/ingest-service.js';
 import type { TenantStats } from '../ingest/stats.js';
-import type { Logger } from '../logger.js';
+import { asError, type Logger } from '../logger.js';
 import { createRedis, execChecked, type RedisKeys } from '../redis/client.js';
 
 /** Stats of a tenant summed over the live instances, with who contributed. */
@@ -123,7 +123,7 @@ export class RedisCluster implements Cluster {
           .zremrangebyscore(this.membersKey, 0, now - 60_000),
       );
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'cluster heartbeat failed');
+      this.log.warn({ err: asError(err) }, 'cluster heartbeat failed');
     }
   }
 
@@ -173,7 +173,7 @@ export class RedisCluster implements Cluster {
       };
     }
     await this.pub.publish(this.channel(req.from), JSON.stringify(reply)).catch((err: Error) => {
-      this.log.warn({ err: err.message, to: req.from }, 'could not answer a cluster request');
+      this.log.warn({ err, to: req.from }, 'could not answer a cluster request');
     });
   }
 
@@ -188,7 +188,7 @@ export class RedisCluster implements Cluster {
     } catch (err) {
       // Redis is unreachable: the other instances cannot be asked. This instance still answers
       // for itself; the instances last seen alive are named as not answering.
-      this.log.warn({ err: (err as Error).message }, 'cannot list live instances');
+      this.log.warn({ err: asError(err) }, 'cannot list live instances');
       return { replies: [], silent: this.lastSeen.filter((i) => i !== this.instanceId) };
     }
     const others = live.filter((i) => i !== this.instanceId);

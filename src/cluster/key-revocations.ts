@@ -108,7 +108,7 @@ export class RedisKeyRevocations implements KeyRevocations {
           this.subscribed = true;
           this.onMissed();
         },
-        (err: Error) => this.log.warn({ err: err.message }, 'revocation channel not subscribed'),
+        (err: Error) => this.log.warn({ err }, 'revocation channel not subscribed'),
       );
     });
     await this.sub.subscribe(...this.channels);
@@ -171,8 +171,6 @@ export class RedisKeyRevocations implements KeyRevocations {
     this.apply(msg.keyId);
     this.pub
       .publish(this.inbox(msg.from), JSON.stringify({ id: msg.id }))
-      .catch((err: Error) =>
-        this.log.warn({ err: err.message, keyId: msg.keyId }, 'revocation not confirmed'),
-      );
+      .catch((err: Error) => this.log.warn({ err, keyId: msg.keyId }, 'revocation not confirmed'));
   }
 }

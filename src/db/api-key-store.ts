@@ -8,7 +8,7 @@ import {
 } from '../domain/api-key.js';
 import { CONTROL_SCHEMA, type TenantId } from '../domain/tenant.js';
 import { isLowerUuid } from '../domain/uuid.js';
-import type { Logger } from '../logger.js';
+import { asError, type Logger } from '../logger.js';
 import type { Database } from './client.js';
 
 interface ApiKeyRow {
@@ -114,7 +114,7 @@ export class ApiKeyStore {
       await this.opts.announceRevocation?.(key.id);
     } catch (err) {
       this.log.error(
-        { err: (err as Error).message, keyId: key.id },
+        { err: asError(err), keyId: key.id },
         'api key revoked in the database, but not every instance confirmed it; revoke it again',
       );
       throw err;
@@ -191,10 +191,7 @@ export class ApiKeyStore {
       // The database is unreachable: a key this process knew stays usable (writes are buffered
       // through an outage; nobody can revoke a key meanwhile either — that needs the database).
       if (hit?.key) {
-        this.log.warn(
-          { err: (err as Error).message, keyId: hit.key.id },
-          'api key check from cache',
-        );
+        this.log.warn({ err: asError(err), keyId: hit.key.id }, 'api key check from cache');
         return hit.key;
       }
       throw err;
@@ -228,7 +225,7 @@ export class ApiKeyStore {
         [key.id],
       )
       .catch((err: unknown) =>
-        this.log.warn({ err: (err as Error).message, keyId: key.id }, 'last_used_at not written'),
+        this.log.warn({ err: asError(err), keyId: key.id }, 'last_used_at not written'),
       );
   }
 }

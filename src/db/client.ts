@@ -62,7 +62,7 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
   // end), at moments when pg-pool has no listener on it. Every client keeps one for its life, so
   // a lost connection is a failed query for its caller, never a crashed process.
   pool.on('connect', (client) => {
-    client.on('error', (err) => log.debug({ err: err.message }, 'database connection lost'));
+    client.on('error', (err) => log.debug({ err }, 'database connection lost'));
   });
   const orm = drizzlePg({ client: pool }) as unknown as PgAsyncDatabase<PgQueryResultHKT>;
   return {
@@ -79,7 +79,7 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
       // the process. The query in progress fails on its own and the caller retries.
       const onError = (err: Error) => {
         broken = err;
-        log.warn({ err: err.message }, 'database connection lost during a transaction');
+        log.warn({ err }, 'database connection lost during a transaction');
       };
       client.on('error', onError);
       try {
@@ -96,7 +96,7 @@ function createPgDatabase(cfg: Extract<Config['database'], { kind: 'pg' }>, log:
       let broken: Error | undefined;
       const onError = (err: Error) => {
         broken = err;
-        log.warn({ err: err.message }, 'database connection lost while held');
+        log.warn({ err }, 'database connection lost while held');
       };
       client.on('error', onError);
       const conn: Connection = {

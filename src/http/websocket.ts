@@ -12,7 +12,7 @@ import { authenticateConnection, recheckCaller } from '../graphql/auth.js';
 import type { Caller, GraphQLContext, Services } from '../graphql/context.js';
 import { withoutHttp } from '../graphql/error-mapping.js';
 import { type RequestScope, requestScope, type ServerContext } from '../graphql/yoga.js';
-import type { Logger } from '../logger.js';
+import { asError, type Logger } from '../logger.js';
 import { MessageTurns } from './message-turns.js';
 
 /** Close code for a refused connection_init (graphql-ws' own "Forbidden"). */
@@ -138,10 +138,7 @@ export function attachWebSocket(
       // Most socket errors are a client's doing (a message over MAX_REQUEST_BYTES, which `ws` has
       // already answered with 1009): logged, and the connection closed.
       ws.on('error', (err: Error & { code?: string }) => {
-        log.info(
-          { connection: stateOf(ws).id, err: err.message, code: err.code },
-          'websocket error',
-        );
+        log.info({ connection: stateOf(ws).id, err, code: err.code }, 'websocket error');
         if (ws.readyState === ws.OPEN) ws.close(1011, 'Internal server error');
       });
       wss.emit('connection', ws, req);
@@ -284,7 +281,7 @@ export function attachWebSocket(
       try {
         caller = await recheckCaller(opts.services, state.caller);
       } catch (err) {
-        log.warn({ connection: state.id, err: (err as Error).message }, 'api key re-check failed');
+        log.warn({ connection: state.id, err: asError(err) }, 'api key re-check failed');
         return [
           createGraphQLError('the API key could not be checked; retry', {
             extensions: { code: 'SERVICE_UNAVAILABLE' },

@@ -4,7 +4,7 @@ import { BackpressureError, LimitExceededError } from '../domain/errors.js';
 import type { AuditEventRecord } from '../domain/event.js';
 import { serviceEventRecord } from '../domain/service-event.js';
 import type { TenantId } from '../domain/tenant.js';
-import type { Logger } from '../logger.js';
+import { asError, type Logger } from '../logger.js';
 import type { IngestService } from './ingest-service.js';
 
 /** The event types the service writes about access to a tenant. */
@@ -75,7 +75,7 @@ export class AccessLog {
       if (now - (this.refusalLogged.get(r.tenant) ?? 0) >= 1_000) {
         this.refusalLogged.set(r.tenant, now);
         this.log.warn(
-          { err: (err as Error).message, tenant: r.tenant, resource: r.resource.id },
+          { err: asError(err), tenant: r.tenant, resource: r.resource.id },
           'read refused: its access record could not be accepted (AUDIT_READS)',
         );
       }
@@ -101,7 +101,7 @@ export class AccessLog {
       return true;
     } catch (err) {
       this.log.error(
-        { err: (err as Error).message, tenant: r.tenant, access: { ...r, tenant: undefined } },
+        { err: asError(err), tenant: r.tenant, access: { ...r, tenant: undefined } },
         'access record not accepted',
       );
       return false;

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { TenantId } from '../domain/tenant.js';
-import type { Logger } from '../logger.js';
+import { asError, type Logger } from '../logger.js';
 import { execChecked, type RedisKeys } from '../redis/client.js';
 import {
   type DeadLetter,
@@ -90,8 +90,7 @@ export class RedisDeadLetterStore implements DeadLetterStore {
   async start(): Promise<void> {
     await this.redis.connect().catch((err: Error) => {
       // Already connecting or connected is fine; a real outage shows in healthy().
-      if (!/already/i.test(err.message))
-        this.log.warn({ err: err.message }, 'redis connect failed');
+      if (!/already/i.test(err.message)) this.log.warn({ err }, 'redis connect failed');
     });
     await this.moveLegacyLayout();
   }
@@ -108,11 +107,7 @@ export class RedisDeadLetterStore implements DeadLetterStore {
       this.lastMigration = await migrateLegacyDeadLetters(this.redis, this.keys, this.log);
       this.legacyChecked = true;
     } catch (err) {
-      this.warnOnce(
-        'layout',
-        { err: (err as Error).message },
-        'could not move legacy dead letters',
-      );
+      this.warnOnce('layout', { err: asError(err) }, 'could not move legacy dead letters');
     }
   }
 
@@ -199,7 +194,7 @@ export class RedisDeadLetterStore implements DeadLetterStore {
         // One tenant's stream that cannot be read must not hold up every other tenant's.
         this.warnOnce(
           `claim:${tenant}`,
-          { err: (err as Error).message, tenant },
+          { err: asError(err), tenant },
           "could not read a tenant's dead letters",
         );
       }
@@ -268,7 +263,7 @@ export class RedisDeadLetterStore implements DeadLetterStore {
       } catch (err) {
         this.warnOnce(
           `refresh:${tenant}`,
-          { err: (err as Error).message, tenant },
+          { err: asError(err), tenant },
           "could not refresh the claims on a tenant's dead letters",
         );
       }
@@ -372,7 +367,7 @@ export class RedisDeadLetterStore implements DeadLetterStore {
         // The age is advisory; one unreadable stream must not make the whole queue unready.
         this.warnOnce(
           `depth:${tenant}`,
-          { err: (err as Error).message, tenant },
+          { err: asError(err), tenant },
           "could not read the oldest of a tenant's dead letters",
         );
         continue;

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { sqlState } from '../db/client.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
-import type { Logger } from '../logger.js';
+import { asError, type Logger } from '../logger.js';
 import type { BatchWriter } from './batch-writer.js';
 import type { DeadLetter, DeadLetterDepth, DeadLetterStore } from './dead-letter-queue.js';
 import type { DeadLetterEventKind, IngestEvents } from './events.js';
@@ -87,7 +87,7 @@ export class RetryWorker {
     try {
       due = await this.store.claimDue(20);
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'could not read the dead-letter queue');
+      this.log.warn({ err: asError(err) }, 'could not read the dead-letter queue');
       return;
     }
     for (const dl of due) {
@@ -104,7 +104,7 @@ export class RetryWorker {
       this.ingest.setDeadLettersFull(this.lastDepth.events >= this.opts.maxEvents);
     } catch (err) {
       this.lastHealthy = false;
-      this.log.warn({ err: (err as Error).message }, 'could not measure the dead-letter queue');
+      this.log.warn({ err: asError(err) }, 'could not measure the dead-letter queue');
     }
   }
 
@@ -184,7 +184,7 @@ export class RetryWorker {
     };
     await this.store.reschedule(next, previousId);
     this.log.warn(
-      { tenant: dl.tenant, deadLetterId: next.id, replays, parked: park, error: failure.message },
+      { tenant: dl.tenant, deadLetterId: next.id, replays, parked: park, err: failure },
       park ? 'dead letter parked after its last replay' : 'dead letter replay failed; rescheduled',
     );
     this.emit(next, park ? 'PARKED' : 'RETRIED', records.length, failure.message);
@@ -229,7 +229,7 @@ export class RetryWorker {
         this.emit(dl, 'ENQUEUED', dl.records.length, dl.error);
       } catch (err) {
         this.log.error(
-          { err: (err as Error).message, deadLetterId: dl.id },
+          { err: asError(err), deadLetterId: dl.id },
           'could not re-queue spooled events; kept on disk',
         );
       }

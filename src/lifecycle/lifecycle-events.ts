@@ -3,7 +3,7 @@ import type { AuditEventRecord } from '../domain/event.js';
 import { serviceEventRecord } from '../domain/service-event.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { IngestService } from '../ingest/ingest-service.js';
-import type { Logger } from '../logger.js';
+import { asError, type Logger } from '../logger.js';
 
 /** The event types the service writes about a tenant's retention and legal holds. */
 export type LifecycleEventType =
@@ -76,7 +76,7 @@ export class LifecycleLog {
       }
       this.log.error(
         {
-          err: (err as Error).message,
+          err: asError(err),
           tenant: r.tenant,
           lifecycle: { ...r, tenant: undefined },
         },

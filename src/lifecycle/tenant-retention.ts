@@ -1,7 +1,7 @@
 import type { Database, Sql } from '../db/client.js';
 import { UnknownTenantError, ValidationError } from '../domain/errors.js';
 import { CONTROL_SCHEMA, type TenantId } from '../domain/tenant.js';
-import type { Logger } from '../logger.js';
+import { asError, type Logger } from '../logger.js';
 
 /** The smallest retention a tenant may have, and the highest MAX_RETENTION_DAYS, in days. */
 export const RETENTION_MIN_DAYS = 1;
@@ -117,7 +117,7 @@ export class TenantRetention {
       );
     } catch (err) {
       this.log.warn(
-        { tenant, err: (err as Error).message, defaultDays: this.opts.defaultDays },
+        { tenant, err: asError(err), defaultDays: this.opts.defaultDays },
         'tenant retention could not be read; the default retention applies for now',
       );
       // Do not ask a database that is down on every call: retry after a few seconds.
@@ -239,7 +239,7 @@ export class TenantRetention {
             // Keep serving what is known, and do not ask a failing database on every call.
             stale.expiresAt = Date.now() + 5_000;
             this.log.warn(
-              { tenant, err: (err as Error).message, days: stale.days },
+              { tenant, err: asError(err), days: stale.days },
               'tenant retention could not be refreshed; the last known value still applies',
             );
           }

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { TenantId } from '../domain/tenant.js';
-import type { Logger } from '../logger.js';
+import { asError, type Logger } from '../logger.js';
 import { createRedis, RedisKeys } from '../redis/client.js';
 import {
   LiveSubscription,
@@ -160,7 +160,7 @@ abstract class BaseBus {
     registered.ready.then(
       () => sub.ready(new SubscriptionReady(this.instanceId, new Date())),
       (err: unknown) => {
-        this.log.warn({ err: errorMessage(err), tenant, topic }, 'subscription not registered');
+        this.log.warn({ err: asError(err), tenant, topic }, 'subscription not registered');
         sub.interrupt(new SubscriptionInterruptedError('FANOUT_UNAVAILABLE', errorMessage(err)));
       },
     );
@@ -306,7 +306,7 @@ class RedisBus extends BaseBus implements RealtimeBus {
       // Not fatal: the events are safe in the database; subscriptions are refused until Redis
       // answers again (ioredis keeps reconnecting).
       this.log.warn(
-        { err: errorMessage(failed.reason) },
+        { err: asError(failed.reason) },
         'redis unavailable at start: realtime fan-out will resume when it answers',
       );
     } else {
@@ -325,7 +325,7 @@ class RedisBus extends BaseBus implements RealtimeBus {
       (err: unknown) => {
         if (!this.publishFailing) {
           this.log.warn(
-            { err: errorMessage(err), tenant, topic },
+            { err: asError(err), tenant, topic },
             'realtime publish failed; subscribers miss this message (the events are not affected)',
           );
         }
@@ -346,7 +346,7 @@ class RedisBus extends BaseBus implements RealtimeBus {
           await withDeadline(this.sub.ping(), deadline);
         }
       } catch (err) {
-        this.log.warn({ err: errorMessage(err) }, 'realtime drain at shutdown incomplete');
+        this.log.warn({ err: asError(err) }, 'realtime drain at shutdown incomplete');
       }
       this.deliverAll();
       this.stopping = true;
@@ -385,7 +385,7 @@ class RedisBus extends BaseBus implements RealtimeBus {
         this.channels.delete(channel);
         if (this.sub.status === 'end') return;
         this.sub.unsubscribe(channel).catch((err: unknown) => {
-          this.log.debug({ err: errorMessage(err), channel }, 'unsubscribe failed');
+          this.log.debug({ err: asError(err), channel }, 'unsubscribe failed');
         });
       },
     };
@@ -398,7 +398,7 @@ class RedisBus extends BaseBus implements RealtimeBus {
     try {
       message = JSON.parse(text);
     } catch (err) {
-      this.log.error({ err: errorMessage(err), channel }, 'unreadable realtime message dropped');
+      this.log.error({ err: asError(err), channel }, 'unreadable realtime message dropped');
       return;
     }
     // Parsed once per channel: every local subscriber gets the same object.

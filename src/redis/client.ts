@@ -26,7 +26,7 @@ export function createRedis(
   });
   let down = false;
   client.on('error', (err) => {
-    if (!down) log.warn({ err: err.message, client: name }, 'redis unavailable');
+    if (!down) log.warn({ err, client: name }, 'redis unavailable');
     down = true;
   });
   client.on('ready', () => {

@@ -15,7 +15,7 @@ import { harness, records, TENANT, watch } from '../support/pipeline-fakes.js';
  * (accepted = stored + duplicates + pending + deadLettered + discarded) at every step.
  */
 
-describe('batching triggers', () => {
+describe('size and interval triggers', () => {
   it('writes a full batch at once (size), and holds the rest for the interval', async () => {
     const h = harness();
     await h.pipeline.accept(TENANT, records(7), 'BUFFERED');
@@ -64,7 +64,9 @@ describe('batching triggers', () => {
     // Nothing is left to write, so nothing stays armed.
     expect(h.clock.armed).toEqual([]);
   });
+});
 
+describe('acknowledgements: BUFFERED at once, COMMITTED once settled', () => {
   it('lingers briefly so concurrent COMMITTED calls share one write (commit-wait)', async () => {
     const h = harness();
     const first = watch(h.pipeline.accept(TENANT, records(1), 'COMMITTED'));
@@ -116,7 +118,9 @@ describe('batching triggers', () => {
     await h.settle();
     expect(h.stats()).toMatchObject({ stored: 2, pending: 0 });
   });
+});
 
+describe('concurrency and tenants', () => {
   it('never has more writes of one tenant in flight than writerConcurrency', async () => {
     const h = harness({ writerConcurrency: 1 });
     await h.pipeline.accept(TENANT, records(9), 'BUFFERED');
@@ -149,7 +153,7 @@ describe('batching triggers', () => {
   });
 });
 
-describe('backoff and dead letters', () => {
+describe('backoff', () => {
   it('retries a failed batch under the same id on the backoff schedule, capped at retryMaxMs', async () => {
     // random() = 1: each delay is its ceiling, retryBaseMs × 2^(attempt-1) up to retryMaxMs.
     const h = harness({ writeMaxAttempts: 6 });
@@ -193,7 +197,9 @@ describe('backoff and dead letters', () => {
     await mid.settle();
     expect(mid.clock.armed).toEqual([75]);
   });
+});
 
+describe('dead letters after the last attempt', () => {
   it('dead-letters a batch whose attempts are used up, under its own id, and not before', async () => {
     const h = harness({ writeMaxAttempts: 3 });
     await h.pipeline.accept(TENANT, records(3), 'BUFFERED');
@@ -245,7 +251,9 @@ describe('backoff and dead letters', () => {
     await h.settle();
     expect(h.stats()).toMatchObject({ pending: 0, deadLettered: 3 });
   });
+});
 
+describe('rows the database refuses', () => {
   it('stores the good rows of a batch and dead-letters the rows the database refused, under a new id', async () => {
     const h = harness();
     const call = watch(h.pipeline.accept(TENANT, records(3), 'COMMITTED'));
@@ -277,7 +285,9 @@ describe('backoff and dead letters', () => {
     expect(h.sink.writes).toHaveLength(1);
     expect(h.stats()).toMatchObject({ stored: 1, pending: 0, deadLettered: 2 });
   });
+});
 
+describe('counters outside the buffer', () => {
   it('counts conflicts, recoveries, discards, requeues and expiries without breaking the identity', async () => {
     const h = harness();
     await h.pipeline.accept(TENANT, records(3), 'BUFFERED');
@@ -357,7 +367,9 @@ describe('the flush barrier', () => {
     expect(flush.value).toMatchObject({ stored: 3, waitedFor: 3 });
     expect(committed.value!.map((e) => e.status)).toEqual(['STORED', 'STORED', 'STORED']);
   });
+});
 
+describe('the flush barrier over batches in backoff', () => {
   it('decides a batch in backoff now, dead-lettering it if it fails again', async () => {
     const h = harness({ writeMaxAttempts: 10 });
     await h.pipeline.accept(TENANT, records(3), 'BUFFERED');
@@ -556,7 +568,9 @@ describe('shutdown', () => {
     expect(stop.value).toBe(2);
     expect(h.stats()).toMatchObject({ pending: 2, deadLettered: 0 });
   });
+});
 
+describe('shutdown deadline', () => {
   it('waits for a write in flight until the deadline, and never puts aside a batch being written', async () => {
     const h = harness();
     await h.pipeline.accept(TENANT, records(2), 'BUFFERED');

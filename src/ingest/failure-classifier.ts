@@ -27,3 +27,17 @@ export function describeWriteError(err: unknown): string {
     .slice(0, 200);
   return state ? `${state}: ${first}` : first;
 }
+
+/**
+ * The failure as an Error fit for a log line: the message of describeWriteError (no SQL, no
+ * parameters, none of the driver's detail fields) and the original stack frames.
+ */
+export function writeErrorForLog(err: unknown): Error {
+  const logged = new Error(describeWriteError(err));
+  if (err instanceof Error) {
+    logged.name = err.name;
+    const frames = (err.stack ?? '').split('\n').filter((line) => /^\s+at /.test(line));
+    logged.stack = [`${logged.name}: ${logged.message}`, ...frames].join('\n');
+  }
+  return logged;
+}

@@ -1,53 +1,28 @@
-import { randomUUID } from 'node:crypto';
-import { sqlState } from '../db/client.js';
-import {
-  BackpressureError,
-  CommitTimeoutError,
-  FlushTimeoutError,
-  LimitExceededError,
-  ShuttingDownError,
-} from '../domain/errors.js';
-import { type AuditEventRecord, recordBytes } from '../domain/event.js';
+import { ShuttingDownError } from '../domain/errors.js';
+import type { AuditEventRecord } from '../domain/event.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
-import type { BatchWriter, WriteStatus } from './batch-writer.js';
 import type { DeadLetter, DeadLetterStore } from './dead-letter-queue.js';
-import type { FlushTrigger, IngestEvents, SettledStatus } from './events.js';
-import { classifyWriteError, describeWriteError } from './failure-classifier.js';
-import { emptyStats, type TenantStats } from './stats.js';
+import {
+  type PipelineListener,
+  type PipelineSink,
+  systemClock,
+  type WriteOutcome,
+} from './pipeline/ports.js';
+import {
+  type AcceptedEvent,
+  type Ack,
+  type FlushResult,
+  type Holding,
+  type PipelineOptions,
+  WritePipeline,
+} from './pipeline/write-pipeline.js';
+import type { TenantStats } from './stats.js';
 
-export type Ack = 'COMMITTED' | 'BUFFERED';
+export type { EventStatus } from './pipeline/ticket.js';
+export type { AcceptedEvent, Ack, FlushResult, Holding } from './pipeline/write-pipeline.js';
 
-/**
- * Where a call's events are held. A client's writes count against BUFFER_CAPACITY. The
- * service's access records are held in their own per-tenant share instead
- * (ACCESS_LOG_BUFFER_CAPACITY), so that reads — however many — never take room from the
- * tenant's writes: `read` records are refused when the share is full (the read is then refused
- * too, never served unrecorded); `admin` records (key and tenant administration, dead-letter
- * actions: rare, and recording an action already done) are always given a place in it.
- */
-export type Holding = 'client' | 'read' | 'admin';
-export type EventStatus = Exclude<WriteStatus, 'REJECTED'> | 'BUFFERED' | 'DEAD_LETTERED';
-
-export interface IngestOptions {
-  batchSize: number;
-  flushIntervalMs: number;
-  commitLingerMs: number;
-  commitTimeoutMs: number;
-  bufferCapacity: number;
-  bufferMaxBytes: number;
-  /** Access records one tenant may have pending, apart from bufferCapacity (`read` holdings). */
-  accessLogBufferCapacity: number;
-  writerConcurrency: number;
-  retryBaseMs: number;
-  retryMaxMs: number;
-  /** Write attempts of a batch before it is dead-lettered. */
-  writeMaxAttempts: number;
-  /** Delay before the retry worker's first replay of a new dead letter. */
-  deadLetterFirstRetryMs: number;
-  instanceId: string;
-  /** Told how long each COMMITTED call waited for its events (metrics). */
-  onCommitWait?: (ms: number, outcome: 'settled' | 'timeout') => void;
+export interface IngestOptions extends PipelineOptions {
   /**
    * Refuses (throws ValidationError) a call whose months would take the tenant past its
    * partition ceilings, before anything of it is accepted (the partition manager).
@@ -55,120 +30,39 @@ export interface IngestOptions {
   partitions?: { admit(schema: string, dates: readonly Date[]): Promise<void> };
 }
 
-/** Why events are being dead-lettered. */
-interface Failure {
-  code: string | null;
-  message: string;
-}
-
-export interface AcceptedEvent {
-  id: string;
-  occurredAt: Date;
-  status: EventStatus;
-}
-
-export interface FlushResult {
-  stored: number;
-  duplicates: number;
-  deadLettered: number;
-  /** Events (of calls still pending at the moment of the flush) that were waited for. */
-  waitedFor: number;
-  durationMs: number;
-  instances: string[];
-}
-
-/** One createAuditEvents call: settles when every one of its events has a final status. */
-class Ticket {
-  readonly statuses: EventStatus[];
-  remaining: number;
-  stored = 0;
-  duplicates = 0;
-  deadLettered = 0;
-  readonly done: Promise<void>;
-  private resolveDone!: () => void;
-
-  constructor(size: number) {
-    this.statuses = new Array<EventStatus>(size).fill('BUFFERED');
-    this.remaining = size;
-    this.done = new Promise((resolve) => {
-      this.resolveDone = resolve;
-    });
-  }
-
-  settle(index: number, status: EventStatus): void {
-    this.statuses[index] = status;
-    if (status === 'STORED') this.stored++;
-    else if (status === 'DUPLICATE') this.duplicates++;
-    else if (status === 'DEAD_LETTERED') this.deadLettered++;
-    if (--this.remaining === 0) this.resolveDone();
-  }
-}
-
-interface Entry {
-  record: AuditEventRecord;
-  bytes: number;
-  ticket: Ticket;
-  index: number;
-  /** Held in the tenant's access-record share, not in its BUFFER_CAPACITY. */
-  access: boolean;
-}
-
-interface Batch {
-  id: string;
-  entries: Entry[];
-  trigger: FlushTrigger;
-  attempts: number;
-  firstFailedAt?: Date;
-  /** Set when the rows are known to be refused: the next attempt only dead-letters them. */
-  rejection?: Failure;
-  /** Set by flushAudit: the next failure dead-letters the batch at once instead of backing off. */
-  force?: boolean;
-  retryTimer?: NodeJS.Timeout;
-  retryAt?: number;
-}
-
-interface TenantState {
-  tenant: TenantId;
-  schema: string;
-  queue: Entry[];
-  /** Pending entries that are access records (part of `stats.pending`). */
-  accessHeld: number;
-  inFlight: number;
-  backoff: Set<Batch>;
-  /** Tickets not yet settled, oldest first (a Set keeps insertion order). */
-  outstanding: Set<Ticket>;
-  stats: TenantStats;
-  intervalTimer?: NodeJS.Timeout;
-  lingerTimer?: NodeJS.Timeout;
-  /** Write the queue without waiting for a full batch (a flush, commit-wait or interval is due). */
-  urgent: FlushTrigger | null;
-  /** flushAudit calls waiting: while any waits, a failed write is dead-lettered at once. */
-  flushing: number;
+/** What the service needs of the database writer: one batch into one tenant schema. */
+export interface BatchSink {
+  write(
+    schema: string,
+    batchId: string,
+    records: readonly AuditEventRecord[],
+  ): Promise<WriteOutcome>;
 }
 
 /**
- * The write path: per-tenant buffers, batches, retries and the flush barrier.
- *
- * Every accepted event is, at every moment, in exactly one place that a counter tracks: the
- * queue or a batch in flight or a batch in backoff (`pending`), or settled (`stored`,
- * `duplicates`, `deadLettered`). Nothing is ever removed from the buffer without a status.
+ * The write path: the pipeline's rules (WritePipeline) over the database writer, the
+ * dead-letter queue, the shutdown spool and the service's ingest events, on the process clock.
+ * Partition ceilings are checked here, before the pipeline sees a call.
  */
 export class IngestService {
-  private readonly tenants = new Map<TenantId, TenantState>();
-  private bytesHeld = 0;
-  private stopping = false;
-  /** Set by the dead-letter monitor: the queue is at capacity, so new writes are refused. */
-  private deadLettersFull = false;
+  private readonly pipeline: WritePipeline;
 
   constructor(
-    private readonly writer: BatchWriter,
-    private readonly deadLetters: DeadLetterStore,
-    private readonly events: IngestEvents,
-    private readonly log: Logger,
+    writer: BatchSink,
+    deadLetters: DeadLetterStore,
+    events: PipelineListener,
+    log: Logger,
     private readonly opts: IngestOptions,
     /** Local files for what neither the database nor the dead-letter queue took at shutdown. */
-    private readonly spool?: DeadLetterStore,
-  ) {}
+    spool?: DeadLetterStore,
+  ) {
+    const sink: PipelineSink = {
+      write: (tenant, batchId, records) => writer.write(tenantSchema(tenant), batchId, records),
+      deadLetter: (dl) => deadLetters.add(dl),
+      spool: spool ? (dl: DeadLetter) => spool.add(dl) : undefined,
+    };
+    this.pipeline = new WritePipeline(sink, events, log, opts, systemClock);
+  }
 
   /**
    * Accepts a validated call whole, or rejects it whole (ShuttingDownError, BackpressureError,
@@ -182,82 +76,15 @@ export class IngestService {
     ack: Ack,
     holding: Holding = 'client',
   ): Promise<AcceptedEvent[]> {
-    if (this.stopping) throw new ShuttingDownError();
+    if (this.pipeline.isStopping) throw new ShuttingDownError();
     if (this.opts.partitions) {
       await this.opts.partitions.admit(
         tenantSchema(tenant),
         records.map((r) => r.occurredAt),
       );
-      // Nothing is held across that wait; what follows decides at once.
-      if (this.stopping) throw new ShuttingDownError();
+      // Nothing is held across that wait; the pipeline decides at once (stopping included).
     }
-    const state = this.state(tenant);
-    const bytes = records.map(recordBytes);
-    const total = bytes.reduce((a, b) => a + b, 0);
-    const access = holding !== 'client';
-    if (
-      !access &&
-      state.stats.pending - state.accessHeld + records.length > this.opts.bufferCapacity
-    ) {
-      throw new BackpressureError(this.retryAfterMs(state), 'BUFFER_CAPACITY');
-    }
-    if (
-      holding === 'read' &&
-      state.accessHeld + records.length > this.opts.accessLogBufferCapacity
-    ) {
-      throw new LimitExceededError(
-        'ACCESS_LOG_BUFFER_CAPACITY',
-        this.opts.accessLogBufferCapacity,
-        'access records of this tenant waiting to be written',
-      );
-    }
-    if (this.bytesHeld + total > this.opts.bufferMaxBytes) {
-      throw new BackpressureError(this.retryAfterMs(state), 'BUFFER_MAX_BYTES');
-    }
-    if (this.deadLettersFull) {
-      throw new BackpressureError(5_000, 'DLQ_MAX_EVENTS');
-    }
-
-    const ticket = new Ticket(records.length);
-    state.outstanding.add(ticket);
-    records.forEach((record, index) => {
-      state.queue.push({ record, bytes: bytes[index]!, ticket, index, access });
-    });
-    if (access) state.accessHeld += records.length;
-    this.bytesHeld += total;
-    state.stats.accepted += records.length;
-    state.stats.pending += records.length;
-    void ticket.done.then(() => state.outstanding.delete(ticket));
-
-    this.schedule(state, ack);
-
-    if (ack === 'BUFFERED') {
-      return records.map((r) => ({ id: r.id, occurredAt: r.occurredAt, status: 'BUFFERED' }));
-    }
-    const waitStarted = performance.now();
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), this.opts.commitTimeoutMs);
-    });
-    const outcome = await Promise.race([ticket.done.then(() => 'done' as const), timedOut]);
-    clearTimeout(timer);
-    try {
-      this.opts.onCommitWait?.(
-        performance.now() - waitStarted,
-        outcome === 'done' ? 'settled' : 'timeout',
-      );
-    } catch (err) {
-      // The events are accepted whatever an observer does: never turn that into an error.
-      this.log.error({ err }, 'commit-wait observer failed');
-    }
-    const events = records.map((r, i) => ({
-      id: r.id,
-      occurredAt: r.occurredAt,
-      status: ticket.statuses[i]!,
-    }));
-    if (outcome === 'timeout')
-      throw new CommitTimeoutError(this.opts.commitTimeoutMs, ticket.remaining, events);
-    return events;
+    return this.pipeline.accept(tenant, records, ack, holding);
   }
 
   /**
@@ -265,509 +92,68 @@ export class IngestService {
    * in backoff, or a COMMITTED call still waiting) reaches a final status, or FlushTimeoutError
    * says how many did not. A batch waiting in backoff is retried now.
    */
-  async flush(tenant: TenantId, timeoutMs: number): Promise<FlushResult> {
-    const started = performance.now();
-    const state = this.tenants.get(tenant);
-    const empty = { stored: 0, duplicates: 0, deadLettered: 0, waitedFor: 0 };
-    if (!state || state.outstanding.size === 0) {
-      return { ...empty, durationMs: 0, instances: [this.opts.instanceId] };
-    }
-    const watched = [...state.outstanding];
-    state.flushing++;
-    state.urgent = 'flush';
-    this.drain(state);
-    // A batch waiting in backoff is decided now: written, or dead-lettered if it fails again.
-    for (const batch of state.backoff) {
-      batch.force = true;
-      this.retryNow(state, batch);
-    }
-
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), timeoutMs);
-    });
-    const outcome = await Promise.race([
-      Promise.all(watched.map((t) => t.done)).then(() => 'done' as const),
-      timedOut,
-    ]).finally(() => state.flushing--);
-    clearTimeout(timer);
-    if (outcome === 'timeout') {
-      const pending = watched.reduce((n, t) => n + t.remaining, 0);
-      throw new FlushTimeoutError(timeoutMs, pending, state.stats.lastError);
-    }
-    const result = watched.reduce(
-      (acc, t) => ({
-        stored: acc.stored + t.stored,
-        duplicates: acc.duplicates + t.duplicates,
-        deadLettered: acc.deadLettered + t.deadLettered,
-        waitedFor: acc.waitedFor + t.statuses.length,
-      }),
-      empty,
-    );
-    return {
-      ...result,
-      durationMs: performance.now() - started,
-      instances: [this.opts.instanceId],
-    };
+  flush(tenant: TenantId, timeoutMs: number): Promise<FlushResult> {
+    return this.pipeline.flush(tenant, timeoutMs);
   }
 
   /** Counters of one tenant since this process started (a copy). */
   stats(tenant: TenantId): TenantStats {
-    const s = this.tenants.get(tenant)?.stats ?? emptyStats();
-    return { ...s };
+    return this.pipeline.stats(tenant);
   }
 
   /** Tenants this process has accepted events for (or counted dead letters of) since it started. */
   tenantIds(): TenantId[] {
-    return [...this.tenants.keys()];
+    return this.pipeline.tenantIds();
   }
 
   /** Bytes held by pending events over all tenants (bounded by bufferMaxBytes). */
   get bufferBytes(): number {
-    return this.bytesHeld;
+    return this.pipeline.bufferBytes;
   }
 
   /** Sum of pending events over all tenants. */
   get pendingTotal(): number {
-    let n = 0;
-    for (const s of this.tenants.values()) n += s.stats.pending;
-    return n;
+    return this.pipeline.pendingTotal;
   }
 
   /** The retry worker stored (part of) a dead letter: it leaves `deadLettered`. */
   recordRecovered(tenant: TenantId, stored: number, duplicates: number): void {
-    const s = this.state(tenant).stats;
-    s.stored += stored;
-    s.duplicates += duplicates;
-    s.deadLettered -= stored + duplicates;
-    s.replayed += stored + duplicates;
+    this.pipeline.recordRecovered(tenant, stored, duplicates);
   }
 
   /** A dead letter was discarded on purpose: counted, never silent. */
   recordDiscarded(tenant: TenantId, events: number): void {
-    const s = this.state(tenant).stats;
-    s.deadLettered -= events;
-    s.discarded += events;
+    this.pipeline.recordDiscarded(tenant, events);
   }
 
   /** Stored events removed by retention (a dropped month): counted, outside the identity. */
   recordExpired(tenant: TenantId, events: number): void {
-    this.state(tenant).stats.expired += events;
+    this.pipeline.recordExpired(tenant, events);
   }
 
   /** Events moved into the dead-letter queue from outside the buffers (a spool re-queued at start). */
   recordRequeued(tenant: TenantId, events: number): void {
-    const s = this.state(tenant).stats;
-    s.accepted += events;
-    s.deadLettered += events;
+    this.pipeline.recordRequeued(tenant, events);
   }
 
   /** The dead-letter monitor's verdict: at capacity, new writes get BackpressureError. */
   setDeadLettersFull(full: boolean): void {
-    if (full !== this.deadLettersFull) {
-      this.log[full ? 'error' : 'info'](
-        { full },
-        full ? 'dead-letter queue full: refusing writes' : 'dead-letter queue has room again',
-      );
-    }
-    this.deadLettersFull = full;
+    this.pipeline.setDeadLettersFull(full);
   }
 
   get isDeadLetterQueueFull(): boolean {
-    return this.deadLettersFull;
+    return this.pipeline.isDeadLetterQueueFull;
   }
 
   get isStopping(): boolean {
-    return this.stopping;
+    return this.pipeline.isStopping;
   }
 
   /**
    * Stops accepting, then writes everything held until done or the deadline passes. Returns how
    * many events are still pending (they are logged as an error: the process is about to lose them).
    */
-  async stop(deadlineMs: number): Promise<number> {
-    this.stopping = true;
-    const deadline = Date.now() + deadlineMs;
-    for (const state of this.tenants.values()) {
-      clearTimeout(state.intervalTimer);
-      clearTimeout(state.lingerTimer);
-    }
-    // Most of the deadline goes to writing; the rest to putting aside what could not be written.
-    const flushBudget = Math.max(1, Math.floor(deadlineMs * 0.6));
-    await Promise.all(
-      [...this.tenants.keys()].map(async (tenant) => {
-        try {
-          await this.flush(tenant, flushBudget);
-        } catch (err) {
-          this.log.error({ err, tenant }, 'flush at shutdown did not complete');
-        }
-      }),
-    );
-    // Writes still in flight finish (or fail back into backoff) before what is left is put aside;
-    // a batch being written must not also be spooled.
-    while (Date.now() < deadline && [...this.tenants.values()].some((t) => t.inFlight > 0)) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-    for (const state of this.tenants.values()) await this.putAside(state);
-    const left = this.pendingTotal;
-    if (left > 0) {
-      this.log.error(
-        { pending: left, msLeft: deadline - Date.now() },
-        'stopping with events still in writes that did not finish; they are lost',
-      );
-    }
-    return left;
-  }
-
-  /**
-   * At shutdown, what is still buffered or in backoff goes to the dead-letter queue, or, when
-   * that is unreachable too, to the local spool that the next start re-queues. A batch in
-   * backoff keeps its id (its commit may have happened unseen; the ledger will tell).
-   */
-  private async putAside(state: TenantState): Promise<void> {
-    const groups: Batch[] = [...state.backoff];
-    for (const b of groups) clearTimeout(b.retryTimer);
-    state.backoff.clear();
-    const queued = state.queue.splice(0);
-    if (queued.length > 0) {
-      groups.push({ id: randomUUID(), entries: queued, trigger: 'shutdown', attempts: 0 });
-    }
-    for (const batch of groups) await this.putBatchAside(state, batch);
-  }
-
-  private async putBatchAside(state: TenantState, batch: Batch): Promise<void> {
-    const { entries } = batch;
-    const failure = {
-      code: null,
-      message: 'the instance stopped before these events could be written',
-    };
-    try {
-      await this.deadLetter(state, batch, entries, failure, batch.id);
-      return;
-    } catch (err) {
-      this.log.error(
-        { tenant: state.tenant, err: describeWriteError(err) },
-        'dead-letter queue unavailable at shutdown',
-      );
-    }
-    if (!this.spool) return;
-    const now = new Date();
-    try {
-      await this.spool.add({
-        id: batch.id,
-        tenant: state.tenant,
-        state: 'ACTIVE',
-        records: entries.map((e) => e.record),
-        errorCode: null,
-        error: failure.message,
-        attempts: batch.attempts,
-        firstFailedAt: batch.firstFailedAt ?? now,
-        lastFailedAt: now,
-        nextAttemptAt: now,
-      });
-      for (const entry of entries) {
-        state.stats.deadLettered++;
-        this.release(state, entry, 'DEAD_LETTERED');
-      }
-      this.log.warn(
-        { tenant: state.tenant, events: entries.length },
-        'events spooled to local disk; re-queued at next start',
-      );
-    } catch (err) {
-      this.log.error(
-        { tenant: state.tenant, events: entries.length, err },
-        'could not spool events; they are lost',
-      );
-    }
-  }
-
-  private state(tenant: TenantId): TenantState {
-    let s = this.tenants.get(tenant);
-    if (!s) {
-      s = {
-        tenant,
-        schema: tenantSchema(tenant),
-        queue: [],
-        accessHeld: 0,
-        inFlight: 0,
-        backoff: new Set(),
-        outstanding: new Set(),
-        stats: emptyStats(),
-        urgent: null,
-        flushing: 0,
-      };
-      this.tenants.set(tenant, s);
-    }
-    return s;
-  }
-
-  private schedule(state: TenantState, ack: Ack): void {
-    if (state.queue.length >= this.opts.batchSize) this.drain(state, 'size');
-    // What is left after the full batches still needs its own deadline.
-    if (state.queue.length === 0) return;
-    if (ack === 'COMMITTED') {
-      // Linger briefly so concurrent COMMITTED calls share one transaction (group commit).
-      state.lingerTimer ??= setTimeout(() => {
-        state.lingerTimer = undefined;
-        state.urgent ??= 'commit-wait';
-        this.drain(state);
-      }, this.opts.commitLingerMs);
-      return;
-    }
-    state.intervalTimer ??= setTimeout(() => {
-      state.intervalTimer = undefined;
-      state.urgent ??= 'interval';
-      this.drain(state);
-    }, this.opts.flushIntervalMs);
-  }
-
-  /** Starts batches while there is room: full batches always, partial ones only when urgent. */
-  private drain(state: TenantState, trigger?: FlushTrigger): void {
-    while (state.inFlight < this.opts.writerConcurrency && state.queue.length > 0) {
-      const full = state.queue.length >= this.opts.batchSize;
-      if (!full && !state.urgent) break;
-      const entries = state.queue.splice(0, this.opts.batchSize);
-      const batch: Batch = {
-        id: randomUUID(),
-        entries,
-        trigger: full ? (trigger ?? 'size') : state.urgent!,
-        attempts: 0,
-      };
-      void this.run(state, batch);
-    }
-    if (state.queue.length === 0) {
-      state.urgent = null;
-      clearTimeout(state.intervalTimer);
-      state.intervalTimer = undefined;
-    }
-  }
-
-  private async run(state: TenantState, batch: Batch): Promise<void> {
-    state.inFlight++;
-    batch.attempts++;
-    const started = performance.now();
-    const records = batch.entries.map((e) => e.record);
-    try {
-      // What this batch settled now, for flushCompleted; rows refused by the database that the
-      // dead-letter queue could not take yet are reported later, by the batch that retries them.
-      const settled: { record: AuditEventRecord; status: SettledStatus }[] = [];
-      if (batch.rejection) {
-        await this.deadLetter(state, batch, batch.entries, batch.rejection);
-        for (const e of batch.entries) settled.push({ record: e.record, status: 'DEAD_LETTERED' });
-      } else {
-        const result = await this.writer.write(state.schema, batch.id, records);
-        state.stats.conflicts += result.conflicts;
-        const rejected: Entry[] = [];
-        let failure: Failure | undefined;
-        batch.entries.forEach((entry, i) => {
-          const status = result.statuses[i]!;
-          if (status === 'REJECTED') {
-            rejected.push(entry);
-            const why = result.rejections.get(i);
-            failure ??= {
-              code: why?.sqlState ?? null,
-              message: why?.message ?? 'rejected by the database',
-            };
-            return;
-          }
-          if (status === 'STORED') state.stats.stored++;
-          else state.stats.duplicates++;
-          this.release(state, entry, status);
-          settled.push({ record: entry.record, status });
-        });
-        if (rejected.length > 0) {
-          // The good rows are committed; the refused ones leave this batch for the dead-letter
-          // queue, and stay pending until it has them.
-          const rest: Batch = {
-            id: randomUUID(),
-            entries: rejected,
-            trigger: 'retry',
-            attempts: batch.attempts,
-            firstFailedAt: new Date(),
-            rejection: failure!,
-          };
-          try {
-            await this.deadLetter(state, rest, rejected, failure!);
-            for (const e of rejected) settled.push({ record: e.record, status: 'DEAD_LETTERED' });
-          } catch (err) {
-            await this.onWriteFailure(state, rest, err);
-          }
-        }
-      }
-      state.backoff.delete(batch);
-      state.stats.batches++;
-      this.reportSettled(state, batch, settled, performance.now() - started);
-    } catch (err) {
-      await this.onWriteFailure(state, batch, err);
-    } finally {
-      state.inFlight--;
-      if (state.queue.length > 0) this.drain(state);
-    }
-  }
-
-  /** Tells listeners (flushCompleted, metrics) what a batch settled. */
-  private reportSettled(
-    state: TenantState,
-    batch: Batch,
-    settled: { record: AuditEventRecord; status: SettledStatus }[],
-    durationMs: number,
-  ): void {
-    this.events.batchSettled({
-      tenant: state.tenant,
-      instanceId: this.opts.instanceId,
-      batchId: batch.id,
-      trigger: batch.trigger,
-      attempts: batch.attempts,
-      committedAt: new Date(),
-      durationMs,
-      records: settled.map((s) => s.record),
-      statuses: settled.map((s) => s.status),
-    });
-  }
-
-  /** Settles one entry: it leaves `pending` and the buffer's byte count. */
-  private release(state: TenantState, entry: Entry, status: EventStatus): void {
-    state.stats.pending--;
-    if (entry.access) state.accessHeld--;
-    this.bytesHeld -= entry.bytes;
-    entry.ticket.settle(entry.index, status);
-  }
-
-  /**
-   * Hands entries to the dead-letter queue; once it has them durably they are settled as
-   * DEAD_LETTERED. Throws (and settles nothing) when the queue cannot take them.
-   */
-  private async deadLetter(
-    state: TenantState,
-    batch: Batch,
-    entries: Entry[],
-    failure: Failure,
-    /**
-     * The failed batch's own id when the whole batch goes: its commit may have happened with the
-     * answer lost, and a replay under the same id then finds it in the ledger (stored, not
-     * duplicates). Rows that never committed get a new id.
-     */
-    id: string = randomUUID(),
-  ): Promise<void> {
-    const now = new Date();
-    const dl: DeadLetter = {
-      id,
-      tenant: state.tenant,
-      state: 'ACTIVE',
-      records: entries.map((e) => e.record),
-      errorCode: failure.code,
-      error: failure.message,
-      attempts: batch.attempts,
-      firstFailedAt: batch.firstFailedAt ?? now,
-      lastFailedAt: now,
-      nextAttemptAt: new Date(now.getTime() + this.opts.deadLetterFirstRetryMs),
-    };
-    await this.deadLetters.add(dl);
-    for (const entry of entries) {
-      state.stats.deadLettered++;
-      this.release(state, entry, 'DEAD_LETTERED');
-    }
-    this.log.warn(
-      {
-        tenant: state.tenant,
-        deadLetterId: dl.id,
-        events: entries.length,
-        error: failure.message,
-        attempts: dl.attempts,
-      },
-      'events dead-lettered',
-    );
-    this.events.deadLetter({
-      tenant: state.tenant,
-      kind: 'ENQUEUED',
-      deadLetterId: dl.id,
-      events: entries.length,
-      attempts: dl.attempts,
-      error: failure.message,
-      at: now,
-      instanceId: this.opts.instanceId,
-    });
-  }
-
-  private async onWriteFailure(state: TenantState, batch: Batch, err: unknown): Promise<void> {
-    const kind = classifyWriteError(err);
-    const message = describeWriteError(err);
-    batch.firstFailedAt ??= new Date();
-    state.stats.failedWrites++;
-    state.stats.lastError = message;
-    state.stats.lastErrorAt = new Date();
-    if (
-      !batch.rejection &&
-      (batch.force || state.flushing > 0 || batch.attempts >= this.opts.writeMaxAttempts)
-    ) {
-      try {
-        await this.deadLetter(
-          state,
-          batch,
-          batch.entries,
-          { code: sqlState(err) ?? null, message },
-          batch.id,
-        );
-        state.backoff.delete(batch);
-        const settled = batch.entries.map((e) => ({
-          record: e.record,
-          status: 'DEAD_LETTERED' as const,
-        }));
-        this.reportSettled(state, batch, settled, 0);
-        return;
-      } catch (dlqErr) {
-        this.log.error(
-          { tenant: state.tenant, batchId: batch.id, err: describeWriteError(dlqErr) },
-          'dead-letter queue unavailable; the batch stays pending in memory',
-        );
-      }
-    }
-    // The events stay pending and visible (auditStats.pending, lastError) until a write or the
-    // dead-letter queue takes them.
-    batch.force = false;
-    const delay = this.backoffDelay(batch.attempts);
-    this.log.error(
-      {
-        tenant: state.tenant,
-        batchId: batch.id,
-        events: batch.entries.length,
-        attempt: batch.attempts,
-        kind,
-        error: message,
-        retryInMs: delay,
-      },
-      'batch write failed; will retry',
-    );
-    batch.trigger = 'retry';
-    batch.retryAt = Date.now() + delay;
-    state.backoff.add(batch);
-    batch.retryTimer = setTimeout(() => this.retryNow(state, batch), delay);
-  }
-
-  private retryNow(state: TenantState, batch: Batch): void {
-    if (!state.backoff.has(batch) || batch.retryTimer === undefined) return;
-    clearTimeout(batch.retryTimer);
-    batch.retryTimer = undefined;
-    // In flight now, not in backoff: a shutdown must not put aside a batch still being written
-    // (a failure puts it back).
-    state.backoff.delete(batch);
-    void this.run(state, batch);
-  }
-
-  /** Exponential backoff with full jitter, capped. */
-  private backoffDelay(attempt: number): number {
-    const ceiling = Math.min(
-      this.opts.retryMaxMs,
-      this.opts.retryBaseMs * 2 ** Math.min(attempt - 1, 20),
-    );
-    return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
-  }
-
-  private retryAfterMs(state: TenantState): number {
-    let soonest = Number.POSITIVE_INFINITY;
-    for (const b of state.backoff)
-      if (b.retryAt !== undefined) soonest = Math.min(soonest, b.retryAt);
-    if (Number.isFinite(soonest)) return Math.max(100, soonest - Date.now());
-    return Math.max(100, Math.min(this.opts.flushIntervalMs, 1000));
+  stop(deadlineMs: number): Promise<number> {
+    return this.pipeline.stop(deadlineMs);
   }
 }

@@ -1,5 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { classifyWriteError, describeWriteError } from '../../src/ingest/failure-classifier.js';
+import {
+  classifyWriteError,
+  describeWriteError,
+  writeErrorForLog,
+} from '../../src/ingest/failure-classifier.js';
 
 /** An error shaped like one from `pg`: a message and a SQLSTATE in `code`. */
 function pgError(code: string, message: string): Error {
@@ -67,5 +71,25 @@ describe('describeWriteError', () => {
     const err = pgError('22001', `value too long\nDETAIL: secret parameter ${'x'.repeat(50)}`);
     expect(describeWriteError(err)).toBe('22001: value too long');
     expect(describeWriteError(new Error('y'.repeat(500)))).toHaveLength(200);
+  });
+});
+
+describe('writeErrorForLog', () => {
+  it('is an Error with the described message and the original frames, and none of its fields', () => {
+    const err = Object.assign(pgError('22001', 'value too long\nDETAIL: secret'), {
+      detail: 'Failing row contains (secret)',
+    });
+    const logged = writeErrorForLog(err);
+    expect(logged).toBeInstanceOf(Error);
+    expect(logged.message).toBe('22001: value too long');
+    expect(logged).not.toHaveProperty('detail');
+    expect(logged.stack).not.toContain('secret');
+    expect(logged.stack!.split('\n')[0]).toBe('Error: 22001: value too long');
+    const frame = err.stack!.split('\n').find((line) => line.trim().startsWith('at '))!;
+    expect(logged.stack).toContain(frame);
+  });
+
+  it('wraps what is not an Error', () => {
+    expect(writeErrorForLog('socket hang up')).toMatchObject({ message: 'socket hang up' });
   });
 });

@@ -161,12 +161,7 @@ export class ChainAuditor {
     const schema = tenantSchema(tenant);
     const t = tenantTables(schema);
     const first = monthStart(from);
-    const heads = await this.db.query<{ month: Date }>(
-      `/* verify.months */
-       select month from "${schema}".chain_heads where month >= $1 and month < $2
-       union select month from "${schema}".chain_checkpoints where month >= $1 and month < $2`,
-      [first.toISOString(), to.toISOString()],
-    );
+    const chained = await this.checkpoints.store.chainMonths(tenant, first, to);
     const dropped = await this.db.query<{ month: Date }>(
       `/* verify.dropped */
        select month from ${CONTROL_SCHEMA}.retention_drops
@@ -175,9 +170,7 @@ export class ChainAuditor {
     );
     stillWanted();
     const droppedMonths = new Set(dropped.map((d) => new Date(d.month).getTime()));
-    const months = [
-      ...new Set([...heads.map((h) => new Date(h.month).getTime()), ...droppedMonths]),
-    ]
+    const months = [...new Set([...chained.map((m) => m.getTime()), ...droppedMonths])]
       .sort((a, b) => a - b)
       .map((m) => new Date(m));
 

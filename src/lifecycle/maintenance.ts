@@ -81,7 +81,7 @@ export interface MaintenanceDeps {
   db: Database;
   /** The instance's partition manager (the write path's): told to forget dropped months. */
   partitions: PartitionManager;
-  checkpoints: Pick<CheckpointService, 'checkpointTenant'>;
+  checkpoints: Pick<CheckpointService, 'checkpointTenant' | 'store'>;
   /** Re-computes a month's chain before it is dropped: a broken month is evidence, and stays. */
   chain: Pick<ChainAuditor, 'verify'>;
   holds: LegalHoldStore;
@@ -436,37 +436,14 @@ export class MaintenanceJob {
       const chainHash = head?.hash ? Buffer.from(head.hash).toString('hex') : null;
       let checkpoint: CheckpointJson | null = null;
       if (chainSeq > 0) {
-        const [cp] = await tx.query<{
-          seq: string | number;
-          hash: Uint8Array;
-          signed_at: Date | string;
-          key_id: string;
-          signature: Uint8Array;
-        }>(
-          `/* retention.checkpoint */
-           select seq, hash, signed_at, key_id, signature from "${schema}".chain_checkpoints
-            where month = $1 order by seq desc limit 1`,
-          [monthIso],
-        );
-        if (
-          !cp ||
-          Number(cp.seq) !== chainSeq ||
-          Buffer.from(cp.hash).toString('hex') !== chainHash
-        ) {
+        const cp = await this.deps.checkpoints.store.newest(tenant, month, tx);
+        if (!cp || cp.seq !== chainSeq || cp.hash.toString('hex') !== chainHash) {
           throw new NotDropped(
             `${name}: its chain head (position ${chainSeq}) has no signed checkpoint; ` +
               'the month is kept until one is signed',
           );
         }
-        checkpoint = checkpointToJson({
-          tenant,
-          month,
-          seq: chainSeq,
-          hash: Buffer.from(cp.hash),
-          signedAt: new Date(cp.signed_at),
-          keyId: cp.key_id,
-          signature: Buffer.from(cp.signature),
-        });
+        checkpoint = checkpointToJson(cp);
       }
       if (rowCount !== chainSeq) {
         // The chain verified just before, so this is a row that appeared since (or an empty

@@ -16,8 +16,6 @@ export const MAINTENANCE_LOCK = 'auditgraph:maintenance';
 /** The first periodic run comes after at most this long, so frequent restarts still run it. */
 const FIRST_RUN_MAX_DELAY_MS = 10 * 60_000;
 
-const PARTITION_NAME = /^audit_events_y(\d{4})m(\d{2})$/;
-
 /** A month removed by a run (as recorded in retention_drops). */
 export interface DroppedMonth {
   month: Date;
@@ -413,16 +411,8 @@ export class MaintenanceJob {
       ]);
       const holds = await this.heldBy(tx, schema, month);
       if (holds.length > 0) return { kind: 'held', holds };
-      const [attached] = await tx.query<{ yes: boolean }>(
-        `/* retention.attached */
-         select exists (
-           select 1 from pg_inherits i
-           join pg_class c on c.oid = i.inhrelid
-           join pg_namespace n on n.oid = c.relnamespace
-           where i.inhparent = to_regclass($1) and n.nspname = $2 and c.relname = $3) as yes`,
-        [`"${schema}".audit_events`, schema, name],
-      );
-      if (!attached?.yes) return { kind: 'gone' };
+      const found = await this.deps.partitions.catalog.find(tx, schema, name);
+      if (!found.attached) return { kind: 'gone' };
       const [head] = await tx.query<{ seq: string | number; hash: Uint8Array | null }>(
         `/* retention.head */ select seq, hash from "${schema}".chain_heads
           where month = $1 for update`,
@@ -498,24 +488,16 @@ export class MaintenanceJob {
    * named exactly as the service names them count; anything else is left alone (and logged).
    */
   private async attachedMonths(sql: Sql, schema: string): Promise<Date[]> {
-    const rows = await sql.query<{ relname: string }>(
-      `/* maintenance.partitions */
-       select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
-        where i.inhparent = to_regclass($1)`,
-      [`"${schema}".audit_events`],
-    );
     const months: Date[] = [];
-    for (const { relname } of rows) {
-      const m = PARTITION_NAME.exec(relname);
-      const month = m ? new Date(Date.UTC(Number(m[1]), Number(m[2]) - 1, 1)) : null;
-      if (!month || partitionName(month) !== relname) {
+    for (const p of await this.deps.partitions.catalog.attached(schema, sql)) {
+      if (p.month === null) {
         this.deps.log.warn(
-          { schema, partition: relname },
+          { schema, partition: p.name },
           'maintenance: a partition not named by the service; left alone',
         );
         continue;
       }
-      months.push(month);
+      months.push(new Date(p.month));
     }
     return months.sort((a, b) => a.getTime() - b.getTime());
   }

@@ -1,6 +1,7 @@
 import type { Checkpoint } from '../domain/checkpoint.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { Sql } from './client.js';
+import { chainCheckpoints, columnList } from './tenant-tables.js';
 
 /** A chain head that moved past its month's newest checkpoint (or has none yet). */
 export interface MovedHead {
@@ -19,8 +20,8 @@ export interface ChainMonthSnapshot {
   checkpoint: Checkpoint | null;
 }
 
-/** The columns of `chain_checkpoints` that make a checkpoint, in the order the decoder reads. */
-const COLUMNS = 'month, seq, hash, signed_at, key_id, signature';
+/** Every column of `chain_checkpoints`: each is a part of the checkpoint the decoder makes. */
+const COLUMNS = columnList(chainCheckpoints);
 
 /**
  * A `chain_checkpoints` row as the drivers return it: `pg` gives bigint as text, PGlite gives

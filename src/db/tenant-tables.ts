@@ -6,6 +6,7 @@ import {
   index,
   integer,
   jsonb,
+  type PgTable,
   pgSchema,
   pgTable,
   primaryKey,
@@ -76,6 +77,13 @@ export const auditEvents = pgTable('audit_events', auditEventColumns, (t) => [
   check('audit_events_outcome_check', sql`${t.outcome} in ('SUCCESS', 'FAILURE', 'PENDING')`),
   check('audit_events_duration_check', sql`${t.durationMs} >= 0`),
 ]);
+
+/** A table's column names in definition order, comma-separated: a SELECT or RETURNING list. */
+export function columnList(table: PgTable): string {
+  return Object.values(getTableColumns(table))
+    .map((c) => c.name)
+    .join(', ');
+}
 
 /** `audit_events`' columns (SQL name, type, nullability) by field name, as defined above. */
 export const auditEventColumnsOf = getTableColumns(auditEvents);

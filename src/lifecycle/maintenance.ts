@@ -254,6 +254,11 @@ export class MaintenanceJob {
     return out;
   }
 
+  /**
+   * One tenant's run: partitions ahead, then each month past retention, oldest first. Kept as
+   * one function on purpose: the months go in order, and whether the next is tried depends on
+   * how the last one ended (a failure stops the later ones until the next run).
+   */
   private async maintainTenant(
     conn: Connection,
     tenant: TenantId,
@@ -387,6 +392,9 @@ export class MaintenanceJob {
    * month's chain head (writers of the month wait on it, so the count is exact), count, DETACH,
    * record the drop with the signed checkpoint of the final head, delete the head and the month's
    * ids, DROP. Any failure — a lock_timeout included — rolls all of it back.
+   *
+   * Longer than most functions here on purpose: it is one transaction whose steps depend on
+   * the locks taken at its start, and reading them in one place, in order, is what shows that.
    */
   private drop(
     conn: Connection,

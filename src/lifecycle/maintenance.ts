@@ -278,11 +278,11 @@ export class MaintenanceJob {
       held: [],
       problems: [],
     };
-    const problem = (month: Date | null, err: unknown) => {
-      const message = err instanceof Error ? err.message : String(err);
-      report.problems.push({ month, message });
+    const problem = (month: Date | null, thrown: unknown) => {
+      const err = thrown instanceof Error ? thrown : new Error(String(thrown));
+      report.problems.push({ month, message: err.message });
       log.error(
-        { tenant, month: month?.toISOString() ?? null, err: message },
+        { tenant, month: month?.toISOString() ?? null, err },
         month ? 'maintenance: month not dropped; tried again next run' : 'maintenance failed',
       );
     };

@@ -86,20 +86,23 @@ export function columnList(table: PgTable): string {
 }
 
 /** `audit_events`' columns (SQL name, type, nullability) by field name, as defined above. */
-export const auditEventColumnsOf = getTableColumns(auditEvents);
+export const auditEventColumnsByField = getTableColumns(auditEvents);
 
 /** Columns the batch writer fills itself: the batch, and the row's place in its month's chain. */
 const WRITER_FIELDS = ['batchId', 'chainSeq', 'prevHash', 'hash'] as const;
 
 /** A field of an event as a client or the service sends it (one column each). */
-export type EventField = Exclude<keyof typeof auditEventColumnsOf, (typeof WRITER_FIELDS)[number]>;
+export type EventField = Exclude<
+  keyof typeof auditEventColumnsByField,
+  (typeof WRITER_FIELDS)[number]
+>;
 
 /**
  * The event's own fields, in table order: the columns of `audit_events` but the writer's
  * bookkeeping. A column added to the table joins every list made from this one.
  */
 export const EVENT_FIELDS: readonly EventField[] = (
-  Object.keys(auditEventColumnsOf) as (keyof typeof auditEventColumnsOf)[]
+  Object.keys(auditEventColumnsByField) as (keyof typeof auditEventColumnsByField)[]
 ).filter((f): f is EventField => !(WRITER_FIELDS as readonly string[]).includes(f));
 
 const eventIdColumns = {

@@ -1,7 +1,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import { type Database, type Sql, sqlState } from '../db/client.js';
 import type { MonthRefusal, PartitionManager } from '../db/partitions.js';
-import { auditEventColumnsOf, EVENT_FIELDS } from '../db/tenant-tables.js';
+import { auditEventColumnsByField, EVENT_FIELDS, type EventField } from '../db/tenant-tables.js';
 import {
   ChainHasher,
   canonicalEvent,
@@ -35,6 +35,7 @@ export interface BatchWriteResult {
 
 /** One event column as the writer binds it: a parameter array of `type`, one value per row. */
 interface BoundColumn {
+  field: EventField;
   name: string;
   /** The array's element type: text for varchar, so a value too long is refused, not cut. */
   type: string;
@@ -55,19 +56,22 @@ function arrayType(sqlType: string): string {
 
 /** The event's columns, from the table definition, in table order. */
 const COLUMNS: readonly BoundColumn[] = EVENT_FIELDS.map((field): BoundColumn => {
-  const column = auditEventColumnsOf[field];
+  const column = auditEventColumnsByField[field];
   const type = arrayType(column.getSQLType());
   const same = (v: unknown) => v;
-  if (field === 'data') return { name: column.name, type, value: (r) => r.dataJson, stored: same };
+  if (field === 'data') {
+    return { field, name: column.name, type, value: (r) => r.dataJson, stored: same };
+  }
   if (type === 'timestamptz') {
     return {
+      field,
       name: column.name,
       type,
       value: (r) => (r[field] as Date).toISOString(),
       stored: (v) => new Date(v as Date | string).toISOString(),
     };
   }
-  return { name: column.name, type, value: (r) => r[field], stored: same };
+  return { field, name: column.name, type, value: (r) => r[field], stored: same };
 });
 
 /** The chain columns of the rows a batch stores: bytea travels as hex text (pg and PGlite alike). */
@@ -571,12 +575,7 @@ export class BatchWriter {
  * Columns a duplicate is compared on: all but its id (the same by construction), when the
  * service received it (a re-send arrives later) and `data` (compared as parsed JSON).
  */
-const COMPARED = COLUMNS.filter(
-  (c) =>
-    ![auditEventColumnsOf.id, auditEventColumnsOf.receivedAt, auditEventColumnsOf.data]
-      .map((col) => col.name)
-      .includes(c.name),
-);
+const COMPARED = COLUMNS.filter((c) => !['id', 'receivedAt', 'data'].includes(c.field));
 
 function sameContent(r: AuditEventRecord, row: Record<string, unknown>): boolean {
   if (COMPARED.some((c) => (c.value(r) ?? null) !== (c.stored(row[c.name]) ?? null))) return false;

@@ -1,5 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { auditEventColumnsOf, EVENT_FIELDS as EVENT_COLUMNS } from '../../src/db/tenant-tables.js';
+import {
+  auditEventColumnsByField,
+  EVENT_FIELDS as EVENT_COLUMNS,
+} from '../../src/db/tenant-tables.js';
 
 /**
  * Benchmark events: every event field a real producer fills, with a ~500-byte `data`, about
@@ -133,7 +136,9 @@ export function inputJson(e: BenchEvent): string {
 const ROW_FIELDS = [...EVENT_COLUMNS, 'batchId'] as const;
 
 /** The columns a bench row fills, in table order (from the table definition). */
-export const ROW_COLUMNS: readonly string[] = ROW_FIELDS.map((f) => auditEventColumnsOf[f].name);
+export const ROW_COLUMNS: readonly string[] = ROW_FIELDS.map(
+  (f) => auditEventColumnsByField[f].name,
+);
 
 /** The event as row values, in ROW_COLUMNS order (timestamps as ISO text, data as JSON text). */
 export function rowValues(e: BenchEvent, receivedAt: Date, batchId: string): (string | null)[] {

@@ -84,11 +84,16 @@ export class CheckpointStore {
     return row ? checkpointOf(tenant, row) : null;
   }
 
-  /** Stores the tenant's `c` unless its month and position have one; true when stored. */
+  /**
+   * Stores the tenant's `c` unless its month and position have one; true when stored. The
+   * columns are named beside their values, so a column added later (with its default) leaves
+   * this statement as it is.
+   */
   async insert(tenant: TenantId, c: Checkpoint): Promise<boolean> {
     const inserted = await this.db.query(
       `/* checkpoints.insert */
-       insert into "${tenantSchema(tenant)}".chain_checkpoints (${COLUMNS})
+       insert into "${tenantSchema(tenant)}".chain_checkpoints
+         (month, seq, hash, signed_at, key_id, signature)
        values ($1, $2, decode($3, 'hex'), $4, $5, decode($6, 'hex'))
        on conflict do nothing returning seq`,
       [

@@ -1,7 +1,7 @@
 import { ValidationError, type ValidationIssue } from '../domain/errors.js';
 import { CONTROL_SCHEMA } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
-import type { Database } from './client.js';
+import type { Database, Sql } from './client.js';
 
 /** First instant of the UTC month containing `d`. */
 export function monthStart(d: Date): Date {
@@ -75,18 +75,30 @@ export function monthWindows(
   return ascending ? windows : windows.reverse();
 }
 
+/** A partition attached to a tenant's `audit_events`, as the catalog lists it. */
+export interface AttachedPartition {
+  name: string;
+  /** First instant of its month (epoch ms); null for a name the service does not give. */
+  month: number | null;
+  /** The planner's row estimate (pg_class.reltuples): -1 for a partition never analysed. */
+  tuples: number;
+}
+
 /**
- * The months that have a partition attached, per tenant schema, read from the catalog and kept
- * for `ttlMs`: readers walk them in windows (see monthWindows, which stays correct when the list
- * is stale), and admission counts them. The partition manager of this process updates it as it
- * creates partitions; other instances' changes arrive within `ttlMs`.
+ * Every read of PostgreSQL's partition catalog (`pg_inherits`) for a tenant's `audit_events`.
+ *
+ * The months that have a partition attached, per tenant schema, are kept for `ttlMs`: readers
+ * walk them in windows (see monthWindows, which stays correct when the list is stale), and
+ * admission counts them. The partition manager of this process updates it as it creates
+ * partitions; other instances' changes arrive within `ttlMs`. The other reads are never cached:
+ * they run on the caller's connection or transaction when it passes one.
  */
 export class PartitionCatalog {
   private readonly cache = new Map<string, { months: number[]; at: number }>();
   private readonly loading = new Map<string, Promise<number[]>>();
 
   constructor(
-    private readonly db: Pick<Database, 'query'>,
+    private readonly db: Sql,
     private readonly ttlMs = 10_000,
   ) {}
 
@@ -108,20 +120,50 @@ export class PartitionCatalog {
     this.cache.delete(schema);
   }
 
+  /** The partitions attached now, in no order (none when the schema has no `audit_events`). */
+  async attached(schema: string, sql: Sql = this.db): Promise<AttachedPartition[]> {
+    const rows = await sql.query<{ relname: string; tuples: number }>(
+      `/* partitions.list */
+       select c.relname, c.reltuples::float8 as tuples
+         from pg_inherits i join pg_class c on c.oid = i.inhrelid
+        where i.inhparent = to_regclass($1)`,
+      [`"${schema}".audit_events`],
+    );
+    return rows.map((r) => ({
+      name: r.relname,
+      month: monthOfPartition(r.relname),
+      tuples: Number(r.tuples),
+    }));
+  }
+
+  /** Whether the partition `name` is attached, and how many are, read in `sql` (a transaction). */
+  async find(
+    sql: Sql,
+    schema: string,
+    name: string,
+  ): Promise<{ attached: boolean; partitions: number }> {
+    const [found] = await sql.query<{ attached: boolean; partitions: number }>(
+      `/* partitions.find */
+       select exists (
+         select 1 from pg_inherits i
+         join pg_class c on c.oid = i.inhrelid
+         join pg_namespace n on n.oid = c.relnamespace
+         where i.inhparent = to_regclass($1) and n.nspname = $2 and c.relname = $3
+       ) as attached,
+       (select count(*)::int from pg_inherits where inhparent = to_regclass($1)) as partitions`,
+      [`"${schema}".audit_events`, schema, name],
+    );
+    return { attached: found?.attached === true, partitions: found?.partitions ?? 0 };
+  }
+
   private load(schema: string): Promise<number[]> {
     let p = this.loading.get(schema);
     if (!p) {
       const startedAt = Date.now();
-      p = this.db
-        .query<{ relname: string }>(
-          `/* partitions.list */
-           select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
-            where i.inhparent = to_regclass($1)`,
-          [`"${schema}".audit_events`],
-        )
-        .then((rows) => {
-          const months = rows
-            .map((r) => monthOfPartition(r.relname))
+      p = this.attached(schema)
+        .then((parts) => {
+          const months = parts
+            .map((part) => part.month)
             .filter((m): m is number => m !== null)
             .sort((a, b) => a - b);
           this.cache.set(schema, { months, at: startedAt });
@@ -279,18 +321,8 @@ export class PartitionManager {
         await tx.query(`/* partitions.lock */ select pg_advisory_xact_lock(hashtext($1))`, [
           `auditgraph:partitions:${schema}`,
         ]);
-        const [found] = await tx.query<{ attached: boolean; partitions: number }>(
-          `/* partitions.find */
-           select exists (
-             select 1 from pg_inherits i
-             join pg_class c on c.oid = i.inhrelid
-             join pg_namespace n on n.oid = c.relnamespace
-             where i.inhparent = $1::regclass and n.nspname = $2 and c.relname = $3
-           ) as attached,
-           (select count(*)::int from pg_inherits where inhparent = $1::regclass) as partitions`,
-          [`"${schema}".audit_events`, schema, name],
-        );
-        if (found?.attached) return false;
+        const found = await this.catalog.find(tx, schema, name);
+        if (found.attached) return false;
         const [drop] = await tx.query<{ one: number }>(
           `/* partitions.dropped */
            select 1 as one from ${CONTROL_SCHEMA}.retention_drops
@@ -300,7 +332,7 @@ export class PartitionManager {
         if (drop) return 'dropped';
         // Counted under the lock: every instance's creations of this tenant queue on it.
         const max = this.limits.maxPerTenant;
-        if (!ahead && max > 0 && (found?.partitions ?? 0) >= max) return { limit: max };
+        if (!ahead && max > 0 && found.partitions >= max) return { limit: max };
         await tx.query(
           `create table if not exists "${schema}"."${name}"
              (like "${schema}".audit_events including defaults including constraints)`,

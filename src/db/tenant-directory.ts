@@ -1,6 +1,6 @@
 import { CONTROL_SCHEMA, type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { Database } from './client.js';
-import { monthOfPartition, monthWindows } from './partitions.js';
+import { addMonths, monthWindows, PartitionCatalog } from './partitions.js';
 
 /** A tenant as the administration sees it. */
 export interface TenantInfo {
@@ -24,19 +24,21 @@ export interface TenantUsage {
 /** Events counted exactly per tenant before the planner's estimate is used instead. */
 export const COUNT_CAP = 10_000;
 
-const PARTITION = /^audit_events_y(\d{4})m(\d{2})$/;
-
 /**
  * Read-only queries of tenant administration: the tenants, and what each holds. Counting all
  * rows of a large tenant would read all of it, so counts are exact up to COUNT_CAP and taken
  * from pg_class.reltuples (kept by ANALYZE and autovacuum) beyond.
  */
 export class TenantDirectory {
+  private readonly catalog: PartitionCatalog;
+
   constructor(
     private readonly db: Database,
     /** READ_WINDOW_PARTITIONS: months one counting statement may read. */
     private readonly windowPartitions = 6,
-  ) {}
+  ) {
+    this.catalog = new PartitionCatalog(db);
+  }
 
   /** Tenants in id order, after `after` (exclusive); one more than `first` tells of a next page. */
   async list(first: number, after: string | null): Promise<TenantInfo[]> {
@@ -91,28 +93,15 @@ export class TenantDirectory {
   /** Event count and partition range of one tenant's table. */
   async usage(tenant: TenantId): Promise<TenantUsage> {
     const table = `"${tenantSchema(tenant)}".audit_events`;
-    const parts = await this.db.query<{ name: string; tuples: number }>(
-      `/* tenants.partitions */ select c.relname as name, c.reltuples::float8 as tuples
-       from pg_inherits i join pg_class c on c.oid = i.inhrelid
-       where i.inhparent = to_regclass($1)`,
-      [table],
-    );
+    const parts = await this.catalog.attached(tenantSchema(tenant));
     if (parts.length === 0) {
       return { events: 0, eventsExact: true, partitions: 0, from: null, until: null };
     }
-    let from: Date | null = null;
-    let until: Date | null = null;
-    for (const p of parts) {
-      const m = PARTITION.exec(p.name);
-      if (!m) continue;
-      const start = new Date(Date.UTC(Number(m[1]), Number(m[2]) - 1, 1));
-      const end = new Date(Date.UTC(Number(m[1]), Number(m[2]), 1));
-      if (!from || start < from) from = start;
-      if (!until || end > until) until = end;
-    }
+    const months = parts.map((p) => p.month).filter((m) => m !== null);
+    const from = months.length > 0 ? new Date(Math.min(...months)) : null;
+    const until = months.length > 0 ? addMonths(new Date(Math.max(...months)), 1) : null;
     // Counted a window of months at a time, newest first, until the cap: one statement over
     // every partition would lock each of them (and their indexes) at once.
-    const months = parts.map((p) => monthOfPartition(p.name)).filter((m) => m !== null);
     let exact = 0;
     for (const w of monthWindows(months, {}, this.windowPartitions, false)) {
       const params: unknown[] = [COUNT_CAP + 1 - exact];
@@ -131,7 +120,7 @@ export class TenantDirectory {
       return { events: exact, eventsExact: true, partitions: parts.length, from, until };
     }
     // reltuples is -1 for a partition never analysed.
-    const estimate = parts.reduce((n, p) => n + Math.max(0, Number(p.tuples)), 0);
+    const estimate = parts.reduce((n, p) => n + Math.max(0, p.tuples), 0);
     return {
       events: Math.max(COUNT_CAP + 1, Math.round(estimate)),
       eventsExact: false,

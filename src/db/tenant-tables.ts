@@ -1,4 +1,4 @@
-import { sql } from 'drizzle-orm';
+import { getTableColumns, sql } from 'drizzle-orm';
 import {
   bigint,
   bytea,
@@ -6,6 +6,7 @@ import {
   index,
   integer,
   jsonb,
+  type PgTable,
   pgSchema,
   pgTable,
   primaryKey,
@@ -76,6 +77,33 @@ export const auditEvents = pgTable('audit_events', auditEventColumns, (t) => [
   check('audit_events_outcome_check', sql`${t.outcome} in ('SUCCESS', 'FAILURE', 'PENDING')`),
   check('audit_events_duration_check', sql`${t.durationMs} >= 0`),
 ]);
+
+/** A table's column names in definition order, comma-separated: a SELECT or RETURNING list. */
+export function columnList(table: PgTable): string {
+  return Object.values(getTableColumns(table))
+    .map((c) => c.name)
+    .join(', ');
+}
+
+/** `audit_events`' columns (SQL name, type, nullability) by field name, as defined above. */
+export const auditEventColumnsByField = getTableColumns(auditEvents);
+
+/** Columns the batch writer fills itself: the batch, and the row's place in its month's chain. */
+const WRITER_FIELDS = ['batchId', 'chainSeq', 'prevHash', 'hash'] as const;
+
+/** A field of an event as a client or the service sends it (one column each). */
+export type EventField = Exclude<
+  keyof typeof auditEventColumnsByField,
+  (typeof WRITER_FIELDS)[number]
+>;
+
+/**
+ * The event's own fields, in table order: the columns of `audit_events` but the writer's
+ * bookkeeping. A column added to the table joins every list made from this one.
+ */
+export const EVENT_FIELDS: readonly EventField[] = (
+  Object.keys(auditEventColumnsByField) as (keyof typeof auditEventColumnsByField)[]
+).filter((f): f is EventField => !(WRITER_FIELDS as readonly string[]).includes(f));
 
 const eventIdColumns = {
   id: uuid('id').primaryKey(),

@@ -26,7 +26,14 @@ export type ChainedFields = Omit<AuditEventRecord, 'dataJson' | 'dataCanonical' 
   data: unknown;
 };
 
-/** An event as JSON: the object whose RFC 8785 form is hashed (and the shape of an export line). */
+/**
+ * An event as JSON: the object whose RFC 8785 form is hashed (and the shape of an export line).
+ *
+ * Its members are spelled out here by hand, and so are they in canonicalObject and envelope
+ * below, on purpose: they are not derived from the table's columns, as the database's column
+ * lists are. The bytes a chain hashes must never change when a column is added or renamed, or
+ * every stored chain and every signed checkpoint would stop verifying.
+ */
 export interface CanonicalEventObject {
   id: string;
   occurredAt: string;

@@ -100,7 +100,7 @@ export class AuditExporter {
   ): Promise<ExportSnapshot> {
     // The service's read records alone (each export writes one) do not call for a new checkpoint.
     await this.checkpoints.checkpointTenant(tenant, now, { unlessOnly: [READ_RECORD_TYPE] });
-    const chains = await this.reader.chainSnapshot(tenantSchema(tenant));
+    const chains = await this.checkpoints.store.chainSnapshot(tenant);
     const months: SnapshotMonth[] = chains
       .filter((c) => overlaps(c.month, filter))
       .map((c) => ({
@@ -108,7 +108,7 @@ export class AuditExporter {
         // A month without a checkpoint has an unhashed chain (CHAIN_HASHING=off): it is exported
         // up to its head as read now, and the verifier reports its events as unverifiable.
         throughSeq: c.checkpoint ? c.checkpoint.seq : c.headSeq,
-        checkpoint: c.checkpoint ? { tenant, month: c.month, ...c.checkpoint } : null,
+        checkpoint: c.checkpoint,
       }));
     return { tenant, filter, complete: isEmptyFilter(filter), exportedAt: now, months };
   }

@@ -1,6 +1,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import { type Database, type Sql, sqlState } from '../db/client.js';
 import type { MonthRefusal, PartitionManager } from '../db/partitions.js';
+import { auditEventColumnsByField, EVENT_FIELDS, type EventField } from '../db/tenant-tables.js';
 import {
   ChainHasher,
   canonicalEvent,
@@ -32,32 +33,46 @@ export interface BatchWriteResult {
   alreadyCommitted: boolean;
 }
 
-const COLUMNS = [
-  ['id', 'uuid'],
-  ['occurred_at', 'timestamptz'],
-  ['received_at', 'timestamptz'],
-  ['event_type', 'text'],
-  ['category', 'text'],
-  ['action', 'text'],
-  ['outcome', 'text'],
-  ['correlation_id', 'text'],
-  ['actor_type', 'text'],
-  ['actor_id', 'text'],
-  ['actor_ip', 'text'],
-  ['resource_type', 'text'],
-  ['resource_id', 'text'],
-  ['resource_name', 'text'],
-  ['parent_event_id', 'uuid'],
-  ['severity', 'text'],
-  ['duration_ms', 'int4'],
-  ['error_code', 'text'],
-  ['error_message', 'text'],
-  ['namespace', 'text'],
-  ['cluster_id', 'text'],
-  ['trace_id', 'text'],
-  ['span_id', 'text'],
-  ['data', 'jsonb'],
-] as const;
+/** One event column as the writer binds it: a parameter array of `type`, one value per row. */
+interface BoundColumn {
+  field: EventField;
+  name: string;
+  /** The array's element type: text for varchar, so a value too long is refused, not cut. */
+  type: string;
+  /** The record's value as bound (timestamps as ISO text, `data` as its JSON text). */
+  value: (r: AuditEventRecord) => unknown;
+  /** A stored value in the form `value` gives, for comparing a duplicate with what is stored. */
+  stored: (v: unknown) => unknown;
+}
+
+/** The element type of a parameter array for a column of SQL type `sqlType`. */
+function arrayType(sqlType: string): string {
+  if (sqlType.startsWith('varchar')) return 'text';
+  if (sqlType.startsWith('timestamp') && sqlType.endsWith('with time zone')) return 'timestamptz';
+  if (sqlType === 'integer') return 'int4';
+  if (sqlType === 'uuid' || sqlType === 'jsonb') return sqlType;
+  throw new Error(`the batch writer cannot bind a column of type ${sqlType}`);
+}
+
+/** The event's columns, from the table definition, in table order. */
+const COLUMNS: readonly BoundColumn[] = EVENT_FIELDS.map((field): BoundColumn => {
+  const column = auditEventColumnsByField[field];
+  const type = arrayType(column.getSQLType());
+  const same = (v: unknown) => v;
+  if (field === 'data') {
+    return { field, name: column.name, type, value: (r) => r.dataJson, stored: same };
+  }
+  if (type === 'timestamptz') {
+    return {
+      field,
+      name: column.name,
+      type,
+      value: (r) => (r[field] as Date).toISOString(),
+      stored: (v) => new Date(v as Date | string).toISOString(),
+    };
+  }
+  return { field, name: column.name, type, value: (r) => r[field], stored: same };
+});
 
 /** The chain columns of the rows a batch stores: bytea travels as hex text (pg and PGlite alike). */
 interface ChainColumns {
@@ -79,39 +94,7 @@ export function canonicalRecord(r: AuditEventRecord): Buffer {
 }
 
 function columnArrays(records: readonly AuditEventRecord[]): unknown[][] {
-  const cols: unknown[][] = COLUMNS.map(() => new Array(records.length));
-  records.forEach((r, i) => {
-    const values = [
-      r.id,
-      r.occurredAt.toISOString(),
-      r.receivedAt.toISOString(),
-      r.eventType,
-      r.category,
-      r.action,
-      r.outcome,
-      r.correlationId,
-      r.actorType,
-      r.actorId,
-      r.actorIp,
-      r.resourceType,
-      r.resourceId,
-      r.resourceName,
-      r.parentEventId,
-      r.severity,
-      r.durationMs,
-      r.errorCode,
-      r.errorMessage,
-      r.namespace,
-      r.clusterId,
-      r.traceId,
-      r.spanId,
-      r.dataJson,
-    ];
-    values.forEach((v, c) => {
-      cols[c]![i] = v;
-    });
-  });
-  return cols;
+  return COLUMNS.map((c) => records.map(c.value));
 }
 
 /** How the writer chains what it stores. */
@@ -445,8 +428,8 @@ export class BatchWriter {
     records: readonly AuditEventRecord[],
     chain: ChainColumns | null,
   ): Promise<{ id: string; occurred_at: Date }[]> {
-    const names = COLUMNS.map(([name]) => name).join(', ');
-    const unnest = COLUMNS.map(([, type], i) => `$${i + 1}::${type}[]`).join(', ');
+    const names = COLUMNS.map((c) => c.name).join(', ');
+    const unnest = COLUMNS.map((c, i) => `$${i + 1}::${c.type}[]`).join(', ');
     const n = COLUMNS.length;
     const chainParams = chain
       ? [chain.seq, chain.prevHash, chain.hash]
@@ -454,7 +437,7 @@ export class BatchWriter {
     return tx.query<{ id: string; occurred_at: Date }>(
       `/* ingest.insert_batch */
        insert into "${schema}".audit_events (${names}, batch_id, chain_seq, prev_hash, hash)
-       select ${COLUMNS.map(([name]) => `u.${name}`).join(', ')}, $${n + 1}::uuid,
+       select ${COLUMNS.map((c) => `u.${c.name}`).join(', ')}, $${n + 1}::uuid,
               u.chain_seq, decode(u.prev_hash, 'hex'), decode(u.hash, 'hex')
        from unnest(${unnest}, $${n + 2}::int8[], $${n + 3}::text[], $${n + 4}::text[])
          as u(${names}, chain_seq, prev_hash, hash)
@@ -588,31 +571,14 @@ export class BatchWriter {
   }
 }
 
+/**
+ * Columns a duplicate is compared on: all but its id (the same by construction), when the
+ * service received it (a re-send arrives later) and `data` (compared as parsed JSON).
+ */
+const COMPARED = COLUMNS.filter((c) => !['id', 'receivedAt', 'data'].includes(c.field));
+
 function sameContent(r: AuditEventRecord, row: Record<string, unknown>): boolean {
-  const fields: [unknown, unknown][] = [
-    [r.occurredAt.getTime(), new Date(row.occurred_at as Date).getTime()],
-    [r.eventType, row.event_type],
-    [r.category, row.category],
-    [r.action, row.action],
-    [r.outcome, row.outcome],
-    [r.correlationId, row.correlation_id],
-    [r.actorType, row.actor_type],
-    [r.actorId, row.actor_id],
-    [r.actorIp, row.actor_ip],
-    [r.resourceType, row.resource_type],
-    [r.resourceId, row.resource_id],
-    [r.resourceName, row.resource_name],
-    [r.parentEventId, row.parent_event_id],
-    [r.severity, row.severity],
-    [r.durationMs, row.duration_ms],
-    [r.errorCode, row.error_code],
-    [r.errorMessage, row.error_message],
-    [r.namespace, row.namespace],
-    [r.clusterId, row.cluster_id],
-    [r.traceId, row.trace_id],
-    [r.spanId, row.span_id],
-  ];
-  if (fields.some(([a, b]) => (a ?? null) !== (b ?? null))) return false;
+  if (COMPARED.some((c) => (c.value(r) ?? null) !== (c.stored(row[c.name]) ?? null))) return false;
   const data = r.dataJson === null ? null : JSON.parse(r.dataJson);
   return isDeepStrictEqual(data, row.data ?? null);
 }

@@ -158,15 +158,8 @@ export class ChainAuditor {
         );
       }
     };
-    const schema = tenantSchema(tenant);
-    const t = tenantTables(schema);
     const first = monthStart(from);
-    const heads = await this.db.query<{ month: Date }>(
-      `/* verify.months */
-       select month from "${schema}".chain_heads where month >= $1 and month < $2
-       union select month from "${schema}".chain_checkpoints where month >= $1 and month < $2`,
-      [first.toISOString(), to.toISOString()],
-    );
+    const chained = await this.checkpoints.store.chainMonths(tenant, first, to);
     const dropped = await this.db.query<{ month: Date }>(
       `/* verify.dropped */
        select month from ${CONTROL_SCHEMA}.retention_drops
@@ -175,9 +168,7 @@ export class ChainAuditor {
     );
     stillWanted();
     const droppedMonths = new Set(dropped.map((d) => new Date(d.month).getTime()));
-    const months = [
-      ...new Set([...heads.map((h) => new Date(h.month).getTime()), ...droppedMonths]),
-    ]
+    const months = [...new Set([...chained.map((m) => m.getTime()), ...droppedMonths])]
       .sort((a, b) => a - b)
       .map((m) => new Date(m));
 
@@ -201,51 +192,16 @@ export class ChainAuditor {
         });
         continue;
       }
-      stillWanted();
-      const stored = await this.checkpoints.list(tenant, month);
-      const { claims, bad } = this.trusted(stored);
-      const walker = new MonthChainWalker(this.hasher, tenant, month, claims);
-      const next = addMonths(month, 1);
-      const inMonth = and(gte(t.auditEvents.occurredAt, month), lt(t.auditEvents.occurredAt, next));
-      // The highest position stored, not the head: rows past a rewound head are still read.
-      const [top] = await this.db.orm
-        .select({ seq: sql<string | null>`max(${t.auditEvents.chainSeq})` })
-        .from(t.auditEvents)
-        .where(inMonth);
-      const highest = top?.seq === null || top?.seq === undefined ? 0 : Number(top.seq);
-      for (let after = 0; after < highest && !walker.broken; after += WINDOW) {
-        stillWanted();
-        const rows = await this.db.orm
-          .select()
-          .from(t.auditEvents)
-          .where(
-            and(
-              inMonth,
-              gt(t.auditEvents.chainSeq, after),
-              lte(t.auditEvents.chainSeq, after + WINDOW),
-            ),
-          )
-          .orderBy(asc(t.auditEvents.chainSeq));
-        for (const r of rows) if (!walker.push(chainedRow(r))) break;
+      const { verified, broken } = await this.verifyMonth(tenant, month, stillWanted, (count) =>
         report({
           month,
           monthIndex,
           months: months.length,
-          eventsVerified: result.eventsVerified + walker.count,
-        });
-      }
-      let broken = bad ?? walker.finish();
-      stillWanted();
-      if (!broken) broken = await this.unchained(schema, month, next);
-      result.months.push({
-        month,
-        status: broken ? 'BROKEN' : 'OK',
-        eventsVerified: walker.count,
-        lastSeq: walker.lastSeq,
-        lastHash: walker.lastSeq > 0 ? walker.lastHash.toString('hex') : null,
-        checkpoints: claims.length,
-      });
-      result.eventsVerified += walker.count;
+          eventsVerified: result.eventsVerified + count,
+        }),
+      );
+      result.months.push(verified);
+      result.eventsVerified += verified.eventsVerified;
       if (broken && !result.firstBreak) {
         result.firstBreak = broken;
         result.ok = false;
@@ -264,6 +220,61 @@ export class ChainAuditor {
       'audit chain verified',
     );
     return result;
+  }
+
+  /**
+   * Walks one month's chain a window of positions at a time, held against its checkpoints;
+   * `stillWanted` is called before each statement, `progress` after each window with the
+   * month's events verified so far.
+   */
+  private async verifyMonth(
+    tenant: TenantId,
+    month: Date,
+    stillWanted: () => void,
+    progress: (eventsVerified: number) => void,
+  ): Promise<{ verified: MonthVerification; broken: ChainBreak | null }> {
+    const schema = tenantSchema(tenant);
+    const t = tenantTables(schema);
+    stillWanted();
+    const stored = await this.checkpoints.list(tenant, month);
+    const { claims, bad } = this.trusted(stored);
+    const walker = new MonthChainWalker(this.hasher, tenant, month, claims);
+    const next = addMonths(month, 1);
+    const inMonth = and(gte(t.auditEvents.occurredAt, month), lt(t.auditEvents.occurredAt, next));
+    // The highest position stored, not the head: rows past a rewound head are still read.
+    const [top] = await this.db.orm
+      .select({ seq: sql<string | null>`max(${t.auditEvents.chainSeq})` })
+      .from(t.auditEvents)
+      .where(inMonth);
+    const highest = top?.seq === null || top?.seq === undefined ? 0 : Number(top.seq);
+    for (let after = 0; after < highest && !walker.broken; after += WINDOW) {
+      stillWanted();
+      const rows = await this.db.orm
+        .select()
+        .from(t.auditEvents)
+        .where(
+          and(
+            inMonth,
+            gt(t.auditEvents.chainSeq, after),
+            lte(t.auditEvents.chainSeq, after + WINDOW),
+          ),
+        )
+        .orderBy(asc(t.auditEvents.chainSeq));
+      for (const r of rows) if (!walker.push(chainedRow(r))) break;
+      progress(walker.count);
+    }
+    let broken = bad ?? walker.finish();
+    stillWanted();
+    if (!broken) broken = await this.unchained(schema, month, next);
+    const verified: MonthVerification = {
+      month,
+      status: broken ? 'BROKEN' : 'OK',
+      eventsVerified: walker.count,
+      lastSeq: walker.lastSeq,
+      lastHash: walker.lastSeq > 0 ? walker.lastHash.toString('hex') : null,
+      checkpoints: claims.length,
+    };
+    return { verified, broken };
   }
 
   /** Checkpoints whose signature holds become claims; one that does not is itself a break. */

@@ -1,7 +1,6 @@
-import { asc, eq } from 'drizzle-orm';
+import { CheckpointStore } from '../db/checkpoint-store.js';
 import type { Database } from '../db/client.js';
 import { addMonths } from '../db/partitions.js';
-import { tenantTables } from '../db/tenant-tables.js';
 import {
   type Checkpoint,
   checkpointSignatureValid,
@@ -20,6 +19,8 @@ import type { SigningKey } from './signing-key.js';
 export class CheckpointService {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<unknown> | undefined;
+  /** Where checkpoints are stored; the chain auditor, export and retention read them there. */
+  readonly store: CheckpointStore;
   constructor(
     private readonly db: Database,
     readonly key: SigningKey,
@@ -27,7 +28,9 @@ export class CheckpointService {
     private readonly intervalMs: number,
     /** Told of every checkpoint this instance stores (metrics). */
     private readonly onSigned?: (tenant: TenantId, count: number) => void,
-  ) {}
+  ) {
+    this.store = new CheckpointStore(db);
+  }
 
   start(): void {
     if (this.intervalMs <= 0 || this.timer) return;
@@ -76,68 +79,25 @@ export class CheckpointService {
     opts: { unlessOnly?: readonly string[] } = {},
   ): Promise<Checkpoint[]> {
     const schema = tenantSchema(tenant);
-    const heads = await this.db.query<{
-      month: Date;
-      seq: string | number;
-      hash: Uint8Array;
-      signed_seq: string | number | null;
-    }>(
-      `/* checkpoints.moved_heads */
-       select h.month, h.seq, h.hash,
-              (select max(c.seq) from "${schema}".chain_checkpoints c where c.month = h.month)
-                as signed_seq
-         from "${schema}".chain_heads h
-        where h.seq > 0 and h.hash is not null
-          and not exists (select 1 from "${schema}".chain_checkpoints c
-                           where c.month = h.month and c.seq >= h.seq)
-        order by h.month`,
-    );
     const made: Checkpoint[] = [];
-    for (const h of heads) {
+    for (const h of await this.store.movedHeads(tenant)) {
       const ignored = opts.unlessOnly ?? [];
-      if (ignored.length > 0 && h.signed_seq !== null) {
-        const month = new Date(h.month);
+      if (ignored.length > 0 && h.signedSeq !== null) {
         const moved = await this.db.query(
           `/* checkpoints.moved_by */
            select 1 from "${schema}".audit_events
             where occurred_at >= $1 and occurred_at < $2
               and chain_seq > $3 and chain_seq <= $4 and event_type <> all($5::text[])
             limit 1`,
-          [
-            month.toISOString(),
-            addMonths(month, 1).toISOString(),
-            Number(h.signed_seq),
-            Number(h.seq),
-            ignored,
-          ],
+          [h.month.toISOString(), addMonths(h.month, 1).toISOString(), h.signedSeq, h.seq, ignored],
         );
         if (moved.length === 0) continue;
       }
       const checkpoint = signCheckpoint(
-        {
-          tenant,
-          month: new Date(h.month),
-          seq: Number(h.seq),
-          hash: Buffer.from(h.hash),
-          signedAt: now,
-        },
+        { tenant, month: h.month, seq: h.seq, hash: h.hash, signedAt: now },
         this.key.privateKey,
       );
-      const inserted = await this.db.query(
-        `/* checkpoints.insert */
-         insert into "${schema}".chain_checkpoints (month, seq, hash, signed_at, key_id, signature)
-         values ($1, $2, decode($3, 'hex'), $4, $5, decode($6, 'hex'))
-         on conflict do nothing returning seq`,
-        [
-          checkpoint.month.toISOString(),
-          checkpoint.seq,
-          checkpoint.hash.toString('hex'),
-          checkpoint.signedAt.toISOString(),
-          checkpoint.keyId,
-          checkpoint.signature.toString('hex'),
-        ],
-      );
-      if (inserted.length === 0) continue;
+      if (!(await this.store.insert(tenant, checkpoint))) continue;
       made.push(checkpoint);
       this.onSigned?.(tenant, 1);
       // The log line is the copy outside the database: keep logs where the database's writers
@@ -148,22 +108,8 @@ export class CheckpointService {
   }
 
   /** Stored checkpoints of a tenant, oldest month and position first; optionally one month. */
-  async list(tenant: TenantId, month?: Date): Promise<Checkpoint[]> {
-    const t = tenantTables(tenantSchema(tenant)).chainCheckpoints;
-    const rows = await this.db.orm
-      .select()
-      .from(t)
-      .where(month ? eq(t.month, month) : undefined)
-      .orderBy(asc(t.month), asc(t.seq));
-    return rows.map((r) => ({
-      tenant,
-      month: r.month,
-      seq: r.seq,
-      hash: Buffer.from(r.hash),
-      signedAt: r.signedAt,
-      keyId: r.keyId,
-      signature: Buffer.from(r.signature),
-    }));
+  list(tenant: TenantId, month?: Date): Promise<Checkpoint[]> {
+    return this.store.list(tenant, month);
   }
 
   /** True when this deployment's key signed `c` and the signature holds. */

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Database, Sql } from '../db/client.js';
 import { addMonths } from '../db/partitions.js';
+import { columnList, legalHolds } from '../db/tenant-tables.js';
 import { ValidationError, type ValidationIssue } from '../domain/errors.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
@@ -178,8 +179,7 @@ function toHold(r: HoldRow): LegalHold {
   };
 }
 
-const COLUMNS = `id, correlation_id, occurred_from, occurred_to, reason, placed_at, placed_by,
-  released_at, released_by, release_reason`;
+const COLUMNS = columnList(legalHolds);
 
 /**
  * The tenants' `legal_holds` tables. All SQL is schema-qualified with the schema of a checked

@@ -16,8 +16,6 @@ export const MAINTENANCE_LOCK = 'auditgraph:maintenance';
 /** The first periodic run comes after at most this long, so frequent restarts still run it. */
 const FIRST_RUN_MAX_DELAY_MS = 10 * 60_000;
 
-const PARTITION_NAME = /^audit_events_y(\d{4})m(\d{2})$/;
-
 /** A month removed by a run (as recorded in retention_drops). */
 export interface DroppedMonth {
   month: Date;
@@ -81,7 +79,7 @@ export interface MaintenanceDeps {
   db: Database;
   /** The instance's partition manager (the write path's): told to forget dropped months. */
   partitions: PartitionManager;
-  checkpoints: Pick<CheckpointService, 'checkpointTenant'>;
+  checkpoints: Pick<CheckpointService, 'checkpointTenant' | 'store'>;
   /** Re-computes a month's chain before it is dropped: a broken month is evidence, and stays. */
   chain: Pick<ChainAuditor, 'verify'>;
   holds: LegalHoldStore;
@@ -256,6 +254,11 @@ export class MaintenanceJob {
     return out;
   }
 
+  /**
+   * One tenant's run: partitions ahead, then each month past retention, oldest first. Kept as
+   * one function on purpose: the months go in order, and whether the next is tried depends on
+   * how the last one ended (a failure stops the later ones until the next run).
+   */
   private async maintainTenant(
     conn: Connection,
     tenant: TenantId,
@@ -275,11 +278,11 @@ export class MaintenanceJob {
       held: [],
       problems: [],
     };
-    const problem = (month: Date | null, err: unknown) => {
-      const message = err instanceof Error ? err.message : String(err);
-      report.problems.push({ month, message });
+    const problem = (month: Date | null, thrown: unknown) => {
+      const err = thrown instanceof Error ? thrown : new Error(String(thrown));
+      report.problems.push({ month, message: err.message });
       log.error(
-        { tenant, month: month?.toISOString() ?? null, err: message },
+        { tenant, month: month?.toISOString() ?? null, err },
         month ? 'maintenance: month not dropped; tried again next run' : 'maintenance failed',
       );
     };
@@ -389,6 +392,9 @@ export class MaintenanceJob {
    * month's chain head (writers of the month wait on it, so the count is exact), count, DETACH,
    * record the drop with the signed checkpoint of the final head, delete the head and the month's
    * ids, DROP. Any failure — a lock_timeout included — rolls all of it back.
+   *
+   * Longer than most functions here on purpose: it is one transaction whose steps depend on
+   * the locks taken at its start, and reading them in one place, in order, is what shows that.
    */
   private drop(
     conn: Connection,
@@ -413,16 +419,8 @@ export class MaintenanceJob {
       ]);
       const holds = await this.heldBy(tx, schema, month);
       if (holds.length > 0) return { kind: 'held', holds };
-      const [attached] = await tx.query<{ yes: boolean }>(
-        `/* retention.attached */
-         select exists (
-           select 1 from pg_inherits i
-           join pg_class c on c.oid = i.inhrelid
-           join pg_namespace n on n.oid = c.relnamespace
-           where i.inhparent = to_regclass($1) and n.nspname = $2 and c.relname = $3) as yes`,
-        [`"${schema}".audit_events`, schema, name],
-      );
-      if (!attached?.yes) return { kind: 'gone' };
+      const found = await this.deps.partitions.catalog.find(tx, schema, name);
+      if (!found.attached) return { kind: 'gone' };
       const [head] = await tx.query<{ seq: string | number; hash: Uint8Array | null }>(
         `/* retention.head */ select seq, hash from "${schema}".chain_heads
           where month = $1 for update`,
@@ -436,37 +434,14 @@ export class MaintenanceJob {
       const chainHash = head?.hash ? Buffer.from(head.hash).toString('hex') : null;
       let checkpoint: CheckpointJson | null = null;
       if (chainSeq > 0) {
-        const [cp] = await tx.query<{
-          seq: string | number;
-          hash: Uint8Array;
-          signed_at: Date | string;
-          key_id: string;
-          signature: Uint8Array;
-        }>(
-          `/* retention.checkpoint */
-           select seq, hash, signed_at, key_id, signature from "${schema}".chain_checkpoints
-            where month = $1 order by seq desc limit 1`,
-          [monthIso],
-        );
-        if (
-          !cp ||
-          Number(cp.seq) !== chainSeq ||
-          Buffer.from(cp.hash).toString('hex') !== chainHash
-        ) {
+        const cp = await this.deps.checkpoints.store.newest(tenant, month, tx);
+        if (!cp || cp.seq !== chainSeq || cp.hash.toString('hex') !== chainHash) {
           throw new NotDropped(
             `${name}: its chain head (position ${chainSeq}) has no signed checkpoint; ` +
               'the month is kept until one is signed',
           );
         }
-        checkpoint = checkpointToJson({
-          tenant,
-          month,
-          seq: chainSeq,
-          hash: Buffer.from(cp.hash),
-          signedAt: new Date(cp.signed_at),
-          keyId: cp.key_id,
-          signature: Buffer.from(cp.signature),
-        });
+        checkpoint = checkpointToJson(cp);
       }
       if (rowCount !== chainSeq) {
         // The chain verified just before, so this is a row that appeared since (or an empty
@@ -521,24 +496,16 @@ export class MaintenanceJob {
    * named exactly as the service names them count; anything else is left alone (and logged).
    */
   private async attachedMonths(sql: Sql, schema: string): Promise<Date[]> {
-    const rows = await sql.query<{ relname: string }>(
-      `/* maintenance.partitions */
-       select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
-        where i.inhparent = to_regclass($1)`,
-      [`"${schema}".audit_events`],
-    );
     const months: Date[] = [];
-    for (const { relname } of rows) {
-      const m = PARTITION_NAME.exec(relname);
-      const month = m ? new Date(Date.UTC(Number(m[1]), Number(m[2]) - 1, 1)) : null;
-      if (!month || partitionName(month) !== relname) {
+    for (const p of await this.deps.partitions.catalog.attached(schema, sql)) {
+      if (p.month === null) {
         this.deps.log.warn(
-          { schema, partition: relname },
+          { schema, partition: p.name },
           'maintenance: a partition not named by the service; left alone',
         );
         continue;
       }
-      months.push(month);
+      months.push(new Date(p.month));
     }
     return months.sort((a, b) => a.getTime() - b.getTime());
   }

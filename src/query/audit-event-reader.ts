@@ -30,20 +30,6 @@ export interface ChainPageQuery {
   throughSeq: number;
 }
 
-/** A month's chain at one moment: see `chainSnapshot`. */
-export interface ChainMonthSnapshot {
-  month: Date;
-  headSeq: number;
-  /** The newest signed checkpoint of the month (its tenant is the schema's), if any. */
-  checkpoint: {
-    seq: number;
-    hash: Buffer;
-    signedAt: Date;
-    keyId: string;
-    signature: Buffer;
-  } | null;
-}
-
 /** One side of a keyset position on the time line: `greater` = at or after `at`. */
 interface Bound {
   at: Date;
@@ -185,47 +171,6 @@ export class AuditEventReader {
   /** One window of a month's chain (see chainPageQuery). */
   async chainPage(q: ChainPageQuery): Promise<AuditEventRow[]> {
     return this.chainPageQuery(q);
-  }
-
-  /**
-   * Each month's chain as it stands: its head (last position written) and its newest signed
-   * checkpoint, oldest month first. Only months with a head: retention deletes a dropped month's
-   * head (its checkpoints stay, append-only, and must not make an export expect its events).
-   * The newest checkpoint is found through the (month, seq) key per month, not by reading them all.
-   */
-  async chainSnapshot(schema: string): Promise<ChainMonthSnapshot[]> {
-    const rows = await this.db.query<{
-      month: Date | string;
-      head_seq: string | number;
-      seq: string | number | null;
-      hash: Uint8Array | null;
-      signed_at: Date | string | null;
-      key_id: string | null;
-      signature: Uint8Array | null;
-    }>(
-      `/* export.chain_snapshot */
-       select h.month, h.seq as head_seq, c.seq, c.hash, c.signed_at, c.key_id, c.signature
-         from "${schema}".chain_heads h
-         left join lateral (
-           select seq, hash, signed_at, key_id, signature from "${schema}".chain_checkpoints c
-            where c.month = h.month order by c.seq desc limit 1) c on true
-        where h.seq > 0
-        order by h.month`,
-    );
-    return rows.map((r) => ({
-      month: new Date(r.month),
-      headSeq: Number(r.head_seq),
-      checkpoint:
-        r.seq === null || !r.hash || !r.signature || r.signed_at === null || r.key_id === null
-          ? null
-          : {
-              seq: Number(r.seq),
-              hash: Buffer.from(r.hash),
-              signedAt: new Date(r.signed_at),
-              keyId: r.key_id,
-              signature: Buffer.from(r.signature),
-            },
-    }));
   }
 
   /**

@@ -1,4 +1,8 @@
 import { randomUUID } from 'node:crypto';
+import {
+  auditEventColumnsByField,
+  EVENT_FIELDS as EVENT_COLUMNS,
+} from '../../src/db/tenant-tables.js';
 
 /**
  * Benchmark events: every event field a real producer fills, with a ~500-byte `data`, about
@@ -128,63 +132,44 @@ export function inputJson(e: BenchEvent): string {
 }
 
 /** The columns of `audit_events`, in the order the baselines write them. */
-export const ROW_COLUMNS = [
-  'id',
-  'occurred_at',
-  'received_at',
-  'event_type',
-  'category',
-  'action',
-  'outcome',
-  'correlation_id',
-  'actor_type',
-  'actor_id',
-  'actor_ip',
-  'resource_type',
-  'resource_id',
-  'resource_name',
-  'parent_event_id',
-  'severity',
-  'duration_ms',
-  'error_code',
-  'error_message',
-  'namespace',
-  'cluster_id',
-  'trace_id',
-  'span_id',
-  'data',
-  'batch_id',
-] as const;
+/** The fields a bench row sets: the event's own, and the batch it belongs to. */
+const ROW_FIELDS = [...EVENT_COLUMNS, 'batchId'] as const;
+
+/** The columns a bench row fills, in table order (from the table definition). */
+export const ROW_COLUMNS: readonly string[] = ROW_FIELDS.map(
+  (f) => auditEventColumnsByField[f].name,
+);
 
 /** The event as row values, in ROW_COLUMNS order (timestamps as ISO text, data as JSON text). */
 export function rowValues(e: BenchEvent, receivedAt: Date, batchId: string): (string | null)[] {
-  return [
-    e.id,
-    e.occurredAt.toISOString(),
-    receivedAt.toISOString(),
-    e.eventType,
-    e.category,
-    e.action,
-    e.outcome,
-    e.correlationId,
-    e.actor.type,
-    e.actor.id,
-    e.actor.ip,
-    e.resource.type,
-    e.resource.id,
-    e.resource.name,
-    null,
-    e.severity,
-    String(e.durationMs),
-    e.errorCode,
-    e.errorMessage,
-    e.namespace,
-    e.clusterId,
-    e.traceId,
-    e.spanId,
-    JSON.stringify(e.data),
+  const row: Record<(typeof ROW_FIELDS)[number], string | null> = {
+    id: e.id,
+    occurredAt: e.occurredAt.toISOString(),
+    receivedAt: receivedAt.toISOString(),
+    eventType: e.eventType,
+    category: e.category,
+    action: e.action,
+    outcome: e.outcome,
+    correlationId: e.correlationId,
+    actorType: e.actor.type,
+    actorId: e.actor.id,
+    actorIp: e.actor.ip,
+    resourceType: e.resource.type,
+    resourceId: e.resource.id,
+    resourceName: e.resource.name,
+    parentEventId: null,
+    severity: e.severity,
+    durationMs: String(e.durationMs),
+    errorCode: e.errorCode,
+    errorMessage: e.errorMessage,
+    namespace: e.namespace,
+    clusterId: e.clusterId,
+    traceId: e.traceId,
+    spanId: e.spanId,
+    data: JSON.stringify(e.data),
     batchId,
-  ];
+  };
+  return ROW_FIELDS.map((f) => row[f]);
 }
 
 /** One line of COPY text format: tab-separated, `\N` for null, backslash escapes. */

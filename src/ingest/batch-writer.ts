@@ -250,46 +250,20 @@ export class BatchWriter {
         schema,
         candidates.map((i) => records[i]!),
       );
-      const statuses: WriteStatus[] = [];
-      const duplicatePositions: number[] = [];
-      const fresh: number[] = [];
-      records.forEach((r, i) => {
-        if (rejections.has(i)) statuses.push('REJECTED');
-        else if (
-          firstOf.get(r.id) === i &&
-          claimed.has(r.id) &&
-          !stored.has(eventKey(r.id, r.occurredAt))
-        ) {
-          statuses.push('STORED');
-          fresh.push(i);
-        } else {
-          statuses.push('DUPLICATE');
-          duplicatePositions.push(i);
-        }
-      });
+      const { statuses, duplicatePositions, fresh } = classifyRows(
+        records,
+        rejections,
+        firstOf,
+        claimed,
+        stored,
+      );
       // A batch whose every row was refused committed nothing: leaving it out of the ledger lets
       // a later replay under the same id (after the cause is fixed) be judged afresh.
       if (rejections.size === records.length) {
         return { statuses, rejections, conflicts: 0, alreadyCommitted: false };
       }
       if (fresh.length > 0) {
-        const tenant = tenantOfSchema(schema);
-        const chain: ChainColumns = { seq: [], prevHash: [], hash: [] };
-        for (const i of fresh) {
-          const month = chainMonth(records[i]!.occurredAt);
-          const head = heads.get(month.getTime())!;
-          head.seq += 1;
-          chain.seq.push(head.seq);
-          if (canonical) {
-            const prev = head.hash ?? genesisHash(tenant, month);
-            head.hash = this.hasher.link(prev, canonical[i]!);
-            chain.prevHash.push(prev.toString('hex'));
-            chain.hash.push(head.hash.toString('hex'));
-          } else {
-            chain.prevHash.push(null);
-            chain.hash.push(null);
-          }
-        }
+        const chain = this.chain(schema, records, fresh, heads, canonical);
         const rows = await this.insertRows(
           tx,
           schema,
@@ -305,22 +279,67 @@ export class BatchWriter {
         }
         await this.moveHeads(tx, schema, heads);
       }
-      await tx.query(
-        `/* ingest.ledger_insert */
-         insert into "${schema}".batch_ledger
-           (batch_id, event_count, stored_count, duplicate_positions, rejected_positions, instance_id)
-         values ($1, $2, $3, $4::int4[], $5::int4[], $6)`,
-        [
-          batchId,
-          records.length,
-          fresh.length,
-          duplicatePositions,
-          [...rejections.keys()],
-          this.instanceId,
-        ],
+      await this.recordInLedger(
+        tx,
+        schema,
+        batchId,
+        records.length,
+        fresh.length,
+        duplicatePositions,
+        [...rejections.keys()],
       );
       return { statuses, rejections, conflicts: 0, alreadyCommitted: false };
     });
+  }
+
+  /**
+   * Links the fresh rows into their months' chains, in batch order, moving each month's head
+   * (in memory; moveHeads writes them back): the seq, prev_hash and hash column of each row.
+   */
+  private chain(
+    schema: string,
+    records: readonly AuditEventRecord[],
+    fresh: readonly number[],
+    heads: Map<number, Head>,
+    canonical: readonly Buffer[] | undefined,
+  ): ChainColumns {
+    const tenant = tenantOfSchema(schema);
+    const chain: ChainColumns = { seq: [], prevHash: [], hash: [] };
+    for (const i of fresh) {
+      const month = chainMonth(records[i]!.occurredAt);
+      const head = heads.get(month.getTime())!;
+      head.seq += 1;
+      chain.seq.push(head.seq);
+      if (canonical) {
+        const prev = head.hash ?? genesisHash(tenant, month);
+        head.hash = this.hasher.link(prev, canonical[i]!);
+        chain.prevHash.push(prev.toString('hex'));
+        chain.hash.push(head.hash.toString('hex'));
+      } else {
+        chain.prevHash.push(null);
+        chain.hash.push(null);
+      }
+    }
+    return chain;
+  }
+
+  /** The batch's outcome, kept so that a retry under the same id is answered from it. */
+  private async recordInLedger(
+    tx: Sql,
+    schema: string,
+    batchId: string,
+    events: number,
+    stored: number,
+    duplicatePositions: readonly number[],
+    rejectedPositions: readonly number[],
+  ): Promise<void> {
+    await tx.query(
+      `/* ingest.ledger_insert */
+       insert into "${schema}".batch_ledger
+         (batch_id, event_count, stored_count, duplicate_positions, rejected_positions, instance_id)
+       values ($1, $2, $3, $4::int4[], $5::int4[], $6)`,
+      [batchId, events, stored, duplicatePositions, rejectedPositions, this.instanceId],
+    );
   }
 
   /**
@@ -581,4 +600,36 @@ function sameContent(r: AuditEventRecord, row: Record<string, unknown>): boolean
   if (COMPARED.some((c) => (c.value(r) ?? null) !== (c.stored(row[c.name]) ?? null))) return false;
   const data = r.dataJson === null ? null : JSON.parse(r.dataJson);
   return isDeepStrictEqual(data, row.data ?? null);
+}
+
+/**
+ * Each record's status: refused rows are REJECTED; a row is STORED when it is the first of its
+ * id in the batch, claimed the id and no stored event has its (id, occurredAt); the rest are
+ * DUPLICATE. Also the positions of the duplicates and of the fresh rows, in batch order.
+ */
+function classifyRows(
+  records: readonly AuditEventRecord[],
+  rejections: ReadonlyMap<number, RowRejection>,
+  firstOf: ReadonlyMap<string, number>,
+  claimed: ReadonlySet<string>,
+  stored: ReadonlySet<string>,
+): { statuses: WriteStatus[]; duplicatePositions: number[]; fresh: number[] } {
+  const statuses: WriteStatus[] = [];
+  const duplicatePositions: number[] = [];
+  const fresh: number[] = [];
+  records.forEach((r, i) => {
+    if (rejections.has(i)) statuses.push('REJECTED');
+    else if (
+      firstOf.get(r.id) === i &&
+      claimed.has(r.id) &&
+      !stored.has(eventKey(r.id, r.occurredAt))
+    ) {
+      statuses.push('STORED');
+      fresh.push(i);
+    } else {
+      statuses.push('DUPLICATE');
+      duplicatePositions.push(i);
+    }
+  });
+  return { statuses, duplicatePositions, fresh };
 }

@@ -197,17 +197,23 @@ export class AuditExporter {
         }
       }
     }
+    const trailer = this.trailer(snap, { count, firstHash, lastHash, months });
+    yield head + trailerLine(format, trailer);
+  }
+
+  /** What lets the export be verified offline: what it covers, what it held, the key and how. */
+  private trailer(
+    snap: ExportSnapshot,
+    seen: Pick<ExportTrailer, 'count' | 'firstHash' | 'lastHash' | 'months'>,
+  ): ExportTrailer {
     const key = this.checkpoints.key;
-    const trailer: ExportTrailer = {
+    return {
       format: EXPORT_FORMAT_VERSION,
       tenant: snap.tenant,
       exportedAt: snap.exportedAt.toISOString(),
       filter: filterJson(snap.filter),
       complete: snap.complete,
-      count,
-      firstHash,
-      lastHash,
-      months,
+      ...seen,
       checkpoints: snap.months.flatMap((m) =>
         m.checkpoint ? [checkpointToJson(m.checkpoint)] : [],
       ),
@@ -220,7 +226,6 @@ export class AuditExporter {
       chainVersion: CHAIN_VERSION,
       snapshot: SNAPSHOT_NOTE,
     };
-    yield head + trailerLine(format, trailer);
   }
 }
 

@@ -23,6 +23,8 @@ export interface App {
   /** Graceful stop: readiness false, refuse writes, flush, close. Idempotent. */
   stop(): Promise<void>;
   readonly services: Services;
+  /** Every part of the service as wiring.ts built it (tests reach the parts resolvers don't). */
+  readonly graph: ServiceGraph;
   readonly db: Database;
   readonly log: Logger;
   /** The yoga instance, for in-process requests (`app.graphql.fetch`). */
@@ -61,6 +63,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
 
   return {
     services,
+    graph,
     db: graph.db,
     log,
     graphql,

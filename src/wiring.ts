@@ -48,6 +48,12 @@ import {
   flushCompletedMessage,
 } from './realtime/topics.js';
 import { createRedis, RedisKeys } from './redis/client.js';
+import { DeadLetterAdmin } from './usecases/dead-letter-admin.js';
+import { KeyAdministration } from './usecases/key-administration.js';
+import { LegalHolds } from './usecases/legal-holds.js';
+import { TenantProvisioning } from './usecases/tenant-provisioning.js';
+import type { CliUseCases, UseCases } from './usecases/use-cases.js';
+import { WriteAdmission } from './usecases/write-admission.js';
 
 /*
  * The object graph, built once. Each part receives what it uses through its constructor, in an
@@ -116,6 +122,14 @@ export function wireCliKeys(config: Config, log: Logger, db: Database): ApiKeySt
     };
   }
   return new ApiKeyStore(db, log, options);
+}
+
+/** The use cases the command line shares with the API. */
+export function wireCliUseCases(storage: Storage, apiKeys: ApiKeyStore): CliUseCases {
+  return {
+    keys: new KeyAdministration(apiKeys, storage.directory),
+    provisioning: new TenantProvisioning(storage.tenants, storage.directory),
+  };
 }
 
 /** The write path: buffers, dead letters and their replay, and who hears of settled batches. */
@@ -327,8 +341,46 @@ export function wireService(config: Config, log: Logger, instanceId: string): Se
         config.clusterHeartbeatMs,
       )
     : new LocalCluster(write.ingest, instanceId);
+  const rateLimiter = new WriteRateLimiter(
+    {
+      eventsPerSecond: config.rateLimitEventsPerSecond,
+      burstEvents: config.rateLimitBurstEvents,
+      keys: redisKeys,
+    },
+    write.redis,
+    log.child({ component: 'rate-limit' }),
+  );
+  const useCases: UseCases = {
+    ...wireCliUseCases(storage, keys.apiKeys),
+    admission: new WriteAdmission(
+      write.ingest,
+      integrity.retention,
+      storage.tenants,
+      rateLimiter,
+      config,
+    ),
+    legalHolds: new LegalHolds(
+      integrity.legalHolds,
+      storage.tenants,
+      write.ingest,
+      integrity.lifecycleLog,
+    ),
+    deadLetters: new DeadLetterAdmin(
+      write.deadLetters,
+      write.retryWorker,
+      write.ingest,
+      write.events,
+      instanceId,
+      log.child({ component: 'dead-letters' }),
+    ),
+  };
   const services: Services = {
-    ...integrity,
+    checkpoints: integrity.checkpoints,
+    chainAuditor: integrity.chainAuditor,
+    retention: integrity.retention,
+    maintenance: integrity.maintenance,
+    lifecycleLog: integrity.lifecycleLog,
+    useCases,
     apiKeys: keys.apiKeys,
     keyWatcher: keys.keyWatcher,
     tenantDirectory: storage.directory,
@@ -339,25 +391,14 @@ export function wireService(config: Config, log: Logger, instanceId: string): Se
       log.child({ component: 'access' }),
       config,
     ),
-    rateLimiter: new WriteRateLimiter(
-      {
-        eventsPerSecond: config.rateLimitEventsPerSecond,
-        burstEvents: config.rateLimitBurstEvents,
-        keys: redisKeys,
-      },
-      write.redis,
-      log.child({ component: 'rate-limit' }),
-    ),
     connections: new TenantConnectionLimiter(config.maxConnectionsPerTenant),
     subscriptions: new TenantConnectionLimiter(config.maxSubscriptionsPerTenant),
     cluster,
     config,
     ingest: write.ingest,
-    events: write.events,
     queries: new AuditEventQueries(reader, cursors),
     instanceId,
     deadLetters: write.deadLetters,
-    retryWorker: write.retryWorker,
     realtime: write.realtime,
   };
   const exporter = new AuditExporter(reader, integrity.checkpoints, {

@@ -33,7 +33,7 @@ function events(n: number, overrides: Record<string, unknown> = {}) {
 function settledEvents(t: TestApp, tenant: string, n: number, timeoutMs: number): Promise<void> {
   let seen = 0;
   return new Promise((resolve, reject) => {
-    const stopListening = t.app.services.events.onBatchSettled((b: BatchSettled) => {
+    const stopListening = t.app.graph.events.onBatchSettled((b: BatchSettled) => {
       if (b.tenant !== tenant) return;
       seen += b.records.length;
       if (seen >= n) {

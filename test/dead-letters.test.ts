@@ -31,7 +31,7 @@ const DEAD_LETTER_EVENTS = `subscription { deadLetterEvents { __typename
 /** Resolves with the first dead-letter event of `kind` for `tenant` reported by the app. */
 function nextDeadLetterEvent(t: TestApp, tenant: string, kind: DeadLetterEventKind) {
   return new Promise<{ deadLetterId: string; error: string | null }>((resolve) => {
-    const off = t.app.services.events.onDeadLetter((e) => {
+    const off = t.app.graph.events.onDeadLetter((e) => {
       if (e.tenant === tenant && e.kind === kind) {
         off();
         resolve(e);
@@ -283,7 +283,7 @@ describe.each(stores)('dead letters in $name', ({ redis }) => {
       'DEAD_LETTERED',
     ]);
     // The worker's next look sees the queue at capacity.
-    await t.app.services.retryWorker.runOnce();
+    await t.app.graph.retryWorker.runOnce();
     const refused = await t.gql(id, CREATE, { input: { events: [event()] } });
     expect(refused.createAuditEvents).toMatchObject({
       __typename: 'BackpressureError',

@@ -260,7 +260,7 @@ describe('Redis outage during a database outage', () => {
       allRecovered = resolve;
     });
     const b = await startAppWith(env(1, shared), (app) => {
-      app.services.events.onDeadLetter((e) => {
+      app.graph.events.onDeadLetter((e) => {
         if (e.tenant !== tenant || e.kind !== 'RECOVERED') return;
         recovered.push(e);
         if (recovered.reduce((n, r) => n + r.events, 0) >= N) setImmediate(allRecovered);

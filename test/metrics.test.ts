@@ -202,7 +202,7 @@ describe('GET /metrics', () => {
       'DEAD_LETTERED',
     ]);
     // The depth gauges are the retry worker's last observation: take one now.
-    await t.app.services.retryWorker.runOnce();
+    await t.app.graph.retryWorker.runOnce();
 
     const { e } = await scrape(t);
     const s = (await t.gql(id, STATS)).auditStats;

@@ -102,7 +102,7 @@ function deadLetterEvents(on: TestApp[], tenants: string[], kind: DeadLetterEven
   const waiting = new Set(tenants);
   return new Promise<void>((resolve) => {
     const offs = on.map((t) =>
-      t.app.services.events.onDeadLetter((e) => {
+      t.app.graph.events.onDeadLetter((e) => {
         if (e.kind !== kind || !waiting.delete(e.tenant)) return;
         if (waiting.size > 0) return;
         for (const off of offs) off();

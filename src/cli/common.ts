@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { hostname, userInfo } from 'node:os';
 import { type Config, ConfigError, loadConfig } from '../config.js';
-import type { ApiKeyStore } from '../db/api-key-store.js';
 import type { Database } from '../db/client.js';
 import type { TenantDirectory } from '../db/tenant-directory.js';
-import type { TenantProvisioner } from '../db/tenant-provisioner.js';
-import { type TenantId, tenantSchema } from '../domain/tenant.js';
-import { type AccessRecord, accessEventRecord } from '../ingest/access-log.js';
+import { tenantSchema } from '../domain/tenant.js';
+import { accessEventRecord } from '../ingest/access-log.js';
 import { createLogger, type Logger } from '../logger.js';
-import { wireCliKeys, wireStorage } from '../wiring.js';
+import type { Actor } from '../usecases/actor.js';
+import type { CliUseCases } from '../usecases/use-cases.js';
+import { wireCliKeys, wireCliUseCases, wireStorage } from '../wiring.js';
 
 /** A command-line failure: its message is printed as is, and the process exits with `code`. */
 export class CliError extends Error {
@@ -24,11 +24,16 @@ export interface Cli {
   config: Config;
   log: Logger;
   db: Database;
-  tenants: TenantProvisioner;
+  /** Tenant reads (list, usage). */
   directory: TenantDirectory;
-  apiKeys: ApiKeyStore;
-  /** Writes an access record into the tenant's log at once (the CLI has no buffers to wait on). */
-  recordAccess(record: Omit<AccessRecord, 'actor' | 'correlationId'>): Promise<void>;
+  /** What the command does, as the API does it. */
+  useCases: CliUseCases;
+  /**
+   * The operator who ran the command. Its access records are written into the tenant's log at
+   * once (the CLI has no buffers to wait on): a record that cannot be written fails the command
+   * with exit code 3, the action itself being done.
+   */
+  actor: Actor;
 }
 
 /** Who ran the command, as the actor of its access records. */
@@ -61,28 +66,18 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
   const log = createLogger({
     logLevel: ['debug', 'trace'].includes(config.logLevel) ? config.logLevel : 'error',
   });
-  const { db, migrator, tenants, directory, writer } = wireStorage(
-    config,
-    log,
-    `cli-${process.pid}`,
-  );
+  const storage = wireStorage(config, log, `cli-${process.pid}`);
+  const { db, migrator, directory, writer } = storage;
   let code = 0;
   try {
     await migrator.migrateControl();
-    const apiKeys = wireCliKeys(config, log, db);
-    const actor = { type: 'operator', id: operator() };
+    const who = { type: 'operator', id: operator() };
     const correlationId = `cli-${randomUUID()}`;
-    const cli: Cli = {
-      config,
-      log,
-      db,
-      tenants,
-      directory,
-      apiKeys,
+    const actor: Actor = {
       async recordAccess(record) {
-        const event = accessEventRecord({ ...record, actor, correlationId });
+        const event = accessEventRecord({ ...record, actor: who, correlationId });
         try {
-          await writer.write(tenantSchema(record.tenant as TenantId), randomUUID(), [event]);
+          await writer.write(tenantSchema(record.tenant), randomUUID(), [event]);
         } catch (err) {
           throw new CliError(
             `done, but its access record could not be written to ${record.tenant}'s log: ` +
@@ -91,6 +86,15 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
           );
         }
       },
+      lifecycle: { actor: who, by: who.id, correlationId, data: {} },
+    };
+    const cli: Cli = {
+      config,
+      log,
+      db,
+      directory,
+      useCases: wireCliUseCases(storage, wireCliKeys(config, log, db)),
+      actor,
     };
     await main(cli, process.argv.slice(2));
   } catch (err) {

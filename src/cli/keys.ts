@@ -1,7 +1,8 @@
 import { parseArgs } from 'node:util';
-import { type ApiKeyRecord, SCOPES, validateNewApiKey } from '../domain/api-key.js';
-import { ValidationError } from '../domain/errors.js';
+import { type ApiKeyRecord, SCOPES } from '../domain/api-key.js';
+import { UnknownTenantError, ValidationError } from '../domain/errors.js';
 import { parseTenantId, type TenantId } from '../domain/tenant.js';
+import type { CreatedApiKey } from '../usecases/key-administration.js';
 import { type Cli, CliError, runCli, when } from './common.js';
 
 const USAGE = `npm run keys -- <command>
@@ -65,9 +66,9 @@ async function main(cli: Cli, argv: string[]): Promise<void> {
       throw new CliError(`give either --admin or --tenant <id>\n\n${USAGE}`, 2);
     }
     const expiresAt = values.expires ? new Date(values.expires) : null;
-    let spec: ReturnType<typeof validateNewApiKey>;
+    let created: CreatedApiKey;
     try {
-      spec = validateNewApiKey({
+      created = await cli.useCases.keys.create(cli.actor, {
         tenantId: values.admin ? null : values.tenant!,
         scopes: values.admin
           ? ['tenants:admin']
@@ -82,23 +83,14 @@ async function main(cli: Cli, argv: string[]): Promise<void> {
       if (err instanceof ValidationError) {
         throw new CliError(err.issues.map((i) => `${i.field}: ${i.message}`).join('\n'), 2);
       }
+      if (err instanceof UnknownTenantError) {
+        throw new CliError(
+          `unknown tenant "${err.tenantId}": provision it first (npm run tenants -- provision ${err.tenantId})`,
+        );
+      }
       throw err;
     }
-    if (spec.tenantId !== null && !(await cli.directory.exists(spec.tenantId))) {
-      throw new CliError(
-        `unknown tenant "${spec.tenantId}": provision it first (npm run tenants -- provision ${spec.tenantId})`,
-      );
-    }
-    const { key, secret } = await cli.apiKeys.create(spec);
-    if (key.tenantId !== null) {
-      await cli.recordAccess({
-        tenant: key.tenantId,
-        eventType: 'auditgraph.apikey.created',
-        action: 'create',
-        resource: { type: 'api_key', id: key.id, name: key.label },
-        data: { scopes: key.scopes, prefix: key.prefix, expiresAt: key.expiresAt },
-      });
-    }
+    const { key, secret } = created;
     out(
       { key: secret, apiKey: describe(key) },
       `Created API key ${key.id}\n` +
@@ -114,23 +106,14 @@ async function main(cli: Cli, argv: string[]): Promise<void> {
   if (command === 'revoke') {
     const [id] = rest;
     if (!id) throw new CliError(`revoke needs a key id\n\n${USAGE}`, 2);
-    const key = await cli.apiKeys.revoke(id);
+    const key = await cli.useCases.keys.revoke(cli.actor, id);
     if (!key) throw new CliError(`no API key with id ${id}`);
-    if (key.tenantId !== null) {
-      await cli.recordAccess({
-        tenant: key.tenantId,
-        eventType: 'auditgraph.apikey.revoked',
-        action: 'revoke',
-        resource: { type: 'api_key', id: key.id, name: key.label },
-        data: { prefix: key.prefix },
-      });
-    }
     out(describe(key), `Revoked API key ${key.id} (${key.label}) at ${when(key.revokedAt)}`);
     return;
   }
   if (command === 'list') {
     let keys: ApiKeyRecord[];
-    if (values.platform) keys = await cli.apiKeys.list(null);
+    if (values.platform) keys = await cli.useCases.keys.list(null);
     else if (values.tenant !== undefined) {
       let tenant: TenantId;
       try {
@@ -138,8 +121,8 @@ async function main(cli: Cli, argv: string[]): Promise<void> {
       } catch (err) {
         throw new CliError((err as Error).message, 2);
       }
-      keys = await cli.apiKeys.list(tenant);
-    } else keys = await cli.apiKeys.listAll();
+      keys = await cli.useCases.keys.list(tenant);
+    } else keys = await cli.useCases.keys.listAll();
     const lines = keys.map(
       (k) =>
         `${k.id}  ${k.prefix}…  ${(k.tenantId ?? '(platform)').padEnd(20)}  ` +

@@ -33,15 +33,8 @@ async function main(cli: Cli, argv: string[]): Promise<void> {
     } catch (err) {
       throw new CliError((err as Error).message, 2);
     }
-    const existed = await cli.directory.exists(tenant);
-    await cli.tenants.provision(tenant);
-    await cli.recordAccess({
-      tenant,
-      eventType: 'auditgraph.tenant.provisioned',
-      action: 'provision',
-      resource: { type: 'tenant', id: tenant },
-      data: { created: !existed },
-    });
+    const { created } = await cli.useCases.provisioning.provision(cli.actor, tenant);
+    const existed = !created;
     out(
       { tenantId: tenant, created: !existed },
       existed ? `Tenant ${tenant} exists; brought up to date` : `Provisioned tenant ${tenant}`,

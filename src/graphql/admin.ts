@@ -1,10 +1,10 @@
 import type { TenantInfo, TenantUsage } from '../db/tenant-directory.js';
-import { type ApiKeyRecord, type Scope, validateNewApiKey } from '../domain/api-key.js';
-import { UnknownTenantError, ValidationError } from '../domain/errors.js';
+import type { ApiKeyRecord, Scope } from '../domain/api-key.js';
+import { ValidationError } from '../domain/errors.js';
 import { parseTenantId, type TenantId } from '../domain/tenant.js';
 import { requireScope } from './auth.js';
 import { builder } from './builder.js';
-import { type GraphQLContext, recordAccess } from './context.js';
+import { actorOf, type GraphQLContext } from './context.js';
 import { ownIdOf } from './node-ids.js';
 
 /**
@@ -215,22 +215,11 @@ builder.mutationField('provisionTenant', (t) =>
     errors: { types: ADMIN_ERRORS, union: { name: 'ProvisionTenantResult' } },
     authScopes: { tenantsAdmin: true },
     args: { input: t.arg({ type: ProvisionTenantInput, required: true }) },
-    resolve: async (_root, { input }, ctx) => {
-      const tenant = checkTenantArg('input.tenantId', input.tenantId);
-      const { tenantDirectory, tenants } = ctx.services;
-      const existed = await tenantDirectory.exists(tenant);
-      await tenants.provision(tenant);
-      const info = await tenantDirectory.get(tenant);
-      if (!info) throw new UnknownTenantError(tenant);
-      await recordAccess(ctx, {
-        tenant,
-        eventType: 'auditgraph.tenant.provisioned',
-        action: 'provision',
-        resource: { type: 'tenant', id: tenant },
-        data: { created: !existed },
-      });
-      return { tenant: info, created: !existed };
-    },
+    resolve: (_root, { input }, ctx) =>
+      ctx.services.useCases.provisioning.provision(
+        actorOf(ctx),
+        checkTenantArg('input.tenantId', input.tenantId),
+      ),
   }),
 );
 
@@ -268,32 +257,13 @@ builder.mutationField('createApiKey', (t) =>
     errors: { types: ADMIN_ERRORS, union: { name: 'CreateApiKeyResult' } },
     authScopes: { tenantsAdmin: true },
     args: { input: t.arg({ type: CreateApiKeyInput, required: true }) },
-    resolve: async (_root, { input }, ctx) => {
-      const spec = validateNewApiKey({
+    resolve: (_root, { input }, ctx) =>
+      ctx.services.useCases.keys.create(actorOf(ctx), {
         tenantId: input.tenantId ?? null,
         scopes: input.scopes as Scope[],
         label: input.label,
         expiresAt: input.expiresAt ?? null,
-      });
-      if (spec.tenantId !== null && !(await ctx.services.tenantDirectory.exists(spec.tenantId))) {
-        throw new UnknownTenantError(spec.tenantId);
-      }
-      const created = await ctx.services.apiKeys.create(spec);
-      if (spec.tenantId !== null) {
-        await recordAccess(ctx, {
-          tenant: spec.tenantId,
-          eventType: 'auditgraph.apikey.created',
-          action: 'create',
-          resource: { type: 'api_key', id: created.key.id, name: created.key.label },
-          data: {
-            scopes: created.key.scopes,
-            prefix: created.key.prefix,
-            expiresAt: created.key.expiresAt,
-          },
-        });
-      }
-      return created;
-    },
+      }),
   }),
 );
 
@@ -315,17 +285,8 @@ builder.mutationField('revokeApiKey', (t) =>
     args: { input: t.arg({ type: RevokeApiKeyInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const id = ownIdOf(String(input.id), 'ApiKey', 'input.id');
-      const key = await ctx.services.apiKeys.revoke(id);
+      const key = await ctx.services.useCases.keys.revoke(actorOf(ctx), id);
       if (!key) throw ValidationError.single('input.id', 'no API key with this id');
-      if (key.tenantId !== null) {
-        await recordAccess(ctx, {
-          tenant: key.tenantId,
-          eventType: 'auditgraph.apikey.revoked',
-          action: 'revoke',
-          resource: { type: 'api_key', id: key.id, name: key.label },
-          data: { prefix: key.prefix },
-        });
-      }
       return key;
     },
   }),
@@ -345,7 +306,7 @@ builder.queryField('apiKeys', (t) =>
     args: { tenantId: t.arg.string() },
     resolve: async (_root, args, ctx) => {
       const tenant = args.tenantId == null ? null : checkTenantArg('tenantId', args.tenantId);
-      return { keys: await ctx.services.apiKeys.list(tenant) };
+      return { keys: await ctx.services.useCases.keys.list(tenant) };
     },
   }),
 );

@@ -5,7 +5,7 @@ import { PAGE_DEFAULT, PAGE_MAX } from '../query/audit-event-queries.js';
 import type { AuditEventRow } from '../query/audit-event-reader.js';
 import { requireScope } from './auth.js';
 import { builder } from './builder.js';
-import { recordRead, requireTenant } from './context.js';
+import { knownTenant, recordRead, requireTenant } from './context.js';
 
 function hex(b: Uint8Array | null | undefined): string | null {
   return b ? Buffer.from(b).toString('hex') : null;
@@ -61,8 +61,7 @@ export const AuditEvent = builder.node(builder.objectRef<AuditEventRow>('AuditEv
     const occurredAt = match ? new Date(match[2]!) : null;
     if (!match || !occurredAt || Number.isNaN(occurredAt.getTime())) return null;
     requireScope(ctx, 'eventsRead');
-    const tenant = requireTenant(ctx);
-    await ctx.services.tenants.ensure(tenant, false);
+    const tenant = await knownTenant(ctx);
     const event = await ctx.services.queries.byId(tenant, match[1]!, occurredAt);
     await recordRead(ctx, tenant, 'node', { id: match[1]!, found: event !== null });
     return event;
@@ -150,8 +149,7 @@ builder.queryField('auditEvents', (t) =>
         order: t.arg({ type: AuditEventOrderEnum, defaultValue: 'OCCURRED_AT_DESC' }),
       },
       resolve: async (_root, args, ctx) => {
-        const tenant = requireTenant(ctx);
-        await ctx.services.tenants.ensure(tenant, false);
+        const tenant = await knownTenant(ctx);
         const page = await ctx.services.queries.list(tenant, args);
         await recordRead(ctx, tenant, 'auditEvents', {
           returned: page.edges.length,

@@ -9,13 +9,9 @@ import { ForbiddenError, UnauthenticatedError, ValidationError } from '../domain
 import { type TenantId, tenantIdProblem } from '../domain/tenant.js';
 import type { AccessLog, AccessRecord } from '../ingest/access-log.js';
 import type { DeadLetterStore } from '../ingest/dead-letter-queue.js';
-import type { IngestEvents } from '../ingest/events.js';
 import type { IngestService } from '../ingest/ingest-service.js';
-import type { RetryWorker } from '../ingest/retry-worker.js';
-import type { WriteRateLimiter } from '../ingest/write-rate-limiter.js';
 import type { ChainAuditor } from '../integrity/chain-auditor.js';
 import type { CheckpointService } from '../integrity/checkpoints.js';
-import type { LegalHoldStore } from '../lifecycle/legal-holds.js';
 import type { LifecycleLog } from '../lifecycle/lifecycle-events.js';
 import type { MaintenanceJob } from '../lifecycle/maintenance.js';
 import type { TenantRetention } from '../lifecycle/tenant-retention.js';
@@ -23,20 +19,21 @@ import type { Logger } from '../logger.js';
 import type { AuditEventQueries } from '../query/audit-event-queries.js';
 import type { TenantConnectionLimiter } from '../realtime/connection-limiter.js';
 import type { RealtimeBus } from '../realtime/pubsub.js';
+import type { ActionRecord, Actor } from '../usecases/actor.js';
+import type { UseCases } from '../usecases/use-cases.js';
 import { requestRefusal } from './error-mapping.js';
 
 /** What resolvers may use; built once by app.ts. */
 export interface Services {
   config: Config;
+  /** What the doors do: write admission, provisioning, key administration, holds, dead letters. */
+  useCases: UseCases;
   ingest: IngestService;
-  /** What the write path reports: settled batches, dead-letter steps. */
-  events: IngestEvents;
   queries: AuditEventQueries;
   tenants: TenantProvisioner;
   deadLetters: DeadLetterStore;
   /** Every live instance: flushAudit and auditStats span them all. */
   cluster: Cluster;
-  retryWorker: RetryWorker;
   /** Tenant-scoped pub/sub behind the subscriptions (Redis fan-out, or in-process). */
   realtime: RealtimeBus;
   /** This process's name in flush reports and stats. */
@@ -47,8 +44,6 @@ export interface Services {
   tenantDirectory: TenantDirectory;
   /** Records access (key and tenant administration, dead-letter handling, reads) as events. */
   accessLog: AccessLog;
-  /** Per-tenant write rate (RATE_LIMIT_EVENTS_PER_SECOND). */
-  rateLimiter: WriteRateLimiter;
   /** Open subscription connections per tenant (MAX_CONNECTIONS_PER_TENANT). */
   connections: TenantConnectionLimiter;
   /** Open subscriptions per tenant, over every connection and field (MAX_SUBSCRIPTIONS_PER_TENANT). */
@@ -59,8 +54,6 @@ export interface Services {
   checkpoints: CheckpointService;
   /** Re-computes a tenant's hash chains (verifyAuditChain). */
   chainAuditor: ChainAuditor;
-  /** Legal holds of each tenant (placeLegalHold, releaseLegalHold, legalHolds). */
-  legalHolds: LegalHoldStore;
   /** Per-tenant retention: the write path's oldest accepted occurredAt, and what is dropped. */
   retention: TenantRetention;
   /** Partitions ahead and retention by whole months (leader-elected; runMaintenance). */
@@ -121,27 +114,51 @@ export function requireTenant(ctx: GraphQLContext): TenantId {
 }
 
 /**
- * Records an access made with an API key in the affected tenant's log (AccessLog), naming the
- * key's label as the actor. Nothing is recorded in AUTH_MODE=dev: nobody is authenticated there,
- * so there is no one to name.
+ * The caller's tenant (requireTenant), known to this service: a tenant that was never
+ * provisioned is refused as UNKNOWN_TENANT (each instance asks the database once per tenant).
  */
-export async function recordAccess(
-  ctx: GraphQLContext,
-  record: Omit<AccessRecord, 'actor' | 'correlationId' | 'data'> & {
-    data?: Record<string, unknown>;
-  },
-): Promise<void> {
-  const full = accessRecordOf(ctx, record);
-  if (full) await ctx.services.accessLog.record(full);
+export async function knownTenant(ctx: GraphQLContext): Promise<TenantId> {
+  const tenant = requireTenant(ctx);
+  await ctx.services.tenants.ensure(tenant, false);
+  return tenant;
+}
+
+/**
+ * The caller as the actor of an administrative action (src/usecases/). Its access record goes to
+ * the affected tenant's log (AccessLog) naming the key's label as the actor; nothing is
+ * recorded in AUTH_MODE=dev, where nobody is authenticated, so there is no one to name. A
+ * lifecycle change is recorded either way, by an anonymous actor in AUTH_MODE=dev.
+ */
+export function actorOf(ctx: GraphQLContext): Actor {
+  return {
+    async recordAccess(record) {
+      const full = accessRecordOf(ctx, record);
+      if (full) await ctx.services.accessLog.record(full);
+    },
+    lifecycle: lifecycleActorOf(ctx),
+  };
+}
+
+function lifecycleActorOf(ctx: GraphQLContext): Actor['lifecycle'] {
+  const caller = ctx.caller;
+  if (caller.kind === 'key') {
+    return {
+      actor: { type: 'api_key', id: caller.key.label },
+      by: `api_key:${caller.key.label}`,
+      correlationId: ctx.requestId,
+      data: { keyId: caller.key.id, requestId: ctx.requestId },
+    };
+  }
+  return {
+    actor: { type: 'anonymous', id: 'anonymous' },
+    by: 'anonymous',
+    correlationId: ctx.requestId,
+    data: { requestId: ctx.requestId },
+  };
 }
 
 /** The access record of what a key did; null when no key is calling (AUTH_MODE=dev). */
-function accessRecordOf(
-  ctx: GraphQLContext,
-  record: Omit<AccessRecord, 'actor' | 'correlationId' | 'data'> & {
-    data?: Record<string, unknown>;
-  },
-): AccessRecord | null {
+function accessRecordOf(ctx: GraphQLContext, record: ActionRecord): AccessRecord | null {
   const caller = ctx.caller;
   if (caller.kind !== 'key') return null;
   return {

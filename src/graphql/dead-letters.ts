@@ -3,7 +3,7 @@ import { isLowerUuid } from '../domain/uuid.js';
 import type { DeadLetter } from '../ingest/dead-letter-queue.js';
 import { requireScope } from './auth.js';
 import { builder } from './builder.js';
-import { recordAccess, requireTenant } from './context.js';
+import { actorOf, requireTenant } from './context.js';
 import { ownIdOf } from './node-ids.js';
 
 const DeadLetterStateEnum = builder.enumType('DeadLetterState', {
@@ -147,47 +147,12 @@ builder.mutationField('replayDeadLetters', (t) =>
     args: { input: t.arg({ type: ReplayDeadLettersInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
-      const { deadLetters, retryWorker, log } = { ...ctx.services, log: ctx.log };
       if (!input.all === !input.ids)
         throw ValidationError.single('input', 'give either ids or all: true');
       const ids = input.all
-        ? (await deadLetters.list(tenant, { state: 'PARKED' })).map((d) => d.id)
+        ? null
         : (input.ids ?? []).map((id) => ownIdOf(String(id), 'DeadLetter', 'input.ids'));
-      if (ids.length > 1000) throw ValidationError.single('input.ids', 'at most 1000 ids');
-      const replayed: DeadLetter[] = [];
-      const notFound: string[] = [];
-      for (const id of ids) {
-        const dl = isLowerUuid(id) ? await deadLetters.replay(tenant, id) : null;
-        if (!dl) notFound.push(id);
-        else {
-          replayed.push(dl);
-          ctx.services.events.deadLetter({
-            tenant,
-            kind: 'REPLAYED',
-            deadLetterId: dl.id,
-            events: dl.records.length,
-            attempts: dl.attempts,
-            error: dl.error,
-            at: new Date(),
-            instanceId: ctx.services.instanceId,
-          });
-        }
-      }
-      log.info(
-        { tenant, replayed: replayed.length, requestId: ctx.requestId },
-        'dead letters replayed by request',
-      );
-      for (const dl of replayed) {
-        await recordAccess(ctx, {
-          tenant,
-          eventType: 'auditgraph.deadletter.replayed',
-          action: 'replay',
-          resource: { type: 'dead_letter', id: dl.id },
-          data: { events: dl.records.length, attempts: dl.attempts },
-        });
-      }
-      if (replayed.length) void retryWorker.runOnce();
-      return { replayed, notFound };
+      return ctx.services.useCases.deadLetters.replay(actorOf(ctx), tenant, ids, ctx.requestId);
     },
   }),
 );
@@ -212,41 +177,14 @@ builder.mutationField('discardDeadLetter', (t) =>
     args: { input: t.arg({ type: DiscardDeadLetterInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
-      const reason = input.reason.trim();
-      if (reason.length < 1 || reason.length > 1000) {
-        throw ValidationError.single('input.reason', 'must be 1 to 1000 characters');
-      }
-      const id = ownIdOf(String(input.id), 'DeadLetter', 'input.id');
-      const dl = isLowerUuid(id) ? await ctx.services.deadLetters.discard(tenant, id) : null;
-      if (!dl) throw ValidationError.single('input.id', 'no parked dead letter with this id');
-      ctx.services.ingest.recordDiscarded(tenant, dl.records.length);
-      ctx.log.warn(
-        {
-          tenant,
-          deadLetterId: dl.id,
-          events: dl.records.length,
-          reason,
-          requestId: ctx.requestId,
-        },
-        'dead letter discarded',
+      const dl = await ctx.services.useCases.deadLetters.discard(
+        actorOf(ctx),
+        tenant,
+        ownIdOf(String(input.id), 'DeadLetter', 'input.id'),
+        input.reason,
+        ctx.requestId,
       );
-      ctx.services.events.deadLetter({
-        tenant,
-        kind: 'DISCARDED',
-        deadLetterId: dl.id,
-        events: dl.records.length,
-        attempts: dl.attempts,
-        error: reason,
-        at: new Date(),
-        instanceId: ctx.services.instanceId,
-      });
-      await recordAccess(ctx, {
-        tenant,
-        eventType: 'auditgraph.deadletter.discarded',
-        action: 'discard',
-        resource: { type: 'dead_letter', id: dl.id },
-        data: { events: dl.records.length, attempts: dl.attempts, reason },
-      });
+      if (!dl) throw ValidationError.single('input.id', 'no parked dead letter with this id');
       return dl;
     },
   }),

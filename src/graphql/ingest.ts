@@ -6,18 +6,13 @@ import {
   ShuttingDownError,
   ValidationError,
 } from '../domain/errors.js';
-import {
-  type AuditEventInput,
-  LIMITS,
-  RESERVED_EVENT_TYPE_PREFIX,
-  validateEvents,
-} from '../domain/event.js';
+import { type AuditEventInput, LIMITS, RESERVED_EVENT_TYPE_PREFIX } from '../domain/event.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { AcceptedEvent, FlushResult } from '../ingest/ingest-service.js';
 import { identityHolds, type TenantStats } from '../ingest/stats.js';
 import { OutcomeEnum } from './audit-event.js';
 import { builder } from './builder.js';
-import { requireTenant } from './context.js';
+import { knownTenant, requireTenant } from './context.js';
 import { AuditErrorInterface } from './errors.js';
 
 const AckEnum = builder.enumType('Ack', {
@@ -167,21 +162,11 @@ builder.mutationField('createAuditEvents', (t) =>
     authScopes: { eventsWrite: true },
     args: { input: t.arg({ type: CreateAuditEventsInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
-      const tenant = requireTenant(ctx);
-      const { config, ingest, tenants } = ctx.services;
-      if (ingest.isStopping) throw new ShuttingDownError();
-      // The tenant's own retention (cached): an event older than it could recreate a month
-      // that retention already dropped.
-      const retentionDays = await ctx.services.retention.days(tenant);
-      const records = validateEvents(input.events as AuditEventInput[], {
-        now: new Date(),
-        retentionDays,
-        maxFutureSkewMs: config.maxFutureSkewMs,
-        maxEvents: config.maxEventsPerCall,
-      });
-      await tenants.ensure(tenant, config.tenantAutoProvision);
-      await ctx.services.rateLimiter.consume(tenant, records.length);
-      const events = await ingest.accept(tenant, records, input.ack ?? 'COMMITTED');
+      const events = await ctx.services.useCases.admission.admit(
+        requireTenant(ctx),
+        input.events as AuditEventInput[],
+        input.ack ?? 'COMMITTED',
+      );
       return { events };
     },
   }),
@@ -288,8 +273,7 @@ builder.queryField('auditStats', (t) =>
     type: AuditStatsRef,
     authScopes: { eventsRead: true },
     resolve: async (_root, _args, ctx) => {
-      const tenant = requireTenant(ctx);
-      await ctx.services.tenants.ensure(tenant, false);
+      const tenant = await knownTenant(ctx);
       return { ...(await ctx.services.cluster.stats(tenant)), tenant };
     },
   }),

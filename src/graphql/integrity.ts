@@ -4,7 +4,7 @@ import type { Checkpoint } from '../domain/checkpoint.js';
 import { ValidationError } from '../domain/errors.js';
 import type { ChainVerification, MonthVerification } from '../integrity/chain-auditor.js';
 import { builder } from './builder.js';
-import { requireTenant } from './context.js';
+import { knownTenant, requireTenant } from './context.js';
 
 /** Widest range one verification may cover (it re-reads whole months). */
 const MAX_RANGE_MS = 10 * 366 * 86_400_000;
@@ -165,8 +165,7 @@ builder.queryField('auditCheckpoints', (t) =>
       }),
     },
     resolve: async (_root, args, ctx) => {
-      const tenant = requireTenant(ctx);
-      await ctx.services.tenants.ensure(tenant, false);
+      const tenant = await knownTenant(ctx);
       const month = args.month
         ? new Date(Date.UTC(args.month.getUTCFullYear(), args.month.getUTCMonth(), 1))
         : undefined;
@@ -196,8 +195,7 @@ builder.mutationField('signAuditCheckpoints', (t) =>
       'also signed every CHECKPOINT_INTERVAL_MS). Returns the new checkpoints (empty if none moved).',
     authScopes: { auditAdmin: true },
     resolve: async (_root, _args, ctx) => {
-      const tenant = requireTenant(ctx);
-      await ctx.services.tenants.ensure(tenant, false);
+      const tenant = await knownTenant(ctx);
       return { data: await ctx.services.checkpoints.checkpointTenant(tenant) };
     },
   }),

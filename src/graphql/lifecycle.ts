@@ -12,7 +12,7 @@ import type {
 import type { RetentionDrop, RetentionSetting } from '../lifecycle/tenant-retention.js';
 import { requireScope } from './auth.js';
 import { builder } from './builder.js';
-import { type GraphQLContext, requireTenant } from './context.js';
+import { actorOf, type GraphQLContext, knownTenant, requireTenant } from './context.js';
 import { ownIdOf } from './node-ids.js';
 
 /**
@@ -24,40 +24,18 @@ import { ownIdOf } from './node-ids.js';
 /** A lifecycle change's own failures: its input broke a rule, or the instance is stopping. */
 const LIFECYCLE_ERRORS = [ValidationError, ShuttingDownError];
 
-/** Who the caller is, as an event's actor and as `placed_by` / `released_by`. */
-function callerOf(ctx: GraphQLContext): {
-  actor: LifecycleRecord['actor'];
-  by: string;
-  data: Record<string, unknown>;
-} {
-  const caller = ctx.caller;
-  if (caller.kind === 'key') {
-    return {
-      actor: { type: 'api_key', id: caller.key.label },
-      by: `api_key:${caller.key.label}`,
-      data: { keyId: caller.key.id, requestId: ctx.requestId },
-    };
-  }
-  // AUTH_MODE=dev: nobody is authenticated, so nobody can be named.
-  return {
-    actor: { type: 'anonymous', id: 'anonymous' },
-    by: 'anonymous',
-    data: { requestId: ctx.requestId },
-  };
-}
-
 /** Writes the change as the tenant's audit event; the caller answers with what became of it. */
 function recordChange(
   ctx: GraphQLContext,
   tenant: TenantId,
   r: Omit<LifecycleRecord, 'tenant' | 'actor' | 'correlationId'>,
 ): Promise<RecordedEvent> {
-  const who = callerOf(ctx);
+  const who = actorOf(ctx).lifecycle;
   return ctx.services.lifecycleLog.record({
     ...r,
     tenant,
     actor: who.actor,
-    correlationId: ctx.requestId,
+    correlationId: who.correlationId,
     data: { ...r.data, ...who.data },
   });
 }
@@ -89,8 +67,7 @@ const LegalHoldRef = builder.node(builder.objectRef<LegalHold>('LegalHold'), {
   loadOne: async (id, ctx) => {
     requireScope(ctx, 'auditAdmin');
     const tenant = requireTenant(ctx);
-    await ctx.services.tenants.ensure(tenant, false);
-    return (await ctx.services.legalHolds.list(tenant)).find((h) => h.id === id) ?? null;
+    return (await ctx.services.useCases.legalHolds.list(tenant)).find((h) => h.id === id) ?? null;
   },
   fields: (t) => ({
     holdId: t.exposeString('id', { description: 'The hold’s own id (a UUID).' }),
@@ -148,31 +125,12 @@ builder.mutationField('placeLegalHold', (t) =>
     args: { input: t.arg({ type: PlaceLegalHoldInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
-      await ctx.services.tenants.ensure(tenant, false);
-      refuseWhileStopping(ctx);
-      const hold = await ctx.services.legalHolds.place(tenant, {
+      return ctx.services.useCases.legalHolds.place(actorOf(ctx), tenant, {
         correlationId: input.correlationId ?? null,
         occurredFrom: input.occurredFrom ?? null,
         occurredTo: input.occurredTo ?? null,
         reason: input.reason,
-        placedBy: callerOf(ctx).by,
       });
-      const event = await recordChange(ctx, tenant, {
-        eventType: 'auditgraph.legal_hold.placed',
-        action: 'place',
-        resource: { type: 'legal_hold', id: hold.id },
-        data: {
-          holdId: hold.id,
-          reason: hold.reason,
-          scope: hold.correlationId
-            ? { correlationId: hold.correlationId }
-            : {
-                occurredFrom: hold.occurredFrom?.toISOString(),
-                occurredTo: hold.occurredTo?.toISOString(),
-              },
-        },
-      });
-      return { hold, event };
     },
   }),
 );
@@ -195,31 +153,12 @@ builder.mutationField('releaseLegalHold', (t) =>
     args: { input: t.arg({ type: ReleaseLegalHoldInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
-      await ctx.services.tenants.ensure(tenant, false);
-      refuseWhileStopping(ctx);
-      const hold = await ctx.services.legalHolds.release(
+      return ctx.services.useCases.legalHolds.release(
+        actorOf(ctx),
         tenant,
         ownIdOf(String(input.id), 'LegalHold', 'input.id'),
         input.reason,
-        callerOf(ctx).by,
       );
-      const event = await recordChange(ctx, tenant, {
-        eventType: 'auditgraph.legal_hold.released',
-        action: 'release',
-        resource: { type: 'legal_hold', id: hold.id },
-        data: {
-          holdId: hold.id,
-          reason: hold.releaseReason,
-          placedReason: hold.reason,
-          scope: hold.correlationId
-            ? { correlationId: hold.correlationId }
-            : {
-                occurredFrom: hold.occurredFrom?.toISOString(),
-                occurredTo: hold.occurredTo?.toISOString(),
-              },
-        },
-      });
-      return { hold, event };
     },
   }),
 );
@@ -243,8 +182,7 @@ builder.queryField('legalHolds', (t) =>
     },
     resolve: async (_root, args, ctx) => {
       const tenant = requireTenant(ctx);
-      await ctx.services.tenants.ensure(tenant, false);
-      return { holds: await ctx.services.legalHolds.list(tenant, args.active ?? null) };
+      return { holds: await ctx.services.useCases.legalHolds.list(tenant, args.active ?? null) };
     },
   }),
 );
@@ -311,8 +249,7 @@ builder.queryField('retention', (t) =>
     type: RetentionRef,
     authScopes: { auditAdmin: true },
     resolve: async (_root, _args, ctx) => {
-      const tenant = requireTenant(ctx);
-      await ctx.services.tenants.ensure(tenant, false);
+      const tenant = await knownTenant(ctx);
       return { ...(await ctx.services.retention.get(tenant)), tenant };
     },
   }),
@@ -449,8 +386,7 @@ builder.mutationField('runMaintenance', (t) =>
     errors: { types: LIFECYCLE_ERRORS, union: { name: 'RunMaintenanceResult' } },
     authScopes: { auditAdmin: true },
     resolve: async (_root, _args, ctx) => {
-      const tenant = requireTenant(ctx);
-      await ctx.services.tenants.ensure(tenant, false);
+      const tenant = await knownTenant(ctx);
       refuseWhileStopping(ctx);
       const report = await ctx.services.maintenance.runOnce({ tenant });
       ctx.log.info(

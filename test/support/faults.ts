@@ -43,7 +43,7 @@ export const balances = (s: FullStats) =>
 
 /**
  * Starts the service in-process like `startApp`, but lets the caller attach listeners to
- * `app.services.events` before anything runs (the retry worker can act during `start()`).
+ * `app.graph.events` before anything runs (the retry worker can act during `start()`).
  */
 export async function startAppWith(
   env: Record<string, string>,
@@ -77,7 +77,7 @@ export function untilNothingOutstanding(
   tenant: string,
   timeoutMs: number,
 ): Promise<void> {
-  const { ingest, events } = app.services;
+  const { ingest, events } = app.graph;
   return new Promise((resolve, reject) => {
     const cleanup: (() => void)[] = [];
     const finish = (err?: Error) => {
@@ -104,7 +104,7 @@ export function untilNothingOutstanding(
 /** Counts the batches the ledger recognised as already committed by an earlier attempt. */
 export function watchLedger(app: App): { recognised: number } {
   // The service's one BatchWriter, shared by the ingest path and the retry worker.
-  const writer = (app.services.retryWorker as any).writer as BatchWriter;
+  const writer = (app.graph.retryWorker as any).writer as BatchWriter;
   const original = writer.write.bind(writer);
   const seen = { recognised: 0 };
   writer.write = async (...args: Parameters<BatchWriter['write']>) => {

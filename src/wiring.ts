@@ -317,6 +317,52 @@ export interface ServiceGraph extends Storage, WritePath, KeyParts, IntegrityPar
   services: Services;
 }
 
+/** The use cases, each given the parts it stands on (see src/usecases/). */
+function wireUseCases(
+  config: Config,
+  log: Logger,
+  instanceId: string,
+  storage: Storage,
+  write: WritePath,
+  integrity: IntegrityParts,
+  keys: { apiKeys: ApiKeyStore },
+  redisKeys: RedisKeys,
+): UseCases {
+  const rateLimiter = new WriteRateLimiter(
+    {
+      eventsPerSecond: config.rateLimitEventsPerSecond,
+      burstEvents: config.rateLimitBurstEvents,
+      keys: redisKeys,
+    },
+    write.redis,
+    log.child({ component: 'rate-limit' }),
+  );
+  return {
+    ...wireCliUseCases(storage, keys.apiKeys),
+    admission: new WriteAdmission(
+      write.ingest,
+      integrity.retention,
+      storage.tenants,
+      rateLimiter,
+      config,
+    ),
+    legalHolds: new LegalHolds(
+      integrity.legalHolds,
+      storage.tenants,
+      write.ingest,
+      integrity.lifecycleLog,
+    ),
+    deadLetters: new DeadLetterAdmin(
+      write.deadLetters,
+      write.retryWorker,
+      write.ingest,
+      write.events,
+      instanceId,
+      log.child({ component: 'dead-letters' }),
+    ),
+  };
+}
+
 export function wireService(config: Config, log: Logger, instanceId: string): ServiceGraph {
   const storage = wireStorage(config, log, instanceId);
   const redisKeys = new RedisKeys(config.redisKeyPrefix);
@@ -341,39 +387,16 @@ export function wireService(config: Config, log: Logger, instanceId: string): Se
         config.clusterHeartbeatMs,
       )
     : new LocalCluster(write.ingest, instanceId);
-  const rateLimiter = new WriteRateLimiter(
-    {
-      eventsPerSecond: config.rateLimitEventsPerSecond,
-      burstEvents: config.rateLimitBurstEvents,
-      keys: redisKeys,
-    },
-    write.redis,
-    log.child({ component: 'rate-limit' }),
+  const useCases = wireUseCases(
+    config,
+    log,
+    instanceId,
+    storage,
+    write,
+    integrity,
+    keys,
+    redisKeys,
   );
-  const useCases: UseCases = {
-    ...wireCliUseCases(storage, keys.apiKeys),
-    admission: new WriteAdmission(
-      write.ingest,
-      integrity.retention,
-      storage.tenants,
-      rateLimiter,
-      config,
-    ),
-    legalHolds: new LegalHolds(
-      integrity.legalHolds,
-      storage.tenants,
-      write.ingest,
-      integrity.lifecycleLog,
-    ),
-    deadLetters: new DeadLetterAdmin(
-      write.deadLetters,
-      write.retryWorker,
-      write.ingest,
-      write.events,
-      instanceId,
-      log.child({ component: 'dead-letters' }),
-    ),
-  };
   const services: Services = {
     checkpoints: integrity.checkpoints,
     chainAuditor: integrity.chainAuditor,

@@ -348,29 +348,36 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   );
   const parsed = envSchema.safeParse(cleaned);
   const problems = parsed.success
-    ? []
+    ? combinationProblems(parsed.data)
     : parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
-  if (parsed.success) {
-    const e = parsed.data;
-    const perSecond = e.RATE_LIMIT_EVENTS_PER_SECOND;
-    if (perSecond > 0 && e.MAX_EVENTS_PER_CALL > perSecond + e.RATE_LIMIT_BURST_EVENTS) {
-      // Such a call could never pass the rate limit: refuse the configuration instead.
-      problems.push(
-        'RATE_LIMIT_EVENTS_PER_SECOND: with RATE_LIMIT_BURST_EVENTS it must allow at least ' +
-          `MAX_EVENTS_PER_CALL (${e.MAX_EVENTS_PER_CALL}) events at once`,
-      );
-    }
-    if (e.METRICS_PORT !== undefined && e.METRICS_PORT !== 0 && e.METRICS_PORT === e.PORT) {
-      problems.push('METRICS_PORT: must differ from PORT');
-    }
-    if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
-      // node:http refuses this pair: the headers are part of the request.
-      problems.push('HTTP_HEADERS_TIMEOUT_MS: must not exceed HTTP_REQUEST_TIMEOUT_MS');
-    }
-  }
   problems.push(...partitionProblems(cleaned));
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
-  const e = parsed.data;
+  return configOf(parsed.data);
+}
+
+/** Variables each valid alone whose values do not go together. */
+function combinationProblems(e: z.output<typeof envSchema>): string[] {
+  const problems: string[] = [];
+  const perSecond = e.RATE_LIMIT_EVENTS_PER_SECOND;
+  if (perSecond > 0 && e.MAX_EVENTS_PER_CALL > perSecond + e.RATE_LIMIT_BURST_EVENTS) {
+    // Such a call could never pass the rate limit: refuse the configuration instead.
+    problems.push(
+      'RATE_LIMIT_EVENTS_PER_SECOND: with RATE_LIMIT_BURST_EVENTS it must allow at least ' +
+        `MAX_EVENTS_PER_CALL (${e.MAX_EVENTS_PER_CALL}) events at once`,
+    );
+  }
+  if (e.METRICS_PORT !== undefined && e.METRICS_PORT !== 0 && e.METRICS_PORT === e.PORT) {
+    problems.push('METRICS_PORT: must differ from PORT');
+  }
+  if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
+    // node:http refuses this pair: the headers are part of the request.
+    problems.push('HTTP_HEADERS_TIMEOUT_MS: must not exceed HTTP_REQUEST_TIMEOUT_MS');
+  }
+  return problems;
+}
+
+/** The configuration of a valid environment, with the defaults that depend on other variables. */
+function configOf(e: z.output<typeof envSchema>): Config {
   const servers = e.DATABASE_URL !== undefined;
   return {
     port: e.PORT,

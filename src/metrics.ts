@@ -74,10 +74,36 @@ const TENANT_GAUGES: readonly [name: string, key: keyof TenantStats, help: strin
  * Nothing runs until a scrape except the listeners on `events` (histograms, step counter).
  */
 export function createMetrics(sources: MetricsSources): Metrics {
-  const { ingest, events, retryWorker } = sources;
   const registry = new Registry();
   if (sources.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
+  // The exposition text lists the metrics in the order they are registered here.
+  registerTenantSeries(registry, sources.ingest);
+  registerQueueGauges(registry, sources);
+  new Gauge({
+    name: `${PREFIX}instance_info`,
+    help: 'This instance; the value is always 1.',
+    labelNames: ['instance_id'],
+    registers: [registry],
+  }).set({ instance_id: sources.instanceId }, 1);
 
+  const unsubscribe = observeWritePath(registry, sources.events);
+  const lifecycle = registerLifecycle(registry);
+  return {
+    registry,
+    contentType: registry.contentType,
+    render: () => registry.metrics(),
+    ...lifecycle,
+    close() {
+      for (const off of unsubscribe) off();
+    },
+  };
+}
+
+/**
+ * The per-tenant series: TENANT_COUNTERS, TENANT_GAUGES and whether the accounting identity
+ * holds, each read from one snapshot of the write path's counters per scrape.
+ */
+function registerTenantSeries(registry: Registry, ingest: MetricsSources['ingest']): void {
   // Every collect() of one scrape runs in the same synchronous turn: one snapshot serves them
   // all, so the per-tenant series are mutually consistent; it is dropped at the next microtask.
   let snapshot: Map<TenantId, TenantStats> | undefined;
@@ -127,7 +153,11 @@ export function createMetrics(sources: MetricsSources): Metrics {
       for (const [tenant, s] of tenantStats()) this.set({ tenant }, identityHolds(s) ? 1 : 0);
     },
   });
+}
 
+/** The buffer over all tenants and the dead-letter queue, read at scrape time. */
+function registerQueueGauges(registry: Registry, sources: MetricsSources): void {
+  const { ingest, retryWorker } = sources;
   new Gauge({
     name: `${PREFIX}buffer_events`,
     help: 'Events pending over all tenants (buffered, in flight, or in backoff).',
@@ -188,13 +218,13 @@ export function createMetrics(sources: MetricsSources): Metrics {
     '1 while the queue is at DLQ_MAX_EVENTS and writes are refused, else 0.',
     () => (ingest.isDeadLetterQueueFull ? 1 : 0),
   );
-  new Gauge({
-    name: `${PREFIX}instance_info`,
-    help: 'This instance; the value is always 1.',
-    labelNames: ['instance_id'],
-    registers: [registry],
-  }).set({ instance_id: sources.instanceId }, 1);
+}
 
+/**
+ * The write path's histograms and dead-letter step counter, fed by its events. Answers what
+ * stops listening to them.
+ */
+function observeWritePath(registry: Registry, events: IngestEvents): (() => void)[] {
   const steps = new Counter({
     name: `${PREFIX}dead_letter_steps_total`,
     help: 'Steps in the life of dead letters seen by this instance, by kind.',
@@ -225,11 +255,25 @@ export function createMetrics(sources: MetricsSources): Metrics {
     registers: [registry],
   });
 
+  return [
+    events.onBatchSettled((b) => {
+      if (b.records.length > 0) batchSize.observe({ trigger: b.trigger }, b.records.length);
+      // A batch dead-lettered after a failed attempt reports 0: it measured no write.
+      if (b.durationMs > 0) batchWrite.observe({ trigger: b.trigger }, b.durationMs / 1000);
+    }),
+    events.onDeadLetter((e) => steps.inc({ kind: e.kind })),
+    events.onCommitWaited((e) => commitWait.observe({ outcome: e.outcome }, e.ms / 1000)),
+  ];
+}
+
+/** Integrity and lifecycle: set by the checkpoint service, the chain auditor and maintenance. */
+function registerLifecycle(
+  registry: Registry,
+): Pick<Metrics, 'observeCheckpoints' | 'observeVerification' | 'observeMaintenance'> {
   const counter = (name: string, help: string, labelNames: string[] = []) =>
     new Counter({ name: PREFIX + name, help, labelNames, registers: [registry] });
   const gauge = (name: string, help: string, labelNames: string[] = []) =>
     new Gauge({ name: PREFIX + name, help, labelNames, registers: [registry] });
-  // Integrity and lifecycle: set by the checkpoint service, the chain auditor and maintenance.
   const checkpointsSigned = counter(
     'chain_checkpoints_signed_total',
     'Chain heads signed as checkpoints by this instance.',
@@ -269,20 +313,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     'Things a maintenance run could not do (each also logged at error).',
   );
 
-  const unsubscribe = [
-    events.onBatchSettled((b) => {
-      if (b.records.length > 0) batchSize.observe({ trigger: b.trigger }, b.records.length);
-      // A batch dead-lettered after a failed attempt reports 0: it measured no write.
-      if (b.durationMs > 0) batchWrite.observe({ trigger: b.trigger }, b.durationMs / 1000);
-    }),
-    events.onDeadLetter((e) => steps.inc({ kind: e.kind })),
-    events.onCommitWaited((e) => commitWait.observe({ outcome: e.outcome }, e.ms / 1000)),
-  ];
-
   return {
-    registry,
-    contentType: registry.contentType,
-    render: () => registry.metrics(),
     observeCheckpoints(tenant, count) {
       checkpointsSigned.inc({ tenant }, count);
     },
@@ -299,9 +330,6 @@ export function createMetrics(sources: MetricsSources): Metrics {
         monthsHeld.set({ tenant: t.tenant }, t.held.length);
         maintenanceProblems.inc(t.problems.length);
       }
-    },
-    close() {
-      for (const off of unsubscribe) off();
     },
   };
 }

@@ -511,242 +511,29 @@ class ExportVerifier {
     return this.done();
   }
 
+  /**
+   * The trailer against the events: its totals, its months, its checkpoints (signatures with
+   * the trusted key) and each month's chain against genesis and its checkpoint. Of the problems
+   * found, the one on the earliest line is the result's.
+   */
   private checkTrailer(t: ExportTrailer): void {
     const r = this.result;
-    const problems: ExportProblem[] = [];
-    const add = (p: Partial<ExportProblem> & Pick<ExportProblem, 'kind' | 'message'>) =>
-      problems.push({
-        line: this.trailerLine,
-        eventId: null,
-        month: null,
-        seq: null,
-        expected: null,
-        found: null,
-        ...p,
-      });
-    const mismatch = (what: string, expected: unknown, found: unknown, month?: string) =>
-      add({
-        kind: 'TRAILER_MISMATCH',
-        month: month ?? null,
-        expected: String(expected),
-        found: String(found),
-        message: `the trailer's ${what} (found) does not match the events (expected)`,
-      });
-
-    let filterEmpty = true;
-    try {
-      filterEmpty = isEmptyFilter(filterFromValue(t.filter));
-    } catch (err) {
-      const why = err instanceof ValidationError ? err.message : String(err);
-      add({ kind: 'FORMAT', message: `trailer: filter: ${why}` });
-    }
-    if (t.complete !== filterEmpty) mismatch('complete flag', filterEmpty, t.complete);
-    if (t.count !== r.rows) mismatch('count', r.rows, t.count);
-    const hexOf = (b: Buffer | null) => (b ? b.toString('hex') : null);
-    if (t.firstHash !== hexOf(this.firstHash))
-      mismatch('firstHash', hexOf(this.firstHash), t.firstHash);
-    if (t.lastHash !== hexOf(this.lastHash)) mismatch('lastHash', hexOf(this.lastHash), t.lastHash);
-
-    // Per month: the trailer's figures, and the events' own.
-    const summaries = new Map<string, ExportMonthSummary>();
-    for (const s of t.months) {
-      if (summaries.has(s.month))
-        add({ kind: 'FORMAT', message: `trailer: month ${s.month} listed twice` });
-      summaries.set(s.month, s);
-    }
+    const problems = new TrailerProblems(this.trailerLine);
+    this.checkTotals(t, problems);
+    const summaries = monthSummaries(t, problems);
     const observed = new Map(this.months.map((m) => [m.month.toISOString(), m]));
-    for (const [key, m] of observed) {
-      const s = summaries.get(key);
-      if (!s) {
-        add({
-          kind: 'TRAILER_MISMATCH',
-          line: m.firstLine,
-          month: key,
-          message: `the trailer does not list month ${key.slice(0, 7)}, which has events`,
-        });
-        continue;
-      }
-      if (s.count !== m.count) mismatch(`count of ${key}`, m.count, s.count, key);
-      if (s.firstSeq !== m.firstSeq) mismatch(`firstSeq of ${key}`, m.firstSeq, s.firstSeq, key);
-      if (s.lastSeq !== m.lastSeq) mismatch(`lastSeq of ${key}`, m.lastSeq, s.lastSeq, key);
-      if (s.lastHash !== m.lastHash.toString('hex')) {
-        mismatch(`lastHash of ${key}`, m.lastHash.toString('hex'), s.lastHash, key);
-      }
-    }
-    for (const [key, s] of summaries) {
-      if (!observed.has(key) && (s.count !== 0 || s.lastSeq !== null)) {
-        mismatch(`count of ${key}`, 0, s.count, key);
-      }
-    }
-
-    // Checkpoints: the signature with the trusted key, one per month, for this tenant.
-    let key: KeyObject | null = null;
-    if (this.opts.publicKey) {
-      key =
-        typeof this.opts.publicKey === 'string'
-          ? createPublicKey(this.opts.publicKey)
-          : this.opts.publicKey;
-      r.keySource = 'given';
-    } else if (t.checkpoints.length > 0) {
-      try {
-        key = createPublicKey(t.publicKeyPem);
-        r.keySource = 'export';
-        r.warnings.push(
-          'checkpoint signatures were checked with the public key written in the export itself: ' +
-            'this proves the file is consistent, not who made it — pass the deployment’s key ' +
-            '(--public-key) to trust it',
-        );
-      } catch {
-        add({ kind: 'FORMAT', message: 'trailer: publicKeyPem is not a public key' });
-      }
-    }
-    if (key) r.keyId = keyIdOf(key);
-    const covering = new Map<string, Checkpoint>();
-    for (const [i, j] of t.checkpoints.entries()) {
-      const c = checkpointFromJson(j);
-      const month = c.month.toISOString();
-      const where = { month, seq: c.seq };
-      if (covering.has(month)) {
-        add({ ...where, kind: 'FORMAT', message: `trailer: two checkpoints for month ${month}` });
-        continue;
-      }
-      if (c.tenant !== t.tenant) {
-        add({
-          ...where,
-          kind: 'BAD_SIGNATURE',
-          expected: t.tenant,
-          found: c.tenant,
-          message: `checkpoint ${i} is of another tenant`,
-        });
-        continue;
-      }
-      if (!key) continue;
-      if (c.keyId !== r.keyId) {
-        add({
-          ...where,
-          kind: 'BAD_SIGNATURE',
-          expected: r.keyId,
-          found: c.keyId,
-          message: `the checkpoint of ${month} names another signing key than the trusted one`,
-        });
-        continue;
-      }
-      if (!checkpointSignatureValid(c, key)) {
-        add({
-          ...where,
-          kind: 'BAD_SIGNATURE',
-          found: j.signature,
-          message: `the signature of the checkpoint of ${month} (position ${c.seq}) does not hold`,
-        });
-        continue;
-      }
-      r.checkpointsVerified++;
-      covering.set(month, c);
-      const s = summaries.get(month);
-      if (!s) {
-        add({
-          ...where,
-          kind: 'TRAILER_MISMATCH',
-          message: `the trailer lists a checkpoint for ${month} but not the month`,
-        });
-      } else if (s.throughSeq !== c.seq) {
-        mismatch(`throughSeq of ${month}`, c.seq, s.throughSeq, month);
-      }
-    }
+    checkMonthFigures(summaries, observed, problems);
+    const trusted = this.trustedKey(t, problems);
+    const covering = this.checkCheckpoints(t, trusted, summaries, problems);
 
     // The chains themselves, against genesis and the checkpoints.
     for (const [key, s] of summaries) {
       const m = observed.get(key);
       const c = covering.get(key) ?? null;
-      const month = new Date(key);
-      if (m && m.firstSeq === 1) {
-        const genesis = genesisHash(t.tenant, month);
-        if (!m.firstPrevHash.equals(genesis)) {
-          add({
-            kind: 'PREVIOUS_HASH_MISMATCH',
-            line: m.firstLine,
-            eventId: m.firstId,
-            month: key,
-            seq: 1,
-            expected: genesis.toString('hex'),
-            found: m.firstPrevHash.toString('hex'),
-            message: `the first event of ${key.slice(0, 7)} does not start on the genesis hash of tenant ${t.tenant}`,
-          });
-        }
-      }
-      if (m && m.lastSeq > s.throughSeq) {
-        add({
-          kind: 'BEYOND_CHECKPOINT',
-          line: m.lastLine,
-          eventId: m.lastId,
-          month: key,
-          seq: m.lastSeq,
-          expected: `at most position ${s.throughSeq}`,
-          found: String(m.lastSeq),
-          message: `an event past the position the snapshot of ${key.slice(0, 7)} covers`,
-        });
-      }
-      if (t.complete) {
-        if (!c) {
-          add({
-            kind: 'UNCOVERED',
-            month: key,
-            message: `no valid checkpoint covers ${key.slice(0, 7)}`,
-          });
-          continue;
-        }
-        if (!m) {
-          add({
-            kind: 'TRUNCATED',
-            month: key,
-            seq: c.seq,
-            expected: `positions 1..${c.seq}`,
-            found: 'no event',
-            message: `the checkpoint of ${key.slice(0, 7)} vouches for ${c.seq} events, and none was exported`,
-          });
-          continue;
-        }
-        if (m.firstSeq !== 1) {
-          add({
-            kind: 'SEQUENCE_GAP',
-            line: m.firstLine,
-            eventId: m.firstId,
-            month: key,
-            seq: m.firstSeq,
-            expected: 'position 1',
-            found: `position ${m.firstSeq}`,
-            message: `${key.slice(0, 7)} does not start at position 1: events are missing`,
-          });
-        } else if (m.gap) {
-          add({
-            kind: 'SEQUENCE_GAP',
-            line: m.gap.line,
-            eventId: m.gap.id,
-            month: key,
-            seq: m.gap.found,
-            expected: `position ${m.gap.expected}`,
-            found: `position ${m.gap.found}`,
-            message: 'events are missing before this one',
-          });
-        }
-        if (m.lastSeq < c.seq) {
-          add({
-            kind: 'TRUNCATED',
-            line: m.lastLine,
-            eventId: m.lastId,
-            month: key,
-            // The position of the event named (the last one exported), not the checkpoint's.
-            seq: m.lastSeq,
-            expected: `position ${c.seq}, hash ${c.hash.toString('hex')}`,
-            found: `position ${m.lastSeq}, hash ${m.lastHash.toString('hex')}`,
-            message:
-              `${key.slice(0, 7)} ends at position ${m.lastSeq}, before position ${c.seq} that ` +
-              `its checkpoint vouches for: ${c.seq - m.lastSeq} event(s) were removed from its end`,
-          });
-        }
-      }
+      if (m) checkChainEnds(t, key, s, m, problems);
+      if (t.complete && !checkCompleteMonth(key, m, c, problems)) continue;
       if (c && m && m.lastSeq === c.seq && !m.lastHash.equals(c.hash)) {
-        add({
+        problems.add({
           kind: 'CHECKPOINT_MISMATCH',
           line: m.lastLine,
           eventId: m.lastId,
@@ -771,16 +558,331 @@ class ExportVerifier {
           'event is vouched for by a checkpoint only through an unbroken chain up to it',
       );
     }
-    problems.sort(
-      (a, b) => (a.line ?? Number.MAX_SAFE_INTEGER) - (b.line ?? Number.MAX_SAFE_INTEGER),
-    );
-    if (problems[0]) this.fail(problems[0]);
+    const first = problems.earliest();
+    if (first) this.fail(first);
+  }
+
+  /** The whole file's figures: the complete flag against the filter, the count, first and last hash. */
+  private checkTotals(t: ExportTrailer, problems: TrailerProblems): void {
+    let filterEmpty = true;
+    try {
+      filterEmpty = isEmptyFilter(filterFromValue(t.filter));
+    } catch (err) {
+      const why = err instanceof ValidationError ? err.message : String(err);
+      problems.add({ kind: 'FORMAT', message: `trailer: filter: ${why}` });
+    }
+    if (t.complete !== filterEmpty) problems.mismatch('complete flag', filterEmpty, t.complete);
+    if (t.count !== this.result.rows) problems.mismatch('count', this.result.rows, t.count);
+    const hexOf = (b: Buffer | null) => (b ? b.toString('hex') : null);
+    if (t.firstHash !== hexOf(this.firstHash))
+      problems.mismatch('firstHash', hexOf(this.firstHash), t.firstHash);
+    if (t.lastHash !== hexOf(this.lastHash)) {
+      problems.mismatch('lastHash', hexOf(this.lastHash), t.lastHash);
+    }
+  }
+
+  /**
+   * The key checkpoints are checked with: the one given, else (with a warning) the one the
+   * export carries. Null when there is none to use.
+   */
+  private trustedKey(t: ExportTrailer, problems: TrailerProblems): KeyObject | null {
+    const r = this.result;
+    let key: KeyObject | null = null;
+    if (this.opts.publicKey) {
+      key =
+        typeof this.opts.publicKey === 'string'
+          ? createPublicKey(this.opts.publicKey)
+          : this.opts.publicKey;
+      r.keySource = 'given';
+    } else if (t.checkpoints.length > 0) {
+      try {
+        key = createPublicKey(t.publicKeyPem);
+        r.keySource = 'export';
+        r.warnings.push(
+          'checkpoint signatures were checked with the public key written in the export itself: ' +
+            'this proves the file is consistent, not who made it — pass the deployment’s key ' +
+            '(--public-key) to trust it',
+        );
+      } catch {
+        problems.add({ kind: 'FORMAT', message: 'trailer: publicKeyPem is not a public key' });
+      }
+    }
+    if (key) r.keyId = keyIdOf(key);
+    return key;
+  }
+
+  /**
+   * Checkpoints: the signature with the trusted key, one per month, for this tenant, at the
+   * position the trailer's month was exported through. Answers the valid ones by month.
+   */
+  private checkCheckpoints(
+    t: ExportTrailer,
+    key: KeyObject | null,
+    summaries: Map<string, ExportMonthSummary>,
+    problems: TrailerProblems,
+  ): Map<string, Checkpoint> {
+    const r = this.result;
+    const covering = new Map<string, Checkpoint>();
+    for (const [i, j] of t.checkpoints.entries()) {
+      const c = checkpointFromJson(j);
+      const month = c.month.toISOString();
+      const where = { month, seq: c.seq };
+      if (covering.has(month)) {
+        problems.add({
+          ...where,
+          kind: 'FORMAT',
+          message: `trailer: two checkpoints for month ${month}`,
+        });
+        continue;
+      }
+      if (c.tenant !== t.tenant) {
+        problems.add({
+          ...where,
+          kind: 'BAD_SIGNATURE',
+          expected: t.tenant,
+          found: c.tenant,
+          message: `checkpoint ${i} is of another tenant`,
+        });
+        continue;
+      }
+      if (!key) continue;
+      if (c.keyId !== r.keyId) {
+        problems.add({
+          ...where,
+          kind: 'BAD_SIGNATURE',
+          expected: r.keyId,
+          found: c.keyId,
+          message: `the checkpoint of ${month} names another signing key than the trusted one`,
+        });
+        continue;
+      }
+      if (!checkpointSignatureValid(c, key)) {
+        problems.add({
+          ...where,
+          kind: 'BAD_SIGNATURE',
+          found: j.signature,
+          message: `the signature of the checkpoint of ${month} (position ${c.seq}) does not hold`,
+        });
+        continue;
+      }
+      r.checkpointsVerified++;
+      covering.set(month, c);
+      const s = summaries.get(month);
+      if (!s) {
+        problems.add({
+          ...where,
+          kind: 'TRAILER_MISMATCH',
+          message: `the trailer lists a checkpoint for ${month} but not the month`,
+        });
+      } else if (s.throughSeq !== c.seq) {
+        problems.mismatch(`throughSeq of ${month}`, c.seq, s.throughSeq, month);
+      }
+    }
+    return covering;
   }
 
   private done(): ExportVerification {
     this.result.ok = this.result.problem === null;
     return this.result;
   }
+}
+
+/**
+ * The problems one trailer check finds; each is at the trailer's line unless it names another.
+ */
+class TrailerProblems {
+  private readonly found: ExportProblem[] = [];
+
+  constructor(private readonly trailerLine: number) {}
+
+  add(p: Partial<ExportProblem> & Pick<ExportProblem, 'kind' | 'message'>): void {
+    this.found.push({
+      line: this.trailerLine,
+      eventId: null,
+      month: null,
+      seq: null,
+      expected: null,
+      found: null,
+      ...p,
+    });
+  }
+
+  /** One of the trailer's figures (found) disagrees with the events' (expected). */
+  mismatch(what: string, expected: unknown, found: unknown, month?: string): void {
+    this.add({
+      kind: 'TRAILER_MISMATCH',
+      month: month ?? null,
+      expected: String(expected),
+      found: String(found),
+      message: `the trailer's ${what} (found) does not match the events (expected)`,
+    });
+  }
+
+  /** The problem on the earliest line (those about the whole file last), if any. */
+  earliest(): ExportProblem | undefined {
+    this.found.sort(
+      (a, b) => (a.line ?? Number.MAX_SAFE_INTEGER) - (b.line ?? Number.MAX_SAFE_INTEGER),
+    );
+    return this.found[0];
+  }
+}
+
+/** The trailer's months by month, each listed once. */
+function monthSummaries(
+  t: ExportTrailer,
+  problems: TrailerProblems,
+): Map<string, ExportMonthSummary> {
+  const summaries = new Map<string, ExportMonthSummary>();
+  for (const s of t.months) {
+    if (summaries.has(s.month))
+      problems.add({ kind: 'FORMAT', message: `trailer: month ${s.month} listed twice` });
+    summaries.set(s.month, s);
+  }
+  return summaries;
+}
+
+/** Per month: the trailer's figures, and the events' own. */
+function checkMonthFigures(
+  summaries: Map<string, ExportMonthSummary>,
+  observed: Map<string, MonthState>,
+  problems: TrailerProblems,
+): void {
+  for (const [key, m] of observed) {
+    const s = summaries.get(key);
+    if (!s) {
+      problems.add({
+        kind: 'TRAILER_MISMATCH',
+        line: m.firstLine,
+        month: key,
+        message: `the trailer does not list month ${key.slice(0, 7)}, which has events`,
+      });
+      continue;
+    }
+    if (s.count !== m.count) problems.mismatch(`count of ${key}`, m.count, s.count, key);
+    if (s.firstSeq !== m.firstSeq) {
+      problems.mismatch(`firstSeq of ${key}`, m.firstSeq, s.firstSeq, key);
+    }
+    if (s.lastSeq !== m.lastSeq) problems.mismatch(`lastSeq of ${key}`, m.lastSeq, s.lastSeq, key);
+    if (s.lastHash !== m.lastHash.toString('hex')) {
+      problems.mismatch(`lastHash of ${key}`, m.lastHash.toString('hex'), s.lastHash, key);
+    }
+  }
+  for (const [key, s] of summaries) {
+    if (!observed.has(key) && (s.count !== 0 || s.lastSeq !== null)) {
+      problems.mismatch(`count of ${key}`, 0, s.count, key);
+    }
+  }
+}
+
+/**
+ * A month's exported events at both ends: a month exported from position 1 starts on the
+ * tenant's genesis hash, and no event lies past the position the snapshot covers.
+ */
+function checkChainEnds(
+  t: ExportTrailer,
+  key: string,
+  s: ExportMonthSummary,
+  m: MonthState,
+  problems: TrailerProblems,
+): void {
+  if (m.firstSeq === 1) {
+    const genesis = genesisHash(t.tenant, new Date(key));
+    if (!m.firstPrevHash.equals(genesis)) {
+      problems.add({
+        kind: 'PREVIOUS_HASH_MISMATCH',
+        line: m.firstLine,
+        eventId: m.firstId,
+        month: key,
+        seq: 1,
+        expected: genesis.toString('hex'),
+        found: m.firstPrevHash.toString('hex'),
+        message: `the first event of ${key.slice(0, 7)} does not start on the genesis hash of tenant ${t.tenant}`,
+      });
+    }
+  }
+  if (m.lastSeq > s.throughSeq) {
+    problems.add({
+      kind: 'BEYOND_CHECKPOINT',
+      line: m.lastLine,
+      eventId: m.lastId,
+      month: key,
+      seq: m.lastSeq,
+      expected: `at most position ${s.throughSeq}`,
+      found: String(m.lastSeq),
+      message: `an event past the position the snapshot of ${key.slice(0, 7)} covers`,
+    });
+  }
+}
+
+/**
+ * A month of a complete export: a valid checkpoint covers it, and its events run from position 1
+ * without a gap up to the checkpoint's position. Answers false when the month has no checkpoint
+ * or no event, and nothing more can be checked of it.
+ */
+function checkCompleteMonth(
+  key: string,
+  m: MonthState | undefined,
+  c: Checkpoint | null,
+  problems: TrailerProblems,
+): boolean {
+  if (!c) {
+    problems.add({
+      kind: 'UNCOVERED',
+      month: key,
+      message: `no valid checkpoint covers ${key.slice(0, 7)}`,
+    });
+    return false;
+  }
+  if (!m) {
+    problems.add({
+      kind: 'TRUNCATED',
+      month: key,
+      seq: c.seq,
+      expected: `positions 1..${c.seq}`,
+      found: 'no event',
+      message: `the checkpoint of ${key.slice(0, 7)} vouches for ${c.seq} events, and none was exported`,
+    });
+    return false;
+  }
+  if (m.firstSeq !== 1) {
+    problems.add({
+      kind: 'SEQUENCE_GAP',
+      line: m.firstLine,
+      eventId: m.firstId,
+      month: key,
+      seq: m.firstSeq,
+      expected: 'position 1',
+      found: `position ${m.firstSeq}`,
+      message: `${key.slice(0, 7)} does not start at position 1: events are missing`,
+    });
+  } else if (m.gap) {
+    problems.add({
+      kind: 'SEQUENCE_GAP',
+      line: m.gap.line,
+      eventId: m.gap.id,
+      month: key,
+      seq: m.gap.found,
+      expected: `position ${m.gap.expected}`,
+      found: `position ${m.gap.found}`,
+      message: 'events are missing before this one',
+    });
+  }
+  if (m.lastSeq < c.seq) {
+    problems.add({
+      kind: 'TRUNCATED',
+      line: m.lastLine,
+      eventId: m.lastId,
+      month: key,
+      // The position of the event named (the last one exported), not the checkpoint's.
+      seq: m.lastSeq,
+      expected: `position ${c.seq}, hash ${c.hash.toString('hex')}`,
+      found: `position ${m.lastSeq}, hash ${m.lastHash.toString('hex')}`,
+      message:
+        `${key.slice(0, 7)} ends at position ${m.lastSeq}, before position ${c.seq} that ` +
+        `its checkpoint vouches for: ${c.seq - m.lastSeq} event(s) were removed from its end`,
+    });
+  }
+  return true;
 }
 
 const isObj = (v: unknown): v is Record<string, unknown> =>

@@ -8,10 +8,16 @@ import {
   ShuttingDownError,
   ValidationError,
 } from '../domain/errors.js';
+import type { TenantId } from '../domain/tenant.js';
 
 import { type AuditExporter, filterJson } from '../export/exporter.js';
-import { errorLine } from '../export/format.js';
-import { acceptsGzip, MAX_EXPORT_URL_BYTES, parseExportParams } from '../export/params.js';
+import { type ExportFormat, errorLine } from '../export/format.js';
+import {
+  acceptsGzip,
+  type ExportParams,
+  MAX_EXPORT_URL_BYTES,
+  parseExportParams,
+} from '../export/params.js';
 import { authenticateRequest, fetchHeaders, grantedScopes } from '../graphql/auth.js';
 import {
   type GraphQLContext,
@@ -20,7 +26,7 @@ import {
   type Services,
 } from '../graphql/context.js';
 import { auditErrorOf, extensionsOf, withoutHttp } from '../graphql/error-mapping.js';
-import type { Logger } from '../logger.js';
+import { asError, type Logger } from '../logger.js';
 import { sendJson as sendJsonResponse } from './json-response.js';
 
 /**
@@ -67,6 +73,7 @@ export function createExportRoute(
 ): ExportRoute {
   const { config } = services;
 
+  /** One request from its checks to its last byte; refusals and early failures are thrown. */
   async function serve(req: IncomingMessage, res: ServerResponse, requestId: string) {
     const abort = new AbortController();
     // A client that goes away (even before the first byte) stops the reading between two pages.
@@ -82,30 +89,7 @@ export function createExportRoute(
       );
       return;
     }
-    if (Buffer.byteLength(req.url ?? '', 'utf8') > MAX_EXPORT_URL_BYTES) {
-      throw ValidationError.single('url', `longer than ${MAX_EXPORT_URL_BYTES} bytes`);
-    }
-    let headers: Headers;
-    try {
-      headers = fetchHeaders(req);
-    } catch {
-      throw ValidationError.single('headers', 'a header value is not valid');
-    }
-    // Who is calling comes first: nobody learns how their parameters would be judged before that.
-    const caller = await authenticateRequest(services, headers);
-    if (caller.kind === 'refused') throw caller.error;
-    if (!grantedScopes(caller).has('events:read')) {
-      throw new ForbiddenError('this API key lacks the scope events:read');
-    }
-    const ctx: GraphQLContext = { requestId, log, services, caller, transport: 'http' };
-    const tenant = requireTenant(ctx);
-    let search: URLSearchParams;
-    try {
-      search = new URL(req.url ?? '/', 'http://localhost').searchParams;
-    } catch {
-      throw ValidationError.single('url', 'is not a valid request target');
-    }
-    const params = parseExportParams(search);
+    const { ctx, tenant, params } = await authorise(req, services, log, requestId);
     if (services.ingest.isStopping) throw new ShuttingDownError();
     await services.tenants.ensure(tenant, false);
     const gzip = params.gzip ?? acceptsGzip(req.headers['accept-encoding']);
@@ -126,97 +110,193 @@ export function createExportRoute(
       log.info({ requestId, tenant }, 'export abandoned: the client closed the connection');
       return;
     }
-    let sent = 0;
-    async function* text(): AsyncGenerator<string, void, undefined> {
-      if (first.done) return;
-      yield first.value;
-      try {
-        for await (const chunk of lines) {
-          sent++;
-          yield chunk;
-        }
-      } catch (err) {
-        if (abort.signal.aborted) throw err;
-        log.error({ err, requestId, tenant, chunks: sent }, 'export failed while streaming');
-        yield errorLine(params.format, {
-          type: 'InternalError',
-          message:
-            'the export failed while it was sent and is incomplete; the service log has the ' +
-            'details under this request id',
-          retryable: true,
-          requestId,
-        });
-      }
-    }
-    const ext = params.format === 'jsonl' ? 'jsonl' : 'csv';
-    res.writeHead(200, {
-      'content-type':
-        params.format === 'jsonl'
-          ? 'application/x-ndjson; charset=utf-8'
-          : 'text/csv; charset=utf-8; header=present',
-      'content-disposition': `attachment; filename="auditgraph-${tenant}-${stamp(snap.exportedAt)}.${ext}"`,
-      'cache-control': 'no-store',
-      'x-content-type-options': 'nosniff',
-      vary: 'accept-encoding',
-      ...(gzip ? { 'content-encoding': 'gzip' } : {}),
+    await sendExport(res, {
+      requestId,
+      tenant,
+      format: params.format,
+      gzip,
+      exportedAt: snap.exportedAt,
+      first,
+      lines,
+      signal: abort.signal,
+      log,
     });
-    // Chunks of at most ~64 KiB, and at most one waiting in the readable: with pipeline's
-    // backpressure, a slow client holds the reading back instead of filling memory.
-    const body = Readable.from(text(), {
-      objectMode: true,
-      highWaterMark: 1,
-    });
-    const started = Date.now();
-    try {
-      // Level 1: within 2 % of level 4's size on exports, and the cheapest CPU for a service.
-      if (gzip) await pipeline(body, createGzip({ level: 1 }), res);
-      else await pipeline(body, res);
-      log.info(
-        { requestId, tenant, format: params.format, gzip, ms: Date.now() - started },
-        'export sent',
-      );
-    } catch (err) {
-      // The client left (or the socket failed): there is no one left to tell.
-      if (abort.signal.aborted) {
-        log.info({ requestId, tenant }, 'export abandoned: the client closed the connection');
-      } else {
-        log.error({ err, requestId, tenant }, 'export could not be sent; connection cut');
-      }
-      res.destroy();
-    }
   }
 
   return (req, res, requestId) => {
-    serve(req, res, requestId).catch((err: unknown) => {
-      if (res.headersSent) {
-        log.error({ err, requestId }, 'export failed');
-        res.destroy();
-        return;
-      }
-      const refusal = auditErrorOf(err);
-      if (refusal) {
-        const status = ERROR_STATUS[refusal.code];
-        if (status < 500 || refusal instanceof ShuttingDownError) {
-          const extensions = withoutHttp(extensionsOf(refusal, config.authMode));
-          sendJson(
-            res,
-            status,
-            { error: { message: refusal.message, ...extensions } },
-            status === 401 && config.authMode === 'keys' ? { 'www-authenticate': 'Bearer' } : {},
-          );
-          return;
-        }
-      }
-      log.error({ err, requestId }, 'export could not start');
-      sendJson(res, 500, {
-        error: {
-          type: 'InternalError',
-          code: 'INTERNAL',
-          message: 'the export could not start; the service log has the details',
-          retryable: true,
-          requestId,
-        },
-      });
-    });
+    serve(req, res, requestId).catch((err: unknown) =>
+      answerFailure(res, err, requestId, config.authMode, log),
+    );
   };
+}
+
+/**
+ * The request's caller, tenant and parameters, checked in the order their refusals are answered
+ * (request target, headers, caller, scope, tenant, parameters). Throws the refusal.
+ */
+async function authorise(
+  req: IncomingMessage,
+  services: Services,
+  log: Logger,
+  requestId: string,
+): Promise<{ ctx: GraphQLContext; tenant: TenantId; params: ExportParams }> {
+  if (Buffer.byteLength(req.url ?? '', 'utf8') > MAX_EXPORT_URL_BYTES) {
+    throw ValidationError.single('url', `longer than ${MAX_EXPORT_URL_BYTES} bytes`);
+  }
+  let headers: Headers;
+  try {
+    headers = fetchHeaders(req);
+  } catch {
+    throw ValidationError.single('headers', 'a header value is not valid');
+  }
+  // Who is calling comes first: nobody learns how their parameters would be judged before that.
+  const caller = await authenticateRequest(services, headers);
+  if (caller.kind === 'refused') throw caller.error;
+  if (!grantedScopes(caller).has('events:read')) {
+    throw new ForbiddenError('this API key lacks the scope events:read');
+  }
+  const ctx: GraphQLContext = { requestId, log, services, caller, transport: 'http' };
+  const tenant = requireTenant(ctx);
+  let search: URLSearchParams;
+  try {
+    search = new URL(req.url ?? '/', 'http://localhost').searchParams;
+  } catch {
+    throw ValidationError.single('url', 'is not a valid request target');
+  }
+  return { ctx, tenant, params: parseExportParams(search) };
+}
+
+/** An export past its checks whose first chunk has been read: what `sendExport` sends. */
+interface ExportStream {
+  requestId: string;
+  tenant: string;
+  format: ExportFormat;
+  gzip: boolean;
+  /** The snapshot's time, in the file name. */
+  exportedAt: Date;
+  /** The first chunk, read before the status is sent. */
+  first: IteratorResult<string, void>;
+  /** The chunks after the first. */
+  lines: AsyncGenerator<string, void, undefined>;
+  /** Aborted when the client closes the connection. */
+  signal: AbortSignal;
+  log: Logger;
+}
+
+/**
+ * Sends the status, the headers and the body (gzipped when asked), with backpressure. Never
+ * throws: a failure after the status cuts the connection and is logged.
+ */
+async function sendExport(res: ServerResponse, e: ExportStream): Promise<void> {
+  const { requestId, tenant, format, gzip } = e;
+  const ext = format === 'jsonl' ? 'jsonl' : 'csv';
+  res.writeHead(200, {
+    'content-type':
+      format === 'jsonl'
+        ? 'application/x-ndjson; charset=utf-8'
+        : 'text/csv; charset=utf-8; header=present',
+    'content-disposition': `attachment; filename="auditgraph-${tenant}-${stamp(e.exportedAt)}.${ext}"`,
+    'cache-control': 'no-store',
+    'x-content-type-options': 'nosniff',
+    vary: 'accept-encoding',
+    ...(gzip ? { 'content-encoding': 'gzip' } : {}),
+  });
+  // Chunks of at most ~64 KiB, and at most one waiting in the readable: with pipeline's
+  // backpressure, a slow client holds the reading back instead of filling memory.
+  const body = Readable.from(bodyText(e), {
+    objectMode: true,
+    highWaterMark: 1,
+  });
+  const started = Date.now();
+  try {
+    // Level 1: within 2 % of level 4's size on exports, and the cheapest CPU for a service.
+    if (gzip) await pipeline(body, createGzip({ level: 1 }), res);
+    else await pipeline(body, res);
+    e.log.info({ requestId, tenant, format, gzip, ms: Date.now() - started }, 'export sent');
+  } catch (err) {
+    // The client left (or the socket failed): there is no one left to tell.
+    if (e.signal.aborted) {
+      e.log.info({ requestId, tenant }, 'export abandoned: the client closed the connection');
+    } else {
+      e.log.error(
+        { err: asError(err), requestId, tenant },
+        'export could not be sent; connection cut',
+      );
+    }
+    res.destroy();
+  }
+}
+
+/**
+ * The body's text: the first chunk, then the rest. A read that fails once the status is sent
+ * ends the body with an error line instead of the trailer (the verifier then reports the file as
+ * failed); a failure because the client left is passed on.
+ */
+async function* bodyText(e: ExportStream): AsyncGenerator<string, void, undefined> {
+  if (e.first.done) return;
+  yield e.first.value;
+  let sent = 0;
+  try {
+    for await (const chunk of e.lines) {
+      sent++;
+      yield chunk;
+    }
+  } catch (err) {
+    if (e.signal.aborted) throw err;
+    e.log.error(
+      { err: asError(err), requestId: e.requestId, tenant: e.tenant, chunks: sent },
+      'export failed while streaming',
+    );
+    yield errorLine(e.format, {
+      type: 'InternalError',
+      message:
+        'the export failed while it was sent and is incomplete; the service log has the ' +
+        'details under this request id',
+      retryable: true,
+      requestId: e.requestId,
+    });
+  }
+}
+
+/**
+ * A request that failed before or while it was sent: after the status the connection is cut;
+ * before it a refusal (a 4xx, or ShuttingDownError's 503) is answered with its code and fields,
+ * anything else with a 500 that names the request id.
+ */
+function answerFailure(
+  res: ServerResponse,
+  err: unknown,
+  requestId: string,
+  authMode: Services['config']['authMode'],
+  log: Logger,
+): void {
+  if (res.headersSent) {
+    log.error({ err: asError(err), requestId }, 'export failed');
+    res.destroy();
+    return;
+  }
+  const refusal = auditErrorOf(err);
+  if (refusal) {
+    const status = ERROR_STATUS[refusal.code];
+    if (status < 500 || refusal instanceof ShuttingDownError) {
+      const extensions = withoutHttp(extensionsOf(refusal, authMode));
+      sendJson(
+        res,
+        status,
+        { error: { message: refusal.message, ...extensions } },
+        status === 401 && authMode === 'keys' ? { 'www-authenticate': 'Bearer' } : {},
+      );
+      return;
+    }
+  }
+  log.error({ err: asError(err), requestId }, 'export could not start');
+  sendJson(res, 500, {
+    error: {
+      type: 'InternalError',
+      code: 'INTERNAL',
+      message: 'the export could not start; the service log has the details',
+      retryable: true,
+      requestId,
+    },
+  });
 }

@@ -1,8 +1,20 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { DocumentNode, ExecutionArgs, ExecutionResult, GraphQLError } from 'graphql';
-import { type Context, handleProtocols, makeServer } from 'graphql-ws';
+import type {
+  DocumentNode,
+  ExecutionArgs,
+  ExecutionResult,
+  FormattedExecutionResult,
+  GraphQLError,
+} from 'graphql';
+import {
+  type Context,
+  type Server as GraphQLWsServer,
+  handleProtocols,
+  makeServer,
+  type SubscribePayload,
+} from 'graphql-ws';
 import type { Extra } from 'graphql-ws/use/ws';
 import { createGraphQLError, type YogaServerInstance } from 'graphql-yoga';
 import { type WebSocket, WebSocketServer } from 'ws';
@@ -81,6 +93,13 @@ interface EnvelopedRoot {
   scope: RequestScope;
 }
 
+/** connection_init's payload, as graphql-ws hands it over. */
+type ConnectionParams = Record<string, unknown> | undefined;
+/** graphql-ws' view of one connection: its payload, its open operations, its socket. */
+type ConnectionContext = Context<ConnectionParams, Extra>;
+/** One operation's envelop: yoga's parse, validate, execute and context for it. */
+type Enveloped = ReturnType<YogaServerInstance<ServerContext, GraphQLContext>['getEnveloped']>;
+
 /**
  * graphql-ws (`graphql-transport-ws`) on the HTTP server's own port and path. Operations run
  * through yoga's envelop (same schema, plugins, error masking and context as HTTP). The caller is
@@ -102,15 +121,68 @@ export function attachWebSocket(
   yoga: YogaServerInstance<ServerContext, GraphQLContext>,
   opts: WebSocketOptions,
 ): WebSocketTransport {
-  const { log } = opts;
-  // Without maxPayload, `ws` buffers messages of up to 100 MiB, whatever MAX_REQUEST_BYTES says.
-  const wss = new WebSocketServer({ noServer: true, maxPayload: opts.maxPayload, handleProtocols });
-  const states = new WeakMap<WebSocket, ConnectionState>();
-  const open = new Set<Context<Record<string, unknown> | undefined, Extra>>();
-  let closing: Promise<void> | undefined;
+  const gateway = new WebSocketGateway(server, yoga, opts);
+  return {
+    get connections() {
+      return gateway.connections;
+    },
+    close: (graceMs?: number) => gateway.close(graceMs),
+  };
+}
 
-  const stateOf = (socket: WebSocket): ConnectionState => {
-    let s = states.get(socket);
+/**
+ * The WebSocket side of one HTTP server, in the order a connection meets it: the upgrade and the
+ * byte limit before connection_ack (`onUpgrade`, `limitBeforeAck`); connection_init, where the
+ * caller, its tenant and its place under MAX_CONNECTIONS_PER_TENANT are settled (`admit`); each
+ * operation's authorisation, parsing and validation (`startOperation`); the socket's keep-alive,
+ * batched writes and message turns (`onConnection`); its end (`ended`); and shutdown (`close`).
+ */
+class WebSocketGateway {
+  private readonly log: Logger;
+  private readonly wss: WebSocketServer;
+  private readonly gql: GraphQLWsServer<Extra>;
+  /** Each socket's own bookkeeping, made the first time it is asked for. */
+  private readonly states = new WeakMap<WebSocket, ConnectionState>();
+  /** Acknowledged connections not yet closed (their operations are waited for at shutdown). */
+  private readonly open = new Set<ConnectionContext>();
+  private readonly turns = new MessageTurns(MAX_WAITING_MESSAGES);
+  /** Set by `close`: new upgrades are refused from then on. */
+  private closing: Promise<void> | undefined;
+
+  constructor(
+    private readonly server: Server,
+    private readonly yoga: YogaServerInstance<ServerContext, GraphQLContext>,
+    private readonly opts: WebSocketOptions,
+  ) {
+    this.log = opts.log;
+    // Without maxPayload, `ws` buffers messages of up to 100 MiB, whatever MAX_REQUEST_BYTES says.
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: opts.maxPayload,
+      handleProtocols,
+    });
+    server.on('upgrade', this.onUpgrade);
+    this.gql = makeServer<ConnectionParams, Extra>({
+      execute: (args) => run(args, 'execute'),
+      subscribe: (args) => run(args, 'subscribe'),
+      onNext: (_ctx, _id, _payload, _args, result) => withoutHttpExtensions(result),
+      onConnect: (ctx) => this.admit(ctx),
+      onSubscribe: (ctx, id, payload) => this.startOperation(ctx, id, payload),
+      onComplete: (ctx, id) => this.completeOperation(ctx, id),
+      onClose: (ctx, code, reason) => this.ended(ctx, code, reason),
+    });
+    this.wss.on('connection', (socket: WebSocket, request: IncomingMessage) =>
+      this.onConnection(socket, request),
+    );
+  }
+
+  /** Connections open now. */
+  get connections(): number {
+    return this.wss.clients.size;
+  }
+
+  private stateOf(socket: WebSocket): ConnectionState {
+    let s = this.states.get(socket);
     if (!s) {
       s = {
         id: randomUUID(),
@@ -123,25 +195,26 @@ export function attachWebSocket(
         release: null,
         aborts: new Map(),
       };
-      states.set(socket, s);
+      this.states.set(socket, s);
     }
     return s;
-  };
+  }
 
-  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+  /** The HTTP server's `upgrade` listener (a property, so `close` can take it off again). */
+  private readonly onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const path = (req.url ?? '/').split('?')[0];
-    if (path !== opts.path) return refuseUpgrade(socket, 404, 'Not Found');
-    if (closing) return refuseUpgrade(socket, 503, 'Service Unavailable');
-    wss.handleUpgrade(req, socket, head, (ws) => {
-      stateOf(ws).raw = socket;
-      limitBeforeAck(ws, socket, head.length);
+    if (path !== this.opts.path) return refuseUpgrade(socket, 404, 'Not Found');
+    if (this.closing) return refuseUpgrade(socket, 503, 'Service Unavailable');
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      this.stateOf(ws).raw = socket;
+      this.limitBeforeAck(ws, socket, head.length);
       // Most socket errors are a client's doing (a message over MAX_REQUEST_BYTES, which `ws` has
       // already answered with 1009): logged, and the connection closed.
       ws.on('error', (err: Error & { code?: string }) => {
-        log.info({ connection: stateOf(ws).id, err, code: err.code }, 'websocket error');
+        this.log.info({ connection: this.stateOf(ws).id, err, code: err.code }, 'websocket error');
         if (ws.readyState === ws.OPEN) ws.close(1011, 'Internal server error');
       });
-      wss.emit('connection', ws, req);
+      this.wss.emit('connection', ws, req);
     });
   };
 
@@ -151,17 +224,18 @@ export function attachWebSocket(
    * parse a connection_init of MAX_REQUEST_BYTES. Past the limit the connection is closed with
    * 1009 and whatever else it sends is discarded unread.
    */
-  const limitBeforeAck = (ws: WebSocket, socket: Duplex, received: number) => {
+  private limitBeforeAck(ws: WebSocket, socket: Duplex, received: number): void {
+    const { maxInitBytes } = this.opts;
     const onData = (chunk: Buffer) => {
-      if (stateOf(ws).caller) {
+      if (this.stateOf(ws).caller) {
         socket.off('data', onData);
         return;
       }
       received += chunk.length;
-      if (received <= opts.maxInitBytes) return;
+      if (received <= maxInitBytes) return;
       socket.off('data', onData);
-      log.info(
-        { connection: stateOf(ws).id, bytes: received, limit: opts.maxInitBytes },
+      this.log.info(
+        { connection: this.stateOf(ws).id, bytes: received, limit: maxInitBytes },
         'websocket refused: too much before connection_ack',
       );
       // `ws` would go on reading the message: stop feeding it and drop what still arrives.
@@ -169,311 +243,410 @@ export function attachWebSocket(
       socket.resume();
       ws.close(
         TOO_BIG,
-        `Message Too Big: at most ${opts.maxInitBytes} bytes before connection_ack (WS_MAX_INIT_BYTES)`,
+        `Message Too Big: at most ${maxInitBytes} bytes before connection_ack (WS_MAX_INIT_BYTES)`,
       );
       socket.end();
       setTimeout(() => socket.destroy(), 1_000).unref();
     };
-    if (received > opts.maxInitBytes) onData(Buffer.alloc(0));
+    if (received > maxInitBytes) onData(Buffer.alloc(0));
     else socket.on('data', onData);
-  };
-  server.on('upgrade', onUpgrade);
+  }
 
-  const gql = makeServer<Record<string, unknown> | undefined, Extra>({
-    execute: (args) => run(args, 'execute'),
-    subscribe: (args) => run(args, 'subscribe'),
-    onNext: (_ctx, _id, _payload, _args, result) =>
-      result.errors?.some((e) => e.extensions && 'http' in e.extensions)
-        ? {
-            ...result,
-            errors: result.errors.map((e) => {
-              const json = e.toJSON();
-              return { ...json, extensions: withoutHttp(json.extensions) };
-            }),
-          }
-        : undefined,
-    async onConnect(ctx) {
-      const socket = ctx.extra.socket;
-      const state = stateOf(socket);
-      const refuse = (code: number, reason: string) => {
-        log.info({ connection: state.id, code, reason }, 'websocket refused');
-        // Closing first makes this the close reason the client sees (graphql-ws' own
-        // "Forbidden" that follows is ignored by an already closing socket).
-        socket.close(code, reason.slice(0, 123));
-        return false;
-      };
-      let caller: Caller;
-      try {
-        caller = await authenticateConnection(opts.services, ctx.connectionParams);
-      } catch (err) {
-        log.error({ err, connection: state.id }, 'websocket authentication failed');
-        return refuse(1011, 'Internal error: authentication failed, try again');
-      }
-      if (caller.kind === 'refused') {
-        const unauthenticated = caller.error instanceof UnauthenticatedError;
-        return refuse(
-          unauthenticated ? UNAUTHORIZED : FORBIDDEN,
-          `${unauthenticated ? 'Unauthorized' : 'Forbidden'}: ${caller.error.message}`,
-        );
-      }
-      let tenant: string;
-      if (caller.kind === 'dev') {
-        const claim = caller.tenantClaim;
-        const invalid = claim ? tenantIdProblem(claim) : null;
-        const problem = !claim
-          ? 'the connection_init payload must carry tenantId (AUTH_MODE=dev)'
-          : invalid && `tenantId ${invalid}`;
-        if (problem) return refuse(FORBIDDEN, `Forbidden: ${problem}`);
-        tenant = claim!;
-      } else {
-        // A platform key may connect; its subscriptions answer ForbiddenError (no tenant).
-        tenant = caller.key.tenantId ?? '(platform)';
-      }
-      const releaseSlot = opts.services.connections.acquire(tenant);
-      if (!releaseSlot) {
-        return refuse(
-          TOO_MANY,
-          `Too many connections: at most ${opts.services.connections.max} per tenant ` +
-            '(MAX_CONNECTIONS_PER_TENANT)',
-        );
-      }
-      const unwatch =
-        caller.kind === 'key'
-          ? opts.services.keyWatcher.watch(caller.keyHash, (err) => {
-              log.info({ connection: state.id, reason: err.message }, 'websocket key revoked');
-              socket.close(UNAUTHORIZED, `Unauthorized: ${err.message}`.slice(0, 123));
-            })
-          : undefined;
-      state.release = () => {
-        releaseSlot();
-        unwatch?.();
-      };
-      // The socket may have gone while we authenticated: onClose has run already then.
-      if (socket.readyState !== socket.OPEN) {
-        state.release();
-        return false;
-      }
-      state.tenant = tenant;
-      state.caller = caller;
-      open.add(ctx);
-      log.info({ connection: state.id, tenant }, 'websocket connected');
-      return caller.kind === 'dev' ? { tenantId: tenant } : { tenantId: caller.key.tenantId };
-    },
-    async onSubscribe(ctx, id, payload) {
-      const state = stateOf(ctx.extra.socket);
-      // graphql-ws registers the operation before calling us, so this one is counted.
-      if (Object.keys(ctx.subscriptions).length > opts.maxOperationsPerConnection) {
-        return [
-          // graphql-ws tells errors from other values with `instanceof GraphQLError`: build them
-          // with the graphql instance the libraries resolve (tests may load a second copy).
-          createGraphQLError(
-            `at most ${opts.maxOperationsPerConnection} operations may be open at once on one ` +
-              'connection (MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one or open another connection',
-            { extensions: { code: 'TOO_MANY_SUBSCRIPTIONS' } },
-          ),
-        ];
-      }
-      const requestId = randomUUID();
-      if (!state.caller) return [createGraphQLError('the connection is not initialised')];
-      // Every operation is authorised anew: a key revoked or expired since connection_init is
-      // each field's UnauthenticatedError from its next operation on, not only at the re-check.
-      let caller: Caller;
-      try {
-        caller = await recheckCaller(opts.services, state.caller);
-      } catch (err) {
-        log.warn({ connection: state.id, err: asError(err) }, 'api key re-check failed');
-        return [
-          createGraphQLError('the API key could not be checked; retry', {
-            extensions: { code: 'SERVICE_UNAVAILABLE' },
-          }),
-        ];
-      }
-      const abort = new AbortController();
-      state.aborts.get(id)?.abort();
-      state.aborts.set(id, abort);
-      const enveloped = yoga.getEnveloped({
-        req: ctx.extra.request,
-        connectionCaller: caller,
-        operationSignal: abort.signal,
-        requestId,
-        params: payload,
-      });
-      let document: DocumentNode;
-      try {
-        document = enveloped.parse(payload.query);
-      } catch (err) {
-        state.aborts.delete(id);
-        return [
-          err instanceof Error && err.name === 'GraphQLError'
-            ? (err as GraphQLError)
-            : createGraphQLError('the query could not be parsed'),
-        ];
-      }
-      const errors = enveloped.validate(enveloped.schema, document);
-      if (errors.length > 0) {
-        state.aborts.delete(id);
-        return errors;
-      }
-      const root: EnvelopedRoot = {
-        execute: enveloped.execute as EnvelopedRoot['execute'],
-        subscribe: enveloped.subscribe as EnvelopedRoot['subscribe'],
-        scope: { requestId },
-      };
-      state.operations++;
-      log.debug(
-        { connection: state.id, operation: id, requestId, operationName: payload.operationName },
-        'websocket operation started',
+  /**
+   * connection_init: authenticates the payload, settles the tenant, takes a place under
+   * MAX_CONNECTIONS_PER_TENANT and watches the key. Answers the connection_ack payload, or false
+   * once the socket has been closed with the code and reason that say why.
+   */
+  private async admit(ctx: ConnectionContext): Promise<Record<string, unknown> | false> {
+    const socket = ctx.extra.socket;
+    const state = this.stateOf(socket);
+    let caller: Caller;
+    try {
+      caller = await authenticateConnection(this.opts.services, ctx.connectionParams);
+    } catch (err) {
+      this.log.error(
+        { err: asError(err), connection: state.id },
+        'websocket authentication failed',
       );
-      return {
-        schema: enveloped.schema,
-        document,
-        operationName: payload.operationName,
-        variableValues: payload.variables,
-        contextValue: await enveloped.contextFactory(),
-        rootValue: root,
-      };
-    },
-    onComplete(ctx, id) {
-      const state = stateOf(ctx.extra.socket);
-      // The client's `complete`, or the operation's own end: work still running for it (a chain
-      // verification, say) stops.
-      state.aborts.get(id)?.abort();
-      state.aborts.delete(id);
-      log.debug({ connection: state.id, operation: id }, 'websocket operation completed');
-    },
-    onClose(ctx, code, reason) {
-      open.delete(ctx);
-      const state = stateOf(ctx.extra.socket);
-      for (const abort of state.aborts.values()) abort.abort();
-      state.aborts.clear();
-      state.release?.();
-      state.release = null;
-      if (state.tenant === null) return; // refused (logged) or never initialised
-      log.info(
-        {
-          connection: state.id,
-          tenant: state.tenant,
-          code,
-          reason: reason || undefined,
-          operations: state.operations,
-          durationMs: Date.now() - state.openedAt,
-        },
-        'websocket closed',
+      return this.refuse(socket, 1011, 'Internal error: authentication failed, try again');
+    }
+    if (caller.kind === 'refused') {
+      const unauthenticated = caller.error instanceof UnauthenticatedError;
+      return this.refuse(
+        socket,
+        unauthenticated ? UNAUTHORIZED : FORBIDDEN,
+        `${unauthenticated ? 'Unauthorized' : 'Forbidden'}: ${caller.error.message}`,
       );
-    },
-  });
-  const turns = new MessageTurns(MAX_WAITING_MESSAGES);
-  wss.on('connection', (socket: WebSocket, request: IncomingMessage) => {
-    // Its `close` event is the last thing it emits: this ends the connection once and for all.
-    let pongWait: NodeJS.Timeout | undefined;
-    const keepAlive = setInterval(() => {
-      if (socket.readyState !== socket.OPEN || pongWait) return;
-      pongWait = setTimeout(() => socket.terminate(), KEEP_ALIVE_MS);
-      socket.ping();
-    }, KEEP_ALIVE_MS);
-    socket.on('pong', () => {
-      clearTimeout(pongWait);
-      pongWait = undefined;
+    }
+    const claim = tenantOf(caller);
+    if ('problem' in claim) return this.refuse(socket, FORBIDDEN, `Forbidden: ${claim.problem}`);
+    const { tenant } = claim;
+    const release = this.takePlace(socket, caller, tenant);
+    if (!release) {
+      return this.refuse(
+        socket,
+        TOO_MANY,
+        `Too many connections: at most ${this.opts.services.connections.max} per tenant ` +
+          '(MAX_CONNECTIONS_PER_TENANT)',
+      );
+    }
+    state.release = release;
+    // The socket may have gone while we authenticated: onClose has run already then.
+    if (socket.readyState !== socket.OPEN) {
+      state.release();
+      return false;
+    }
+    state.tenant = tenant;
+    state.caller = caller;
+    this.open.add(ctx);
+    this.log.info({ connection: state.id, tenant }, 'websocket connected');
+    return caller.kind === 'dev' ? { tenantId: tenant } : { tenantId: caller.key.tenantId };
+  }
+
+  /** Closes a connection refused at connection_init, logging why; answers graphql-ws' false. */
+  private refuse(socket: WebSocket, code: number, reason: string): false {
+    this.log.info({ connection: this.stateOf(socket).id, code, reason }, 'websocket refused');
+    // Closing first makes this the close reason the client sees (graphql-ws' own
+    // "Forbidden" that follows is ignored by an already closing socket).
+    socket.close(code, reason.slice(0, 123));
+    return false;
+  }
+
+  /**
+   * Takes the connection's place under MAX_CONNECTIONS_PER_TENANT and, for an API key, closes the
+   * connection with 4401 when the key is revoked or expires. Answers what gives both back, or
+   * null when the tenant has no place left.
+   */
+  private takePlace(
+    socket: WebSocket,
+    caller: Exclude<Caller, { kind: 'refused' }>,
+    tenant: string,
+  ): (() => void) | null {
+    const releaseSlot = this.opts.services.connections.acquire(tenant);
+    if (!releaseSlot) return null;
+    const unwatch =
+      caller.kind === 'key'
+        ? this.opts.services.keyWatcher.watch(caller.keyHash, (err) => {
+            this.log.info(
+              { connection: this.stateOf(socket).id, reason: err.message },
+              'websocket key revoked',
+            );
+            socket.close(UNAUTHORIZED, `Unauthorized: ${err.message}`.slice(0, 123));
+          })
+        : undefined;
+    return () => {
+      releaseSlot();
+      unwatch?.();
+    };
+  }
+
+  /**
+   * `subscribe`: checks the connection's operation limit and its caller again, then parses and
+   * validates the operation through yoga's envelop. Answers the execution arguments, or the
+   * errors graphql-ws sends back as the operation's `error` message.
+   */
+  private async startOperation(
+    ctx: ConnectionContext,
+    id: string,
+    payload: SubscribePayload,
+  ): Promise<ExecutionArgs | readonly GraphQLError[]> {
+    const state = this.stateOf(ctx.extra.socket);
+    // graphql-ws registers the operation before calling us, so this one is counted.
+    if (Object.keys(ctx.subscriptions).length > this.opts.maxOperationsPerConnection) {
+      return [tooManyOperations(this.opts.maxOperationsPerConnection)];
+    }
+    const requestId = randomUUID();
+    if (!state.caller) return [createGraphQLError('the connection is not initialised')];
+    // Every operation is authorised anew: a key revoked or expired since connection_init is
+    // each field's UnauthenticatedError from its next operation on, not only at the re-check.
+    let caller: Caller;
+    try {
+      caller = await recheckCaller(this.opts.services, state.caller);
+    } catch (err) {
+      this.log.warn({ connection: state.id, err: asError(err) }, 'api key re-check failed');
+      return [
+        createGraphQLError('the API key could not be checked; retry', {
+          extensions: { code: 'SERVICE_UNAVAILABLE' },
+        }),
+      ];
+    }
+    const abort = new AbortController();
+    state.aborts.get(id)?.abort();
+    state.aborts.set(id, abort);
+    const enveloped = this.yoga.getEnveloped({
+      req: ctx.extra.request,
+      connectionCaller: caller,
+      operationSignal: abort.signal,
+      requestId,
+      params: payload,
     });
-    const state = stateOf(socket);
-    const closed = gql.opened(
+    const parsed = parseAndValidate(enveloped, payload.query);
+    if ('errors' in parsed) {
+      state.aborts.delete(id);
+      return parsed.errors;
+    }
+    const root: EnvelopedRoot = {
+      execute: enveloped.execute as EnvelopedRoot['execute'],
+      subscribe: enveloped.subscribe as EnvelopedRoot['subscribe'],
+      scope: { requestId },
+    };
+    state.operations++;
+    this.log.debug(
+      { connection: state.id, operation: id, requestId, operationName: payload.operationName },
+      'websocket operation started',
+    );
+    return {
+      schema: enveloped.schema,
+      document: parsed.document,
+      operationName: payload.operationName,
+      variableValues: payload.variables,
+      contextValue: await enveloped.contextFactory(),
+      rootValue: root,
+    };
+  }
+
+  /**
+   * The client's `complete`, or the operation's own end: work still running for it (a chain
+   * verification, say) stops.
+   */
+  private completeOperation(ctx: ConnectionContext, id: string): void {
+    const state = this.stateOf(ctx.extra.socket);
+    state.aborts.get(id)?.abort();
+    state.aborts.delete(id);
+    this.log.debug({ connection: state.id, operation: id }, 'websocket operation completed');
+  }
+
+  /**
+   * The connection's end, whoever closed it: its operations stop, its place and key watch are
+   * given back, and an acknowledged connection logs what it did.
+   */
+  private ended(ctx: ConnectionContext, code?: number, reason?: string): void {
+    this.open.delete(ctx);
+    const state = this.stateOf(ctx.extra.socket);
+    for (const abort of state.aborts.values()) abort.abort();
+    state.aborts.clear();
+    state.release?.();
+    state.release = null;
+    if (state.tenant === null) return; // refused (logged) or never initialised
+    this.log.info(
+      {
+        connection: state.id,
+        tenant: state.tenant,
+        code,
+        reason: reason || undefined,
+        operations: state.operations,
+        durationMs: Date.now() - state.openedAt,
+      },
+      'websocket closed',
+    );
+  }
+
+  /**
+   * A socket past the upgrade: kept alive, handed to graphql-ws with batched writes and message
+   * turns. Its `close` event is the last thing it emits: this ends the connection once and for all.
+   */
+  private onConnection(socket: WebSocket, request: IncomingMessage): void {
+    const stopKeepAlive = keepAlive(socket);
+    const state = this.stateOf(socket);
+    const closed = this.gql.opened(
       {
         protocol: socket.protocol,
-        send: (data) =>
-          new Promise<void>((resolve, reject) => {
-            if (socket.readyState !== socket.OPEN) return resolve();
-            // Every message of this turn of the loop leaves in one write: a system call per
-            // message (an operation's result and its `complete`, a burst of operations
-            // answering at once) costs more than the messages' execution.
-            if (state.raw && !state.corked) {
-              const raw = state.raw;
-              state.corked = true;
-              raw.cork();
-              setImmediate(() => {
-                state.corked = false;
-                raw.uncork();
-              });
-            }
-            // Below the high-water mark the operation goes on at once, as a stream's write()
-            // that returns true; past it, it waits until the client has taken this message, so
-            // a slow client holds its messages in its subscriptions' bounded queues, not here.
-            const wait = socket.bufferedAmount >= SEND_HIGH_WATER_BYTES;
-            socket.send(data, (err) => {
-              if (!wait) return; // a failed write closes the socket: its operations end then
-              if (err) reject(err);
-              else resolve();
-            });
-            if (!wait) resolve();
-          }),
+        send: (data) => sendInTurn(socket, state, data),
         close: (code, reason) => socket.close(code, reason),
-        onMessage: (handle) => {
-          const lane = turns.lane(
-            async (data) => {
-              try {
-                await handle(data);
-              } catch (err) {
-                log.error(
-                  { connection: stateOf(socket).id, err },
-                  'websocket message handling failed',
-                );
-                if (socket.readyState === socket.OPEN) socket.close(1011, 'Internal server error');
-              }
-            },
-            (waiting) => (waiting ? socket.pause() : socket.resume()),
-          );
-          socket.on('message', (data: Buffer) => lane.push(String(data)));
-          socket.once('close', () => lane.close());
-        },
+        onMessage: (handle) => this.takeTurns(socket, handle),
       },
       { socket, request },
     );
     socket.once('close', (code, reason) => {
-      clearInterval(keepAlive);
-      clearTimeout(pongWait);
+      stopKeepAlive();
       void closed(code, String(reason));
     });
-  });
+  }
+
+  /**
+   * Hands the socket's messages to graphql-ws through its lane of MessageTurns, and stops reading
+   * the socket while too many wait. A message whose handling throws closes the connection.
+   */
+  private takeTurns(socket: WebSocket, handle: (data: string) => Promise<void>): void {
+    const lane = this.turns.lane(
+      async (data) => {
+        try {
+          await handle(data);
+        } catch (err) {
+          this.log.error(
+            { connection: this.stateOf(socket).id, err: asError(err) },
+            'websocket message handling failed',
+          );
+          if (socket.readyState === socket.OPEN) socket.close(1011, 'Internal server error');
+        }
+      },
+      (waiting) => (waiting ? socket.pause() : socket.resume()),
+    );
+    socket.on('message', (data: Buffer) => lane.push(String(data)));
+    socket.once('close', () => lane.close());
+  }
 
   /** Operations still open on every acknowledged connection. */
-  const openOperations = () => {
+  private openOperations(): number {
     let n = 0;
-    for (const ctx of open) n += Object.keys(ctx.subscriptions).length;
+    for (const ctx of this.open) n += Object.keys(ctx.subscriptions).length;
     return n;
-  };
+  }
 
-  return {
-    get connections() {
-      return wss.clients.size;
-    },
-    close(graceMs = 2_000) {
-      closing ??= (async () => {
-        const deadline = Date.now() + graceMs;
-        // Completed operations send their last message and `complete`, then leave the map.
-        while (openOperations() > 0 && Date.now() < deadline) {
-          await new Promise((r) => setTimeout(r, 10));
-        }
-        const left = openOperations();
-        if (left > 0) log.warn({ operations: left }, 'websocket operations still open at shutdown');
-        for (const socket of wss.clients) socket.close(1001, 'server shutting down');
-        const terminate = setTimeout(
-          () => {
-            for (const socket of wss.clients) socket.terminate();
-          },
-          Math.max(100, deadline - Date.now()),
-        );
-        try {
-          wss.removeAllListeners('connection');
-          await new Promise<void>((resolve, reject) =>
-            wss.close((err) => (err ? reject(err) : resolve())),
-          );
-        } finally {
-          clearTimeout(terminate);
-          server.off('upgrade', onUpgrade);
-        }
-      })();
-      return closing;
-    },
+  /** See WebSocketTransport.close; every call after the first answers the first one's promise. */
+  close(graceMs = 2_000): Promise<void> {
+    this.closing ??= this.shutDown(graceMs);
+    return this.closing;
+  }
+
+  private async shutDown(graceMs: number): Promise<void> {
+    const deadline = Date.now() + graceMs;
+    // Completed operations send their last message and `complete`, then leave the map.
+    while (this.openOperations() > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const left = this.openOperations();
+    if (left > 0)
+      this.log.warn({ operations: left }, 'websocket operations still open at shutdown');
+    for (const socket of this.wss.clients) socket.close(1001, 'server shutting down');
+    const terminate = setTimeout(
+      () => {
+        for (const socket of this.wss.clients) socket.terminate();
+      },
+      Math.max(100, deadline - Date.now()),
+    );
+    try {
+      this.wss.removeAllListeners('connection');
+      await new Promise<void>((resolve, reject) =>
+        this.wss.close((err) => (err ? reject(err) : resolve())),
+      );
+    } finally {
+      clearTimeout(terminate);
+      this.server.off('upgrade', this.onUpgrade);
+    }
+  }
+}
+
+/**
+ * Pings the socket every KEEP_ALIVE_MS while it is open and terminates it when a pong takes
+ * longer than that. Answers what stops the timers.
+ */
+function keepAlive(socket: WebSocket): () => void {
+  let pongWait: NodeJS.Timeout | undefined;
+  const timer = setInterval(() => {
+    if (socket.readyState !== socket.OPEN || pongWait) return;
+    pongWait = setTimeout(() => socket.terminate(), KEEP_ALIVE_MS);
+    socket.ping();
+  }, KEEP_ALIVE_MS);
+  socket.on('pong', () => {
+    clearTimeout(pongWait);
+    pongWait = undefined;
+  });
+  return () => {
+    clearInterval(timer);
+    clearTimeout(pongWait);
   };
+}
+
+/**
+ * graphql-ws' `send`: every message of this turn of the loop leaves in one write, and the
+ * operation waits for the client only once SEND_HIGH_WATER_BYTES are unsent.
+ */
+function sendInTurn(socket: WebSocket, state: ConnectionState, data: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (socket.readyState !== socket.OPEN) return resolve();
+    // Every message of this turn of the loop leaves in one write: a system call per
+    // message (an operation's result and its `complete`, a burst of operations
+    // answering at once) costs more than the messages' execution.
+    if (state.raw && !state.corked) {
+      const raw = state.raw;
+      state.corked = true;
+      raw.cork();
+      setImmediate(() => {
+        state.corked = false;
+        raw.uncork();
+      });
+    }
+    // Below the high-water mark the operation goes on at once, as a stream's write()
+    // that returns true; past it, it waits until the client has taken this message, so
+    // a slow client holds its messages in its subscriptions' bounded queues, not here.
+    const wait = socket.bufferedAmount >= SEND_HIGH_WATER_BYTES;
+    socket.send(data, (err) => {
+      if (!wait) return; // a failed write closes the socket: its operations end then
+      if (err) reject(err);
+      else resolve();
+    });
+    if (!wait) resolve();
+  });
+}
+
+/**
+ * graphql-ws' `onNext`: a result whose errors carry yoga's `http` extension is sent without it
+ * (a status code means nothing on a WebSocket); any other result is sent as it is (undefined).
+ */
+function withoutHttpExtensions(result: ExecutionResult): FormattedExecutionResult | undefined {
+  return result.errors?.some((e) => e.extensions && 'http' in e.extensions)
+    ? {
+        ...result,
+        errors: result.errors.map((e) => {
+          const json = e.toJSON();
+          return { ...json, extensions: withoutHttp(json.extensions) };
+        }),
+      }
+    : undefined;
+}
+
+/**
+ * The tenant an authenticated caller's connection counts against, or why a dev caller has none:
+ * AUTH_MODE=dev takes the payload's `tenantId`, checked with the rules of the header.
+ */
+function tenantOf(
+  caller: Exclude<Caller, { kind: 'refused' }>,
+): { tenant: string } | { problem: string } {
+  if (caller.kind === 'dev') {
+    const claim = caller.tenantClaim;
+    const invalid = claim ? tenantIdProblem(claim) : null;
+    const problem = !claim
+      ? 'the connection_init payload must carry tenantId (AUTH_MODE=dev)'
+      : invalid && `tenantId ${invalid}`;
+    if (problem) return { problem };
+    return { tenant: claim! };
+  }
+  // A platform key may connect; its subscriptions answer ForbiddenError (no tenant).
+  return { tenant: caller.key.tenantId ?? '(platform)' };
+}
+
+/** The error of an operation over MAX_SUBSCRIPTIONS_PER_CONNECTION. */
+function tooManyOperations(max: number): GraphQLError {
+  // graphql-ws tells errors from other values with `instanceof GraphQLError`: build them
+  // with the graphql instance the libraries resolve (tests may load a second copy).
+  return createGraphQLError(
+    `at most ${max} operations may be open at once on one ` +
+      'connection (MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one or open another connection',
+    { extensions: { code: 'TOO_MANY_SUBSCRIPTIONS' } },
+  );
+}
+
+/** The operation's document, or the parse or validation errors graphql-ws sends back. */
+function parseAndValidate(
+  enveloped: Enveloped,
+  query: string,
+): { document: DocumentNode } | { errors: readonly GraphQLError[] } {
+  let document: DocumentNode;
+  try {
+    document = enveloped.parse(query);
+  } catch (err) {
+    return {
+      errors: [
+        err instanceof Error && err.name === 'GraphQLError'
+          ? (err as GraphQLError)
+          : createGraphQLError('the query could not be parsed'),
+      ],
+    };
+  }
+  const errors = enveloped.validate(enveloped.schema, document);
+  if (errors.length > 0) return { errors };
+  return { document };
 }
 
 /** Runs an operation inside its request scope (so masked errors are logged with its id). */

@@ -44,7 +44,11 @@ async function lint(path: string, source: string): Promise<Diagnostic[]> {
   }).catch((err: { stdout: string }) => ({ stdout: err.stdout }));
   rmSync(file);
   const report = JSON.parse(stdout) as { diagnostics: Diagnostic[] };
-  return report.diagnostics.filter((d) => d.category.startsWith('lint/style/no'));
+  return report.diagnostics.filter((d) =>
+    /^lint\/(style\/no(RestrictedImports|ProcessEnv)|complexity\/noExcessiveLines)/.test(
+      d.category,
+    ),
+  );
 }
 
 // Each probe sits where it would in src/, so `../x` means what it means there.
@@ -98,7 +102,7 @@ const doors: [string, string, string, RegExp][] = [
   ['src/usecases/probe.ts', "import 'pg';", "import '../domain/errors.js';", /No SQL or Redis/],
 ];
 
-describe('the doors between rooms are enforced by lint', () => {
+describe('the rules of the code map are enforced by lint', () => {
   it.each(doors)('%s: refuses %s, allows %s', async (path, refused, allowed, message) => {
     const bad = await lint(path, `${refused}\n`);
     expect(bad.map((d) => d.message)).toEqual([expect.stringMatching(message)]);
@@ -111,5 +115,15 @@ describe('the doors between rooms are enforced by lint', () => {
       'lint/style/noProcessEnv',
     ]);
     expect(await lint('src/config.ts', read)).toEqual([]);
+  });
+
+  it('no function in src/ runs past 80 lines without a reason beside it', async () => {
+    const body = Array.from({ length: 81 }, (_, i) => `  total += ${i};`).join('\n');
+    const long = `export function long(): number {\n  let total = 0;\n${body}\n  return total;\n}\n`;
+    expect((await lint('src/ingest/probe.ts', long)).map((d) => d.category)).toEqual([
+      'lint/complexity/noExcessiveLinesPerFunction',
+    ]);
+    const reasoned = `// biome-ignore lint/complexity/noExcessiveLinesPerFunction: a flat list, read top to bottom\n${long}`;
+    expect(await lint('src/ingest/probe.ts', reasoned)).toEqual([]);
   });
 });

@@ -1,10 +1,10 @@
+import { type Caller, TENANT_HEADER } from '../auth/caller.js';
 import type { KeyWatcher } from '../auth/key-watcher.js';
 import type { Cluster } from '../cluster/cluster.js';
 import type { Config } from '../config.js';
 import type { ApiKeyStore } from '../db/api-key-store.js';
 import type { TenantDirectory } from '../db/tenant-directory.js';
 import type { TenantProvisioner } from '../db/tenant-provisioner.js';
-import type { ApiKeyRecord } from '../domain/api-key.js';
 import { ForbiddenError, UnauthenticatedError, ValidationError } from '../domain/errors.js';
 import { type TenantId, tenantIdProblem } from '../domain/tenant.js';
 import type { AccessLog, AccessRecord } from '../ingest/access-log.js';
@@ -62,15 +62,6 @@ export interface Services {
   lifecycleLog: LifecycleLog;
 }
 
-/**
- * Who is calling (see auth.ts): in AUTH_MODE=dev a tenant claim, unchecked; in AUTH_MODE=keys
- * a valid key; or a refusal that every field answers as its typed error.
- */
-export type Caller =
-  | { kind: 'dev'; tenantClaim: string | null }
-  | { kind: 'key'; key: ApiKeyRecord; keyHash: string }
-  | { kind: 'refused'; error: UnauthenticatedError | ForbiddenError };
-
 export interface GraphQLContext {
   requestId: string;
   log: Logger;
@@ -85,8 +76,6 @@ export interface GraphQLContext {
    */
   signal?: AbortSignal;
 }
-
-export const TENANT_HEADER = 'x-tenant-id';
 
 /**
  * The caller's tenant, from the request and only from it: the API key's tenant, or in

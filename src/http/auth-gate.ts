@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { authenticateRequest, type Caller } from '../auth/caller.js';
 import { type ForbiddenError, UnauthenticatedError } from '../domain/errors.js';
-import { authenticateRequest, fetchHeaders } from '../graphql/auth.js';
-import type { Caller, Services } from '../graphql/context.js';
+import type { Services } from '../graphql/context.js';
 import { answersAs, extensionsOf, withoutHttp } from '../graphql/error-mapping.js';
 
 /**
@@ -66,4 +66,14 @@ export function refuse(
     ...(unauthenticated ? { 'www-authenticate': 'Bearer' } : {}),
   });
   res.end(text);
+}
+
+/** The fetch-style headers `authenticateRequest` reads, from a node request. */
+export function fetchHeaders(req: IncomingMessage): Headers {
+  const headers = new Headers();
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (value === undefined) continue;
+    headers.set(name, Array.isArray(value) ? value.join(', ') : value);
+  }
+  return headers;
 }

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
+import { authenticateRequest, grantedScopes } from '../auth/caller.js';
 import {
   ERROR_STATUS,
   ForbiddenError,
@@ -9,7 +10,6 @@ import {
   ValidationError,
 } from '../domain/errors.js';
 import type { TenantId } from '../domain/tenant.js';
-
 import { type AuditExporter, filterJson } from '../export/exporter.js';
 import { type ExportFormat, errorLine } from '../export/format.js';
 import {
@@ -18,7 +18,6 @@ import {
   MAX_EXPORT_URL_BYTES,
   parseExportParams,
 } from '../export/params.js';
-import { authenticateRequest, fetchHeaders, grantedScopes } from '../graphql/auth.js';
 import {
   type GraphQLContext,
   recordRead,
@@ -27,6 +26,7 @@ import {
 } from '../graphql/context.js';
 import { auditErrorOf, extensionsOf, withoutHttp } from '../graphql/error-mapping.js';
 import { asError, type Logger } from '../logger.js';
+import { fetchHeaders } from './auth-gate.js';
 import { sendJson as sendJsonResponse } from './json-response.js';
 
 /**

@@ -18,10 +18,10 @@ import {
 import type { Extra } from 'graphql-ws/use/ws';
 import { createGraphQLError, type YogaServerInstance } from 'graphql-yoga';
 import { type WebSocket, WebSocketServer } from 'ws';
+import { authenticateConnection, type Caller, recheckCaller } from '../auth/caller.js';
 import { UnauthenticatedError } from '../domain/errors.js';
 import { tenantIdProblem } from '../domain/tenant.js';
-import { authenticateConnection, recheckCaller } from '../graphql/auth.js';
-import type { Caller, GraphQLContext, Services } from '../graphql/context.js';
+import type { GraphQLContext, Services } from '../graphql/context.js';
 import { withoutHttp } from '../graphql/error-mapping.js';
 import { type RequestScope, requestScope, type ServerContext } from '../graphql/yoga.js';
 import { asError, type Logger } from '../logger.js';

@@ -126,23 +126,29 @@ function lifecycleSteps(
         await doors.readiness.reportRedisPersistence();
       },
       stop: async () => {
-        await g.deadLetters.stop();
-        await g.spool.stop();
-        if (g.redis) await g.redis.quit().catch(() => g.redis?.disconnect());
-        g.redis?.disconnect();
+        try {
+          await g.deadLetters.stop();
+          await g.spool.stop();
+        } finally {
+          if (g.redis) await g.redis.quit().catch(() => g.redis?.disconnect());
+          g.redis?.disconnect();
+        }
       },
     },
     { name: 'HTTP server', stop: () => http.close() },
-    ...(metricsServer ? [metricsListenerStep(metricsServer, log, config)] : []),
+    ...(metricsServer ? [metricsListenerStep(metricsServer)] : []),
     {
       // After the last batch settled: deliver its messages, end every subscription, then close
       // the WebSocket connections (they would hold the HTTP server open).
       name: 'subscriptions',
       start: () => g.realtime.start(),
       stop: async () => {
-        await g.realtime.stop();
-        await http.ws.close();
-        g.keyWatcher.stop();
+        try {
+          await g.realtime.stop();
+          await http.ws.close();
+        } finally {
+          g.keyWatcher.stop();
+        }
       },
     },
     {
@@ -164,6 +170,10 @@ function lifecycleSteps(
     maintenanceStep(g),
     {
       name: 'refusing new writes, writing buffers',
+      // It stops at 85 % of SHUTDOWN_TIMEOUT_MS on its own, then puts every batch still held
+      // aside (dead-letter queue, else the spool) and counts what it could not: cutting it
+      // short would lose those batches without that count.
+      ownDeadline: true,
       stop: async () => {
         outcome.pendingLost = await g.ingest.stop(Math.floor(config.shutdownTimeoutMs * 0.85));
       },
@@ -173,6 +183,11 @@ function lifecycleSteps(
       start: async () => {
         announceAuthMode(config, log);
         await http.listen();
+        // The metrics port opens once the service answers, as its last step of start-up.
+        if (metricsServer) {
+          const port = await metricsServer.listen();
+          log.info({ port, host: config.metricsHost }, 'metrics listening');
+        }
       },
     },
   ];
@@ -191,15 +206,9 @@ function maintenanceStep(g: ServiceGraph): Step {
   };
 }
 
-function metricsListenerStep(server: Listening, log: Logger, config: Config): Step {
-  return {
-    name: 'metrics listener',
-    start: async () => {
-      const port = await server.listen();
-      log.info({ port, host: config.metricsHost }, 'metrics listening');
-    },
-    stop: () => server.close(),
-  };
+/** Closes the metrics port with the HTTP server; a scrape in flight is cut at once. */
+function metricsListenerStep(server: Listening): Step {
+  return { name: 'metrics listener', stop: () => server.close(0) };
 }
 
 function announceAuthMode(config: Config, log: Logger): void {

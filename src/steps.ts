@@ -11,6 +11,11 @@ export interface Step {
   start?(): Promise<void> | void;
   quiesce?(): void;
   stop?(): Promise<unknown>;
+  /**
+   * The step keeps its own deadline and must not be cut short (cutting it would drop what it
+   * still holds without a word): stop waits for it whatever the shared deadline says.
+   */
+  ownDeadline?: boolean;
 }
 
 /** Starts each step in order; a step that fails stops the start (the caller stops what ran). */
@@ -25,7 +30,7 @@ export async function startSteps(steps: readonly Step[], log: Logger): Promise<v
 /**
  * Stops every step in reverse order under one deadline: each gets what is left of it (at least
  * 250 ms); one that overruns or fails is logged and skipped, so a dependency that answers
- * nothing cannot hold the process forever.
+ * nothing cannot hold the process forever. A step with `ownDeadline` is waited for in full.
  */
 export async function stopSteps(
   steps: readonly Step[],
@@ -39,6 +44,10 @@ export async function stopSteps(
     log.info(`stopping: ${step.name}`);
     const ms = Math.max(250, deadline - Date.now());
     try {
+      if (step.ownDeadline) {
+        await step.stop();
+        continue;
+      }
       await withTimeout(
         Promise.resolve().then(() => step.stop!()),
         ms,

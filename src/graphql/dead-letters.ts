@@ -1,6 +1,7 @@
 import { ValidationError } from '../domain/errors.js';
 import { isLowerUuid } from '../domain/uuid.js';
 import type { DeadLetter } from '../ingest/dead-letter-queue.js';
+import { discardReason } from '../usecases/dead-letter-admin.js';
 import { requireScope } from './auth.js';
 import { builder } from './builder.js';
 import { actorOf, requireTenant } from './context.js';
@@ -177,11 +178,13 @@ builder.mutationField('discardDeadLetter', (t) =>
     args: { input: t.arg({ type: DiscardDeadLetterInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
+      // The reason is judged before the id, as the errors of this field always have been.
+      const reason = discardReason(input.reason);
       const dl = await ctx.services.useCases.deadLetters.discard(
         actorOf(ctx),
         tenant,
         ownIdOf(String(input.id), 'DeadLetter', 'input.id'),
-        input.reason,
+        reason,
         ctx.requestId,
       );
       if (!dl) throw ValidationError.single('input.id', 'no parked dead letter with this id');

@@ -31,8 +31,11 @@ export interface Listening {
   listen(): Promise<number>;
   /** The bound port once listening. */
   readonly port: number | undefined;
-  /** Stops accepting, lets requests in flight finish (at most a second), then cuts the rest. */
-  close(): Promise<void>;
+  /**
+   * Stops accepting, lets requests in flight finish for `graceMs` (a second by default), then
+   * cuts the rest; 0 cuts them at once.
+   */
+  close(graceMs?: number): Promise<void>;
 }
 
 export interface HttpServer extends Listening {
@@ -109,10 +112,11 @@ function listening(server: Server, port: number, host: string): Listening {
       });
       return (server.address() as AddressInfo).port;
     },
-    close() {
+    close(graceMs = 1_000) {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
-      setTimeout(() => server.closeAllConnections(), 1_000).unref();
+      if (graceMs <= 0) server.closeAllConnections();
+      else setTimeout(() => server.closeAllConnections(), graceMs).unref();
       return closed;
     },
   };

@@ -184,7 +184,7 @@ export class RetryWorker {
     };
     await this.store.reschedule(next, previousId);
     this.log.warn(
-      { tenant: dl.tenant, deadLetterId: next.id, replays, parked: park, err: failure },
+      { tenant: dl.tenant, deadLetterId: next.id, replays, parked: park, error: failure.message },
       park ? 'dead letter parked after its last replay' : 'dead letter replay failed; rescheduled',
     );
     this.emit(next, park ? 'PARKED' : 'RETRIED', records.length, failure.message);

@@ -11,6 +11,15 @@ import type { Actor } from './actor.js';
 /** At most this many dead letters are replayed by one request. */
 export const REPLAY_MAX_IDS = 1000;
 
+/** Why a dead letter is given up, trimmed: 1 to 1000 characters, or a ValidationError. */
+export function discardReason(raw: string): string {
+  const reason = raw.trim();
+  if (reason.length < 1 || reason.length > 1000) {
+    throw ValidationError.single('input.reason', 'must be 1 to 1000 characters');
+  }
+  return reason;
+}
+
 /**
  * What an operator does with parked dead letters: replay them (attempts start again) or give
  * one up for good (counted as discarded, logged with the reason — never silent). Each step is
@@ -77,10 +86,7 @@ export class DeadLetterAdmin {
     reasonRaw: string,
     requestId: string,
   ): Promise<DeadLetter | null> {
-    const reason = reasonRaw.trim();
-    if (reason.length < 1 || reason.length > 1000) {
-      throw ValidationError.single('input.reason', 'must be 1 to 1000 characters');
-    }
+    const reason = discardReason(reasonRaw);
     const dl = isLowerUuid(id) ? await this.deadLetters.discard(tenant, id) : null;
     if (!dl) return null;
     this.ingest.recordDiscarded(tenant, dl.records.length);

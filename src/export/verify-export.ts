@@ -229,15 +229,7 @@ class ExportVerifier {
   }
 
   private fail(p: Partial<ExportProblem> & Pick<ExportProblem, 'kind' | 'message'>): void {
-    this.result.problem ??= {
-      line: null,
-      eventId: null,
-      month: null,
-      seq: null,
-      expected: null,
-      found: null,
-      ...p,
-    };
+    this.result.problem ??= problemOf(null, p);
   }
 
   /** Fails with a problem found while reading lines. */
@@ -690,21 +682,21 @@ class ExportVerifier {
 /**
  * The problems one trailer check finds; each is at the trailer's line unless it names another.
  */
+/** A problem as reported: what `p` says, on `line`, every other field null. */
+function problemOf(
+  line: number | null,
+  p: Partial<ExportProblem> & Pick<ExportProblem, 'kind' | 'message'>,
+): ExportProblem {
+  return { line, eventId: null, month: null, seq: null, expected: null, found: null, ...p };
+}
+
 class TrailerProblems {
   private readonly found: ExportProblem[] = [];
 
   constructor(private readonly trailerLine: number) {}
 
   add(p: Partial<ExportProblem> & Pick<ExportProblem, 'kind' | 'message'>): void {
-    this.found.push({
-      line: this.trailerLine,
-      eventId: null,
-      month: null,
-      seq: null,
-      expected: null,
-      found: null,
-      ...p,
-    });
+    this.found.push(problemOf(this.trailerLine, p));
   }
 
   /** One of the trailer's figures (found) disagrees with the events' (expected). */

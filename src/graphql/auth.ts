@@ -3,7 +3,7 @@ import type { Scope } from '../domain/api-key.js';
 import { ForbiddenError } from '../domain/errors.js';
 import type { GraphQLContext } from './context.js';
 
-/**
+/*
  * What a caller may do, as Pothos scope-auth asks (who the caller is: src/auth/caller.ts).
  */
 

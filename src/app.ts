@@ -168,6 +168,7 @@ function lifecycleSteps(
     },
     { name: 'retry worker', start: () => g.retryWorker.start(), stop: () => g.retryWorker.stop() },
     maintenanceStep(g),
+    journalStep(g),
     {
       name: 'refusing new writes, writing buffers',
       // It stops at 85 % of SHUTDOWN_TIMEOUT_MS on its own, then puts every batch still held
@@ -203,6 +204,41 @@ function maintenanceStep(g: ServiceGraph): Step {
       stopped = g.maintenance.stop();
     },
     stop: () => stopped ?? g.maintenance.stop(),
+  };
+}
+
+/**
+ * The write-ahead journal: opened once the writer and the heartbeat run, then what it holds that
+ * no live process will write is taken back — this instance's leftovers now, and (with Redis)
+ * the journals of instances silent for JOURNAL_LEASE_MS, looked for every quarter lease. It is
+ * closed after the buffers are written, so the releases of their entries are written too.
+ */
+function journalStep(g: ServiceGraph): Step {
+  const journal = g.ingest.journal;
+  let timer: NodeJS.Timeout | undefined;
+  const recover = async () => {
+    try {
+      await g.ingest.recoverJournal();
+    } catch (err) {
+      g.log.warn({ err }, 'journal recovery failed; tried again');
+    }
+  };
+  return {
+    name: 'journal',
+    start: async () => {
+      if (!journal) return;
+      await journal.start();
+      await g.ingest.recoverJournal();
+      if (journal.kind === 'redis') {
+        timer = setInterval(() => void recover(), Math.max(250, g.config.journalLeaseMs / 4));
+        timer.unref();
+      }
+    },
+    quiesce: () => clearInterval(timer),
+    stop: async () => {
+      clearInterval(timer);
+      await journal?.stop();
+    },
   };
 }
 

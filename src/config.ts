@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import { z } from 'zod';
 
 /**
@@ -123,6 +124,17 @@ const envSchema = z.object({
   DLQ_DIR: z.string().min(1).default('./.data/dead-letters'),
   /** How often an instance announces itself (with REDIS_URL); silent for 3 beats = not live. */
   CLUSTER_HEARTBEAT_MS: int(100, 60_000).default(1000),
+  /**
+   * The write-ahead journal of BUFFERED calls: `on`, a BUFFERED answer survives a crash of the
+   * process; `off`, it means this process's memory (a kill -9 loses what it holds).
+   */
+  JOURNAL: z.enum(['on', 'off']).default('on'),
+  /** Without REDIS_URL: the journal's directory (one instance owns it); default `<DLQ_DIR>/journal`. */
+  JOURNAL_DIR: z.string().min(1).optional(),
+  /** With REDIS_URL: an instance whose heartbeat is this old has its journal taken over. */
+  JOURNAL_LEASE_MS: int(1000, 3_600_000).default(10_000),
+  /** How long a journal append waits for others to join its write (0: only while one is in flight). */
+  JOURNAL_LINGER_MS: int(0, 100).default(0),
   /** Events accepted per createAuditEvents call. */
   MAX_EVENTS_PER_CALL: int(1, 100_000).default(1000),
   /** How far in the future an occurredAt may lie. */
@@ -265,6 +277,10 @@ export interface Config {
   dlqLeaseMs: number;
   dlqDir: string;
   clusterHeartbeatMs: number;
+  journal: boolean;
+  journalDir: string;
+  journalLeaseMs: number;
+  journalLingerMs: number;
   maxEventsPerCall: number;
   maxFutureSkewMs: number;
   retentionDays: number;
@@ -369,11 +385,27 @@ function combinationProblems(e: z.output<typeof envSchema>): string[] {
   if (e.METRICS_PORT !== undefined && e.METRICS_PORT !== 0 && e.METRICS_PORT === e.PORT) {
     problems.push('METRICS_PORT: must differ from PORT');
   }
+  if (e.JOURNAL_LEASE_MS < 3 * e.CLUSTER_HEARTBEAT_MS) {
+    // A live instance is one seen within three beats: a shorter lease takes over live journals.
+    problems.push(`JOURNAL_LEASE_MS: must be at least 3 × CLUSTER_HEARTBEAT_MS`);
+  }
   if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
     // node:http refuses this pair: the headers are part of the request.
     problems.push('HTTP_HEADERS_TIMEOUT_MS: must not exceed HTTP_REQUEST_TIMEOUT_MS');
   }
   return problems;
+}
+
+/** The write-ahead journal's settings. */
+function journalOf(
+  e: z.output<typeof envSchema>,
+): Pick<Config, 'journal' | 'journalDir' | 'journalLeaseMs' | 'journalLingerMs'> {
+  return {
+    journal: e.JOURNAL === 'on',
+    journalDir: e.JOURNAL_DIR ?? join(e.DLQ_DIR, 'journal'),
+    journalLeaseMs: e.JOURNAL_LEASE_MS,
+    journalLingerMs: e.JOURNAL_LINGER_MS,
+  };
 }
 
 /** The configuration of a valid environment, with the defaults that depend on other variables. */
@@ -428,6 +460,7 @@ function configOf(e: z.output<typeof envSchema>): Config {
     dlqLeaseMs: e.DLQ_LEASE_MS,
     dlqDir: e.DLQ_DIR,
     clusterHeartbeatMs: e.CLUSTER_HEARTBEAT_MS,
+    ...journalOf(e),
     maxEventsPerCall: e.MAX_EVENTS_PER_CALL,
     maxFutureSkewMs: e.MAX_FUTURE_SKEW_MS,
     retentionDays: e.RETENTION_DAYS,

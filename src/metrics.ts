@@ -54,6 +54,11 @@ const TENANT_COUNTERS: readonly [name: string, key: keyof TenantStats, help: str
   ['events_discarded_total', 'discarded', 'Dead-lettered events discarded on purpose.'],
   ['events_replayed_total', 'replayed', 'Events stored out of the dead-letter queue.'],
   [
+    'events_recovered_total',
+    'recovered',
+    'Events taken back from the journal of a process that stopped without writing them.',
+  ],
+  [
     'events_conflicts_total',
     'conflicts',
     'Duplicates whose content differed from the stored event.',

@@ -26,6 +26,9 @@ import type { DeadLetterStore } from './ingest/dead-letter-queue.js';
 import { IngestEvents } from './ingest/events.js';
 import { FileDeadLetterStore } from './ingest/file-dead-letter-store.js';
 import { IngestService } from './ingest/ingest-service.js';
+import { FileJournal } from './ingest/journal/file-journal.js';
+import type { Journal } from './ingest/journal/journal.js';
+import { RedisJournal } from './ingest/journal/redis-journal.js';
 import { RedisDeadLetterStore } from './ingest/redis-dead-letter-store.js';
 import { RetryWorker } from './ingest/retry-worker.js';
 import { WriteRateLimiter } from './ingest/write-rate-limiter.js';
@@ -174,6 +177,21 @@ function wireWritePath(
     ? new RedisDeadLetterStore(redis, keys, instanceId, dlqLog, config.dlqLeaseMs)
     : new FileDeadLetterStore(join(config.dlqDir, 'queue'));
   const spool = redis ? new FileDeadLetterStore(join(config.dlqDir, 'spool')) : deadLetters;
+  const journalLog = log.child({ component: 'journal' });
+  // With Redis the journal is where a live instance can take over a dead one's; without it, a
+  // local file that this instance's next start replays.
+  const journal: Journal | undefined = !config.journal
+    ? undefined
+    : redis
+      ? new RedisJournal(
+          redis,
+          keys,
+          instanceId,
+          journalLog,
+          config.journalLeaseMs,
+          config.journalLingerMs,
+        )
+      : new FileJournal(config.journalDir, journalLog, config.journalLingerMs);
   const ingest = new IngestService(
     storage.writer,
     deadLetters,
@@ -187,6 +205,7 @@ function wireWritePath(
       onCommitWait: (ms, outcome) => events.commitWaited(ms, outcome),
     },
     spool,
+    journal,
   );
   const retryWorker = new RetryWorker(
     deadLetters,

@@ -69,7 +69,11 @@ describe('Redis outage during a database outage', () => {
     await redis?.kill();
   });
 
+  // These apps take BUFFERED calls while Redis is down, to prove what the buffers, the
+  // dead-letter queue and the spool do then: that is BUFFERED without the journal (JOURNAL=off).
+  // With the journal such calls are refused instead (the last test).
   const env = (n: number, extra: Record<string, string> = {}) => ({
+    JOURNAL: 'off',
     REDIS_URL: redis.url,
     REDIS_KEY_PREFIX: `${prefix}${n}:`,
     DATABASE_APPLICATION_NAME: `ag-fault-${randomBytes(5).toString('hex')}`,
@@ -377,5 +381,53 @@ describe('Redis outage during a database outage', () => {
     } finally {
       redis.resume();
     }
+  });
+
+  it('with the journal, Redis down refuses BUFFERED calls whole (JournalUnavailableError) and still stores COMMITTED ones', async () => {
+    if (!redis.running) await redis.start();
+    const t = await startAppWith(env(4, { JOURNAL: 'on' }));
+    apps.push(t);
+    const tenant = await provisioned(t);
+    const before = (await readyz(t)).body as unknown as { acks: Record<string, boolean> };
+    expect(before.acks).toEqual({ COMMITTED: true, BUFFERED: true });
+    await redis.kill();
+    const refused = [event({ id: randomUUID() }), event({ id: randomUUID() })];
+    const r = await t.gql(tenant, CREATE, { input: { events: refused, ack: 'BUFFERED' } });
+    expect(r.createAuditEvents).toMatchObject({
+      __typename: 'JournalUnavailableError',
+      retryable: true,
+    });
+    const committed = [event({ id: randomUUID() })];
+    const c = await t.gql(tenant, CREATE, { input: { events: committed, ack: 'COMMITTED' } });
+    expect(c.createAuditEvents.__typename).toBe('CreateAuditEventsPayload');
+    expect(c.createAuditEvents.events.map((e: { status: string }) => e.status)).toEqual(['STORED']);
+    const during = (await readyz(t)).body as unknown as {
+      acks: Record<string, boolean>;
+      journal: { available: boolean };
+    };
+    expect(during.acks).toEqual({ COMMITTED: true, BUFFERED: false });
+    expect(during.journal.available).toBe(false);
+    // Nothing of the refused call was accepted, now or later.
+    const stats = await readStats(t, tenant);
+    expect(stats).toMatchObject({ accepted: 2, stored: 2, pending: 0 });
+    const { rows } = await admin.query(
+      `select 1 from "t_${tenant}".audit_events where id = any($1::uuid[])`,
+      [refused.map((e) => e.id)],
+    );
+    expect(rows).toEqual([]);
+    // Redis back: BUFFERED is taken again.
+    await redis.start();
+    await waitUntil(
+      'a BUFFERED call taken again',
+      async () =>
+        (
+          await t.gql(tenant, CREATE, {
+            input: { events: [event({ id: randomUUID() })], ack: 'BUFFERED' },
+          })
+        ).createAuditEvents.__typename as string,
+      (typename) => typename === 'CreateAuditEventsPayload',
+      10_000,
+      200,
+    );
   });
 });

@@ -57,6 +57,7 @@ const NUMERIC_STATS = [
   'deadLettered',
   'discarded',
   'replayed',
+  'recovered',
   'conflicts',
   'expired',
   'batches',

@@ -184,12 +184,16 @@ function liveNode(pid: number): boolean {
 const heldLocks = new Set<string>();
 
 /**
- * Takes the embedded database's directory for this open: a lock file created exclusively, with
- * the holder's pid and a token. A lock left by a process that is gone is taken over. Returns the
- * release function.
+ * Takes a directory for this process: a lock file created exclusively, with the holder's pid and
+ * a token. A lock left by a process that is gone is taken over; one held by a live process throws
+ * `inUse(holder)`. Returns the release function. The embedded database's directory and the local
+ * journal's are taken this way.
  */
-function lockDataDir(dataDir: string): () => void {
-  const file = join(dataDir, 'auditgraph.lock');
+export function lockDirectory(
+  dir: string,
+  inUse: (holder: string) => Error = (holder) => new DataDirInUseError(dir, holder),
+): () => void {
+  const file = join(dir, 'auditgraph.lock');
   const token = `${process.pid} ${randomUUID()}`;
   heldLocks.add(token);
   for (let attempt = 0; attempt < 2; attempt++) {
@@ -210,24 +214,24 @@ function lockDataDir(dataDir: string): () => void {
       const pid = Number.parseInt(holder, 10);
       if (heldLocks.has(holder)) {
         heldLocks.delete(token);
-        throw new DataDirInUseError(dataDir, 'this process (opened twice)');
+        throw inUse('this process (opened twice)');
       }
       // The same pid with a token this process never made: a previous run (a container's pid 1).
       if (pid !== process.pid && Number.isInteger(pid) && liveNode(pid)) {
         heldLocks.delete(token);
-        throw new DataDirInUseError(dataDir, `process ${pid}`);
+        throw inUse(`process ${pid}`);
       }
       rmSync(file, { force: true }); // left by a process that is gone
     }
   }
   heldLocks.delete(token);
-  throw new DataDirInUseError(dataDir, 'another process (the lock could not be taken)');
+  throw inUse('another process (the lock could not be taken)');
 }
 
 function createPgliteDatabase(dataDir: string): Database {
   // A fresh clone has no ./.data yet; PGlite creates only the last path segment.
   mkdirSync(dataDir, { recursive: true });
-  const release = lockDataDir(dataDir);
+  const release = lockDirectory(dataDir);
   let lite: PGlite;
   try {
     lite = new PGlite(dataDir);

@@ -47,6 +47,7 @@ export const ERROR_STATUS = {
   LIMIT_EXCEEDED: 429,
   BACKPRESSURE: 503,
   SHUTTING_DOWN: 503,
+  JOURNAL_UNAVAILABLE: 503,
   COMMIT_TIMEOUT: 504,
   FLUSH_TIMEOUT: 504,
   SUBSCRIPTION_INTERRUPTED: 503,
@@ -168,6 +169,26 @@ export class ShuttingDownError extends AuditError {
     super(
       'the service is shutting down; nothing from this call was accepted, retry on another instance',
     );
+  }
+}
+
+/**
+ * A BUFFERED call could not be written to the journal that makes BUFFERED survive a crash
+ * (Redis unreachable, the disk full, …): nothing from the call was accepted. COMMITTED calls
+ * do not need the journal and are still taken while the database is up.
+ */
+export class JournalUnavailableError extends AuditError {
+  readonly code = 'JOURNAL_UNAVAILABLE' as const;
+  readonly retryable = true;
+  readonly retryAfterMs = 1_000;
+  constructor(readonly reason: string) {
+    super(
+      `the write-ahead journal could not take this BUFFERED call (${reason}); nothing from it was ` +
+        'accepted: retry, or send it with ack COMMITTED',
+    );
+  }
+  override details(): Record<string, unknown> {
+    return { retryAfterMs: this.retryAfterMs, reason: this.reason };
   }
 }
 

@@ -87,6 +87,19 @@ export interface AuditEventRecord {
 }
 
 /**
+ * A record back from JSON (a dead letter, a journal entry, a subscription message): its two
+ * instants were written as ISO text.
+ */
+export function recordFromJson(
+  r: Omit<AuditEventRecord, 'occurredAt' | 'receivedAt'> & {
+    occurredAt: string | Date;
+    receivedAt: string | Date;
+  },
+): AuditEventRecord {
+  return { ...r, occurredAt: new Date(r.occurredAt), receivedAt: new Date(r.receivedAt) };
+}
+
+/**
  * A stored row's exact key (its primary key). The idempotency key is the id alone: an id is one
  * event per tenant, so the same id again, under any occurredAt, is a duplicate.
  */

@@ -3,6 +3,7 @@ import {
   BackpressureError,
   CommitTimeoutError,
   FlushTimeoutError,
+  JournalUnavailableError,
   RateLimitedError,
   ShuttingDownError,
   ValidationError,
@@ -65,6 +66,19 @@ builder.objectType(RateLimitedError, {
   fields: (t) => ({
     retryAfterMs: t.exposeInt('retryAfterMs'),
     limit: t.exposeString('limit', { description: 'The setting that was reached.' }),
+  }),
+});
+
+builder.objectType(JournalUnavailableError, {
+  name: 'JournalUnavailableError',
+  description:
+    'A BUFFERED call could not be written to the write-ahead journal (Redis unreachable, the ' +
+    'disk full); nothing from it was accepted. COMMITTED calls are still taken.',
+  interfaces: [AuditErrorInterface],
+  isTypeOf: (e) => e instanceof JournalUnavailableError,
+  fields: (t) => ({
+    retryAfterMs: t.exposeInt('retryAfterMs'),
+    reason: t.exposeString('reason', { description: 'Why the journal refused the call.' }),
   }),
 });
 

@@ -2,6 +2,7 @@ import {
   BackpressureError,
   CommitTimeoutError,
   FlushTimeoutError,
+  JournalUnavailableError,
   RateLimitedError,
   ShuttingDownError,
   ValidationError,
@@ -156,6 +157,7 @@ builder.mutationField('createAuditEvents', (t) =>
         RateLimitedError,
         ShuttingDownError,
         CommitTimeoutError,
+        JournalUnavailableError,
       ],
       union: { name: 'CreateAuditEventsResult' },
     },
@@ -250,6 +252,11 @@ const AuditStatsRef = builder
       }),
       replayed: t.exposeInt('replayed', {
         description: 'Events the retry worker stored out of the dead-letter queue.',
+      }),
+      recovered: t.exposeInt('recovered', {
+        description:
+          'Events taken back from the journal of a process that stopped without writing them (a ' +
+          'crash, kill -9) and written here; also counted in accepted.',
       }),
       conflicts: t.exposeInt('conflicts', {
         description: 'Duplicates whose content differed from the stored event.',

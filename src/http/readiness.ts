@@ -11,6 +11,10 @@ export interface ReadinessReport {
   ready: boolean;
   reasons: string[];
   deadLetters: Record<string, unknown> & { store: string; persistence: string };
+  /** Which acknowledgement levels a createAuditEvents call can get now. */
+  acks: { COMMITTED: boolean; BUFFERED: boolean };
+  /** The write-ahead journal of BUFFERED calls (null: JOURNAL=off, BUFFERED is memory). */
+  journal: { store: string; available: boolean; held: number; persistence: string } | null;
 }
 
 /** What /readyz answers: whether this instance can take writes now, and if not, why. */
@@ -22,7 +26,7 @@ export class Readiness {
     private readonly deps: {
       config: Pick<Config, 'dlqMaxEvents'>;
       db: Database;
-      ingest: Pick<IngestService, 'isStopping' | 'isDeadLetterQueueFull'>;
+      ingest: Pick<IngestService, 'isStopping' | 'isDeadLetterQueueFull' | 'journal'>;
       retryWorker: Pick<RetryWorker, 'lastHealthy' | 'lastDepth'>;
       deadLetters: Pick<DeadLetterStore, 'kind'>;
       /** The dead-letter queue's Redis client (none without REDIS_URL). */
@@ -46,7 +50,8 @@ export class Readiness {
     if (this.redisPersistence !== 'aof') {
       log.warn(
         { redisPersistence: this.redisPersistence },
-        'Redis append-only file is off: dead letters do not survive a Redis restart',
+        'Redis append-only file is off: dead letters and BUFFERED events in the journal do not ' +
+          'survive a Redis restart',
       );
     }
   }
@@ -64,9 +69,24 @@ export class Readiness {
     } catch (err) {
       reasons.push(`database unavailable: ${(err as Error).message}`);
     }
+    const database = !reasons.some((r) => r.startsWith('database'));
+    const journal = ingest.journal;
+    const open = !ingest.isStopping && !ingest.isDeadLetterQueueFull;
     return {
       ready: reasons.length === 0,
       reasons,
+      acks: {
+        COMMITTED: open && database,
+        BUFFERED: open && (journal ? journal.available : true),
+      },
+      journal: journal
+        ? {
+            store: journal.kind,
+            available: journal.available,
+            held: journal.held,
+            persistence: journal.kind === 'redis' ? this.redisPersistence : 'local file (fsync)',
+          }
+        : null,
       deadLetters: {
         store: deadLetters.kind,
         persistence: this.redisPersistence,

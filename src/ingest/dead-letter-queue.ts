@@ -1,4 +1,4 @@
-import type { AuditEventRecord } from '../domain/event.js';
+import { type AuditEventRecord, recordFromJson } from '../domain/event.js';
 import type { TenantId } from '../domain/tenant.js';
 
 export type DeadLetterState = 'ACTIVE' | 'PARKED';
@@ -88,10 +88,6 @@ export function parseDeadLetter(text: string): DeadLetter {
     firstFailedAt: date(o.firstFailedAt),
     lastFailedAt: date(o.lastFailedAt),
     nextAttemptAt: o.nextAttemptAt ? date(o.nextAttemptAt) : null,
-    records: o.records.map((r) => ({
-      ...r,
-      occurredAt: date(r.occurredAt),
-      receivedAt: date(r.receivedAt),
-    })),
+    records: o.records.map(recordFromJson),
   };
 }

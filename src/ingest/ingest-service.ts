@@ -3,6 +3,7 @@ import type { AuditEventRecord } from '../domain/event.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 import type { DeadLetter, DeadLetterStore } from './dead-letter-queue.js';
+import type { Journal } from './journal/journal.js';
 import {
   type PipelineListener,
   type PipelineSink,
@@ -51,17 +52,47 @@ export class IngestService {
     writer: BatchSink,
     deadLetters: DeadLetterStore,
     events: PipelineListener,
-    log: Logger,
+    private readonly log: Logger,
     private readonly opts: IngestOptions,
     /** Local files for what neither the database nor the dead-letter queue took at shutdown. */
     spool?: DeadLetterStore,
+    /** Where BUFFERED calls are kept until written (absent: JOURNAL=off). */
+    readonly journal?: Journal,
   ) {
     const sink: PipelineSink = {
       write: (tenant, batchId, records) => writer.write(tenantSchema(tenant), batchId, records),
       deadLetter: (dl) => deadLetters.add(dl),
       spool: spool ? (dl: DeadLetter) => spool.add(dl) : undefined,
+      journal,
     };
     this.pipeline = new WritePipeline(sink, events, log, opts, systemClock);
+  }
+
+  /**
+   * Takes back what the journal holds that no live process will write (this instance's own
+   * leftovers at start; with Redis, the journals of instances whose heartbeat stopped): each
+   * call's events are accepted here again and written as any others. Resolves once they are
+   * in the buffers (not once written). Returns the number of events taken back.
+   */
+  async recoverJournal(): Promise<number> {
+    const journal = this.journal;
+    if (!journal) return 0;
+    let total = 0;
+    for (const { from, entries } of await journal.recover()) {
+      const events = entries.reduce((n, e) => n + e.records.length, 0);
+      total += events;
+      this.log.warn(
+        { from, calls: entries.length, events },
+        'journal recovered: writing BUFFERED events a stopped process had not written',
+      );
+      const written = entries.map((e) =>
+        this.pipeline.adopt(e.tenant, e.records, () => journal.release(e.id)),
+      );
+      void Promise.all(written).then(() =>
+        this.log.info({ from, calls: entries.length, events }, 'journal recovery written'),
+      );
+    }
+    return total;
   }
 
   /**

@@ -14,6 +14,11 @@ export interface TenantStats {
   discarded: number;
   /** Events the retry worker stored (or found duplicate) out of the dead-letter queue. */
   replayed: number;
+  /**
+   * Events taken back from a journal left by a process that is gone (also in `accepted` here,
+   * which the dead process's counters no longer show).
+   */
+  recovered: number;
   /** Duplicates whose content differed from the stored event (a subset of `duplicates`). */
   conflicts: number;
   /** Removed by retention (outside the identity). */
@@ -33,6 +38,7 @@ export function emptyStats(): TenantStats {
     deadLettered: 0,
     discarded: 0,
     replayed: 0,
+    recovered: 0,
     conflicts: 0,
     expired: 0,
     batches: 0,

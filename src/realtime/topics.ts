@@ -1,4 +1,4 @@
-import type { AuditEventRecord } from '../domain/event.js';
+import { type AuditEventRecord, recordFromJson } from '../domain/event.js';
 import type {
   BatchSettled,
   DeadLetterEvent,
@@ -115,5 +115,5 @@ export function deadLetterMessage(e: DeadLetterEvent): DeadLetterMessage {
 
 /** The record back from its travelling form. */
 export function storedEventRecord(e: StoredEventMessage): AuditEventRecord {
-  return { ...e, occurredAt: new Date(e.occurredAt), receivedAt: new Date(e.receivedAt) };
+  return recordFromJson(e);
 }

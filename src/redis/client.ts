@@ -42,12 +42,13 @@ export function createRedis(
  * tenant streams (`dlq:<tenant>`) beside the service's set and counters (`dlq:tenants`,
  * `dlq:depth`), so a tenant named `tenants` or `depth` wrote into them.
  */
-export type ServiceArea = 'apikeys' | 'cluster' | 'deadletters';
+export type ServiceArea = 'apikeys' | 'cluster' | 'deadletters' | 'journal';
 
 const SERVICE_AREAS: ReadonlySet<string> = new Set<ServiceArea>([
   'apikeys',
   'cluster',
   'deadletters',
+  'journal',
 ]);
 const TENANT_SEGMENT = /^[a-z][a-z0-9_]{0,39}$/;
 
@@ -64,6 +65,8 @@ const TENANT_SEGMENT = /^[a-z][a-z0-9_]{0,39}$/;
  * - `ratelimit:<window>:<tenant>`: write-rate windows (rate-limiter-flexible appends the tenant);
  * - `realtime:<tenant>:<topic>` (channel): a tenant's subscription messages;
  * - `cluster:instances` (sorted set), `cluster:inbox:<instance>` (channel): heartbeats, requests;
+ * - `journal:owners` (set), `journal:entries:<instance>` (hash): each instance's write-ahead
+ *   journal of BUFFERED calls (a tenant id is only ever inside an entry's value);
  * - `apikeys:revoked`, `apikeys:confirmations:<instance>` (channels): key revocations, confirmed.
  *
  * The rate-limit and realtime names keep the shape they had before the `t:` area (the tenant at

@@ -155,12 +155,36 @@ export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 export class OwnRedis {
   private child: ChildProcess | undefined;
 
-  private constructor(readonly port: number) {}
+  private constructor(
+    readonly port: number,
+    /** With an append-only file (fsync always) in this directory: what it took survives a restart. */
+    private readonly aofDir?: string,
+  ) {}
 
-  static async start(): Promise<OwnRedis> {
-    const r = new OwnRedis(await freePort());
+  static async start(opts: { aof?: boolean } = {}): Promise<OwnRedis> {
+    const dir = opts.aof ? mkdtempSync(join(tmpdir(), 'auditgraph-aof-')) : undefined;
+    const r = new OwnRedis(await freePort(), dir);
     await r.start();
     return r;
+  }
+
+  /** SHUTDOWN (Redis writes and closes its files), then the server again on the same port. */
+  async restart(): Promise<void> {
+    const child = this.child;
+    if (child && this.running) {
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      const c = new Redis(this.url, {
+        lazyConnect: true,
+        maxRetriesPerRequest: 1,
+        retryStrategy: () => null,
+      });
+      c.on('error', () => {}); // the server goes away under it, as asked
+      await c.connect();
+      await c.call('SHUTDOWN').catch(() => undefined); // the connection ends with the server
+      c.disconnect();
+      await within(exited, 10_000, 'redis-server SHUTDOWN');
+    }
+    await this.start();
   }
 
   get url(): string {
@@ -176,7 +200,17 @@ export class OwnRedis {
     if (this.running) return;
     const child = spawn(
       'redis-server',
-      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+      [
+        '--port',
+        String(this.port),
+        '--bind',
+        '127.0.0.1',
+        '--save',
+        '',
+        ...(this.aofDir
+          ? ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', this.aofDir]
+          : ['--appendonly', 'no']),
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     this.child = child;

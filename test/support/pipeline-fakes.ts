@@ -93,6 +93,8 @@ export class FakeSink implements PipelineSink {
   /** null: the sink has no spool. */
   spoolMode: StoreMode | null = 'accept';
   deadLetterCalls = 0;
+  /** Absent unless a test gives one: BUFFERED then means memory. */
+  journal?: PipelineSink['journal'];
 
   write(
     tenant: TenantId,

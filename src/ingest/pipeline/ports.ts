@@ -3,6 +3,7 @@ import type { TenantId } from '../../domain/tenant.js';
 import type { RowRejection, WriteStatus } from '../batch-writer.js';
 import type { DeadLetter } from '../dead-letter-queue.js';
 import type { BatchSettled, DeadLetterEvent } from '../events.js';
+import type { JournalEntry } from '../journal/journal.js';
 
 /** What one batch write decided, row by row. */
 export interface WriteOutcome {
@@ -36,6 +37,15 @@ export interface PipelineSink {
    * next start re-queues). Absent: such events stay pending and are reported lost.
    */
   spool?(dl: DeadLetter): Promise<void>;
+  /**
+   * The write-ahead journal of clients' BUFFERED calls: such a call is answered only once its
+   * entry is appended (it throws when it cannot be), and the entry is released once every event
+   * of the call has a final status. Absent: BUFFERED means this process's memory.
+   */
+  journal?: {
+    append(entry: JournalEntry): Promise<void>;
+    release(id: string): void;
+  };
 }
 
 /** Who is told what the pipeline settled (subscriptions, metrics). Called synchronously. */

@@ -100,6 +100,8 @@ interface TenantState {
   queue: Entry[];
   /** Pending entries that are access records (part of `stats.pending`). */
   accessHeld: number;
+  /** Events of calls being written to the journal: admitted, not accepted yet. */
+  reserved: number;
   inFlight: number;
   backoff: Set<Batch>;
   /** Tickets not yet settled, oldest first (a Set keeps insertion order). */
@@ -128,6 +130,8 @@ type Settled = { record: AuditEventRecord; status: SettledStatus };
 export class WritePipeline {
   private readonly tenants = new Map<TenantId, TenantState>();
   private bytesHeld = 0;
+  /** Bytes of calls being written to the journal: admitted, not accepted yet. */
+  private bytesReserved = 0;
   private stopping = false;
   /** Set by the dead-letter monitor: the queue is at capacity, so new writes are refused. */
   private deadLettersFull = false;
@@ -144,9 +148,10 @@ export class WritePipeline {
 
   /**
    * Accepts a call whole, or rejects it whole (ShuttingDownError, BackpressureError,
-   * LimitExceededError); everything up to the decision happens before the first await. With
-   * COMMITTED it resolves once every event has a final status (or throws CommitTimeoutError,
-   * the events staying accepted and pending); with BUFFERED at once.
+   * LimitExceededError, and JournalUnavailableError from the journal); the bounds are decided
+   * before the first await. With COMMITTED it resolves once every event has a final status (or
+   * throws CommitTimeoutError, the events staying accepted and pending); with BUFFERED once the
+   * call is in the journal (at once without one).
    */
   async accept(
     tenant: TenantId,
@@ -159,19 +164,30 @@ export class WritePipeline {
     const bytes = records.map(recordBytes);
     const total = bytes.reduce((a, b) => a + b, 0);
     this.admit(state, records.length, total, holding);
-
-    const access = holding !== 'client';
-    const ticket = new Ticket(records.length);
-    state.outstanding.add(ticket);
-    records.forEach((record, index) => {
-      state.queue.push({ record, bytes: bytes[index]!, ticket, index, access });
-    });
-    if (access) state.accessHeld += records.length;
-    this.bytesHeld += total;
-    state.stats.accepted += records.length;
-    state.stats.pending += records.length;
-    void ticket.done.then(() => state.outstanding.delete(ticket));
-
+    const journal = ack === 'BUFFERED' && holding === 'client' ? this.sink.journal : undefined;
+    let entry: string | undefined;
+    if (journal) {
+      // The call's place is held while its entry is written, so calls admitted meanwhile cannot
+      // take it; if the journal refuses the entry, nothing of the call was accepted.
+      entry = randomUUID();
+      state.reserved += records.length;
+      this.bytesReserved += total;
+      try {
+        await journal.append({ id: entry, tenant, records });
+      } finally {
+        state.reserved -= records.length;
+        this.bytesReserved -= total;
+      }
+      if (this.stopping) {
+        journal.release(entry);
+        throw new ShuttingDownError();
+      }
+    }
+    const ticket = this.enqueue(state, records, bytes, holding);
+    if (journal && entry !== undefined) {
+      const id = entry;
+      void ticket.done.then(() => journal.release(id));
+    }
     this.schedule(state, ack);
 
     if (ack === 'BUFFERED') {
@@ -180,11 +196,53 @@ export class WritePipeline {
     return this.awaitCommit(records, ticket);
   }
 
+  /**
+   * Takes back a BUFFERED call found in a journal left by a process that is gone: its events are
+   * accepted again here (counted in `accepted` and `recovered`) and written as any others, and
+   * `release` is called once each has a final status. Never refused: they were acknowledged.
+   */
+  adopt(
+    tenant: TenantId,
+    records: readonly AuditEventRecord[],
+    release: () => void,
+  ): Promise<void> {
+    const state = this.state(tenant);
+    const ticket = this.enqueue(state, records, records.map(recordBytes), 'client');
+    state.stats.recovered += records.length;
+    void ticket.done.then(release);
+    // They have waited already: written now, not after another interval.
+    state.urgent ??= 'interval';
+    this.drain(state);
+    this.schedule(state, 'BUFFERED');
+    return ticket.done;
+  }
+
+  /** Puts a call's events into the tenant's queue: accepted and pending from now on. */
+  private enqueue(
+    state: TenantState,
+    records: readonly AuditEventRecord[],
+    bytes: readonly number[],
+    holding: Holding,
+  ): Ticket {
+    const access = holding !== 'client';
+    const ticket = new Ticket(records.length);
+    state.outstanding.add(ticket);
+    records.forEach((record, index) => {
+      state.queue.push({ record, bytes: bytes[index]!, ticket, index, access });
+    });
+    if (access) state.accessHeld += records.length;
+    this.bytesHeld += bytes.reduce((a, b) => a + b, 0);
+    state.stats.accepted += records.length;
+    state.stats.pending += records.length;
+    void ticket.done.then(() => state.outstanding.delete(ticket));
+    return ticket;
+  }
+
   /** Throws when a call of `events` events (`bytes` in all) would go past a bound. */
   private admit(state: TenantState, events: number, bytes: number, holding: Holding): void {
     if (
       holding === 'client' &&
-      state.stats.pending - state.accessHeld + events > this.opts.bufferCapacity
+      state.stats.pending + state.reserved - state.accessHeld + events > this.opts.bufferCapacity
     ) {
       throw new BackpressureError(this.retryAfterMs(state), 'BUFFER_CAPACITY');
     }
@@ -195,7 +253,7 @@ export class WritePipeline {
         'access records of this tenant waiting to be written',
       );
     }
-    if (this.bytesHeld + bytes > this.opts.bufferMaxBytes) {
+    if (this.bytesHeld + this.bytesReserved + bytes > this.opts.bufferMaxBytes) {
       throw new BackpressureError(this.retryAfterMs(state), 'BUFFER_MAX_BYTES');
     }
     if (this.deadLettersFull) {
@@ -467,6 +525,7 @@ export class WritePipeline {
         tenant,
         queue: [],
         accessHeld: 0,
+        reserved: 0,
         inFlight: 0,
         backoff: new Set(),
         outstanding: new Set(),

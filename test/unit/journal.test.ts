@@ -1,0 +1,193 @@
+import { appendFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BackpressureError, JournalUnavailableError } from '../../src/domain/errors.js';
+import { FileJournal, JournalInUseError } from '../../src/ingest/journal/file-journal.js';
+import { GroupCommit } from '../../src/ingest/journal/group-commit.js';
+import type { JournalEntry } from '../../src/ingest/journal/journal.js';
+import { harness, records, settle, TENANT, watch } from '../support/pipeline-fakes.js';
+
+/**
+ * The journal's rules: the pipeline answers BUFFERED only once the journal has the call, refuses
+ * the call whole when it cannot, and releases an entry only when every event of it is settled;
+ * appends of a moment share one write; the local file keeps exactly what was not released.
+ */
+
+/** A journal whose appends wait until the test answers them. */
+class FakeJournal {
+  readonly appends: { entry: JournalEntry; ok(): void; fail(err?: unknown): void }[] = [];
+  readonly released: string[] = [];
+  append(entry: JournalEntry): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.appends.push({
+        entry,
+        ok: resolve,
+        fail: (err = new JournalUnavailableError('redis: connection is closed')) => reject(err),
+      });
+    });
+  }
+  release(id: string): void {
+    this.released.push(id);
+  }
+}
+
+function journaled(options = {}) {
+  const h = harness(options);
+  const journal = new FakeJournal();
+  h.sink.journal = journal;
+  return { h, journal };
+}
+
+describe('the pipeline and its journal', () => {
+  it('answers BUFFERED only once the journal has the call, and releases it once all its events are stored', async () => {
+    const { h, journal } = journaled();
+    const call = watch(h.pipeline.accept(TENANT, records(4), 'BUFFERED'));
+    await h.settle();
+    expect(call.done).toBe(false);
+    expect(h.stats()).toMatchObject({ accepted: 0, pending: 0 });
+    journal.appends[0]!.ok();
+    await h.settle();
+    expect(call.value!.map((e) => e.status)).toEqual(Array(4).fill('BUFFERED'));
+    expect(h.stats()).toMatchObject({ accepted: 4, pending: 4 });
+    // One full batch of 3 is written; the fourth event waits: the entry stays.
+    h.sink.writes[0]!.succeed();
+    await h.settle();
+    expect(journal.released).toEqual([]);
+    await h.advance(1_000);
+    h.sink.writes[1]!.succeed();
+    await h.settle();
+    expect(journal.released).toEqual([journal.appends[0]!.entry.id]);
+  });
+
+  it('refuses the call whole when the journal cannot take it: nothing accepted, nothing written', async () => {
+    const { h, journal } = journaled();
+    const call = watch(h.pipeline.accept(TENANT, records(3), 'BUFFERED'));
+    await h.settle();
+    journal.appends[0]!.fail();
+    await h.settle();
+    expect(call.error).toBeInstanceOf(JournalUnavailableError);
+    expect(h.stats()).toMatchObject({ accepted: 0, pending: 0 });
+    expect(h.pipeline.bufferBytes).toBe(0);
+    await h.advance(5_000);
+    expect(h.sink.writes).toHaveLength(0);
+  });
+
+  it('does not journal COMMITTED calls nor the service’s own access records', async () => {
+    const { h, journal } = journaled();
+    const committed = watch(h.pipeline.accept(TENANT, records(1), 'COMMITTED'));
+    await h.pipeline.accept(TENANT, records(1), 'BUFFERED', 'read');
+    await h.advance(10);
+    expect(journal.appends).toHaveLength(0);
+    for (const w of h.sink.open) w.succeed();
+    await h.settle();
+    expect(committed.value![0]!.status).toBe('STORED');
+  });
+
+  it('holds a call’s place while its entry is written: a call admitted meanwhile cannot take it', async () => {
+    const { h, journal } = journaled(); // bufferCapacity 10
+    const first = watch(h.pipeline.accept(TENANT, records(8), 'BUFFERED'));
+    await h.settle();
+    await expect(h.pipeline.accept(TENANT, records(3), 'BUFFERED')).rejects.toBeInstanceOf(
+      BackpressureError,
+    );
+    journal.appends[0]!.ok();
+    await h.settle();
+    expect(first.done).toBe(true);
+    // Negative control: once the first fails instead, its place is free again.
+    const { h: h2, journal: j2 } = journaled();
+    const failed = watch(h2.pipeline.accept(TENANT, records(8), 'BUFFERED'));
+    await h2.settle();
+    j2.appends[0]!.fail();
+    await h2.settle();
+    expect(failed.error).toBeInstanceOf(JournalUnavailableError);
+    const again = watch(h2.pipeline.accept(TENANT, records(3), 'BUFFERED'));
+    await h2.settle();
+    j2.appends[1]!.ok();
+    await h2.settle();
+    expect(again.done && !again.error).toBe(true);
+  });
+
+  it('adopts a recovered call: accepted and recovered here, written at once, released once settled', async () => {
+    const { h } = journaled();
+    let released = 0;
+    void h.pipeline.adopt(TENANT, records(2), () => released++);
+    await h.settle();
+    expect(h.stats()).toMatchObject({ accepted: 2, recovered: 2, pending: 2 });
+    expect(h.sink.writes.map((w) => w.records.length)).toEqual([2]);
+    h.sink.writes[0]!.succeed(['STORED', 'DUPLICATE']);
+    await h.settle();
+    expect(released).toBe(1);
+    expect(h.stats()).toMatchObject({ stored: 1, duplicates: 1, pending: 0 });
+  });
+});
+
+describe('GroupCommit', () => {
+  it('writes what arrives while a write is in flight as one next write, and fails a group together', async () => {
+    const writes: { items: number[]; ok(): void; fail(): void }[] = [];
+    const g = new GroupCommit<number>(
+      (items) =>
+        new Promise<void>((ok, fail) =>
+          writes.push({ items, ok, fail: () => fail(new Error('disk full')) }),
+        ),
+    );
+    const a = watch(g.add(1));
+    await settle();
+    const b = watch(g.add(2));
+    const c = watch(g.add(3));
+    await settle();
+    expect(writes.map((w) => w.items)).toEqual([[1]]);
+    writes[0]!.ok();
+    await settle();
+    expect(a.done).toBe(true);
+    expect(writes.map((w) => w.items)).toEqual([[1], [2, 3]]);
+    writes[1]!.fail();
+    await settle();
+    expect((b.error as Error).message).toBe('disk full');
+    expect((c.error as Error).message).toBe('disk full');
+  });
+});
+
+describe('FileJournal', () => {
+  const log = pino({ level: 'silent' });
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+  const entry = (n: number): JournalEntry => ({ id: `e${n}`, tenant: TENANT, records: records(2) });
+
+  it('keeps exactly what was not released across a restart, and skips a line cut short by a crash', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'journal-unit-'));
+    dirs.push(dir);
+    const first = new FileJournal(dir, log);
+    await first.start();
+    await Promise.all([first.append(entry(1)), first.append(entry(2)), first.append(entry(3))]);
+    first.release('e2');
+    await first.stop();
+    appendFileSync(join(dir, 'journal.log'), '{"a":{"id":"e4","ten'); // a torn append
+    const second = new FileJournal(dir, log);
+    await second.start();
+    const [found] = await second.recover();
+    expect(found!.entries.map((e) => e.id).sort()).toEqual(['e1', 'e3']);
+    expect(found!.entries[0]!.records[0]!.occurredAt).toBeInstanceOf(Date);
+    expect(second.held).toBe(2);
+    expect(await second.recover()).toEqual([]);
+    second.release('e1');
+    second.release('e3');
+    await second.stop();
+    const third = new FileJournal(dir, log);
+    await third.start();
+    expect(await third.recover()).toEqual([]);
+    await third.stop();
+  });
+
+  it('refuses a second owner of the same directory', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'journal-unit-'));
+    dirs.push(dir);
+    const owner = new FileJournal(dir, log);
+    await owner.start();
+    await expect(new FileJournal(dir, log).start()).rejects.toBeInstanceOf(JournalInUseError);
+    await owner.stop();
+  });
+});

@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type pg from 'pg';
@@ -18,6 +18,7 @@ import {
   FLUSH,
   graphqlClient,
   newTenant,
+  PAGE,
   sqlClient,
 } from './support/harness.js';
 
@@ -92,6 +93,24 @@ async function storedCounts(admin: pg.Client, tenant: string, ids: string[]) {
   return new Map(rows.map((r) => [r.id, r.n]));
 }
 
+/** The same as storedCounts, read through the API (for the embedded database, out of reach of SQL). */
+async function storedCountsByApi(svc: ServiceProcess, tenant: string, ids: string[]) {
+  const client = graphqlClient(`${svc.base}/graphql`);
+  const wanted = new Set(ids);
+  const counts = new Map<string, number>();
+  let after: string | null = null;
+  for (let pages = 0; pages < 200; pages++) {
+    const c: Record<string, any> = (await client.gql(tenant, PAGE, { first: 500, after }))
+      .auditEvents;
+    for (const e of c.edges as { node: { id: string } }[]) {
+      if (wanted.has(e.node.id)) counts.set(e.node.id, (counts.get(e.node.id) ?? 0) + 1);
+    }
+    if (!c.pageInfo.hasNextPage) return counts;
+    after = c.pageInfo.endCursor;
+  }
+  throw new Error('more than 200 pages');
+}
+
 async function flushAndStats(svc: ServiceProcess, tenant: string) {
   const client = graphqlClient(`${svc.base}/graphql`);
   const flushed = await client.gql(tenant, FLUSH, { timeoutMs: 30_000 });
@@ -105,6 +124,12 @@ describe('SIGKILL during a BUFFERED stream', () => {
   const prefix = `test:faultkill:${randomBytes(4).toString('hex')}:`;
   const tenants: string[] = [];
   const running: ServiceProcess[] = [];
+  const temps: string[] = [];
+  const tempDir = (name: string) => {
+    const dir = mkdtempSync(join(tmpdir(), name));
+    temps.push(dir);
+    return dir;
+  };
   let admin: pg.Client;
 
   beforeAll(async () => {
@@ -116,6 +141,7 @@ describe('SIGKILL during a BUFFERED stream', () => {
     await admin?.end();
     await dropTenants(...tenants);
     await deleteRedisKeys(inject('redisUrl'), prefix);
+    for (const d of temps) rmSync(d, { recursive: true, force: true });
   });
 
   const spawn = async (env: Record<string, string>) => {
@@ -141,14 +167,23 @@ describe('SIGKILL during a BUFFERED stream', () => {
     },
     {
       name: 'in a local file (no Redis)',
-      env: () => ({ DLQ_DIR: mkdtempSync(join(tmpdir(), 'auditgraph-kill-')) }),
+      env: () => ({ DLQ_DIR: tempDir('auditgraph-kill-') }),
+    },
+    {
+      name: 'in a local file, embedded database (PGlite)',
+      env: () => {
+        const root = tempDir('auditgraph-kill-embedded-');
+        // An empty DATABASE_URL counts as unset: the service opens the embedded database.
+        return { DATABASE_URL: '', DATA_DIR: join(root, 'pglite'), DLQ_DIR: join(root, 'dlq') };
+      },
+      embedded: true,
     },
   ];
 
   for (const journal of journals) {
     it(`journal ${journal.name}: 3 kills at random moments, every acknowledged event stored once after restart`, async () => {
       const tenant = newTenant('kill');
-      tenants.push(tenant);
+      if (!journal.embedded) tenants.push(tenant);
       const env = journal.env();
       let svc = await spawn(env);
       const all: string[] = [];
@@ -157,7 +192,9 @@ describe('SIGKILL during a BUFFERED stream', () => {
         all.push(...acknowledged);
         svc = await spawn(env);
         const stats = await flushAndStats(svc, tenant);
-        const counts = await storedCounts(admin, tenant, all);
+        const counts = journal.embedded
+          ? await storedCountsByApi(svc, tenant, all)
+          : await storedCounts(admin, tenant, all);
         const missing = all.filter((id) => counts.get(id) !== 1);
         console.info(
           `[faults-sigkill] journal ${journal.name}, round ${round + 1}: ${acknowledged.length} ` +
@@ -255,6 +292,7 @@ describe('SIGKILL during a BUFFERED stream', () => {
     } finally {
       for (const s of running.splice(0)) await s.kill();
       await redis.kill();
+      if (redis.aofDir) rmSync(redis.aofDir, { recursive: true, force: true });
     }
   });
 });

@@ -158,7 +158,7 @@ export class OwnRedis {
   private constructor(
     readonly port: number,
     /** With an append-only file (fsync always) in this directory: what it took survives a restart. */
-    private readonly aofDir?: string,
+    readonly aofDir?: string,
   ) {}
 
   static async start(opts: { aof?: boolean } = {}): Promise<OwnRedis> {

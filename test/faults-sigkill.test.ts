@@ -33,6 +33,8 @@ import {
 
 const WRITERS = 4;
 const PER_CALL = 50;
+/** Kills (and restarts) per journal kind. */
+const ROUNDS = 10;
 const STATS = `query { auditStats { __typename ... on AuditStats {
   accepted stored duplicates pending deadLettered discarded recovered identityHolds } } }`;
 
@@ -181,13 +183,13 @@ describe('SIGKILL during a BUFFERED stream', () => {
   ];
 
   for (const journal of journals) {
-    it(`journal ${journal.name}: 3 kills at random moments, every acknowledged event stored once after restart`, async () => {
+    it(`journal ${journal.name}: ${ROUNDS} kills at random moments, every acknowledged event stored once after restart`, async () => {
       const tenant = newTenant('kill');
       if (!journal.embedded) tenants.push(tenant);
       const env = journal.env();
       let svc = await spawn(env);
       const all: string[] = [];
-      for (let round = 0; round < 3; round++) {
+      for (let round = 0; round < ROUNDS; round++) {
         const { acknowledged, unknown } = await streamAndKill(svc, tenant, randomTarget());
         all.push(...acknowledged);
         svc = await spawn(env);

@@ -5,6 +5,7 @@
  *   npm run bench -- --quick      smoke run (< 2 minutes): every scenario small; exits non-zero
  *                                 unless every scenario completes and the accounting holds
  *   npm run bench -- --only=1,3   some scenarios (4 and 5 calibrate a ceiling if 1 is left out)
+ *   npm run bench -- --journal=off   the service with JOURNAL=off (BUFFERED in memory), for comparison
  *   npm run bench -- --cpu-prof   write a CPU profile of the service to .bench-results/
  *   npm run bench -- --keep-db    leave the database in place afterwards
  *   npm run bench -- --service-node-args="--max-old-space-size=256"
@@ -51,6 +52,7 @@ const { values: args } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
     only: { type: 'string' },
+    journal: { type: 'string' },
     'cpu-prof': { type: 'boolean', default: false },
     'keep-db': { type: 'boolean', default: false },
     'service-node-args': { type: 'string', default: '' },
@@ -135,6 +137,8 @@ async function main(): Promise<number> {
         // /metrics (the heap figures) needs it in AUTH_MODE=keys; dev mode and older services
         // ignore it.
         METRICS_TOKEN: BENCH_METRICS_TOKEN,
+        // --journal=off: BUFFERED without the write-ahead journal, to see what the journal costs.
+        ...(args.journal ? { JOURNAL: args.journal } : {}),
       },
       nodeArgs: serviceNodeArgs,
       tempDir: dlqDir,

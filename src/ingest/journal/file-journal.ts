@@ -2,16 +2,16 @@ import { mkdirSync } from 'node:fs';
 import { type FileHandle, open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { lockDirectory } from '../../db/client.js';
-import { JournalUnavailableError } from '../../domain/errors.js';
 import { asError, type Logger } from '../../logger.js';
 import { writeFileDurably } from '../file-dead-letter-store.js';
 import { GroupCommit } from './group-commit.js';
 import {
-  decodeEntry,
   encodeEntry,
+  entryOf,
   type Journal,
   type JournalEntry,
   type RecoveredEntries,
+  Writability,
 } from './journal.js';
 
 /** Another process holds the journal directory: two writers would replay each other's entries. */
@@ -54,7 +54,7 @@ export class FileJournal implements Journal {
   private readonly appends: GroupCommit<JournalEntry>;
   private readonly releases: GroupCommit<string>;
   private leftovers: JournalEntry[] = [];
-  private failed: string | null = null;
+  private readonly writable: Writability;
 
   constructor(
     private readonly dir: string,
@@ -62,7 +62,11 @@ export class FileJournal implements Journal {
     lingerMs = 0,
   ) {
     this.path = join(dir, 'journal.log');
-    this.appends = new GroupCommit((entries) => this.serial(() => this.write(entries)), lingerMs);
+    this.writable = new Writability(log, this.path);
+    this.appends = new GroupCommit(
+      (entries) => this.serial(() => this.writable.track(() => this.write(entries))),
+      lingerMs,
+    );
     this.releases = new GroupCommit((ids) => this.serial(() => this.remove(ids)), lingerMs);
   }
 
@@ -82,7 +86,7 @@ export class FileJournal implements Journal {
       try {
         const op = JSON.parse(line) as { a?: unknown; r?: string[] };
         if (op.a !== undefined) {
-          const e = decodeEntry(JSON.stringify(op.a));
+          const e = entryOf(op.a);
           held.set(e.id, e);
         } else for (const id of op.r ?? []) held.delete(id);
       } catch (err) {
@@ -111,7 +115,7 @@ export class FileJournal implements Journal {
   }
 
   get available(): boolean {
-    return this.failed === null && this.fh !== undefined;
+    return this.writable.ok && this.fh !== undefined;
   }
 
   get held(): number {
@@ -122,7 +126,7 @@ export class FileJournal implements Journal {
     try {
       await this.appends.add(entry);
     } catch (err) {
-      throw new JournalUnavailableError(`${this.path}: ${asError(err).message}`);
+      throw this.writable.refusal(err);
     }
   }
 
@@ -150,18 +154,8 @@ export class FileJournal implements Journal {
     if (!fh) throw new Error('the journal is closed');
     const lines = entries.map(entryLine);
     const text = lines.join('');
-    try {
-      await fh.write(text);
-      await fh.datasync();
-      if (this.failed !== null) this.log.info('journal writable again');
-      this.failed = null;
-    } catch (err) {
-      if (this.failed === null) {
-        this.log.error({ err: asError(err) }, 'journal not writable: BUFFERED calls are refused');
-      }
-      this.failed = asError(err).message;
-      throw err;
-    }
+    await fh.write(text);
+    await fh.datasync();
     this.bytes += Buffer.byteLength(text);
     for (const [i, e] of entries.entries()) this.live.set(e.id, lines[i]!);
   }

@@ -1,5 +1,7 @@
+import { JournalUnavailableError } from '../../domain/errors.js';
 import { type AuditEventRecord, recordFromJson } from '../../domain/event.js';
 import type { TenantId } from '../../domain/tenant.js';
+import { asError, type Logger } from '../../logger.js';
 
 /** One BUFFERED call as the journal keeps it, until every one of its events has a final status. */
 export interface JournalEntry {
@@ -52,13 +54,52 @@ export function encodeEntry(e: JournalEntry): string {
 
 /** Decodes `encodeEntry`'s text; throws on anything else. */
 export function decodeEntry(text: string): JournalEntry {
-  const o = JSON.parse(text) as { id: string; tenant: TenantId; records: AuditEventRecord[] };
-  if (typeof o.id !== 'string' || typeof o.tenant !== 'string' || !Array.isArray(o.records)) {
+  return entryOf(JSON.parse(text));
+}
+
+/** An entry from its parsed JSON; throws when `o` is not one. */
+export function entryOf(o: unknown): JournalEntry {
+  const e = o as { id: string; tenant: TenantId; records: Parameters<typeof recordFromJson>[0][] };
+  if (typeof e?.id !== 'string' || typeof e.tenant !== 'string' || !Array.isArray(e.records)) {
     throw new Error('not a journal entry');
   }
-  return {
-    id: o.id,
-    tenant: o.tenant,
-    records: o.records.map(recordFromJson),
-  };
+  return { id: e.id, tenant: e.tenant, records: e.records.map(recordFromJson) };
+}
+
+/**
+ * Whether a journal's appends succeed, logged when that changes (once, not per call), and the
+ * typed error a refused append is answered with.
+ */
+export class Writability {
+  private failing = false;
+
+  constructor(
+    private readonly log: Logger,
+    /** Where the journal is, as the refusal names it (`redis`, a file's path). */
+    private readonly where: string,
+  ) {}
+
+  get ok(): boolean {
+    return !this.failing;
+  }
+
+  /** Runs one group's write, noting whether it worked; its error is passed on. */
+  async track(write: () => Promise<void>): Promise<void> {
+    try {
+      await write();
+    } catch (err) {
+      if (!this.failing) {
+        this.log.error({ err: asError(err) }, 'journal not writable: BUFFERED calls are refused');
+      }
+      this.failing = true;
+      throw err;
+    }
+    if (this.failing) this.log.info('journal writable again');
+    this.failing = false;
+  }
+
+  /** The answer to a call whose append failed with `err`. */
+  refusal(err: unknown): JournalUnavailableError {
+    return new JournalUnavailableError(`${this.where}: ${asError(err).message}`);
+  }
 }

@@ -1,5 +1,4 @@
 import type { Redis } from 'ioredis';
-import { JournalUnavailableError } from '../../domain/errors.js';
 import { asError, type Logger } from '../../logger.js';
 import { execChecked, type RedisKeys } from '../../redis/client.js';
 import { GroupCommit } from './group-commit.js';
@@ -9,6 +8,7 @@ import {
   type Journal,
   type JournalEntry,
   type RecoveredEntries,
+  Writability,
 } from './journal.js';
 
 /**
@@ -53,7 +53,7 @@ export class RedisJournal implements Journal {
   private readonly releases: GroupCommit<string>;
   private readonly own = new Set<string>();
   private leftovers: JournalEntry[] = [];
-  private failed: string | null = null;
+  private readonly writable: Writability;
 
   constructor(
     private readonly redis: Redis,
@@ -64,7 +64,11 @@ export class RedisJournal implements Journal {
     private readonly leaseMs: number,
     lingerMs = 0,
   ) {
-    this.appends = new GroupCommit((entries) => this.write(entries), lingerMs);
+    this.writable = new Writability(log, 'redis');
+    this.appends = new GroupCommit(
+      (entries) => this.writable.track(() => this.write(entries)),
+      lingerMs,
+    );
     this.releases = new GroupCommit((ids) => this.remove(ids), lingerMs);
   }
 
@@ -88,7 +92,7 @@ export class RedisJournal implements Journal {
   }
 
   get available(): boolean {
-    return this.failed === null && this.redis.status === 'ready';
+    return this.writable.ok && this.redis.status === 'ready';
   }
 
   get held(): number {
@@ -99,7 +103,7 @@ export class RedisJournal implements Journal {
     try {
       await this.appends.add(entry);
     } catch (err) {
-      throw new JournalUnavailableError(`redis: ${asError(err).message}`);
+      throw this.writable.refusal(err);
     }
     this.own.add(entry.id);
   }
@@ -154,22 +158,12 @@ export class RedisJournal implements Journal {
   private async write(entries: JournalEntry[]): Promise<void> {
     const fields: string[] = [];
     for (const e of entries) fields.push(e.id, encodeEntry(e));
-    try {
-      await execChecked(
-        this.redis
-          .multi()
-          .sadd(this.ownersKey, this.instanceId)
-          .hset(this.entriesKey(this.instanceId), ...fields),
-      );
-      if (this.failed !== null) this.log.info('journal writable again');
-      this.failed = null;
-    } catch (err) {
-      if (this.failed === null) {
-        this.log.error({ err: asError(err) }, 'journal not writable: BUFFERED calls are refused');
-      }
-      this.failed = asError(err).message;
-      throw err;
-    }
+    await execChecked(
+      this.redis
+        .multi()
+        .sadd(this.ownersKey, this.instanceId)
+        .hset(this.entriesKey(this.instanceId), ...fields),
+    );
   }
 
   private async remove(ids: string[]): Promise<void> {

@@ -300,10 +300,31 @@ export interface ServiceProcess {
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 
-/** Starts the service as a child process on a free loopback port, against the test database. */
-export async function spawnService(env: Record<string, string>): Promise<ServiceProcess> {
+/**
+ * Starts the service as a child process on a free loopback port, against the test database.
+ * With `fileSizeLimitKiB`, no file the process writes may grow past it (RLIMIT_FSIZE, SIGXFSZ
+ * ignored): a write there fails (or comes up short) as it does on a full disk.
+ */
+export async function spawnService(
+  env: Record<string, string>,
+  opts: { fileSizeLimitKiB?: number } = {},
+): Promise<ServiceProcess> {
   const port = await freePort();
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const node = ['--import', 'tsx', 'src/main.ts'];
+  const limit = opts.fileSizeLimitKiB;
+  const [command, args] =
+    limit === undefined
+      ? [process.execPath, node]
+      : [
+          'bash',
+          [
+            '-c',
+            `trap '' XFSZ; ulimit -f ${Math.floor(limit)}; exec "$0" "$@"`,
+            process.execPath,
+            ...node,
+          ],
+        ];
+  const child = spawn(command, args, {
     cwd: ROOT,
     env: {
       PATH: process.env.PATH,

@@ -36,8 +36,8 @@ const COMPACT_BYTES = 64 * 1024 * 1024;
 /**
  * The journal as one append-only file (`<dir>/journal.log`) for an instance without Redis: one
  * line per appended entry (`{"a":…}`) or released group (`{"r":[ids]}`). Appends of a moment are
- * one write and one fdatasync; releases are written without a sync (one lost in a crash makes a
- * replay that finds its events stored: duplicates, not a loss). The file is emptied whenever
+ * one write and one fdatasync; releases are written without a sync (one lost in a crash leaves an
+ * entry whose settled places recovery skips: see IngestService.recoverJournal). The file is emptied whenever
  * nothing is held, and rewritten with what is held when it grows past COMPACT_BYTES. A line cut
  * short by a crash was never acknowledged, and is skipped.
  */
@@ -49,6 +49,8 @@ export class FileJournal implements Journal {
   /** Entries written and not released, as their lines (what a rewrite keeps). */
   private readonly live = new Map<string, string>();
   private bytes = 0;
+  /** A failed append's part could not be cut off: cut before the next write. */
+  private torn = false;
   /** Every file operation, one at a time. */
   private io: Promise<unknown> = Promise.resolve();
   private readonly appends: GroupCommit<JournalEntry>;
@@ -154,7 +156,7 @@ export class FileJournal implements Journal {
     if (!fh) throw new Error('the journal is closed');
     const lines = entries.map(entryLine);
     const text = lines.join('');
-    await fh.write(text);
+    await this.appendWhole(fh, text);
     await fh.datasync();
     this.bytes += Buffer.byteLength(text);
     for (const [i, e] of entries.entries()) this.live.set(e.id, lines[i]!);
@@ -163,18 +165,49 @@ export class FileJournal implements Journal {
   private async remove(ids: string[]): Promise<void> {
     const fh = this.fh;
     if (!fh) return;
-    const known = ids.filter((id) => this.live.delete(id));
+    const known = ids.filter((id) => this.live.has(id));
     if (known.length === 0) return;
-    if (this.live.size === 0) {
+    if (known.length === this.live.size) {
       // Nothing held: the file can start over (what it held is all released).
       await fh.truncate(0);
+      for (const id of known) this.live.delete(id);
       this.bytes = 0;
+      this.torn = false;
       return;
     }
+    // Not written, they stay held: replayed after a crash, exactly once either way.
     const line = `${JSON.stringify({ r: known })}\n`;
-    await fh.write(line);
+    await this.appendWhole(fh, line);
+    for (const id of known) this.live.delete(id);
     this.bytes += Buffer.byteLength(line);
     if (this.bytes > COMPACT_BYTES) await this.rewrite();
+  }
+
+  /**
+   * Appends all of `text`, or throws with the file as it was. A write can be short (the disk
+   * filling up, a file-size limit) without failing, so it is repeated until done; and when it
+   * fails part-way, the part written is cut off again — left there, it would glue onto the
+   * next line and make that acknowledged entry unreadable at recovery.
+   */
+  private async appendWhole(fh: FileHandle, text: string): Promise<void> {
+    const buf = Buffer.from(text);
+    if (this.torn) {
+      await fh.truncate(this.bytes);
+      this.torn = false;
+    }
+    try {
+      for (let off = 0; off < buf.length; ) {
+        const { bytesWritten } = await fh.write(buf, off, buf.length - off);
+        if (bytesWritten === 0) throw new Error('the journal file takes no more bytes');
+        off += bytesWritten;
+      }
+    } catch (err) {
+      await fh.truncate(this.bytes).catch((cut: unknown) => {
+        this.log.error({ err: asError(cut) }, 'journal: a torn append could not be cut off');
+        this.torn = true;
+      });
+      throw err;
+    }
   }
 
   /** The file again with only what is held, swapped in whole (a crash keeps the old or the new). */

@@ -149,6 +149,9 @@ describe('an event id is one event per tenant', () => {
   });
 });
 
+/** The migration that made ids unique (later ones are left applied). */
+const EVENT_IDS_MIGRATION = '20261206210711_event_ids';
+
 describe('a tenant written before ids were unique', () => {
   it('the migration gives each stored id to the event received first, so a re-send stored earlier under another month cannot keep redirecting look-ups', async () => {
     const tn = tenant('legacy');
@@ -168,7 +171,7 @@ describe('a tenant written before ids were unique', () => {
     await apps.sql.query(`drop table "t_${tn}".event_ids`);
     await apps.sql.query(
       'delete from auditgraph.tenant_migrations where tenant_id = $1 and name = $2',
-      [tn, migrator.latestTenantMigration],
+      [tn, EVENT_IDS_MIGRATION],
     );
     await apps.sql.query(
       `insert into "t_${tn}".audit_events

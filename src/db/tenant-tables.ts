@@ -138,6 +138,25 @@ const batchLedgerColumns = {
  */
 export const batchLedger = pgTable('batch_ledger', batchLedgerColumns);
 
+const journalSettlementColumns = {
+  /** The journal entry (one BUFFERED call) some of whose events this batch settled. */
+  entryId: uuid('entry_id').notNull(),
+  batchId: uuid('batch_id').notNull(),
+  /** Places in the entry's call of the events the batch stored or found duplicate. */
+  positions: integer('positions').array().notNull(),
+  committedAt: ts('committed_at').notNull().defaultNow(),
+};
+
+/**
+ * What committed batches settled of each journal entry, written in the batch's transaction. A
+ * process killed after a commit but before its journal let go of the entry leaves it to
+ * recovery, which replays only the places not listed here: an event is stored once and counted
+ * once, never come back as its own duplicate. Rows older than a week are removed by maintenance.
+ */
+export const journalSettlements = pgTable('journal_settlements', journalSettlementColumns, (t) => [
+  primaryKey({ name: 'journal_settlements_pkey', columns: [t.entryId, t.batchId] }),
+]);
+
 const chainHeadColumns = {
   /** First instant of the UTC month: one chain per month partition. */
   month: ts('month').primaryKey(),
@@ -202,6 +221,7 @@ export function tenantTables(schemaName: string) {
     auditEvents: schema.table('audit_events', auditEventColumns),
     eventIds: schema.table('event_ids', eventIdColumns),
     batchLedger: schema.table('batch_ledger', batchLedgerColumns),
+    journalSettlements: schema.table('journal_settlements', journalSettlementColumns),
     chainHeads: schema.table('chain_heads', chainHeadColumns),
     chainCheckpoints: schema.table('chain_checkpoints', chainCheckpointColumns),
     legalHolds: schema.table('legal_holds', legalHoldColumns),

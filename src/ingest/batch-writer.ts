@@ -13,6 +13,7 @@ import { type AuditEventRecord, eventKey } from '../domain/event.js';
 import { tenantOfSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 import { classifyWriteError, describeWriteError } from './failure-classifier.js';
+import type { JournalRef } from './journal/journal.js';
 
 /** REJECTED: the database refused this row (a data error, isolated from the rest of its batch). */
 export type WriteStatus = 'STORED' | 'DUPLICATE' | 'REJECTED';
@@ -147,13 +148,15 @@ export class BatchWriter {
     schema: string,
     batchId: string,
     records: readonly AuditEventRecord[],
+    /** Each record's place in the journal (null: not journaled), recorded with the commit. */
+    journal?: readonly (JournalRef | null)[],
   ): Promise<BatchWriteResult> {
     const dates = records.map((r) => r.occurredAt);
     let dropped = this.refuseDropped(records, await this.partitions.ensureFor(schema, dates));
     const canonical = this.hashing ? records.map(canonicalRecord) : undefined;
     let result: BatchWriteResult;
     try {
-      result = await this.insert(schema, batchId, records, canonical, false, dropped);
+      result = await this.insert(schema, batchId, records, canonical, false, dropped, journal);
     } catch (err) {
       const kind = classifyWriteError(err);
       if (kind === 'missing-partition') {
@@ -161,13 +164,13 @@ export class BatchWriter {
         // again and retry once; a second failure goes to the caller's retry path.
         this.partitions.forget(schema);
         dropped = this.refuseDropped(records, await this.partitions.ensureFor(schema, dates));
-        result = await this.insert(schema, batchId, records, canonical, false, dropped);
+        result = await this.insert(schema, batchId, records, canonical, false, dropped, journal);
       } else if (kind === 'data') {
         this.log.warn(
           { schema, batchId, error: describeWriteError(err) },
           'batch has rows the database rejects; isolating them',
         );
-        result = await this.insert(schema, batchId, records, canonical, true, dropped);
+        result = await this.insert(schema, batchId, records, canonical, true, dropped, journal);
       } else {
         throw err;
       }
@@ -219,6 +222,7 @@ export class BatchWriter {
     canonical: readonly Buffer[] | undefined,
     isolate: boolean,
     refused: ReadonlyMap<number, RowRejection>,
+    journal: readonly (JournalRef | null)[] | undefined,
   ): Promise<BatchWriteResult> {
     return this.db.transaction(async (tx) => {
       const rejections = new Map<number, RowRejection>(refused);
@@ -288,6 +292,7 @@ export class BatchWriter {
         duplicatePositions,
         [...rejections.keys()],
       );
+      if (journal) await this.recordSettlements(tx, schema, batchId, journal, statuses);
       return { statuses, rejections, conflicts: 0, alreadyCommitted: false };
     });
   }
@@ -340,6 +345,57 @@ export class BatchWriter {
        values ($1, $2, $3, $4::int4[], $5::int4[], $6)`,
       [batchId, events, stored, duplicatePositions, rejectedPositions, this.instanceId],
     );
+  }
+
+  /**
+   * For every journal entry the batch holds events of, the places of those it stored or found
+   * duplicate (one statement), so that recovery after a kill replays only the rest.
+   */
+  private async recordSettlements(
+    tx: Sql,
+    schema: string,
+    batchId: string,
+    journal: readonly (JournalRef | null)[],
+    statuses: readonly WriteStatus[],
+  ): Promise<void> {
+    const byEntry = new Map<string, number[]>();
+    journal.forEach((ref, i) => {
+      if (!ref || statuses[i] === 'REJECTED') return;
+      const places = byEntry.get(ref.entry);
+      if (places) places.push(ref.position);
+      else byEntry.set(ref.entry, [ref.position]);
+    });
+    if (byEntry.size === 0) return;
+    await tx.query(
+      `/* ingest.journal_settlements_insert */
+       insert into "${schema}".journal_settlements (entry_id, batch_id, positions)
+       select e, $2, p::int4[] from unnest($1::uuid[], $3::text[]) as u(e, p)`,
+      [[...byEntry.keys()], batchId, [...byEntry.values()].map((p) => `{${p.join(',')}}`)],
+    );
+  }
+
+  /**
+   * What committed batches settled of these journal entries: for each entry, the places of its
+   * call that are stored (or were found duplicates).
+   */
+  async settledPositions(
+    schema: string,
+    entries: readonly string[],
+  ): Promise<Map<string, Set<number>>> {
+    const settled = new Map<string, Set<number>>();
+    if (entries.length === 0) return settled;
+    const rows = await this.db.query<{ entry_id: string; positions: number[] }>(
+      `/* ingest.journal_settlements_lookup */
+       select entry_id, positions from "${schema}".journal_settlements
+       where entry_id = any($1::uuid[])`,
+      [entries],
+    );
+    for (const row of rows) {
+      const places = settled.get(row.entry_id) ?? new Set<number>();
+      for (const p of row.positions) places.add(p);
+      settled.set(row.entry_id, places);
+    }
+    return settled;
   }
 
   /**

@@ -1,5 +1,6 @@
 import { type AuditEventRecord, recordFromJson } from '../domain/event.js';
 import type { TenantId } from '../domain/tenant.js';
+import type { JournalRef } from './journal/journal.js';
 
 export type DeadLetterState = 'ACTIVE' | 'PARKED';
 
@@ -26,6 +27,11 @@ export interface DeadLetter {
   lastFailedAt: Date;
   /** When the retry worker tries next (ACTIVE only). */
   nextAttemptAt: Date | null;
+  /**
+   * Each record's place in the journal (null: not journaled), while its call's entry may still
+   * be there: recovery leaves to the queue what the queue holds, and a replay records it.
+   */
+  journalRefs?: (JournalRef | null)[] | undefined;
 }
 
 export interface DeadLetterDepth {

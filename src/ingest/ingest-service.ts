@@ -3,7 +3,7 @@ import type { AuditEventRecord } from '../domain/event.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 import type { DeadLetter, DeadLetterStore } from './dead-letter-queue.js';
-import type { Journal } from './journal/journal.js';
+import type { Journal, JournalEntry, JournalRef } from './journal/journal.js';
 import {
   type PipelineListener,
   type PipelineSink,
@@ -37,7 +37,10 @@ export interface BatchSink {
     schema: string,
     batchId: string,
     records: readonly AuditEventRecord[],
+    journal?: readonly (JournalRef | null)[],
   ): Promise<WriteOutcome>;
+  /** For each of these journal entries, the places committed batches settled. */
+  settledPositions(schema: string, entries: readonly string[]): Promise<Map<string, Set<number>>>;
 }
 
 /**
@@ -49,8 +52,8 @@ export class IngestService {
   private readonly pipeline: WritePipeline;
 
   constructor(
-    writer: BatchSink,
-    deadLetters: DeadLetterStore,
+    private readonly writer: BatchSink,
+    private readonly deadLetters: DeadLetterStore,
     events: PipelineListener,
     private readonly log: Logger,
     private readonly opts: IngestOptions,
@@ -60,7 +63,8 @@ export class IngestService {
     readonly journal?: Journal,
   ) {
     const sink: PipelineSink = {
-      write: (tenant, batchId, records) => writer.write(tenantSchema(tenant), batchId, records),
+      write: (tenant, batchId, records, refs) =>
+        writer.write(tenantSchema(tenant), batchId, records, refs),
       deadLetter: (dl) => deadLetters.add(dl),
       spool: spool ? (dl: DeadLetter) => spool.add(dl) : undefined,
       journal,
@@ -70,29 +74,95 @@ export class IngestService {
 
   /**
    * Takes back what the journal holds that no live process will write (this instance's own
-   * leftovers at start; with Redis, the journals of instances whose heartbeat stopped): each
-   * call's events are accepted here again and written as any others. Resolves once they are
-   * in the buffers (not once written). Returns the number of events taken back.
+   * leftovers at start; with Redis, the journals of instances whose heartbeat stopped): of each
+   * call, the events that no committed batch settled and no dead letter holds (a process killed
+   * between its commit and its journal's release leaves such places) are accepted here again and
+   * written as any others, so that none is stored twice or comes back as its own duplicate.
+   * Resolves once they are in the buffers (not once written). Returns the number of events
+   * taken back.
    */
   async recoverJournal(): Promise<number> {
     const journal = this.journal;
     if (!journal) return 0;
     let total = 0;
     for (const { from, entries } of await journal.recover()) {
-      const events = entries.reduce((n, e) => n + e.records.length, 0);
+      const byTenant = new Map<TenantId, JournalEntry[]>();
+      for (const e of entries) byTenant.set(e.tenant, [...(byTenant.get(e.tenant) ?? []), e]);
+      let events = 0;
+      let settled = 0;
+      let deadLettered = 0;
+      const written: Promise<void>[] = [];
+      for (const [tenant, held] of byTenant) {
+        const { stored, queued } = await this.placesTaken(tenant, held);
+        for (const e of held) {
+          const positions: number[] = [];
+          e.records.forEach((_, i) => {
+            if (stored.get(e.id)?.has(i)) settled++;
+            else if (queued.get(e.id)?.has(i)) deadLettered++;
+            else positions.push(i);
+          });
+          if (positions.length === 0) {
+            journal.release(e.id);
+            continue;
+          }
+          events += positions.length;
+          const records = positions.map((i) => e.records[i]!);
+          written.push(
+            this.pipeline.adopt(tenant, e.id, records, positions, () => journal.release(e.id)),
+          );
+        }
+      }
       total += events;
       this.log.warn(
-        { from, calls: entries.length, events },
+        {
+          from,
+          calls: entries.length,
+          events,
+          alreadyStored: settled,
+          alreadyDeadLettered: deadLettered,
+        },
         'journal recovered: writing BUFFERED events a stopped process had not written',
-      );
-      const written = entries.map((e) =>
-        this.pipeline.adopt(e.tenant, e.records, () => journal.release(e.id)),
       );
       void Promise.all(written).then(() =>
         this.log.info({ from, calls: entries.length, events }, 'journal recovery written'),
       );
     }
     return total;
+  }
+
+  /**
+   * Places of these entries that are settled already (in a committed batch) or queued (in a
+   * dead letter). Asked until answered: the entries are this instance's now, and replaying them
+   * blind could store an event's second copy as a duplicate of its first.
+   */
+  private async placesTaken(
+    tenant: TenantId,
+    entries: readonly JournalEntry[],
+  ): Promise<{ stored: Map<string, Set<number>>; queued: Map<string, Set<number>> }> {
+    const ids = new Set(entries.map((e) => e.id));
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const stored = await this.writer.settledPositions(tenantSchema(tenant), [...ids]);
+        const queued = new Map<string, Set<number>>();
+        for (const dl of await this.deadLetters.list(tenant)) {
+          for (const ref of dl.journalRefs ?? []) {
+            if (!ref || !ids.has(ref.entry)) continue;
+            const places = queued.get(ref.entry) ?? new Set<number>();
+            places.add(ref.position);
+            queued.set(ref.entry, places);
+          }
+        }
+        return { stored, queued };
+      } catch (err) {
+        if (this.pipeline.isStopping) throw err;
+        const delayMs = Math.min(5_000, 250 * 2 ** attempt);
+        this.log.warn(
+          { err, tenant, attempt, retryInMs: delayMs },
+          'journal recovery waits: cannot yet tell what a stopped process had written',
+        );
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+      }
+    }
   }
 
   /**

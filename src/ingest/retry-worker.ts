@@ -112,7 +112,7 @@ export class RetryWorker {
     const started = performance.now();
     let result: Awaited<ReturnType<BatchWriter['write']>>;
     try {
-      result = await this.writer.write(tenantSchema(dl.tenant), dl.id, dl.records);
+      result = await this.writer.write(tenantSchema(dl.tenant), dl.id, dl.records, dl.journalRefs);
     } catch (err) {
       await this.failed(dl, dl.id, dl.records, {
         code: sqlState(err) ?? null,
@@ -135,7 +135,8 @@ export class RetryWorker {
     } else {
       // The good rows are stored; what remains is only the refused rows, under a new id (the
       // old id is now a committed batch in the ledger).
-      await this.failed({ ...dl, id: randomUUID() }, dl.id, rejected, {
+      const journalRefs = dl.journalRefs?.filter((_, i) => result.statuses[i] === 'REJECTED');
+      await this.failed({ ...dl, id: randomUUID(), journalRefs }, dl.id, rejected, {
         code: first?.sqlState ?? null,
         message: first?.message ?? 'rejected by the database',
       });

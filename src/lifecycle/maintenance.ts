@@ -10,6 +10,9 @@ import type { TenantRetention } from './tenant-retention.js';
 
 const DAY_MS = 86_400_000;
 
+/** How long what a batch settled of a journal entry is kept (journal_settlements). */
+const JOURNAL_SETTLEMENT_KEEP_MS = 7 * DAY_MS;
+
 /** The session-level advisory lock that makes one instance at a time the maintenance leader. */
 export const MAINTENANCE_LOCK = 'auditgraph:maintenance';
 
@@ -301,6 +304,8 @@ export class MaintenanceJob {
       return report;
     }
 
+    await this.pruneSettlements(conn, schema, now).catch((err: unknown) => problem(null, err));
+
     // Retention: whole months whose end is at or before the cutoff, oldest first.
     const past = months.filter((m) => addMonths(m, 1).getTime() <= report.cutoff.getTime());
     let signed = false;
@@ -366,6 +371,18 @@ export class MaintenanceJob {
       }
     }
     return report;
+  }
+
+  /**
+   * What batches settled of journal entries matters only until the journal lets go of them,
+   * which it does within moments of the commit; a week covers any outage before recovery.
+   */
+  private async pruneSettlements(conn: Connection, schema: string, now: Date): Promise<void> {
+    await conn.query(
+      `/* maintenance.journal_settlements_prune */
+       delete from "${schema}".journal_settlements where committed_at < $1`,
+      [new Date(now.getTime() - JOURNAL_SETTLEMENT_KEEP_MS)],
+    );
   }
 
   private keep(report: TenantMaintenanceReport, month: Date, holds: LegalHold[]): void {

@@ -6,6 +6,7 @@ import type { TenantId } from '../../src/domain/tenant.js';
 import type { RowRejection, WriteStatus } from '../../src/ingest/batch-writer.js';
 import type { DeadLetter } from '../../src/ingest/dead-letter-queue.js';
 import type { BatchSettled, DeadLetterEvent } from '../../src/ingest/events.js';
+import type { JournalRef } from '../../src/ingest/journal/journal.js';
 import type {
   Clock,
   PipelineListener,
@@ -75,6 +76,8 @@ export interface FakeWrite {
   tenant: TenantId;
   batchId: string;
   records: readonly AuditEventRecord[];
+  /** Each record's place in the journal, as the pipeline gave it (absent: none journaled). */
+  journal: readonly (JournalRef | null)[] | undefined;
   answered: boolean;
   /** Answers with these statuses (default: every row STORED); REJECTED rows get `why`. */
   succeed(statuses?: WriteStatus[], why?: RowRejection, conflicts?: number): void;
@@ -100,12 +103,14 @@ export class FakeSink implements PipelineSink {
     tenant: TenantId,
     batchId: string,
     records: readonly AuditEventRecord[],
+    journal?: readonly (JournalRef | null)[],
   ): Promise<WriteOutcome> {
     return new Promise((resolve, reject) => {
       const call: FakeWrite = {
         tenant,
         batchId,
         records,
+        journal,
         answered: false,
         succeed: (statuses, why, conflicts = 0) => {
           call.answered = true;

@@ -2,12 +2,15 @@ import { appendFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { BackpressureError, JournalUnavailableError } from '../../src/domain/errors.js';
+import type { AuditEventRecord } from '../../src/domain/event.js';
+import type { DeadLetterStore } from '../../src/ingest/dead-letter-queue.js';
+import { IngestService } from '../../src/ingest/ingest-service.js';
 import { FileJournal, JournalInUseError } from '../../src/ingest/journal/file-journal.js';
 import { GroupCommit } from '../../src/ingest/journal/group-commit.js';
 import type { JournalEntry } from '../../src/ingest/journal/journal.js';
-import { harness, records, settle, TENANT, watch } from '../support/pipeline-fakes.js';
+import { harness, OPTIONS, records, settle, TENANT, watch } from '../support/pipeline-fakes.js';
 
 /**
  * The journal's rules: the pipeline answers BUFFERED only once the journal has the call, refuses
@@ -112,7 +115,7 @@ describe('the pipeline and its journal', () => {
   it('adopts a recovered call: accepted and recovered here, written at once, released once settled', async () => {
     const { h } = journaled();
     let released = 0;
-    void h.pipeline.adopt(TENANT, records(2), () => released++);
+    void h.pipeline.adopt(TENANT, 'entry-1', records(2), [0, 1], () => released++);
     await h.settle();
     expect(h.stats()).toMatchObject({ accepted: 2, recovered: 2, pending: 2 });
     expect(h.sink.writes.map((w) => w.records.length)).toEqual([2]);
@@ -120,6 +123,107 @@ describe('the pipeline and its journal', () => {
     await h.settle();
     expect(released).toBe(1);
     expect(h.stats()).toMatchObject({ stored: 1, duplicates: 1, pending: 0 });
+  });
+
+  it('gives each journaled event its place in its call to the batch and to a dead letter; others none', async () => {
+    const { h, journal } = journaled({ batchSize: 10 });
+    void h.pipeline.accept(TENANT, records(2), 'BUFFERED');
+    await h.settle();
+    journal.appends[0]!.ok();
+    await h.settle();
+    void h.pipeline.accept(TENANT, records(1), 'COMMITTED');
+    // A recovered call keeps the places it had: only what was not settled comes back.
+    void h.pipeline.adopt(TENANT, 'old-entry', records(2), [3, 7], () => undefined);
+    await h.settle();
+    const id = journal.appends[0]!.entry.id;
+    expect(h.sink.writes).toHaveLength(1);
+    expect(h.sink.writes[0]!.journal).toEqual([
+      { entry: id, position: 0 },
+      { entry: id, position: 1 },
+      null,
+      { entry: 'old-entry', position: 3 },
+      { entry: 'old-entry', position: 7 },
+    ]);
+    h.sink.writes[0]!.succeed(['STORED', 'REJECTED', 'STORED', 'STORED', 'REJECTED']);
+    await h.settle();
+    expect(h.sink.deadLetters.map((d) => d.journalRefs)).toEqual([
+      [
+        { entry: id, position: 1 },
+        { entry: 'old-entry', position: 7 },
+      ],
+    ]);
+  });
+
+  it('without a journal, writes carry no places', async () => {
+    const h = harness({ batchSize: 2 });
+    void h.pipeline.accept(TENANT, records(2), 'BUFFERED');
+    await h.settle();
+    expect(h.sink.writes).toHaveLength(1);
+    expect(h.sink.writes[0]!.journal).toBeUndefined();
+  });
+});
+
+describe('IngestService.recoverJournal', () => {
+  it('replays only the places no committed batch settled and no dead letter holds, asking again until the database answers', async () => {
+    const a = { id: 'entry-a', tenant: TENANT, records: records(5) };
+    const b = { id: 'entry-b', tenant: TENANT, records: records(2) };
+    const released: string[] = [];
+    const journal = {
+      kind: 'file' as const,
+      available: true,
+      held: 2,
+      start: async () => undefined,
+      stop: async () => undefined,
+      append: async () => undefined,
+      release: (id: string) => void released.push(id),
+      recover: async () => [{ from: 'dead-1', entries: [a, b] }],
+    };
+    const written: { records: readonly unknown[]; journal: unknown }[] = [];
+    let lookups = 0;
+    const writer = {
+      write: async (_s: string, _b: string, recs: readonly AuditEventRecord[], refs?: unknown) => {
+        written.push({ records: recs, journal: refs });
+        return { statuses: recs.map(() => 'STORED' as const), rejections: new Map(), conflicts: 0 };
+      },
+      settledPositions: async () => {
+        if (++lookups === 1) throw new Error('connection refused');
+        return new Map([
+          ['entry-a', new Set([0, 1])],
+          ['entry-b', new Set([0, 1])],
+        ]);
+      },
+    };
+    const queued = { journalRefs: [{ entry: 'entry-a', position: 3 }, null] };
+    const deadLetters = { list: async () => [queued] } as unknown as DeadLetterStore;
+    const listener = { batchSettled: () => undefined, deadLetter: () => undefined };
+    const log = pino({ level: 'silent' });
+    const ingest = new IngestService(
+      writer,
+      deadLetters,
+      listener,
+      log,
+      OPTIONS,
+      undefined,
+      journal,
+    );
+
+    expect(await ingest.recoverJournal()).toBe(2);
+    expect(lookups).toBe(2);
+    // Entry b was settled whole: let go of at once, nothing replayed.
+    expect(released).toEqual(['entry-b']);
+    await vi.waitFor(() => expect(released).toEqual(['entry-b', 'entry-a']));
+    expect(written).toHaveLength(1);
+    expect(written[0]!.records).toEqual([a.records[2], a.records[4]]);
+    expect(written[0]!.journal).toEqual([
+      { entry: 'entry-a', position: 2 },
+      { entry: 'entry-a', position: 4 },
+    ]);
+    expect(ingest.stats(TENANT)).toMatchObject({
+      accepted: 2,
+      recovered: 2,
+      stored: 2,
+      duplicates: 0,
+    });
   });
 });
 

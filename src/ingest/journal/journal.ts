@@ -10,6 +10,16 @@ export interface JournalEntry {
   records: readonly AuditEventRecord[];
 }
 
+/**
+ * Where an accepted event sits in the journal: its call's entry and its place in that call.
+ * It travels with the event into its batch (whose transaction records, for every entry, the
+ * places it settled) and into a dead letter, so that recovery replays only what neither holds.
+ */
+export interface JournalRef {
+  entry: string;
+  position: number;
+}
+
 /** What recovery found: entries left by a process that is gone, and whose they were. */
 export interface RecoveredEntries {
   /** The instance whose journal held them (this one's own leftovers at start, or a dead one's). */

@@ -3,7 +3,7 @@ import type { TenantId } from '../../domain/tenant.js';
 import type { RowRejection, WriteStatus } from '../batch-writer.js';
 import type { DeadLetter } from '../dead-letter-queue.js';
 import type { BatchSettled, DeadLetterEvent } from '../events.js';
-import type { JournalEntry } from '../journal/journal.js';
+import type { JournalEntry, JournalRef } from '../journal/journal.js';
 
 /** What one batch write decided, row by row. */
 export interface WriteOutcome {
@@ -29,6 +29,8 @@ export interface PipelineSink {
     tenant: TenantId,
     batchId: string,
     records: readonly AuditEventRecord[],
+    /** Each record's place in the journal (null: not journaled); recorded with the commit. */
+    journal?: readonly (JournalRef | null)[],
   ): Promise<WriteOutcome>;
   /** Stores a dead letter in the dead-letter queue. */
   deadLetter(dl: DeadLetter): Promise<void>;

@@ -13,6 +13,7 @@ import type { Logger } from '../../logger.js';
 import type { DeadLetter } from '../dead-letter-queue.js';
 import type { FlushTrigger, SettledStatus } from '../events.js';
 import { classifyWriteError, describeWriteError, writeErrorForLog } from '../failure-classifier.js';
+import type { JournalRef } from '../journal/journal.js';
 import { emptyStats, type TenantStats } from '../stats.js';
 import type { Clock, PipelineListener, PipelineSink, TimerHandle } from './ports.js';
 import { type EventStatus, Ticket } from './ticket.js';
@@ -79,6 +80,8 @@ interface Entry {
   index: number;
   /** Held in the tenant's access-record share, not in its BUFFER_CAPACITY. */
   access: boolean;
+  /** Where the event is in the journal (BUFFERED calls of clients, while it is on). */
+  journal?: JournalRef;
 }
 
 interface Batch {
@@ -116,6 +119,12 @@ interface TenantState {
 }
 
 type Settled = { record: AuditEventRecord; status: SettledStatus };
+
+/** The entries' places in the journal, one per entry; undefined when none has one. */
+function journalRefs(entries: readonly Entry[]): (JournalRef | null)[] | undefined {
+  if (!entries.some((e) => e.journal)) return undefined;
+  return entries.map((e) => e.journal ?? null);
+}
 
 /**
  * The write path's rules, without I/O of its own: per-tenant buffers, batches (by size, by
@@ -183,7 +192,7 @@ export class WritePipeline {
         throw new ShuttingDownError();
       }
     }
-    const ticket = this.enqueue(state, records, bytes, holding);
+    const ticket = this.enqueue(state, records, bytes, holding, entry);
     if (journal && entry !== undefined) {
       const id = entry;
       void ticket.done.then(() => journal.release(id));
@@ -197,17 +206,28 @@ export class WritePipeline {
   }
 
   /**
-   * Takes back a BUFFERED call found in a journal left by a process that is gone: its events are
-   * accepted again here (counted in `accepted` and `recovered`) and written as any others, and
-   * `release` is called once each has a final status. Never refused: they were acknowledged.
+   * Takes back a BUFFERED call found in a journal left by a process that is gone: its events
+   * (those of its places that no committed batch or dead letter holds) are accepted again here
+   * (counted in `accepted` and `recovered`) and written as any others, keeping their places in
+   * the entry, and `release` is called once each has a final status. Never refused: they were
+   * acknowledged.
    */
   adopt(
     tenant: TenantId,
+    entry: string,
     records: readonly AuditEventRecord[],
+    positions: readonly number[],
     release: () => void,
   ): Promise<void> {
     const state = this.state(tenant);
-    const ticket = this.enqueue(state, records, records.map(recordBytes), 'client');
+    const ticket = this.enqueue(
+      state,
+      records,
+      records.map(recordBytes),
+      'client',
+      entry,
+      positions,
+    );
     state.stats.recovered += records.length;
     void ticket.done.then(release);
     // They have waited already: written now, not after another interval.
@@ -223,12 +243,20 @@ export class WritePipeline {
     records: readonly AuditEventRecord[],
     bytes: readonly number[],
     holding: Holding,
+    /** The call's journal entry, if it has one. */
+    journalEntry?: string,
+    /** The records' places in that entry (default: their order). */
+    positions?: readonly number[],
   ): Ticket {
     const access = holding !== 'client';
     const ticket = new Ticket(records.length);
     state.outstanding.add(ticket);
     records.forEach((record, index) => {
-      state.queue.push({ record, bytes: bytes[index]!, ticket, index, access });
+      const journal =
+        journalEntry === undefined
+          ? undefined
+          : { entry: journalEntry, position: positions?.[index] ?? index };
+      state.queue.push({ record, bytes: bytes[index]!, ticket, index, access, journal });
     });
     if (access) state.accessHeld += records.length;
     this.bytesHeld += bytes.reduce((a, b) => a + b, 0);
@@ -501,6 +529,7 @@ export class WritePipeline {
         firstFailedAt: batch.firstFailedAt ?? now,
         lastFailedAt: now,
         nextAttemptAt: now,
+        journalRefs: journalRefs(entries),
       });
       for (const entry of entries) {
         state.stats.deadLettered++;
@@ -612,7 +641,12 @@ export class WritePipeline {
    */
   private async write(state: TenantState, batch: Batch, settled: Settled[]): Promise<void> {
     const records = batch.entries.map((e) => e.record);
-    const result = await this.sink.write(state.tenant, batch.id, records);
+    const result = await this.sink.write(
+      state.tenant,
+      batch.id,
+      records,
+      journalRefs(batch.entries),
+    );
     state.stats.conflicts += result.conflicts;
     const rejected: Entry[] = [];
     let failure: Failure | undefined;
@@ -707,6 +741,7 @@ export class WritePipeline {
       firstFailedAt: batch.firstFailedAt ?? now,
       lastFailedAt: now,
       nextAttemptAt: new Date(now.getTime() + this.opts.deadLetterFirstRetryMs),
+      journalRefs: journalRefs(entries),
     };
     await this.sink.deadLetter(dl);
     for (const entry of entries) {

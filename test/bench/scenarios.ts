@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { measureChainCost } from './chain-cost.js';
-import { runWorker, spawnServer, startWorker } from './child-processes.js';
+import { runWorker, type Server, spawnServer, startWorker } from './child-processes.js';
 import { type Bench, ingestAcross, log, sum } from './context.js';
 import { GqlConnection } from './gql-client.js';
 import { peakRssBytes, processCpuSeconds, resetPeakRss, rssBytes } from './proc-stats.js';
@@ -178,6 +178,61 @@ export async function ingestCeiling(bench: Bench): Promise<void> {
     });
   }
   bench.ceiling = rates;
+  await journalCost(bench);
+}
+
+/**
+ * What the write-ahead journal costs BUFFERED ingest: the service (JOURNAL on, its default)
+ * against a second service with JOURNAL=off (BUFFERED in memory), same database, alternating
+ * rounds of scenario 1's load; throughput on ÷ off, and what the journal adds to a call's
+ * p50 and p99.
+ */
+async function journalCost(bench: Bench): Promise<void> {
+  const { p } = bench;
+  if (bench.serviceSpec.env.JOURNAL === 'off') {
+    log('1 journal cost not measured: the service itself runs with JOURNAL=off');
+    return;
+  }
+  const { runs, both } = await alternateOnOff(bench, {
+    scenario: '1 ingest',
+    what: 'journal',
+    offEnv: { JOURNAL: 'off' },
+    acks: ['BUFFERED'],
+    seed: 150,
+    whileBoth: async (_sides, ofSide) =>
+      checkAccounting(bench, [...ofSide('on'), ...ofSide('off')]),
+  });
+  if (both.bad.length > 0) {
+    bench.problems.push(`journal cost accounting: ${JSON.stringify(both.bad).slice(0, 1000)}`);
+  }
+  const { on, off, ratio, perRound } = onOffSummary(runs, 'BUFFERED', p.chainRounds);
+  bench.add({
+    scenario: '1 ingest',
+    figure:
+      'createAuditEvents BUFFERED, journal on (the service) vs off (a second service with ' +
+      `JOURNAL=off, same database), 8 clients × 100 events over 4 tenants a side; ${p.chainRounds} ` +
+      `round${p.chainRounds > 1 ? 's' : ''} of ${p.chainMs / 1000} s on, then off, accepted ÷ ` +
+      `window + final flush (per round: ${perRound.map((x) => fmt.ratio(x)).join(', ')}); ` +
+      `accounting after flush: ${both.identity} of ${both.bad.length + both.identity} tenants hold`,
+    value: fmt.rate(on.rate),
+    baseline: `journal off ${fmt.rate(off.rate)}`,
+    ratio: fmt.ratio(ratio),
+    target: '≥ 0.85× off',
+    met: ratio >= 0.85 && both.bad.length === 0,
+    data: { on, off, ratio, perRound, runs },
+  });
+  bench.add({
+    scenario: '1 ingest',
+    figure:
+      'what the journal adds to a BUFFERED call (median over rounds of each side’s p50 / p99, ' +
+      'on minus off)',
+    value: `p50 +${fmt.ms(on.callP50 - off.callP50)}, p99 +${fmt.ms(on.callP99 - off.callP99)}`,
+    baseline: `off p50 ${fmt.ms(off.callP50)}, p99 ${fmt.ms(off.callP99)}`,
+    ratio: fmt.ratio(on.callP99 / off.callP99),
+    target: 'reference',
+    met: null,
+    data: { onP50: on.callP50, onP99: on.callP99, offP50: off.callP50, offP99: off.callP99 },
+  });
 }
 
 /** Short BUFFERED and COMMITTED runs, when scenario 1 was not run but 4 or 5 need a ceiling. */
@@ -763,11 +818,11 @@ export async function timeToVisible(bench: Bench): Promise<void> {
   });
 }
 
-/** One ingest run of scenario 7. */
-interface ChainRun {
+/** One ingest run of an on/off comparison (scenario 7's hashing, scenario 1's journal). */
+interface OnOffRun {
   round: number;
   ack: 'BUFFERED' | 'COMMITTED';
-  hashing: 'on' | 'off';
+  side: 'on' | 'off';
   accepted: number;
   /** Counted time: the window, plus the final flush for BUFFERED (as in scenario 1). */
   seconds: number;
@@ -780,59 +835,80 @@ interface ChainRun {
   callP99: number;
 }
 
-/**
- * 7. Chain hashing cost: scenario 1's service ingest (BUFFERED and COMMITTED, 8 clients × 100
- * events over 4 tenants) against the service (CHAIN_HASHING on, its default) and against a second
- * service started the same way with CHAIN_HASHING=off, on the same database, in alternating
- * on/off rounds; and what canonical JSON and SHA-256 cost per event in this process alone.
- */
-export async function chainHashingCost(bench: Bench): Promise<void> {
-  const { p } = bench;
-  const cost = await bench.phase('7 hashing in the bench process', async () => ({
-    value: measureChainCost(p.chainCostEvents, p.chainCostRepeats),
-    workerCpu: 0,
-  }));
+interface OnOffSide {
+  side: 'on' | 'off';
+  server: Server;
+  api: GqlConnection;
+}
 
+/**
+ * Scenario 1's service ingest (8 clients × 100 events over 4 tenants a side) against the service
+ * (the setting on, its default) and against a second service started the same way with `offEnv`,
+ * on the same database, in alternating on/off rounds, so that both sides see the same machine.
+ * `whileBoth` runs after a final flush with both services up (auditStats sums over the live
+ * instances: once the off service stops, its tenants' counters are gone with it).
+ */
+async function alternateOnOff<T>(
+  bench: Bench,
+  o: {
+    scenario: string;
+    /** What is switched off, for names and logs (`hashing`, `journal`). */
+    what: string;
+    offEnv: Record<string, string>;
+    acks: readonly ('BUFFERED' | 'COMMITTED')[];
+    /** Seeds the clients' event generators of each run. */
+    seed: number;
+    whileBoth: (
+      sides: readonly OnOffSide[],
+      tenantsOf: (side: 'on' | 'off') => string[],
+    ) => Promise<T>;
+  },
+): Promise<{
+  runs: OnOffRun[];
+  tenants: string[];
+  both: T;
+  offService: { pid: number; instance: string };
+}> {
+  const { p } = bench;
   const spec = bench.serviceSpec;
-  const instance = `${spec.env.INSTANCE_ID ?? `bench-${process.pid}`}-hashing-off`;
-  log('7 starting the CHAIN_HASHING=off service …');
+  const instance = `${spec.env.INSTANCE_ID ?? `bench-${process.pid}`}-${o.what}-off`;
+  log(`${o.scenario} starting the ${o.what}-off service …`);
   const offService = await spawnServer(
     spec.entry,
     {
       ...spec.env,
-      CHAIN_HASHING: 'off',
+      ...o.offEnv,
       INSTANCE_ID: instance,
-      DLQ_DIR: join(spec.tempDir, 'dlq-hashing-off'),
+      DLQ_DIR: join(spec.tempDir, `dlq-${o.what}-off`),
     },
     // Not --cpu-prof: the run's profile is the main service's.
     { nodeArgs: spec.nodeArgs },
   );
-  log(`7 hashing-off service pid ${offService.pid} at ${offService.url}`);
+  log(`${o.scenario} ${o.what}-off service pid ${offService.pid} at ${offService.url}`);
   const offApi = new GqlConnection(offService.url);
-  const sides = [
-    { hashing: 'on', server: bench.service, api: bench.api },
-    { hashing: 'off', server: offService, api: offApi },
-  ] as const;
-  const acks = ['BUFFERED', 'COMMITTED'] as const;
-  const tenantsOf = (hashing: 'on' | 'off', ack: 'BUFFERED' | 'COMMITTED') =>
-    range(`s7_${hashing}_${ack === 'BUFFERED' ? 'buf' : 'com'}`, 4);
-  const all = sides.flatMap((s) => acks.flatMap((a) => tenantsOf(s.hashing, a)));
-  const runs: ChainRun[] = [];
+  const sides: readonly OnOffSide[] = [
+    { side: 'on', server: bench.service, api: bench.api },
+    { side: 'off', server: offService, api: offApi },
+  ];
+  const tag = o.scenario.split(' ')[0];
+  const tenantsOf = (side: 'on' | 'off', ack: 'BUFFERED' | 'COMMITTED') =>
+    range(`s${tag}_${o.what}_${side}_${ack === 'BUFFERED' ? 'buf' : 'com'}`, 4);
+  const ofSide = (side: 'on' | 'off') => o.acks.flatMap((a) => tenantsOf(side, a));
+  const all = sides.flatMap((s) => ofSide(s.side));
+  const runs: OnOffRun[] = [];
   try {
     // Existing tenants, each provisioned by the service that writes to it (all at once: 16
     // tenants one after another would be a good part of the quick run).
     await Promise.all(
       sides.flatMap((side) =>
-        acks
-          .flatMap((a) => tenantsOf(side.hashing, a))
-          .map((t) => bench.provision([t], undefined, side.api)),
+        ofSide(side.side).map((t) => bench.provision([t], undefined, side.api)),
       ),
     );
     for (let round = 1; round <= p.chainRounds; round++) {
-      for (const ack of acks) {
+      for (const ack of o.acks) {
         for (const side of sides) {
-          const ts = tenantsOf(side.hashing, ack);
-          const name = `7 round ${round} ${ack} hashing ${side.hashing}`;
+          const ts = tenantsOf(side.side, ack);
+          const name = `${tag} round ${round} ${ack} ${o.what} ${side.side}`;
           const r = await bench.phase(
             name,
             async () => {
@@ -849,7 +925,7 @@ export async function chainHashingCost(bench: Bench): Promise<void> {
                   eventsPerCall: EVENTS_PER_CALL,
                   honourBackpressure: true,
                 },
-                700 + 10 * round + (ack === 'BUFFERED' ? 0 : 4) + (side.hashing === 'on' ? 0 : 2),
+                o.seed + 10 * round + (ack === 'BUFFERED' ? 0 : 4) + (side.side === 'on' ? 0 : 2),
               );
               const drainMs = await bench.flushAll(ts, side.api);
               return { value: { ...r, drainMs }, workerCpu: r.cpuSeconds };
@@ -857,12 +933,12 @@ export async function chainHashingCost(bench: Bench): Promise<void> {
             { service: side.server },
           );
           bench.countAll(r.byTenant);
-          checkFailures(bench, `chain hashing ${side.hashing} ${ack}`, r);
+          checkFailures(bench, `${o.what} ${side.side} ${ack}`, r);
           const seconds = (r.windowMs + (ack === 'BUFFERED' ? r.drainMs : 0)) / 1000;
           runs.push({
             round,
             ack,
-            hashing: side.hashing,
+            side: side.side,
             accepted: r.acceptedEvents,
             seconds,
             rate: r.acceptedEvents / seconds,
@@ -875,145 +951,174 @@ export async function chainHashingCost(bench: Bench): Promise<void> {
         }
       }
     }
-
-    // Accounting while both services run (auditStats sums over the live instances): once the
-    // hashing-off service has stopped, its tenants' counters are gone with it.
-    for (const side of sides) {
-      await bench.flushAll(
-        acks.flatMap((a) => tenantsOf(side.hashing, a)),
-        side.api,
-      );
-    }
-    const acc = await checkAccounting(bench, all);
-    // And each side stored what it claims: hashes on the on side, none on the off side.
-    const hashed = { on: { rows: 0, hashed: 0 }, off: { rows: 0, hashed: 0 } };
-    for (const side of sides) {
-      for (const t of acks.flatMap((a) => tenantsOf(side.hashing, a))) {
-        const q = await bench.db.query<{ n: string; hashed: string }>(
-          `select count(*) as n, count(hash) as hashed from "t_${t}".audit_events`,
-        );
-        hashed[side.hashing].rows += Number(q.rows[0]!.n);
-        hashed[side.hashing].hashed += Number(q.rows[0]!.hashed);
-      }
-    }
-    const hashesOk = hashed.on.hashed === hashed.on.rows && hashed.off.hashed === 0;
-    const ok = acc.bad.length === 0;
-    if (!ok)
-      bench.problems.push(`chain hashing accounting: ${JSON.stringify(acc.bad).slice(0, 1000)}`);
-    if (!hashesOk) {
-      bench.problems.push(
-        `chain hashing: rows with a hash: on side ${hashed.on.hashed} of ${hashed.on.rows}, ` +
-          `off side ${hashed.off.hashed} of ${hashed.off.rows} (expected all and none)`,
-      );
-    }
-    const pooled = (ack: string, hashing: string) => {
-      const rs = runs.filter((r) => r.ack === ack && r.hashing === hashing);
-      return {
-        rate: sum(rs.map((r) => r.accepted)) / sum(rs.map((r) => r.seconds)),
-        cpuUsPerEvent:
-          (sum(rs.map((r) => r.serviceCpuSeconds)) * 1e6) / sum(rs.map((r) => r.written)),
-      };
-    };
-    const perRound = (ack: string) =>
-      Array.from({ length: p.chainRounds }, (_, i) => {
-        const of = (h: string) =>
-          runs.find((r) => r.round === i + 1 && r.ack === ack && r.hashing === h)!;
-        return of('on').rate / of('off').rate;
-      });
-    const summary: Record<string, unknown> = {};
-    for (const ack of acks) {
-      const on = pooled(ack, 'on');
-      const offSide = pooled(ack, 'off');
-      const ratio = on.rate / offSide.rate;
-      const rounds = perRound(ack);
-      summary[ack] = { on, off: offSide, ratio, perRound: rounds };
-      bench.add({
-        scenario: '7 chain',
-        figure:
-          `createAuditEvents ${ack}, hashing on (the service) vs off (a second service with ` +
-          `CHAIN_HASHING=off, same database), 8 clients × 100 events over 4 tenants a side; ` +
-          `${p.chainRounds} round${p.chainRounds > 1 ? 's' : ''} of ${p.chainMs / 1000} s on, then off` +
-          (ack === 'BUFFERED' ? ', accepted ÷ window + final flush' : '') +
-          ` (per round: ${rounds.map((x) => fmt.ratio(x)).join(', ')})`,
-        value: fmt.rate(on.rate),
-        baseline: `hashing off ${fmt.rate(offSide.rate)}`,
-        ratio: fmt.ratio(ratio),
-        target: '≥ 0.85× off',
-        met: ratio >= 0.85,
-        data: {
-          on,
-          off: offSide,
-          ratio,
-          perRound: rounds,
-          runs: runs.filter((r) => r.ack === ack),
-        },
-      });
-    }
-    // Service CPU per event written, over both acks: where hashing's cost lands.
-    const cpuPerEvent = (hashing: string) => {
-      const rs = runs.filter((r) => r.hashing === hashing);
-      return (sum(rs.map((r) => r.serviceCpuSeconds)) * 1e6) / sum(rs.map((r) => r.written));
-    };
-    const offCpu = cpuPerEvent('off');
-    const onCpu = cpuPerEvent('on');
-    const us = (n: number) => `${n.toFixed(1)} µs`;
-    bench.add({
-      scenario: '7 chain',
-      figure:
-        'service CPU per event written (all runs, warm-up and flush included), hashing on vs off: ' +
-        'the ratio off ÷ on is the throughput ratio to expect where the service’s CPU is the limit',
-      value: us(onCpu),
-      baseline: `hashing off ${us(offCpu)}`,
-      ratio: fmt.ratio(offCpu / onCpu),
-      target: 'reference',
-      met: null,
-      data: { onUs: onCpu, offUs: offCpu, addedUs: onCpu - offCpu },
-    });
-    bench.add({
-      scenario: '7 chain',
-      figure:
-        `hashing alone, in the bench process: canonical JSON (canonicalRecord: the envelope, data already canonical from validation, ` +
-        `${fmt.int(cost.canonicalBytes)} B) + ChainHasher.link + hex of both hashes, per event over ` +
-        `${fmt.int(cost.events)} typical events; ratio: its share of the hashing-off service’s CPU per event`,
-      value: `${us(cost.totalUs)} (canonical ${us(cost.canonicalUs)}, link ${us(cost.linkUs)}, hex ${us(cost.hexUs)})`,
-      baseline: `service, hashing off ${us(offCpu)}`,
-      ratio: fmt.ratio(cost.totalUs / offCpu),
-      target: 'reference',
-      met: null,
-      data: { ...cost },
-    });
-    bench.add({
-      scenario: '7 chain',
-      figure:
-        'its tenants, after flushAudit with both services up: identity holds and pending 0 / ' +
-        'stored = count(*) / accepted = clients + own; rows with a hash, on side / off side',
-      value:
-        `${acc.identity} / ${acc.matches} / ${acc.acceptedMatches} of ${all.length}; ` +
-        `${fmt.int(hashed.on.hashed)} of ${fmt.int(hashed.on.rows)} / ${fmt.int(hashed.off.hashed)} of ${fmt.int(hashed.off.rows)}`,
-      baseline: '—',
-      ratio: '—',
-      target: 'all; all / none',
-      met: ok && hashesOk,
-      data: { bad: acc.bad, hashed },
-    });
-    bench.details.chainHashing = {
-      cost,
-      summary,
-      runs,
-      offService: { pid: offService.pid, instance },
-    };
+    for (const side of sides) await bench.flushAll(ofSide(side.side), side.api);
+    const both = await o.whileBoth(sides, ofSide);
+    return { runs, tenants: all, both, offService: { pid: offService.pid, instance } };
   } finally {
     await offApi.close();
     const offExit = await offService.stop();
-    // Its tenants' counters (auditStats) went with it: they were checked above, while it ran.
-    for (const t of acks.flatMap((a) => tenantsOf('off', a))) bench.notAccounted.add(t);
-    log(`7 hashing-off service stopped with exit code ${offExit}`);
+    // Its tenants' counters (auditStats) went with it: they were checked while it ran.
+    for (const t of ofSide('off')) bench.notAccounted.add(t);
+    log(`${o.scenario} ${o.what}-off service stopped with exit code ${offExit}`);
     if (offService.warnings.length) {
-      bench.details.chainHashingOffWarnings = offService.warnings.slice(0, 50);
+      bench.details[`${o.what}OffWarnings`] = offService.warnings.slice(0, 50);
     }
     if (offExit !== 0)
-      bench.problems.push(`the hashing-off service exited with ${offExit} on SIGTERM`);
+      bench.problems.push(`the ${o.what}-off service exited with ${offExit} on SIGTERM`);
   }
+}
+
+/** Pooled rate and CPU per event of the runs of one ack and side; the on ÷ off ratio per round. */
+function onOffSummary(runs: readonly OnOffRun[], ack: string, rounds: number) {
+  const pooled = (side: string) => {
+    const rs = runs.filter((r) => r.ack === ack && r.side === side);
+    return {
+      rate: sum(rs.map((r) => r.accepted)) / sum(rs.map((r) => r.seconds)),
+      cpuUsPerEvent:
+        (sum(rs.map((r) => r.serviceCpuSeconds)) * 1e6) / sum(rs.map((r) => r.written)),
+      callP50: median(rs.map((r) => r.callP50)),
+      callP99: median(rs.map((r) => r.callP99)),
+    };
+  };
+  const perRound = Array.from({ length: rounds }, (_, i) => {
+    const of = (side: string) =>
+      runs.find((r) => r.round === i + 1 && r.ack === ack && r.side === side)!;
+    return of('on').rate / of('off').rate;
+  });
+  const on = pooled('on');
+  const off = pooled('off');
+  return { on, off, ratio: on.rate / off.rate, perRound };
+}
+
+/**
+ * 7. Chain hashing cost: scenario 1's service ingest (BUFFERED and COMMITTED) with CHAIN_HASHING
+ * on (the service's default) and off (a second service), in alternating rounds; and what
+ * canonical JSON and SHA-256 cost per event in this process alone.
+ */
+export async function chainHashingCost(bench: Bench): Promise<void> {
+  const { p } = bench;
+  const cost = await bench.phase('7 hashing in the bench process', async () => ({
+    value: measureChainCost(p.chainCostEvents, p.chainCostRepeats),
+    workerCpu: 0,
+  }));
+  const acks = ['BUFFERED', 'COMMITTED'] as const;
+  const {
+    runs,
+    tenants: all,
+    both,
+    offService,
+  } = await alternateOnOff(bench, {
+    scenario: '7 chain',
+    what: 'hashing',
+    offEnv: { CHAIN_HASHING: 'off' },
+    acks,
+    seed: 700,
+    whileBoth: async (_sides, ofSide) => {
+      const acc = await checkAccounting(bench, [...ofSide('on'), ...ofSide('off')]);
+      // And each side stored what it claims: hashes on the on side, none on the off side.
+      const hashed = { on: { rows: 0, hashed: 0 }, off: { rows: 0, hashed: 0 } };
+      for (const side of ['on', 'off'] as const) {
+        for (const t of ofSide(side)) {
+          const q = await bench.db.query<{ n: string; hashed: string }>(
+            `select count(*) as n, count(hash) as hashed from "t_${t}".audit_events`,
+          );
+          hashed[side].rows += Number(q.rows[0]!.n);
+          hashed[side].hashed += Number(q.rows[0]!.hashed);
+        }
+      }
+      return { acc, hashed };
+    },
+  });
+  const { acc, hashed } = both;
+  const hashesOk = hashed.on.hashed === hashed.on.rows && hashed.off.hashed === 0;
+  const ok = acc.bad.length === 0;
+  if (!ok)
+    bench.problems.push(`chain hashing accounting: ${JSON.stringify(acc.bad).slice(0, 1000)}`);
+  if (!hashesOk) {
+    bench.problems.push(
+      `chain hashing: rows with a hash: on side ${hashed.on.hashed} of ${hashed.on.rows}, ` +
+        `off side ${hashed.off.hashed} of ${hashed.off.rows} (expected all and none)`,
+    );
+  }
+  const summary: Record<string, unknown> = {};
+  for (const ack of acks) {
+    const { on, off: offSide, ratio, perRound: rounds } = onOffSummary(runs, ack, p.chainRounds);
+    summary[ack] = { on, off: offSide, ratio, perRound: rounds };
+    bench.add({
+      scenario: '7 chain',
+      figure:
+        `createAuditEvents ${ack}, hashing on (the service) vs off (a second service with ` +
+        `CHAIN_HASHING=off, same database), 8 clients × 100 events over 4 tenants a side; ` +
+        `${p.chainRounds} round${p.chainRounds > 1 ? 's' : ''} of ${p.chainMs / 1000} s on, then off` +
+        (ack === 'BUFFERED' ? ', accepted ÷ window + final flush' : '') +
+        ` (per round: ${rounds.map((x) => fmt.ratio(x)).join(', ')})`,
+      value: fmt.rate(on.rate),
+      baseline: `hashing off ${fmt.rate(offSide.rate)}`,
+      ratio: fmt.ratio(ratio),
+      target: '≥ 0.85× off',
+      met: ratio >= 0.85,
+      data: {
+        on,
+        off: offSide,
+        ratio,
+        perRound: rounds,
+        runs: runs.filter((r) => r.ack === ack),
+      },
+    });
+  }
+  // Service CPU per event written, over both acks: where hashing's cost lands.
+  const cpuPerEvent = (hashing: string) => {
+    const rs = runs.filter((r) => r.side === hashing);
+    return (sum(rs.map((r) => r.serviceCpuSeconds)) * 1e6) / sum(rs.map((r) => r.written));
+  };
+  const offCpu = cpuPerEvent('off');
+  const onCpu = cpuPerEvent('on');
+  const us = (n: number) => `${n.toFixed(1)} µs`;
+  bench.add({
+    scenario: '7 chain',
+    figure:
+      'service CPU per event written (all runs, warm-up and flush included), hashing on vs off: ' +
+      'the ratio off ÷ on is the throughput ratio to expect where the service’s CPU is the limit',
+    value: us(onCpu),
+    baseline: `hashing off ${us(offCpu)}`,
+    ratio: fmt.ratio(offCpu / onCpu),
+    target: 'reference',
+    met: null,
+    data: { onUs: onCpu, offUs: offCpu, addedUs: onCpu - offCpu },
+  });
+  bench.add({
+    scenario: '7 chain',
+    figure:
+      `hashing alone, in the bench process: canonical JSON (canonicalRecord: the envelope, data already canonical from validation, ` +
+      `${fmt.int(cost.canonicalBytes)} B) + ChainHasher.link + hex of both hashes, per event over ` +
+      `${fmt.int(cost.events)} typical events; ratio: its share of the hashing-off service’s CPU per event`,
+    value: `${us(cost.totalUs)} (canonical ${us(cost.canonicalUs)}, link ${us(cost.linkUs)}, hex ${us(cost.hexUs)})`,
+    baseline: `service, hashing off ${us(offCpu)}`,
+    ratio: fmt.ratio(cost.totalUs / offCpu),
+    target: 'reference',
+    met: null,
+    data: { ...cost },
+  });
+  bench.add({
+    scenario: '7 chain',
+    figure:
+      'its tenants, after flushAudit with both services up: identity holds and pending 0 / ' +
+      'stored = count(*) / accepted = clients + own; rows with a hash, on side / off side',
+    value:
+      `${acc.identity} / ${acc.matches} / ${acc.acceptedMatches} of ${all.length}; ` +
+      `${fmt.int(hashed.on.hashed)} of ${fmt.int(hashed.on.rows)} / ${fmt.int(hashed.off.hashed)} of ${fmt.int(hashed.off.rows)}`,
+    baseline: '—',
+    ratio: '—',
+    target: 'all; all / none',
+    met: ok && hashesOk,
+    data: { bad: acc.bad, hashed },
+  });
+  bench.details.chainHashing = {
+    cost,
+    summary,
+    runs,
+    offService,
+  };
 }
 
 /**

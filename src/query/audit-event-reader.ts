@@ -1,4 +1,17 @@
-import { and, asc, desc, eq, gt, gte, inArray, lt, lte, type SQL, sql } from 'drizzle-orm';
+import {
+  and,
+  asc,
+  desc,
+  eq,
+  getTableColumns,
+  gt,
+  gte,
+  inArray,
+  lt,
+  lte,
+  type SQL,
+  sql,
+} from 'drizzle-orm';
 import type { Database } from '../db/client.js';
 import { addMonths, monthWindows, PartitionCatalog, type TimeWindow } from '../db/partitions.js';
 import { type TenantTables, tenantTables } from '../db/tenant-tables.js';
@@ -91,53 +104,114 @@ export class AuditEventReader {
    */
   pageQuery(q: KeysetPageQuery, window?: TimeWindow) {
     const t = this.tablesOf(q.schema).auditEvents;
-    const conditions = [...this.filterConditions(t, q.filter)];
-    if (q.after) conditions.push(...this.beyond(t, q.after, 'after', q.order));
-    if (q.before) conditions.push(...this.beyond(t, q.before, 'before', q.order));
-    if (window) conditions.push(...this.within(t, window));
     // Reading backward means reading the reversed order, then restoring it.
     const dir = this.readsAscending(q) ? asc : desc;
     return this.db.orm
       .select()
       .from(t)
-      .where(and(...conditions))
+      .where(and(...this.pageConditions(q, window)))
       .orderBy(dir(t.occurredAt), dir(t.id))
       .limit(q.limit + 1);
   }
 
+  /** What a page's rows satisfy: the filter, its cursors, and (if given) one window's months. */
+  private pageConditions(q: KeysetPageQuery, window?: TimeWindow): SQL[] {
+    const t = this.tablesOf(q.schema).auditEvents;
+    const conditions = [...this.filterConditions(t, q.filter)];
+    if (q.after) conditions.push(...this.beyond(t, q.after, 'after', q.order));
+    if (q.before) conditions.push(...this.beyond(t, q.before, 'before', q.order));
+    if (window) conditions.push(...this.within(t, window));
+    return conditions;
+  }
+
+  /**
+   * One page, in one statement in the common case: the page's first window of months and, after
+   * a cursor, the probe for the far side of that cursor (`hasPreviousPage` going forward,
+   * `hasNextPage` going backward) in its nearest window, as one `UNION ALL`. The probe is
+   * inclusive of the cursor's own position, so it is answered in that first window unless the
+   * cursor's event is gone (retention); only then, and for a page that needs more windows than
+   * its first, are further statements sent.
+   */
   async page(q: KeysetPageQuery): Promise<KeysetPage> {
     const t = this.tablesOf(q.schema).auditEvents;
-    // Windows are disjoint and read in page order, so their rows simply follow each other.
+    const cursor = q.direction === 'forward' ? q.after : q.before;
+    const farSide = q.direction === 'forward' ? 'before' : 'after';
+    const probe = cursor
+      ? {
+          conditions: [
+            ...this.filterConditions(t, q.filter),
+            ...this.beyond(t, cursor, farSide, q.order, true),
+          ],
+          bound: this.side(cursor, farSide, q.order),
+        }
+      : undefined;
+    const probeWindows = probe
+      ? await this.windows(q.schema, q.filter, [probe.bound], probe.bound.greater)
+      : [];
+    const pageWindows = await this.pageWindows(q);
+
     const rows: AuditEventRow[] = [];
-    for (const w of await this.pageWindows(q)) {
-      rows.push(...(await this.pageQuery({ ...q, limit: q.limit - rows.length }, w)));
+    let hasFar = false;
+    let probed = 0;
+    for (const [i, w] of pageWindows.entries()) {
+      const limit = q.limit - rows.length;
+      if (i === 0 && probe && probeWindows[0]) {
+        const near = probeWindows[0];
+        probed = 1;
+        const found = await this.pageSelect(q, limit, w).unionAll(
+          this.db.orm
+            .select({ ...getTableColumns(t), probe: sql<boolean>`true`.as('probe') })
+            .from(t)
+            .where(and(...probe.conditions, ...this.within(t, near)))
+            .limit(1),
+        );
+        hasFar = found.some((r) => r.probe);
+        // A union's rows come in no promised order: the page's are put back in it.
+        const ours = found.filter((r) => !r.probe).map(({ probe: _, ...row }) => row);
+        rows.push(...ours.sort(this.comparator(q)));
+      } else {
+        rows.push(...(await this.pageQuery({ ...q, limit }, w)));
+      }
       if (rows.length > q.limit) break;
     }
     const more = rows.length > q.limit;
     if (more) rows.length = q.limit;
     if (q.direction === 'backward') rows.reverse();
 
-    // The far side of the page's own cursor: is there anything there (within the filter)?
-    const opposite = q.direction === 'forward' ? q.after : q.before;
-    const oppositeSide = q.direction === 'forward' ? 'before' : 'after';
-    let hasOpposite = false;
-    if (opposite) {
-      const bound = this.side(opposite, oppositeSide, q.order);
-      const conditions = [
-        ...this.filterConditions(t, q.filter),
-        ...this.beyond(t, opposite, oppositeSide, q.order, true),
-      ];
-      // Nearest the cursor first: the answer is usually in the first window.
-      for (const w of await this.windows(q.schema, q.filter, [bound], bound.greater)) {
-        if (await this.exists(t, [...conditions, ...this.within(t, w)])) {
-          hasOpposite = true;
+    // The far side, where the first statement did not answer it: nearest the cursor first.
+    if (probe && !hasFar) {
+      for (const w of probeWindows.slice(probed)) {
+        if (await this.exists(t, [...probe.conditions, ...this.within(t, w)])) {
+          hasFar = true;
           break;
         }
       }
     }
     return q.direction === 'forward'
-      ? { rows, hasNextPage: more, hasPreviousPage: hasOpposite }
-      : { rows, hasNextPage: hasOpposite, hasPreviousPage: more };
+      ? { rows, hasNextPage: more, hasPreviousPage: hasFar }
+      : { rows, hasNextPage: hasFar, hasPreviousPage: more };
+  }
+
+  /** pageQuery's statement with a `probe` column, false (the page side of page's union). */
+  private pageSelect(q: KeysetPageQuery, limit: number, w: TimeWindow) {
+    const t = this.tablesOf(q.schema).auditEvents;
+    const dir = this.readsAscending(q) ? asc : desc;
+    return this.db.orm
+      .select({ ...getTableColumns(t), probe: sql<boolean>`false`.as('probe') })
+      .from(t)
+      .where(and(...this.pageConditions(q, w)))
+      .orderBy(dir(t.occurredAt), dir(t.id))
+      .limit(limit + 1);
+  }
+
+  /** The order the page's statements read rows in (see readsAscending). */
+  private comparator(q: KeysetPageQuery) {
+    const sign = this.readsAscending(q) ? 1 : -1;
+    return (a: AuditEventRow, b: AuditEventRow): number => {
+      const byTime = a.occurredAt.getTime() - b.occurredAt.getTime();
+      if (byTime !== 0) return sign * byTime;
+      return a.id === b.id ? 0 : sign * (a.id < b.id ? -1 : 1);
+    };
   }
 
   /**

@@ -307,10 +307,13 @@ const ROOT = new URL('../..', import.meta.url).pathname;
  */
 export async function spawnService(
   env: Record<string, string>,
-  opts: { fileSizeLimitKiB?: number } = {},
+  opts: { fileSizeLimitKiB?: number; compiled?: boolean } = {},
 ): Promise<ServiceProcess> {
   const port = await freePort();
-  const node = ['--import', 'tsx', 'src/main.ts'];
+  // `compiled`: what `npm start` runs (dist/, built by `npm run build`), not the TypeScript loader.
+  const node = opts.compiled
+    ? ['--enable-source-maps', 'dist/main.js']
+    : ['--import', 'tsx', 'src/main.ts'];
   const limit = opts.fileSizeLimitKiB;
   const [command, args] =
     limit === undefined

@@ -23,6 +23,9 @@ import type { TenantStats } from './stats.js';
 export type { EventStatus } from './pipeline/ticket.js';
 export type { AcceptedEvent, Ack, FlushResult, Holding } from './pipeline/write-pipeline.js';
 
+/** Look-ups of what a stopped process had written before its calls are replayed whole. */
+const RECOVERY_LOOKUP_ATTEMPTS = 4;
+
 export interface IngestOptions extends PipelineOptions {
   /**
    * Refuses (throws ValidationError) a call whose months would take the tenant past its
@@ -132,8 +135,10 @@ export class IngestService {
 
   /**
    * Places of these entries that are settled already (in a committed batch) or queued (in a
-   * dead letter). Asked until answered: the entries are this instance's now, and replaying them
-   * blind could store an event's second copy as a duplicate of its first.
+   * dead letter). Asked a few times (about 2 s in all); when the database or the queue still
+   * cannot say, nothing is taken as settled: the calls are replayed whole and kept visibly
+   * pending meanwhile — a repeat of an event the stopped process had stored then comes back as a
+   * DUPLICATE, never as a loss.
    */
   private async placesTaken(
     tenant: TenantId,
@@ -154,8 +159,14 @@ export class IngestService {
         }
         return { stored, queued };
       } catch (err) {
-        if (this.pipeline.isStopping) throw err;
-        const delayMs = Math.min(5_000, 250 * 2 ** attempt);
+        if (attempt >= RECOVERY_LOOKUP_ATTEMPTS || this.pipeline.isStopping) {
+          this.log.error(
+            { err, tenant, calls: entries.length },
+            'journal recovery cannot tell what a stopped process had written; replaying its calls whole',
+          );
+          return { stored: new Map(), queued: new Map() };
+        }
+        const delayMs = 250 * 2 ** (attempt - 1);
         this.log.warn(
           { err, tenant, attempt, retryInMs: delayMs },
           'journal recovery waits: cannot yet tell what a stopped process had written',

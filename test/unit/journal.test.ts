@@ -164,9 +164,11 @@ describe('the pipeline and its journal', () => {
 });
 
 describe('IngestService.recoverJournal', () => {
-  it('replays only the places no committed batch settled and no dead letter holds, asking again until the database answers', async () => {
-    const a = { id: 'entry-a', tenant: TENANT, records: records(5) };
-    const b = { id: 'entry-b', tenant: TENANT, records: records(2) };
+  const a = { id: 'entry-a', tenant: TENANT, records: records(5) };
+  const b = { id: 'entry-b', tenant: TENANT, records: records(2) };
+
+  /** A service whose journal holds a and b from a stopped process; `settled` answers look-ups. */
+  function recovering(settled: () => Promise<Map<string, Set<number>>>) {
     const released: string[] = [];
     const journal = {
       kind: 'file' as const,
@@ -179,19 +181,12 @@ describe('IngestService.recoverJournal', () => {
       recover: async () => [{ from: 'dead-1', entries: [a, b] }],
     };
     const written: { records: readonly unknown[]; journal: unknown }[] = [];
-    let lookups = 0;
     const writer = {
       write: async (_s: string, _b: string, recs: readonly AuditEventRecord[], refs?: unknown) => {
         written.push({ records: recs, journal: refs });
         return { statuses: recs.map(() => 'STORED' as const), rejections: new Map(), conflicts: 0 };
       },
-      settledPositions: async () => {
-        if (++lookups === 1) throw new Error('connection refused');
-        return new Map([
-          ['entry-a', new Set([0, 1])],
-          ['entry-b', new Set([0, 1])],
-        ]);
-      },
+      settledPositions: settled,
     };
     const queued = { journalRefs: [{ entry: 'entry-a', position: 3 }, null] };
     const deadLetters = { list: async () => [queued] } as unknown as DeadLetterStore;
@@ -206,7 +201,18 @@ describe('IngestService.recoverJournal', () => {
       undefined,
       journal,
     );
+    return { ingest, released, written };
+  }
 
+  it('replays only the places no committed batch settled and no dead letter holds, asking again until the database answers', async () => {
+    let lookups = 0;
+    const { ingest, released, written } = recovering(async () => {
+      if (++lookups === 1) throw new Error('connection refused');
+      return new Map([
+        ['entry-a', new Set([0, 1])],
+        ['entry-b', new Set([0, 1])],
+      ]);
+    });
     expect(await ingest.recoverJournal()).toBe(2);
     expect(lookups).toBe(2);
     // Entry b was settled whole: let go of at once, nothing replayed.
@@ -224,6 +230,19 @@ describe('IngestService.recoverJournal', () => {
       stored: 2,
       duplicates: 0,
     });
+  });
+
+  it('when the database cannot say (four tries, about 2 s), replays the calls whole rather than leave them unseen', async () => {
+    let lookups = 0;
+    const { ingest, released, written } = recovering(async () => {
+      lookups++;
+      throw new Error('connection refused');
+    });
+    expect(await ingest.recoverJournal()).toBe(7);
+    expect(lookups).toBe(4);
+    await vi.waitFor(() => expect(released.sort()).toEqual(['entry-a', 'entry-b']));
+    expect(written.flatMap((w) => w.records)).toHaveLength(7);
+    expect(ingest.stats(TENANT)).toMatchObject({ accepted: 7, recovered: 7, pending: 0 });
   });
 });
 

@@ -1,3 +1,4 @@
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDatabase, type Database } from '../src/db/client.js';
 import { addMonths, monthStart, partitionName, type TimeWindow } from '../src/db/partitions.js';
@@ -35,6 +36,9 @@ import {
  *   condition), never more than WINDOW, and fewer than exist whenever a range or a cursor is
  *   given; and the page's windows, one statement each, read every partition the range allows
  *   exactly once between them, none more than WINDOW.
+ * And a page after a cursor is one statement (its rows and the probe of the cursor's far side)
+ * that still reads no more than WINDOW months, through an index (with the probe over its own
+ * nearest window instead of the cursor's month, the same statement read 4 of WINDOW = 3).
  * Two negative controls show the checks can fail: the same statement with index scans
  * disabled is flagged, and the cursor statement without its plain occurred_at bound (a row
  * comparison alone) touches every partition.
@@ -397,6 +401,47 @@ describe('EXPLAIN of the page query over 100,000 rows in monthly partitions', ()
     );
     console.log(formatTable(table));
     expect(failures).toEqual([]);
+  });
+
+  it('a page after a cursor is one statement (page and far-side probe) that reads no more months than its window, through an index', async () => {
+    const sent: { text: string; values: unknown[] }[] = [];
+    const original = pg.Client.prototype.query;
+    pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
+      const first = args[0] as string | { text?: string; values?: unknown[] } | undefined;
+      const text = typeof first === 'string' ? first : (first?.text ?? '');
+      const values =
+        (typeof first === 'string' ? undefined : first?.values) ?? (args[1] as unknown[]);
+      if (text.includes(`"${schema}"`)) sent.push({ text, values: values ?? [] });
+      return (original as (...a: unknown[]) => unknown).apply(this, args);
+    } as typeof original;
+    const seen: string[] = [];
+    try {
+      for (const order of ['OCCURRED_AT_DESC', 'OCCURRED_AT_ASC'] as const) {
+        sent.length = 0;
+        const q = { schema, filter: {}, order, direction: 'forward' as const, limit: 50 };
+        const page = await reader.page({ ...q, after: cursor });
+        expect(page.rows).toHaveLength(50);
+        expect(page.hasPreviousPage).toBe(true);
+        expect(sent).toHaveLength(1);
+        expect(sent[0]!.text).toMatch(/union all/i);
+        const plan = summarise(await explain(sent[0]!.text, sent[0]!.values));
+        const [window] = await reader.pageWindows({ ...q, after: cursor });
+        // The page's first window, narrowed by the cursor: the probe's month is inside it.
+        const allowed = expectedPartitions(
+          { name: 'none', filter: {}, index: /pkey/ },
+          order,
+          true,
+        ).filter((name) => partitionsIn(window!.from ?? null, window!.to ?? null).includes(name));
+        expect(plan.touched.length).toBeLessThanOrEqual(WINDOW);
+        expect(plan.touched.every((name) => allowed.includes(name))).toBe(true);
+        expect(plan.bigSeqScans).toHaveLength(0);
+        expect(plan.indexNodes.length).toBeGreaterThan(0);
+        seen.push(`${order}: ${plan.touched.join(', ')}`);
+      }
+    } finally {
+      pg.Client.prototype.query = original;
+    }
+    console.info(`[explain] page + probe after a cursor, partitions read: ${seen.join('; ')}`);
   });
 
   it('flags a plan that reads a big partition sequentially (negative control)', async () => {

@@ -13,7 +13,13 @@ import {
   sql,
 } from 'drizzle-orm';
 import type { Database } from '../db/client.js';
-import { addMonths, monthWindows, PartitionCatalog, type TimeWindow } from '../db/partitions.js';
+import {
+  addMonths,
+  monthStart,
+  monthWindows,
+  PartitionCatalog,
+  type TimeWindow,
+} from '../db/partitions.js';
 import { type TenantTables, tenantTables } from '../db/tenant-tables.js';
 import type { AuditEventFilter, AuditEventOrder } from '../domain/filter.js';
 import type { KeysetPosition } from '../domain/keyset-cursor.js';
@@ -127,10 +133,11 @@ export class AuditEventReader {
   /**
    * One page, in one statement in the common case: the page's first window of months and, after
    * a cursor, the probe for the far side of that cursor (`hasPreviousPage` going forward,
-   * `hasNextPage` going backward) in its nearest window, as one `UNION ALL`. The probe is
-   * inclusive of the cursor's own position, so it is answered in that first window unless the
-   * cursor's event is gone (retention); only then, and for a page that needs more windows than
-   * its first, are further statements sent.
+   * `hasNextPage` going backward) in the cursor's own month, as one `UNION ALL`. That month is
+   * the first of the page's window too, so the statement reads no more months than the window
+   * alone; and the probe is inclusive of the cursor's own position, so it is answered there
+   * unless the cursor's event is gone (retention). Only then, and for a page that needs more
+   * windows than its first, are further statements sent.
    */
   async page(q: KeysetPageQuery): Promise<KeysetPage> {
     const t = this.tablesOf(q.schema).auditEvents;
@@ -152,12 +159,11 @@ export class AuditEventReader {
 
     const rows: AuditEventRow[] = [];
     let hasFar = false;
-    let probed = 0;
     for (const [i, w] of pageWindows.entries()) {
       const limit = q.limit - rows.length;
-      if (i === 0 && probe && probeWindows[0]) {
-        const near = probeWindows[0];
-        probed = 1;
+      if (i === 0 && probe && cursor && probeWindows.length > 0) {
+        const month = monthStart(cursor.occurredAt);
+        const near = { from: month, to: addMonths(month, 1) };
         const found = await this.pageSelect(q, limit, w).unionAll(
           this.db.orm
             .select({ ...getTableColumns(t), probe: sql<boolean>`true`.as('probe') })
@@ -180,7 +186,7 @@ export class AuditEventReader {
 
     // The far side, where the first statement did not answer it: nearest the cursor first.
     if (probe && !hasFar) {
-      for (const w of probeWindows.slice(probed)) {
+      for (const w of probeWindows) {
         if (await this.exists(t, [...probe.conditions, ...this.within(t, w)])) {
           hasFar = true;
           break;

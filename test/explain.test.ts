@@ -1,4 +1,3 @@
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDatabase, type Database } from '../src/db/client.js';
 import { addMonths, monthStart, partitionName, type TimeWindow } from '../src/db/partitions.js';
@@ -8,6 +7,7 @@ import { createLogger } from '../src/logger.js';
 import { AuditEventReader } from '../src/query/audit-event-reader.js';
 import {
   CREATE,
+  captureStatements,
   databaseUrl,
   dropTenants,
   event,
@@ -404,16 +404,7 @@ describe('EXPLAIN of the page query over 100,000 rows in monthly partitions', ()
   });
 
   it('a page after a cursor is one statement (page and far-side probe) that reads no more months than its window, through an index', async () => {
-    const sent: { text: string; values: unknown[] }[] = [];
-    const original = pg.Client.prototype.query;
-    pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
-      const first = args[0] as string | { text?: string; values?: unknown[] } | undefined;
-      const text = typeof first === 'string' ? first : (first?.text ?? '');
-      const values =
-        (typeof first === 'string' ? undefined : first?.values) ?? (args[1] as unknown[]);
-      if (text.includes(`"${schema}"`)) sent.push({ text, values: values ?? [] });
-      return (original as (...a: unknown[]) => unknown).apply(this, args);
-    } as typeof original;
+    const { sent, stop } = captureStatements(schema);
     const seen: string[] = [];
     try {
       for (const order of ['OCCURRED_AT_DESC', 'OCCURRED_AT_ASC'] as const) {
@@ -439,7 +430,7 @@ describe('EXPLAIN of the page query over 100,000 rows in monthly partitions', ()
         seen.push(`${order}: ${plan.touched.join(', ')}`);
       }
     } finally {
-      pg.Client.prototype.query = original;
+      stop();
     }
     console.info(`[explain] page + probe after a cursor, partitions read: ${seen.join('; ')}`);
   });

@@ -1,14 +1,13 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
+  childServices,
   deleteRedisKeys,
   OwnRedis,
   type ServiceProcess,
-  spawnService,
   within,
 } from './support/faults.js';
 import {
@@ -20,6 +19,7 @@ import {
   newTenant,
   PAGE,
   sqlClient,
+  storedCounts,
 } from './support/harness.js';
 
 /**
@@ -85,16 +85,6 @@ async function streamAndKill(svc: ServiceProcess, tenant: string, target: number
   return round;
 }
 
-/** How many times each of `ids` is stored in the tenant's table. */
-async function storedCounts(admin: pg.Client, tenant: string, ids: string[]) {
-  const { rows } = await admin.query<{ id: string; n: number }>(
-    `select id::text, count(*)::int as n from "t_${tenant}".audit_events
-      where id = any($1::uuid[]) group by id`,
-    [ids],
-  );
-  return new Map(rows.map((r) => [r.id, r.n]));
-}
-
 /** The same as storedCounts, read through the API (for the embedded database, out of reach of SQL). */
 async function storedCountsByApi(svc: ServiceProcess, tenant: string, ids: string[]) {
   const client = graphqlClient(`${svc.base}/graphql`);
@@ -125,13 +115,8 @@ const randomTarget = () => 300 + Math.floor(Math.random() * 1_200);
 describe('SIGKILL during a BUFFERED stream', () => {
   const prefix = `test:faultkill:${randomBytes(4).toString('hex')}:`;
   const tenants: string[] = [];
-  const running: ServiceProcess[] = [];
-  const temps: string[] = [];
-  const tempDir = (name: string) => {
-    const dir = mkdtempSync(join(tmpdir(), name));
-    temps.push(dir);
-    return dir;
-  };
+  const services = childServices();
+  const tempDir = services.tempDir;
   let admin: pg.Client;
 
   beforeAll(async () => {
@@ -139,24 +124,19 @@ describe('SIGKILL during a BUFFERED stream', () => {
   });
 
   afterAll(async () => {
-    for (const s of running) await s.kill();
+    await services.cleanup();
     await admin?.end();
     await dropTenants(...tenants);
     await deleteRedisKeys(inject('redisUrl'), prefix);
-    for (const d of temps) rmSync(d, { recursive: true, force: true });
   });
 
-  const spawn = async (env: Record<string, string>) => {
-    const svc = await spawnService({
+  const spawn = (env: Record<string, string>) =>
+    services.spawn({
       FLUSH_INTERVAL_MS: '30000',
       BATCH_SIZE: '5000',
       RATE_LIMIT_EVENTS_PER_SECOND: '0',
       ...env,
     });
-    running.push(svc);
-    await svc.ready();
-    return svc;
-  };
 
   const journals = [
     {
@@ -298,7 +278,7 @@ describe('SIGKILL during a BUFFERED stream', () => {
       expect(acknowledged.filter((id) => counts.get(id) !== 1)).toEqual([]);
       expect(stats.recovered).toBe(acknowledged.length);
     } finally {
-      for (const s of running.splice(0)) await s.kill();
+      for (const s of services.running.splice(0)) await s.kill();
       await redis.kill();
       if (redis.aofDir) rmSync(redis.aofDir, { recursive: true, force: true });
     }

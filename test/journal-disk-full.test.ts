@@ -1,10 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ServiceProcess, spawnService } from './support/faults.js';
+import { childServices } from './support/faults.js';
 import {
   CREATE,
   dropTenants,
@@ -13,6 +10,7 @@ import {
   graphqlClient,
   newTenant,
   sqlClient,
+  storedCounts,
 } from './support/harness.js';
 
 /**
@@ -35,8 +33,8 @@ describe('the journal file cannot grow', () => {
   const tenant = newTenant('diskfull');
   /** COMMITTED calls go to another tenant: one of this tenant's would write its buffer too. */
   const other = newTenant('diskfull');
-  const dlqDir = mkdtempSync(join(tmpdir(), 'auditgraph-diskfull-'));
-  const running: ServiceProcess[] = [];
+  const services = childServices();
+  const dlqDir = services.tempDir('auditgraph-diskfull-');
   let admin: pg.Client;
 
   beforeAll(async () => {
@@ -44,10 +42,9 @@ describe('the journal file cannot grow', () => {
   });
 
   afterAll(async () => {
-    for (const s of running) await s.kill();
+    await services.cleanup();
     await admin?.end();
     await dropTenants(tenant, other);
-    rmSync(dlqDir, { recursive: true, force: true });
   });
 
   const env = {
@@ -58,9 +55,7 @@ describe('the journal file cannot grow', () => {
   };
 
   it('refuses BUFFERED whole, keeps COMMITTED, and loses nothing it acknowledged', async () => {
-    const svc = await spawnService(env, { fileSizeLimitKiB: 256 });
-    running.push(svc);
-    await svc.ready();
+    const svc = await services.spawn(env, { fileSizeLimitKiB: 256 });
     const client = graphqlClient(`${svc.base}/graphql`);
     const acknowledged: string[] = [];
     let refusal: Record<string, any> | undefined;
@@ -96,19 +91,12 @@ describe('the journal file cannot grow', () => {
       `select count(*)::int as n from "t_${tenant}".audit_events`,
     );
     expect(before[0]!.n).toBe(0);
-    const again = await spawnService(env);
-    running.push(again);
-    await again.ready();
+    const again = await services.spawn(env);
     const flushed = await graphqlClient(`${again.base}/graphql`).gql(tenant, FLUSH, {
       timeoutMs: 20_000,
     });
     expect(flushed.flushAudit.__typename).toBe('FlushAuditPayload');
-    const { rows } = await admin.query<{ id: string; n: number }>(
-      `select id::text, count(*)::int as n from "t_${tenant}".audit_events
-        where id = any($1::uuid[]) group by id`,
-      [[...acknowledged, ...refusedIds]],
-    );
-    const counts = new Map(rows.map((r) => [r.id, r.n]));
+    const counts = await storedCounts(admin, tenant, [...acknowledged, ...refusedIds]);
     expect(acknowledged.filter((id) => counts.get(id) !== 1)).toEqual([]);
     // The refused call was not accepted: none of its events was kept anywhere.
     expect(refusedIds.filter((id) => counts.has(id))).toEqual([]);

@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ServiceProcess, spawnService, within } from './support/faults.js';
+import { childServices, type ServiceProcess, within } from './support/faults.js';
 import {
   CREATE,
   dropTenants,
@@ -13,6 +12,7 @@ import {
   graphqlClient,
   newTenant,
   sqlClient,
+  storedCounts,
 } from './support/harness.js';
 
 /**
@@ -29,8 +29,7 @@ const STATS = `query { auditStats { __typename ... on AuditStats {
 
 describe('journal recovery after a commit the journal did not see', () => {
   const tenants: string[] = [];
-  const temps: string[] = [];
-  const running: ServiceProcess[] = [];
+  const services = childServices();
   let admin: pg.Client;
 
   beforeAll(async () => {
@@ -38,28 +37,19 @@ describe('journal recovery after a commit the journal did not see', () => {
   });
 
   afterAll(async () => {
-    for (const s of running) await s.kill();
+    await services.cleanup();
     await admin?.end();
     await dropTenants(...tenants);
-    for (const d of temps) rmSync(d, { recursive: true, force: true });
   });
 
-  const spawn = async (dlqDir: string) => {
-    const svc = await spawnService({
+  const spawn = (dlqDir: string) =>
+    services.spawn({
       DLQ_DIR: dlqDir,
       FLUSH_INTERVAL_MS: '30000',
       BATCH_SIZE: '5000',
       RATE_LIMIT_EVENTS_PER_SECOND: '0',
     });
-    running.push(svc);
-    await svc.ready();
-    return svc;
-  };
-  const dir = () => {
-    const d = mkdtempSync(join(tmpdir(), 'auditgraph-recovery-'));
-    temps.push(d);
-    return d;
-  };
+  const dir = () => services.tempDir('auditgraph-recovery-');
   const write = async (svc: ServiceProcess, tenant: string, events: unknown[], ack: string) => {
     const r = await graphqlClient(`${svc.base}/graphql`).gql(tenant, CREATE, {
       input: { events, ack },
@@ -72,14 +62,8 @@ describe('journal recovery after a commit the journal did not see', () => {
     expect(flushed.flushAudit.__typename).toBe('FlushAuditPayload');
     return (await client.gql(tenant, STATS)).auditStats;
   };
-  const storedOnce = async (tenant: string, ids: string[]) => {
-    const { rows } = await admin.query<{ n: number }>(
-      `select count(*)::int as n from "t_${tenant}".audit_events where id = any($1::uuid[])
-        group by id having count(*) = 1`,
-      [ids],
-    );
-    return rows.length;
-  };
+  const storedOnce = async (tenant: string, ids: string[]) =>
+    [...(await storedCounts(admin, tenant, ids)).values()].filter((n) => n === 1).length;
 
   /**
    * A process journals a BUFFERED call of 10 events and is killed before writing it; another

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   CREATE,
+  captureStatements,
   dropTenants,
   event,
   newTenant,
@@ -23,8 +23,7 @@ import {
 describe('database round trips per page', () => {
   const tenant = newTenant('trips');
   let app: TestApp;
-  let sent: string[] = [];
-  const original = pg.Client.prototype.query;
+  let capture: ReturnType<typeof captureStatements> | undefined;
 
   beforeAll(async () => {
     // The access records' batch waits for the interval: it must not fall inside a counted read.
@@ -37,26 +36,21 @@ describe('database round trips per page', () => {
     );
     const r = await app.gql(tenant, CREATE, { input: { events, ack: 'COMMITTED' } });
     expect(r.createAuditEvents.stored).toBe(120);
-    const schema = `"t_${tenant}"`;
-    pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
-      const first = args[0] as string | { text?: string } | undefined;
-      const text = typeof first === 'string' ? first : (first?.text ?? '');
-      if (text.includes(schema)) sent.push(text);
-      return (original as (...a: unknown[]) => unknown).apply(this, args);
-    } as typeof original;
+    capture = captureStatements(`t_${tenant}`);
   });
 
   afterAll(async () => {
-    pg.Client.prototype.query = original;
+    capture?.stop();
     await app?.stop();
     await dropTenants(tenant);
   });
 
   /** The page, and the statements naming the tenant's schema that it sent. */
   const counted = async (variables: Record<string, unknown>) => {
-    sent = [];
+    const sent = capture!.sent;
+    sent.length = 0;
     const page = (await app.gql(tenant, PAGE, variables)).auditEvents;
-    return { page, statements: [...sent] };
+    return { page, statements: sent.map((s) => s.text) };
   };
 
   it('the newest page, the next one and a page back: one statement each, the right pageInfo', async () => {
@@ -86,7 +80,8 @@ describe('database round trips per page', () => {
   it('control: the count sees the statements of other reads too (a look-up by id)', async () => {
     const first = await counted({ first: 1 });
     const id = first.page.edges[0].node.id;
-    sent = [];
+    const sent = capture!.sent;
+    sent.length = 0;
     await app.gql(tenant, `query($id: String!) { auditEvent(eventId: $id) { __typename } }`, {
       id,
     });

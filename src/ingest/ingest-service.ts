@@ -90,7 +90,11 @@ export class IngestService {
     let total = 0;
     for (const { from, entries } of await journal.recover()) {
       const byTenant = new Map<TenantId, JournalEntry[]>();
-      for (const e of entries) byTenant.set(e.tenant, [...(byTenant.get(e.tenant) ?? []), e]);
+      for (const e of entries) {
+        const of = byTenant.get(e.tenant);
+        if (of) of.push(e);
+        else byTenant.set(e.tenant, [e]);
+      }
       let events = 0;
       let settled = 0;
       let deadLettered = 0;

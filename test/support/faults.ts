@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -267,6 +267,37 @@ export class OwnRedis {
     child.kill('SIGKILL');
     await within(exited, 10_000, 'redis-server exit');
   }
+}
+
+/**
+ * The child services and temporary directories one test file starts: `spawn` waits until the
+ * service is ready; `cleanup` (for afterAll) kills every one still running and removes the
+ * directories.
+ */
+export function childServices() {
+  const running: ServiceProcess[] = [];
+  const temps: string[] = [];
+  return {
+    running,
+    async spawn(
+      env: Record<string, string>,
+      opts?: Parameters<typeof spawnService>[1],
+    ): Promise<ServiceProcess> {
+      const svc = await spawnService(env, opts);
+      running.push(svc);
+      await svc.ready();
+      return svc;
+    },
+    tempDir(prefix: string): string {
+      const dir = mkdtempSync(join(tmpdir(), prefix));
+      temps.push(dir);
+      return dir;
+    },
+    async cleanup(): Promise<void> {
+      for (const s of running.splice(0)) await s.kill();
+      for (const d of temps.splice(0)) rmSync(d, { recursive: true, force: true });
+    },
+  };
 }
 
 /** Deletes every key under `prefix` in the Redis at `url`. */

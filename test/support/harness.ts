@@ -141,6 +141,42 @@ export async function dropTenants(...tenants: string[]): Promise<void> {
   }
 }
 
+/** How many times each of `ids` is stored in the tenant's table (ids stored not at all are absent). */
+export async function storedCounts(
+  admin: pg.Client,
+  tenant: string,
+  ids: readonly string[],
+): Promise<Map<string, number>> {
+  const { rows } = await admin.query<{ id: string; n: number }>(
+    `select id::text, count(*)::int as n from "t_${tenant}".audit_events
+      where id = any($1::uuid[]) group by id`,
+    [ids],
+  );
+  return new Map(rows.map((r) => [r.id, r.n]));
+}
+
+/**
+ * Records every statement this process's `pg` driver sends that names `schema` (the app under
+ * test in this process included), with its parameters, until `stop` puts the driver back.
+ */
+export function captureStatements(schema: string) {
+  const sent: { text: string; values: unknown[] }[] = [];
+  const original = pg.Client.prototype.query;
+  pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
+    const first = args[0] as string | { text?: string; values?: unknown[] } | undefined;
+    const text = typeof first === 'string' ? first : (first?.text ?? '');
+    const values = (typeof first === 'string' ? undefined : first?.values) ?? args[1];
+    if (text.includes(`"${schema}"`)) sent.push({ text, values: (values as unknown[]) ?? [] });
+    return (original as (...a: unknown[]) => unknown).apply(this, args);
+  } as typeof original;
+  return {
+    sent,
+    stop: () => {
+      pg.Client.prototype.query = original;
+    },
+  };
+}
+
 let seq = 0;
 /** A valid event input; `overrides` replace fields. */
 export function event(overrides: Record<string, unknown> = {}): Record<string, unknown> {

@@ -26,6 +26,7 @@ import type { DeadLetterStore } from './ingest/dead-letter-queue.js';
 import { IngestEvents } from './ingest/events.js';
 import { FileDeadLetterStore } from './ingest/file-dead-letter-store.js';
 import { IngestService } from './ingest/ingest-service.js';
+import { MemoryBooks, RedisBooks } from './ingest/journal/books.js';
 import { FileJournal } from './ingest/journal/file-journal.js';
 import type { Journal } from './ingest/journal/journal.js';
 import { RedisJournal } from './ingest/journal/redis-journal.js';
@@ -180,12 +181,16 @@ function wireWritePath(
   const journalLog = log.child({ component: 'journal' });
   // With Redis the journal is where a live instance can take over a dead one's; without it, a
   // local file that this instance's next start replays.
+  // The books (the identity's terms over every process) live with the journal: in Redis, or in
+  // the journal's file; JOURNAL=off without Redis keeps them in memory (counts since start).
+  const redisBooks = redis ? new RedisBooks(redis, keys) : undefined;
   const journal: Journal | undefined = !config.journal
     ? undefined
-    : redis
+    : redis && redisBooks
       ? new RedisJournal(
           redis,
           keys,
+          redisBooks,
           instanceId,
           journalLog,
           config.journalLeaseMs,
@@ -206,6 +211,7 @@ function wireWritePath(
     },
     spool,
     journal,
+    journal ?? redisBooks ?? new MemoryBooks(),
   );
   const retryWorker = new RetryWorker(
     deadLetters,

@@ -27,8 +27,9 @@ import {
  * calls of 50 events from four writers and is killed with SIGKILL at a random moment; batches are
  * large and the interval long, so what it acknowledged is, at the kill, in its memory and its
  * journal only. After a restart (or, with Redis, on a live instance once the lease has passed)
- * and flushAudit, every acknowledged event is stored exactly once, and auditStats shows them as
- * recovered. The negative control runs the same with JOURNAL=off and loses events.
+ * and flushAudit, every acknowledged event is stored exactly once, auditStats shows them as
+ * recovered, and its books account for every round's events, not only the last process's. The
+ * negative control runs the same with JOURNAL=off and loses events.
  */
 
 const WRITERS = 4;
@@ -171,9 +172,11 @@ describe('SIGKILL during a BUFFERED stream', () => {
         const env = journal.env();
         let svc = await spawn(env);
         const all: string[] = [];
+        let cut = 0;
         for (let round = 0; round < ROUNDS; round++) {
           const { acknowledged, unknown } = await streamAndKill(svc, tenant, randomTarget());
           all.push(...acknowledged);
+          cut += unknown.length;
           svc = await spawn(env);
           const stats = await flushAndStats(svc, tenant);
           const counts = journal.embedded
@@ -183,9 +186,16 @@ describe('SIGKILL during a BUFFERED stream', () => {
           console.info(
             `[faults-sigkill] journal ${journal.name}, round ${round + 1}: ${acknowledged.length} ` +
               `acknowledged (${unknown.length} cut by the kill), recovered ${stats.recovered}, ` +
-              `missing or not once ${missing.length}`,
+              `missing or not once ${missing.length}; books: accepted ${stats.accepted} ` +
+              `stored ${stats.stored} of ${all.length} acknowledged in all`,
           );
           expect(missing).toEqual([]);
+          // The books, over every process so far: each acknowledged event once (a call cut by a
+          // kill counts if its entry was journaled), all of it stored, none twice.
+          expect(stats.accepted).toBeGreaterThanOrEqual(all.length);
+          expect(stats.accepted).toBeLessThanOrEqual(all.length + cut);
+          expect(stats.stored).toBe(stats.accepted);
+          expect(stats.duplicates).toBe(0);
           // This process's counters: it took back at least every event acknowledged this round.
           expect(stats.recovered).toBeGreaterThanOrEqual(acknowledged.length);
           expect(stats.recovered).toBeLessThanOrEqual(acknowledged.length + unknown.length);
@@ -230,6 +240,11 @@ describe('SIGKILL during a BUFFERED stream', () => {
     expect(tookMs).toBeLessThan(8_000);
     const recovered = survivor.logs.find((l) => l.msg?.startsWith('journal recovered'));
     expect(recovered?.from).toMatch(/^victim-/);
+    // The survivor's auditStats count what the dead instance accepted: the books are shared.
+    const client = graphqlClient(`${survivor.base}/graphql`);
+    const stats = (await client.gql(tenant, STATS)).auditStats;
+    expect(stats.accepted).toBeGreaterThanOrEqual(acknowledged.length);
+    expect(stats).toMatchObject({ pending: 0, stored: stats.accepted, identityHolds: true });
   });
 
   it('negative control: with JOURNAL=off the same kill loses acknowledged events', async () => {
@@ -249,6 +264,9 @@ describe('SIGKILL during a BUFFERED stream', () => {
     console.info(`[faults-sigkill] JOURNAL=off: ${lost} of ${acknowledged.length} lost`);
     expect(lost).toBeGreaterThan(0);
     expect(stats.recovered).toBe(0);
+    // Outside the journal a call is booked once final: what the kill lost was never counted.
+    expect(stats.accepted).toBeLessThanOrEqual(acknowledged.length - lost);
+    expect(stats.identityHolds).toBe(true);
   });
 
   it('a Redis with an append-only file restarted between acceptance and flush keeps the journal: a kill -9 after it loses nothing', async () => {

@@ -123,6 +123,49 @@ describe('several instances (separate processes) on one PostgreSQL and Redis', (
     expect(await countEventsNow(tenant)).toBe(1);
   });
 
+  it('auditStats reads the same from every instance, and keeps what an instance that stopped had accepted', async () => {
+    const tenant = newTenant('multi');
+    tenants.push(tenant);
+    const env = { REDIS_URL: inject('redisUrl'), REDIS_KEY_PREFIX: prefix };
+    const d = await spawnInstance({ ...env, INSTANCE_ID: 'inst-d', CLUSTER_HEARTBEAT_MS: '200' });
+    const viaA = graphqlClient(a.url);
+    const viaB = graphqlClient(b.url);
+    const viaD = graphqlClient(d.url);
+    try {
+      const committed = Array.from({ length: 30 }, () => event({ correlationId: 'books' }));
+      const buffered = Array.from({ length: 50 }, () => event({ correlationId: 'books' }));
+      await viaA.gql(tenant, CREATE, { input: { ack: 'COMMITTED', events: committed } });
+      await viaD.gql(tenant, CREATE, { input: { ack: 'BUFFERED', events: buffered } });
+      const f = await viaB.gql(tenant, FLUSH_FULL, { timeoutMs: 20_000 });
+      expect(f.flushAudit.__typename).toBe('FlushAuditPayload');
+      const terms = (s: Record<string, unknown>) => {
+        const { instances: _, replayed: __, ...rest } = s;
+        return rest;
+      };
+      const fromEach = await Promise.all(
+        [viaA, viaB, viaD].map(async (via) => (await via.gql(tenant, STATS)).auditStats),
+      );
+      for (const s of fromEach) {
+        expect(terms(s)).toEqual({
+          __typename: 'AuditStats',
+          accepted: 80,
+          stored: 80,
+          duplicates: 0,
+          pending: 0,
+          deadLettered: 0,
+          discarded: 0,
+          identityHolds: true,
+        });
+      }
+    } finally {
+      await d.stop();
+    }
+    // D is gone; what it accepted is still counted (summed over live instances, it was not).
+    const after = (await viaA.gql(tenant, STATS)).auditStats;
+    expect(after.instances).toEqual(['inst-a', 'inst-b']);
+    expect(after).toMatchObject({ accepted: 80, stored: 80, pending: 0, identityHolds: true });
+  });
+
   it('shares the retry work: each dead letter is replayed by one instance, once', async () => {
     const tenant = newTenant('multi');
     tenants.push(tenant);

@@ -3,16 +3,24 @@ import type { Redis } from 'ioredis';
 import { FlushTimeoutError } from '../domain/errors.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { FlushResult, IngestService } from '../ingest/ingest-service.js';
-import type { TenantStats } from '../ingest/stats.js';
+import { addInto, BOOK_TERMS } from '../ingest/journal/books.js';
+import { type TenantStats, withBooks } from '../ingest/stats.js';
 import { asError, type Logger } from '../logger.js';
 import { createRedis, execChecked, type RedisKeys } from '../redis/client.js';
 
 /** Stats of a tenant summed over the live instances, with who contributed. */
-export type ClusterStats = TenantStats & { instances: string[] };
+export type ClusterStats = TenantStats & {
+  instances: string[];
+  /**
+   * The identity's terms are the books' (false: the books could not be read, and they are the
+   * live instances' own counters since each started).
+   */
+  fromBooks: boolean;
+};
 
 /**
  * The instances serving together. `flush` is the barrier of flushAudit across every live
- * instance's buffers; `stats` sums auditStats over them.
+ * instance’s buffers; `stats` is the books plus what each live instance has not booked yet.
  */
 export interface Cluster {
   start(): Promise<void>;
@@ -34,7 +42,8 @@ export class LocalCluster implements Cluster {
     return this.ingest.flush(tenant, timeoutMs);
   }
   async stats(tenant: TenantId): Promise<ClusterStats> {
-    return { ...this.ingest.stats(tenant), instances: [this.instanceId] };
+    const { books, local } = await this.ingest.readBooks(tenant);
+    return { ...withBooks(local, books), instances: [this.instanceId], fromBooks: true };
   }
   async liveInstances(): Promise<string[]> {
     return [this.instanceId];
@@ -50,12 +59,7 @@ type Reply =
   | { requestId: string; instance: string; ok: false; pending: number; error: string };
 
 const NUMERIC_STATS = [
-  'accepted',
-  'stored',
-  'duplicates',
-  'pending',
-  'deadLettered',
-  'discarded',
+  ...BOOK_TERMS,
   'replayed',
   'recovered',
   'conflicts',
@@ -263,12 +267,25 @@ export class RedisCluster implements Cluster {
       (requestId) => ({ kind: 'stats', requestId, from: this.instanceId, tenant }),
       2_000,
     );
-    const total: TenantStats = { ...this.ingest.stats(tenant) };
+    // The books after the other instances' answers, this one's counters at the read: what this
+    // instance books meanwhile is counted once (what another books in the moment between its
+    // answer and this read may be counted twice in this one answer).
+    let read: Awaited<ReturnType<IngestService['readBooks']>> | null = null;
+    try {
+      read = await this.ingest.readBooks(tenant);
+    } catch (err) {
+      this.log.warn(
+        { err: asError(err), tenant },
+        'the books cannot be read: auditStats answers the live instances’ own counters',
+      );
+    }
+    const total: TenantStats = read?.local ?? this.ingest.stats(tenant);
     const instances = [this.instanceId];
     for (const r of replies) {
       if (!r.ok || !r.stats) continue;
       instances.push(r.instance);
       for (const k of NUMERIC_STATS) total[k] += r.stats[k];
+      addInto(total.unbooked, r.stats.unbooked);
       if (
         r.stats.lastErrorAt &&
         (!total.lastErrorAt || new Date(r.stats.lastErrorAt) > total.lastErrorAt)
@@ -277,6 +294,7 @@ export class RedisCluster implements Cluster {
         total.lastErrorAt = new Date(r.stats.lastErrorAt);
       }
     }
-    return { ...total, instances: instances.sort() };
+    const counted = read ? withBooks(total, read.books) : total;
+    return { ...counted, instances: instances.sort(), fromBooks: read !== null };
   }
 }

@@ -1,3 +1,4 @@
+import type { ClusterStats } from '../cluster/cluster.js';
 import {
   BackpressureError,
   CommitTimeoutError,
@@ -10,7 +11,7 @@ import {
 import { type AuditEventInput, LIMITS, RESERVED_EVENT_TYPE_PREFIX } from '../domain/event.js';
 import type { TenantId } from '../domain/tenant.js';
 import type { AcceptedEvent, FlushResult } from '../ingest/ingest-service.js';
-import { identityHolds, type TenantStats } from '../ingest/stats.js';
+import { identityHolds } from '../ingest/stats.js';
 import { OutcomeEnum } from './audit-event.js';
 import { builder } from './builder.js';
 import { knownTenant, requireTenant } from './context.js';
@@ -224,17 +225,23 @@ builder.mutationField('flushAudit', (t) =>
 );
 
 const AuditStatsRef = builder
-  .objectRef<TenantStats & { instances: string[]; tenant: TenantId }>('AuditStats')
+  .objectRef<ClusterStats & { tenant: TenantId }>('AuditStats')
   .implement({
     description:
-      'Counters of the caller’s tenant since the instance started. Each term is counted on its own; ' +
-      'accepted = stored + duplicates + pending + deadLettered + discarded holds at every moment.',
+      'Counters of the caller’s tenant. The terms of accepted = stored + duplicates + pending + ' +
+      'deadLettered + discarded are the tenant’s books: kept with the journal (in Redis, or in the ' +
+      'journal file without it) since the tenant’s first event, over every process and instance, ' +
+      'so a restart or a lost instance changes nothing and every instance answers the same; with ' +
+      'JOURNAL=off and no Redis they count since the instance started. The other counters are ' +
+      'summed over the live instances since each started.',
     fields: (t) => ({
       accepted: t.exposeInt('accepted'),
       stored: t.exposeInt('stored'),
       duplicates: t.exposeInt('duplicates'),
       pending: t.exposeInt('pending', {
-        description: 'In a buffer, in a write in flight, or waiting in backoff.',
+        description:
+          'Accepted and not yet final: in a buffer, a write in flight or backoff on any instance, ' +
+          'or in the journal of a process that stopped until another takes it back.',
       }),
       deadLettered: t.exposeInt('deadLettered'),
       parked: t.int({
@@ -271,6 +278,11 @@ const AuditStatsRef = builder
       lastError: t.exposeString('lastError', { nullable: true }),
       lastErrorAt: t.expose('lastErrorAt', { type: 'DateTime', nullable: true }),
       identityHolds: t.boolean({ resolve: (s) => identityHolds(s) }),
+      fromBooks: t.exposeBoolean('fromBooks', {
+        description:
+          'True when the identity’s terms are the books’. False when the books could not be read ' +
+          '(Redis unreachable): they are then the live instances’ own counters since each started.',
+      }),
       instances: t.exposeStringList('instances'),
     }),
   });

@@ -3,6 +3,7 @@ import type { AuditEventRecord } from '../domain/event.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
 import type { DeadLetter, DeadLetterStore } from './dead-letter-queue.js';
+import { type BookChange, type Books, type BookTerms, MemoryBooks } from './journal/books.js';
 import type { Journal, JournalEntry, JournalRef } from './journal/journal.js';
 import {
   type PipelineListener,
@@ -64,6 +65,11 @@ export class IngestService {
     spool?: DeadLetterStore,
     /** Where BUFFERED calls are kept until written (absent: JOURNAL=off). */
     readonly journal?: Journal,
+    /**
+     * The identity's terms that outlive the process (default: the journal's; without one, this
+     * process's memory).
+     */
+    private readonly books: Books = journal ?? new MemoryBooks(),
   ) {
     const sink: PipelineSink = {
       write: (tenant, batchId, records, refs) =>
@@ -71,6 +77,7 @@ export class IngestService {
       deadLetter: (dl) => deadLetters.add(dl),
       spool: spool ? (dl: DeadLetter) => spool.add(dl) : undefined,
       journal,
+      books,
     };
     this.pipeline = new WritePipeline(sink, events, log, opts, systemClock);
   }
@@ -81,8 +88,9 @@ export class IngestService {
    * call, the events that no committed batch settled and no dead letter holds (a process killed
    * between its commit and its journal's release leaves such places) are accepted here again and
    * written as any others, so that none is stored twice or comes back as its own duplicate.
-   * Resolves once they are in the buffers (not once written). Returns the number of events
-   * taken back.
+   * The books count them pending (from their append) until their entry's release books how each
+   * ended, those found settled included. Resolves once they are in the buffers (not once
+   * written). Returns the number of events taken back.
    */
   async recoverJournal(): Promise<number> {
     const journal = this.journal;
@@ -103,19 +111,25 @@ export class IngestService {
         const { stored, queued } = await this.placesTaken(tenant, held);
         for (const e of held) {
           const positions: number[] = [];
+          // Settled before the stop: booked as stored (a committed batch does not say which of
+          // its places were duplicates) or dead-lettered with the entry's release.
+          const before = { stored: 0, duplicates: 0, deadLettered: 0 };
           e.records.forEach((_, i) => {
-            if (stored.get(e.id)?.has(i)) settled++;
-            else if (queued.get(e.id)?.has(i)) deadLettered++;
+            if (stored.get(e.id)?.has(i)) before.stored++;
+            else if (queued.get(e.id)?.has(i)) before.deadLettered++;
             else positions.push(i);
           });
-          if (positions.length === 0) {
-            journal.release(e.id);
-            continue;
-          }
+          settled += before.stored;
+          deadLettered += before.deadLettered;
           events += positions.length;
-          const records = positions.map((i) => e.records[i]!);
           written.push(
-            this.pipeline.adopt(tenant, e.id, records, positions, () => journal.release(e.id)),
+            this.pipeline.adopt(
+              tenant,
+              { id: e.id, events: e.records.length, booked: e.booked !== false },
+              positions.map((i) => e.records[i]!),
+              positions,
+              before,
+            ),
           );
         }
       }
@@ -217,6 +231,23 @@ export class IngestService {
     return this.pipeline.stats(tenant);
   }
 
+  /**
+   * The tenant's books, and this process's counters taken at the moment they are read (so that
+   * what it has not booked yet is counted once): see withBooks.
+   */
+  async readBooks(tenant: TenantId): Promise<{ books: BookTerms; local: TenantStats }> {
+    let local: TenantStats | undefined;
+    const books = await this.books.read(tenant, () => {
+      local = this.pipeline.stats(tenant);
+    });
+    return { books, local: local ?? this.pipeline.stats(tenant) };
+  }
+
+  /** Books a move between final terms (in the background, tried until it is taken). */
+  private rebook(tenant: TenantId, change: BookChange): void {
+    this.pipeline.book(tenant, change);
+  }
+
   /** Tenants this process has accepted events for (or counted dead letters of) since it started. */
   tenantIds(): TenantId[] {
     return this.pipeline.tenantIds();
@@ -235,11 +266,13 @@ export class IngestService {
   /** The retry worker stored (part of) a dead letter: it leaves `deadLettered`. */
   recordRecovered(tenant: TenantId, stored: number, duplicates: number): void {
     this.pipeline.recordRecovered(tenant, stored, duplicates);
+    this.rebook(tenant, { deadLettered: -(stored + duplicates), stored, duplicates });
   }
 
   /** A dead letter was discarded on purpose: counted, never silent. */
   recordDiscarded(tenant: TenantId, events: number): void {
     this.pipeline.recordDiscarded(tenant, events);
+    this.rebook(tenant, { deadLettered: -events, discarded: events });
   }
 
   /** Stored events removed by retention (a dropped month): counted, outside the identity. */
@@ -250,6 +283,8 @@ export class IngestService {
   /** Events moved into the dead-letter queue from outside the buffers (a spool re-queued at start). */
   recordRequeued(tenant: TenantId, events: number): void {
     this.pipeline.recordRequeued(tenant, events);
+    // Spooled at a stop that could not reach the queue (nor, then, the books): booked now.
+    this.rebook(tenant, { accepted: events, deadLettered: events });
   }
 
   /** The dead-letter monitor's verdict: at capacity, new writes get BackpressureError. */

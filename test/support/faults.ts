@@ -13,7 +13,7 @@ import { databaseUrl, graphqlClient, type TestApp } from './harness.js';
 /** Helpers shared by the fault tests (faults-*.test.ts). */
 
 export const STATS_FULL = `query { auditStats { __typename ... on AuditStats {
-  accepted stored duplicates pending deadLettered discarded replayed failedWrites identityHolds lastError
+  accepted stored duplicates pending deadLettered discarded replayed failedWrites identityHolds fromBooks lastError
 }  } }`;
 
 export interface FullStats {

@@ -98,6 +98,8 @@ export class FakeSink implements PipelineSink {
   deadLetterCalls = 0;
   /** Absent unless a test gives one: BUFFERED then means memory. */
   journal?: PipelineSink['journal'];
+  /** Absent unless a test gives them: only the pipeline's own counters. */
+  books?: PipelineSink['books'];
 
   write(
     tenant: TenantId,

@@ -7,7 +7,18 @@ import { BackpressureError, JournalUnavailableError } from '../../src/domain/err
 import type { AuditEventRecord } from '../../src/domain/event.js';
 import type { DeadLetterStore } from '../../src/ingest/dead-letter-queue.js';
 import { IngestService } from '../../src/ingest/ingest-service.js';
-import { FileJournal, JournalInUseError } from '../../src/ingest/journal/file-journal.js';
+import {
+  type BookChange,
+  type EntryOutcome,
+  emptyTerms,
+  MemoryBooks,
+  releaseChange,
+} from '../../src/ingest/journal/books.js';
+import {
+  FileJournal,
+  foldJournal,
+  JournalInUseError,
+} from '../../src/ingest/journal/file-journal.js';
 import { GroupCommit } from '../../src/ingest/journal/group-commit.js';
 import type { JournalEntry } from '../../src/ingest/journal/journal.js';
 import { harness, OPTIONS, records, settle, TENANT, watch } from '../support/pipeline-fakes.js';
@@ -22,6 +33,7 @@ import { harness, OPTIONS, records, settle, TENANT, watch } from '../support/pip
 class FakeJournal {
   readonly appends: { entry: JournalEntry; ok(): void; fail(err?: unknown): void }[] = [];
   readonly released: string[] = [];
+  readonly outcomes: EntryOutcome[] = [];
   append(entry: JournalEntry): Promise<void> {
     return new Promise((resolve, reject) => {
       this.appends.push({
@@ -31,8 +43,28 @@ class FakeJournal {
       });
     });
   }
-  release(id: string): void {
+  /** Releases not yet written: the test writes them (`written`). */
+  readonly unwritten: (() => void)[] = [];
+  release(id: string, outcome: EntryOutcome, written?: () => void): BookChange | null {
     this.released.push(id);
+    this.outcomes.push({ ...outcome });
+    if (written) this.unwritten.push(written);
+    const events =
+      outcome.stored + outcome.duplicates + outcome.deadLettered + (outcome.withdrawn ?? 0);
+    return releaseChange(events, true, outcome);
+  }
+}
+
+/** Books that keep every change, and refuse the first `failures` of them. */
+class FakeBooks extends MemoryBooks {
+  readonly changes: BookChange[] = [];
+  constructor(private failures = 0) {
+    super();
+  }
+  override async book(tenant: typeof TENANT, change: BookChange, booked?: () => void) {
+    if (this.failures-- > 0) throw new Error('redis: connection is closed');
+    this.changes.push(change);
+    await super.book(tenant, change, booked);
   }
 }
 
@@ -59,9 +91,11 @@ describe('the pipeline and its journal', () => {
     await h.settle();
     expect(journal.released).toEqual([]);
     await h.advance(1_000);
-    h.sink.writes[1]!.succeed();
+    h.sink.writes[1]!.succeed(['DUPLICATE']);
     await h.settle();
     expect(journal.released).toEqual([journal.appends[0]!.entry.id]);
+    // The release says how its events ended: that is what the books count them as.
+    expect(journal.outcomes).toEqual([{ stored: 3, duplicates: 1, deadLettered: 0 }]);
   });
 
   it('refuses the call whole when the journal cannot take it: nothing accepted, nothing written', async () => {
@@ -112,17 +146,42 @@ describe('the pipeline and its journal', () => {
     expect(again.done && !again.error).toBe(true);
   });
 
-  it('adopts a recovered call: accepted and recovered here, written at once, released once settled', async () => {
-    const { h } = journaled();
-    let released = 0;
-    void h.pipeline.adopt(TENANT, 'entry-1', records(2), [0, 1], () => released++);
+  it('adopts a recovered call: accepted and recovered here, written at once, released with the whole call’s outcome once settled', async () => {
+    const { h, journal } = journaled();
+    const entry = { id: 'entry-1', events: 3, booked: true };
+    const before = { stored: 1, duplicates: 0, deadLettered: 0 };
+    void h.pipeline.adopt(TENANT, entry, records(2), [1, 2], before);
     await h.settle();
     expect(h.stats()).toMatchObject({ accepted: 2, recovered: 2, pending: 2 });
+    // The books have the entry as appended (3 pending); this process knows 1 of them is stored.
+    expect(h.stats().unbooked).toMatchObject({ pending: -1, stored: 1, accepted: 0 });
     expect(h.sink.writes.map((w) => w.records.length)).toEqual([2]);
     h.sink.writes[0]!.succeed(['STORED', 'DUPLICATE']);
     await h.settle();
-    expect(released).toBe(1);
+    expect(journal.outcomes).toEqual([{ stored: 2, duplicates: 1, deadLettered: 0 }]);
     expect(h.stats()).toMatchObject({ stored: 1, duplicates: 1, pending: 0 });
+    expect(h.stats().unbooked).toMatchObject({ pending: -3, stored: 2, duplicates: 1 });
+    journal.unwritten[0]!();
+    expect(h.stats().unbooked).toEqual(emptyTerms());
+  });
+
+  it('counts a journaled event’s move to its final term at once, not when its whole call is released', async () => {
+    const { h, journal } = journaled();
+    void h.pipeline.accept(TENANT, records(4), 'BUFFERED');
+    await h.settle();
+    journal.appends[0]!.ok();
+    await h.settle();
+    h.sink.writes[0]!.succeed(); // 3 of the 4 (BATCH_SIZE 3)
+    await h.settle();
+    expect(journal.released).toEqual([]);
+    expect(h.stats().unbooked).toMatchObject({ pending: -3, stored: 3 });
+    await h.advance(1_000);
+    h.sink.writes[1]!.succeed();
+    await h.settle();
+    // Released, not yet written: the release's change is what the books lack.
+    expect(h.stats().unbooked).toMatchObject({ pending: -4, stored: 4, accepted: 0 });
+    journal.unwritten[0]!();
+    expect(h.stats().unbooked).toEqual(emptyTerms());
   });
 
   it('gives each journaled event its place in its call to the batch and to a dead letter; others none', async () => {
@@ -133,7 +192,9 @@ describe('the pipeline and its journal', () => {
     await h.settle();
     void h.pipeline.accept(TENANT, records(1), 'COMMITTED');
     // A recovered call keeps the places it had: only what was not settled comes back.
-    void h.pipeline.adopt(TENANT, 'old-entry', records(2), [3, 7], () => undefined);
+    const old = { id: 'old-entry', events: 8, booked: true };
+    const before = { stored: 6, duplicates: 0, deadLettered: 0 };
+    void h.pipeline.adopt(TENANT, old, records(2), [3, 7], before);
     await h.settle();
     const id = journal.appends[0]!.entry.id;
     expect(h.sink.writes).toHaveLength(1);
@@ -154,6 +215,46 @@ describe('the pipeline and its journal', () => {
     ]);
   });
 
+  it('books a call outside the journal once all its events are final, counting it unbooked until then', async () => {
+    const { h, journal } = journaled();
+    const books = new FakeBooks();
+    h.sink.books = books;
+    void h.pipeline.accept(TENANT, records(2), 'COMMITTED');
+    void h.pipeline.accept(TENANT, records(1), 'BUFFERED');
+    await h.settle();
+    journal.appends[0]!.ok();
+    await h.advance(10);
+    expect(h.stats()).toMatchObject({ accepted: 3, pending: 3 });
+    expect(h.stats().unbooked).toMatchObject({ accepted: 2, pending: 2, stored: 0 });
+    for (const w of h.sink.open) {
+      w.succeed((['STORED', 'DUPLICATE', 'STORED'] as const).slice(0, w.records.length));
+    }
+    await h.advance(2_000);
+    for (const w of h.sink.open) w.succeed();
+    await h.settle();
+    // The journaled call is booked by its release, never by a change of its own.
+    expect(books.changes).toEqual([{ accepted: 2, stored: 1, duplicates: 1, deadLettered: 0 }]);
+    expect(journal.released).toHaveLength(1);
+    for (const written of journal.unwritten) written();
+    expect(h.stats()).toMatchObject({ pending: 0, unbooked: emptyTerms() });
+  });
+
+  it('keeps a call unbooked (pending for auditStats) while the books refuse it, and books it once they take it', async () => {
+    const h = harness();
+    const books = new FakeBooks(2);
+    h.sink.books = books;
+    void h.pipeline.accept(TENANT, records(2), 'COMMITTED');
+    await h.advance(10);
+    h.sink.open[0]!.succeed();
+    await h.settle();
+    // Final here, not booked yet: counted unbooked as accepted and stored (no longer pending).
+    expect(h.stats()).toMatchObject({ stored: 2, pending: 0 });
+    expect(h.stats().unbooked).toMatchObject({ accepted: 2, stored: 2, pending: 0 });
+    // Tried again after 250 ms, then 500 ms (real timers: the books are outside the clock).
+    await vi.waitFor(() => expect(h.stats().unbooked).toEqual(emptyTerms()), { timeout: 3_000 });
+    expect(await books.read(TENANT)).toMatchObject({ accepted: 2, stored: 2, pending: 0 });
+  });
+
   it('without a journal, writes carry no places', async () => {
     const h = harness({ batchSize: 2 });
     void h.pipeline.accept(TENANT, records(2), 'BUFFERED');
@@ -170,6 +271,8 @@ describe('IngestService.recoverJournal', () => {
   /** A service whose journal holds a and b from a stopped process; `settled` answers look-ups. */
   function recovering(settled: () => Promise<Map<string, Set<number>>>) {
     const released: string[] = [];
+    const outcomes = new Map<string, EntryOutcome>();
+    const books = new MemoryBooks();
     const journal = {
       kind: 'file' as const,
       available: true,
@@ -177,8 +280,14 @@ describe('IngestService.recoverJournal', () => {
       start: async () => undefined,
       stop: async () => undefined,
       append: async () => undefined,
-      release: (id: string) => void released.push(id),
+      release: (id: string, o: EntryOutcome) => {
+        released.push(id);
+        outcomes.set(id, { ...o });
+        return null;
+      },
       recover: async () => [{ from: 'dead-1', entries: [a, b] }],
+      book: (t: typeof TENANT, c: BookChange) => books.book(t, c),
+      read: (t: typeof TENANT) => books.read(t),
     };
     const written: { records: readonly unknown[]; journal: unknown }[] = [];
     const writer = {
@@ -201,12 +310,12 @@ describe('IngestService.recoverJournal', () => {
       undefined,
       journal,
     );
-    return { ingest, released, written };
+    return { ingest, released, written, outcomes };
   }
 
   it('replays only the places no committed batch settled and no dead letter holds, asking again until the database answers', async () => {
     let lookups = 0;
-    const { ingest, released, written } = recovering(async () => {
+    const { ingest, released, written, outcomes } = recovering(async () => {
       if (++lookups === 1) throw new Error('connection refused');
       return new Map([
         ['entry-a', new Set([0, 1])],
@@ -230,6 +339,9 @@ describe('IngestService.recoverJournal', () => {
       stored: 2,
       duplicates: 0,
     });
+    // Each release books the whole call: what the stopped process settled and what came back.
+    expect(outcomes.get('entry-b')).toEqual({ stored: 2, duplicates: 0, deadLettered: 0 });
+    expect(outcomes.get('entry-a')).toEqual({ stored: 4, duplicates: 0, deadLettered: 1 });
   });
 
   it('when the database cannot say (four tries, about 2 s), replays the calls whole rather than leave them unseen', async () => {
@@ -286,7 +398,7 @@ describe('FileJournal', () => {
     const first = new FileJournal(dir, log);
     await first.start();
     await Promise.all([first.append(entry(1)), first.append(entry(2)), first.append(entry(3))]);
-    first.release('e2');
+    first.release('e2', { stored: 2, duplicates: 0, deadLettered: 0 });
     await first.stop();
     appendFileSync(join(dir, 'journal.log'), '{"a":{"id":"e4","ten'); // a torn append
     const second = new FileJournal(dir, log);
@@ -296,13 +408,54 @@ describe('FileJournal', () => {
     expect(found!.entries[0]!.records[0]!.occurredAt).toBeInstanceOf(Date);
     expect(second.held).toBe(2);
     expect(await second.recover()).toEqual([]);
-    second.release('e1');
-    second.release('e3');
+    second.release('e1', { stored: 2, duplicates: 0, deadLettered: 0 });
+    second.release('e3', { stored: 2, duplicates: 0, deadLettered: 0 });
     await second.stop();
     const third = new FileJournal(dir, log);
     await third.start();
     expect(await third.recover()).toEqual([]);
     await third.stop();
+  });
+
+  it('keeps the books across restarts: appends count accepted and pending, a release its outcome once, book its change', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'journal-unit-'));
+    dirs.push(dir);
+    const first = new FileJournal(dir, log);
+    await first.start();
+    await Promise.all([first.append(entry(1)), first.append(entry(2))]);
+    first.release('e1', { stored: 1, duplicates: 1, deadLettered: 0 });
+    first.release('e1', { stored: 2, duplicates: 0, deadLettered: 0 }); // a second release: not counted
+    await first.book(TENANT, { accepted: 3, stored: 2, deadLettered: 1 });
+    await first.stop();
+    const expected = { accepted: 7, stored: 3, duplicates: 1, pending: 2, deadLettered: 1 };
+    expect(await first.read(TENANT)).toMatchObject(expected);
+    // The next start folds the lines; the one after reads the totals line its rewrite began with.
+    for (let run = 0; run < 2; run++) {
+      const next = new FileJournal(dir, log);
+      await next.start();
+      expect(await next.read(TENANT)).toMatchObject(expected);
+      await next.stop();
+    }
+    const last = new FileJournal(dir, log);
+    await last.start();
+    last.release('e2', { stored: 0, duplicates: 0, deadLettered: 2 });
+    await last.stop();
+    expect(await last.read(TENANT)).toEqual({
+      accepted: 7,
+      stored: 3,
+      duplicates: 1,
+      pending: 0,
+      deadLettered: 3,
+      discarded: 0,
+    });
+  });
+
+  it('reads a file written before the books: its entries are counted as accepted when released', () => {
+    const old = (id: string) => JSON.stringify({ a: { id, tenant: TENANT, records: records(2) } });
+    const text = `${old('x')}\n${old('y')}\n${JSON.stringify({ r: ['x'] })}\n`;
+    const { held, books } = foldJournal(text);
+    expect([...held.keys()]).toEqual(['y']);
+    expect(books.get(TENANT)).toMatchObject({ accepted: 2, stored: 2, pending: 0 });
   });
 
   it('refuses a second owner of the same directory', async () => {

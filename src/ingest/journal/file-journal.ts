@@ -2,8 +2,19 @@ import { mkdirSync } from 'node:fs';
 import { type FileHandle, open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { lockDirectory } from '../../db/client.js';
+import type { TenantId } from '../../domain/tenant.js';
 import { asError, type Logger } from '../../logger.js';
 import { writeFileDurably } from '../file-dead-letter-store.js';
+import {
+  type AtBooks,
+  addInto,
+  type BookChange,
+  type BookTerms,
+  type EntryOutcome,
+  emptyTerms,
+  releaseChange,
+  termsOf,
+} from './books.js';
 import { GroupCommit } from './group-commit.js';
 import {
   encodeEntry,
@@ -30,31 +41,118 @@ function entryLine(e: JournalEntry): string {
   return `{"a":${encodeEntry(e)}}\n`;
 }
 
+/** The books of every tenant at once: the first line of a rewritten file. */
+function totalsLine(books: ReadonlyMap<TenantId, BookTerms>): string {
+  return `${JSON.stringify({ t: Object.fromEntries(books) })}\n`;
+}
+
 /** Rewritten with only what it still holds once the file is this large. */
 const COMPACT_BYTES = 64 * 1024 * 1024;
+/** Rewritten (to its books alone) once nothing is held and the file is this large. */
+const EMPTY_COMPACT_BYTES = 1024 * 1024;
+
+/** A release the file did not take is tried again after this long (while the journal is open). */
+const RELEASE_RETRY_MS = 1_000;
+
+/** A change the file takes after its appends: a group of releases, or a change of the books. */
+type Change =
+  | { kind: 'release'; id: string; outcome: EntryOutcome; done: AtBooks | undefined }
+  | { kind: 'book'; tenant: TenantId; change: BookChange; done: AtBooks | undefined };
+
+/** What the journal knows of an entry it holds: its line, and what its release books. */
+interface Held {
+  line: string;
+  tenant: TenantId;
+  events: number;
+  booked: boolean;
+}
+
+/** What a journal file's lines add up to: the entries it still holds, and the books. */
+export interface FoldedJournal {
+  held: Map<string, JournalEntry>;
+  books: Map<TenantId, BookTerms>;
+  /** Lines that could not be read (a torn last line excepted), by number. */
+  unreadable: { line: number; err: unknown }[];
+}
 
 /**
- * The journal as one append-only file (`<dir>/journal.log`) for an instance without Redis: one
- * line per appended entry (`{"a":…}`) or released group (`{"r":[ids]}`). Appends of a moment are
- * one write and one fdatasync; releases are written without a sync (one lost in a crash leaves an
- * entry whose settled places recovery skips: see IngestService.recoverJournal). The file is emptied whenever
- * nothing is held, and rewritten with what is held when it grows past COMPACT_BYTES. A line cut
- * short by a crash was never acknowledged, and is skipped.
+ * Reads a journal file's text line by line: `{"t":…}` sets the books, `{"a":entry}` holds an
+ * entry (and, booked, counts its events as accepted and pending), `{"r":[ids],"o":[outcomes]}`
+ * releases entries (booking each one's outcome once), `{"b":[tenant, change]}` changes a
+ * tenant's books. A last line without its newline was cut short by a crash, never acknowledged.
+ */
+export function foldJournal(text: string): FoldedJournal {
+  const held = new Map<string, JournalEntry>();
+  const books = new Map<TenantId, BookTerms>();
+  const unreadable: FoldedJournal['unreadable'] = [];
+  const of = (tenant: TenantId) => termsOf(books, tenant);
+  const lines = text.split('\n');
+  lines.forEach((line, i) => {
+    if (line === '') return;
+    try {
+      const op = JSON.parse(line) as {
+        t?: Record<string, BookTerms>;
+        a?: unknown;
+        r?: string[];
+        o?: EntryOutcome[];
+        b?: [TenantId, BookChange];
+      };
+      if (op.t) {
+        for (const [tenant, terms] of Object.entries(op.t))
+          books.set(tenant as TenantId, { ...terms });
+      } else if (op.a !== undefined) {
+        const e = entryOf(op.a);
+        held.set(e.id, e);
+        const n = e.records.length;
+        if (e.booked) addInto(of(e.tenant), { accepted: n, pending: n });
+      } else if (op.b) {
+        addInto(of(op.b[0]), op.b[1]);
+      } else {
+        (op.r ?? []).forEach((id, j) => {
+          const e = held.get(id);
+          if (!e) return;
+          held.delete(id);
+          // A release line of a version without books carries no outcome: taken as stored.
+          const n = e.records.length;
+          const outcome = op.o?.[j] ?? { stored: n, duplicates: 0, deadLettered: 0 };
+          addInto(of(e.tenant), releaseChange(n, e.booked !== false, outcome));
+        });
+      }
+    } catch (err) {
+      if (i < lines.length - 1) unreadable.push({ line: i + 1, err });
+    }
+  });
+  return { held, books, unreadable };
+}
+
+/**
+ * The journal as one append-only file (`<dir>/journal.log`) for an instance without Redis, and
+ * the books with it (see foldJournal for its lines): an append's line counts its events in the
+ * books, a release's line books its outcome — one line, so the step and its count cannot part.
+ * Appends of a moment are one write and one fdatasync; releases and book changes are written
+ * without a sync (a release lost in a crash leaves an entry whose settled places recovery skips,
+ * and books then: see IngestService.recoverJournal). The file is rewritten — the books' totals
+ * first, then what is held — when it grows past COMPACT_BYTES, or past EMPTY_COMPACT_BYTES with
+ * nothing held. A line cut short by a crash was never acknowledged, and is skipped.
  */
 export class FileJournal implements Journal {
   readonly kind = 'file' as const;
   private readonly path: string;
   private fh: FileHandle | undefined;
   private releaseLock: (() => void) | undefined;
-  /** Entries written and not released, as their lines (what a rewrite keeps). */
-  private readonly live = new Map<string, string>();
+  /** Entries written and not released (their lines are what a rewrite keeps). */
+  private readonly live = new Map<string, Held>();
+  /** Held entries whose release is on its way (a second release of one books nothing). */
+  private readonly releasing = new Set<string>();
+  /** Every tenant's books, as the file's lines add up (one instance owns the file). */
+  private readonly books = new Map<TenantId, BookTerms>();
   private bytes = 0;
   /** A failed append's part could not be cut off: cut before the next write. */
   private torn = false;
   /** Every file operation, one at a time. */
   private io: Promise<unknown> = Promise.resolve();
   private readonly appends: GroupCommit<JournalEntry>;
-  private readonly releases: GroupCommit<string>;
+  private readonly changes: GroupCommit<Change>;
   private leftovers: JournalEntry[] = [];
   private readonly writable: Writability;
 
@@ -69,7 +167,7 @@ export class FileJournal implements Journal {
       (entries) => this.serial(() => this.writable.track(() => this.write(entries))),
       lingerMs,
     );
-    this.releases = new GroupCommit((ids) => this.serial(() => this.remove(ids)), lingerMs);
+    this.changes = new GroupCommit((items) => this.serial(() => this.change(items)), lingerMs);
   }
 
   async start(): Promise<void> {
@@ -81,35 +179,20 @@ export class FileJournal implements Journal {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
-    const held = new Map<string, JournalEntry>();
-    const lines = text.split('\n');
-    lines.forEach((line, i) => {
-      if (line === '') return;
-      try {
-        const op = JSON.parse(line) as { a?: unknown; r?: string[] };
-        if (op.a !== undefined) {
-          const e = entryOf(op.a);
-          held.set(e.id, e);
-        } else for (const id of op.r ?? []) held.delete(id);
-      } catch (err) {
-        // A last line without its newline was cut short by a crash (and never acknowledged).
-        if (i < lines.length - 1) {
-          this.log.error({ err: asError(err), line: i + 1 }, 'journal line unreadable; left out');
-        }
-      }
-    });
-    this.leftovers = [...held.values()];
-    // What is still held, alone, durably: the file starts from it.
-    const kept = this.leftovers.map(entryLine);
-    await writeFileDurably(this.path, kept.join(''));
-    for (const [i, e] of this.leftovers.entries()) this.live.set(e.id, kept[i]!);
-    this.bytes = kept.reduce((n, l) => n + Buffer.byteLength(l), 0);
-    this.fh = await open(this.path, 'a');
+    const folded = foldJournal(text);
+    for (const { line, err } of folded.unreadable) {
+      this.log.error({ err: asError(err), line }, 'journal line unreadable; left out');
+    }
+    for (const [tenant, terms] of folded.books) this.books.set(tenant, terms);
+    this.leftovers = [...folded.held.values()];
+    for (const e of this.leftovers) this.hold(e);
+    // The books and what is still held, alone, durably: the file starts from them.
+    await this.rewrite();
   }
 
   async stop(): Promise<void> {
     await this.appends.idle();
-    await this.releases.idle();
+    await this.changes.idle();
     await this.io;
     await this.fh?.close();
     this.fh = undefined;
@@ -132,9 +215,40 @@ export class FileJournal implements Journal {
     }
   }
 
-  release(id: string): void {
-    this.releases.add(id).catch((err: unknown) => {
-      this.log.warn({ err: asError(err), entry: id }, 'journal entry not released; kept');
+  release(id: string, outcome: EntryOutcome, written?: AtBooks): BookChange | null {
+    const held = this.live.get(id);
+    if (!held || this.releasing.has(id)) return null;
+    this.releasing.add(id);
+    this.releaseSurely(id, outcome, written);
+    return releaseChange(held.events, held.booked, outcome);
+  }
+
+  /** Writes a release, again after a while when the file refuses it (while the journal is open). */
+  private releaseSurely(id: string, outcome: EntryOutcome, done: AtBooks | undefined): void {
+    this.changes.add({ kind: 'release', id, outcome, done }).catch((err: unknown) => {
+      // Kept, it is replayed at the next start, its settled places skipped: never lost. Until
+      // released, the books show its events pending.
+      this.log.warn({ err: asError(err), entry: id }, 'journal entry not released yet; kept');
+      if (this.fh)
+        setTimeout(() => this.releaseSurely(id, outcome, done), RELEASE_RETRY_MS).unref();
+    });
+  }
+
+  book(tenant: TenantId, change: BookChange, booked?: AtBooks): Promise<void> {
+    return this.changes.add({ kind: 'book', tenant, change, done: booked });
+  }
+
+  async read(tenant: TenantId, at?: AtBooks): Promise<BookTerms> {
+    at?.();
+    return { ...(this.books.get(tenant) ?? emptyTerms()) };
+  }
+
+  private hold(e: JournalEntry): void {
+    this.live.set(e.id, {
+      line: entryLine(e),
+      tenant: e.tenant,
+      events: e.records.length,
+      booked: e.booked !== false,
     });
   }
 
@@ -154,33 +268,52 @@ export class FileJournal implements Journal {
   private async write(entries: JournalEntry[]): Promise<void> {
     const fh = this.fh;
     if (!fh) throw new Error('the journal is closed');
-    const lines = entries.map(entryLine);
-    const text = lines.join('');
+    const text = entries.map(entryLine).join('');
     await this.appendWhole(fh, text);
     await fh.datasync();
     this.bytes += Buffer.byteLength(text);
-    for (const [i, e] of entries.entries()) this.live.set(e.id, lines[i]!);
+    for (const e of entries) {
+      this.hold(e);
+      const n = e.records.length;
+      addInto(termsOf(this.books, e.tenant), { accepted: n, pending: n });
+    }
   }
 
-  private async remove(ids: string[]): Promise<void> {
+  /** Writes a group of releases and book changes as lines (no sync), then counts them. */
+  private async change(items: Change[]): Promise<void> {
     const fh = this.fh;
-    if (!fh) return;
-    const known = ids.filter((id) => this.live.has(id));
-    if (known.length === 0) return;
-    if (known.length === this.live.size) {
-      // Nothing held: the file can start over (what it held is all released).
-      await fh.truncate(0);
-      for (const id of known) this.live.delete(id);
-      this.bytes = 0;
-      this.torn = false;
-      return;
+    if (!fh) throw new Error('the journal is closed');
+    const released = new Map<string, [Held, EntryOutcome]>();
+    const booked: [TenantId, BookChange][] = [];
+    for (const c of items) {
+      if (c.kind === 'book') booked.push([c.tenant, c.change]);
+      else {
+        const held = this.live.get(c.id);
+        if (held) released.set(c.id, [held, c.outcome]);
+      }
     }
-    // Not written, they stay held: replayed after a crash, exactly once either way.
-    const line = `${JSON.stringify({ r: known })}\n`;
-    await this.appendWhole(fh, line);
-    for (const id of known) this.live.delete(id);
-    this.bytes += Buffer.byteLength(line);
-    if (this.bytes > COMPACT_BYTES) await this.rewrite();
+    let text = booked.map((b) => `${JSON.stringify({ b })}\n`).join('');
+    if (released.size > 0) {
+      const r = [...released.keys()];
+      const o = [...released.values()].map(([, outcome]) => outcome);
+      text += `${JSON.stringify({ r, o })}\n`;
+    }
+    // Not written, releases stay held: replayed after a crash, exactly once either way.
+    if (text !== '') await this.appendWhole(fh, text);
+    this.bytes += Buffer.byteLength(text);
+    for (const [tenant, change] of booked) addInto(termsOf(this.books, tenant), change);
+    for (const [id, [held, outcome]] of released) {
+      this.live.delete(id);
+      this.releasing.delete(id);
+      addInto(termsOf(this.books, held.tenant), releaseChange(held.events, held.booked, outcome));
+    }
+    for (const c of items) c.done?.();
+    if (this.bytes > COMPACT_BYTES || (this.live.size === 0 && this.bytes > EMPTY_COMPACT_BYTES)) {
+      // The changes are written and counted: a rewrite that fails leaves the file as it was.
+      await this.rewrite().catch((err: unknown) => {
+        this.log.warn({ err: asError(err) }, 'journal not compacted; tried again later');
+      });
+    }
   }
 
   /**
@@ -210,12 +343,26 @@ export class FileJournal implements Journal {
     }
   }
 
-  /** The file again with only what is held, swapped in whole (a crash keeps the old or the new). */
+  /**
+   * The file again with only the books and what is held, swapped in whole (a crash keeps the old
+   * or the new).
+   */
   private async rewrite(): Promise<void> {
-    const text = [...this.live.values()].join('');
+    // The held entries' lines count their own events again when the file is read.
+    const before = new Map([...this.books].map(([tenant, terms]) => [tenant, { ...terms }]));
+    for (const h of this.live.values()) {
+      if (h.booked) addInto(before.get(h.tenant)!, { accepted: -h.events, pending: -h.events });
+    }
+    const text = totalsLine(before) + [...this.live.values()].map((h) => h.line).join('');
     await this.fh?.close();
-    await writeFileDurably(this.path, text);
-    this.fh = await open(this.path, 'a');
-    this.bytes = Buffer.byteLength(text);
+    this.fh = undefined;
+    try {
+      await writeFileDurably(this.path, text);
+      this.bytes = Buffer.byteLength(text);
+      this.torn = false;
+    } finally {
+      // The new file, or (the write failed) the old one as it was.
+      this.fh = await open(this.path, 'a');
+    }
   }
 }

@@ -2,12 +2,18 @@ import { JournalUnavailableError } from '../../domain/errors.js';
 import { type AuditEventRecord, recordFromJson } from '../../domain/event.js';
 import type { TenantId } from '../../domain/tenant.js';
 import { asError, type Logger } from '../../logger.js';
+import type { AtBooks, BookChange, Books, EntryOutcome } from './books.js';
 
 /** One BUFFERED call as the journal keeps it, until every one of its events has a final status. */
 export interface JournalEntry {
   id: string;
   tenant: TenantId;
   records: readonly AuditEventRecord[];
+  /**
+   * Its append counted its events in the books as accepted and pending (false only for an entry
+   * a version without books left behind: its release counts them as accepted instead).
+   */
+  booked?: boolean;
 }
 
 /**
@@ -33,18 +39,26 @@ export interface RecoveredEntries {
  * dead-lettered. What a crashed process held is found here by the next start, or (with Redis)
  * by a live instance once the dead one's heartbeat is older than the lease.
  */
-export interface Journal {
+export interface Journal extends Books {
   readonly kind: 'redis' | 'file';
   start(): Promise<void>;
   /** Writes what is still being released, then lets go (entries still held stay for recovery). */
   stop(): Promise<void>;
   /**
-   * Resolves once the entry is durable, written together with every entry appended meanwhile.
-   * Throws JournalUnavailableError when it could not be written.
+   * Resolves once the entry is durable, written together with every entry appended meanwhile,
+   * and its events counted in the books as accepted and pending in the same atomic step.
+   * Throws JournalUnavailableError when it could not be written (nothing is then counted).
    */
   append(entry: JournalEntry): Promise<void>;
-  /** Every event of the entry has a final status: it leaves the journal (grouped, in the background). */
-  release(id: string): void;
+  /**
+   * Every event of the entry has a final status: it leaves the journal (grouped, in the
+   * background), and its events leave `pending` in the books for `outcome`'s terms in the same
+   * atomic step — once, however often it is released. Retried while the store refuses: until
+   * released, the entry's events stay pending in the books. Returns the change it books (null
+   * when the entry is not held, or is being released already); `written` is called the moment
+   * it is in the books.
+   */
+  release(id: string, outcome: EntryOutcome, written?: AtBooks): BookChange | null;
   /**
    * Entries no live process holds, moved into this instance's journal before they are returned
    * (so a kill during their replay leaves them to the next recovery): at start this instance's
@@ -57,9 +71,14 @@ export interface Journal {
   readonly held: number;
 }
 
-/** Encodes an entry as text (dates as ISO strings). */
+/** Encodes an entry as text (dates as ISO strings); a new entry (no `booked`) is booked. */
 export function encodeEntry(e: JournalEntry): string {
-  return JSON.stringify({ id: e.id, tenant: e.tenant, records: e.records });
+  return JSON.stringify({
+    id: e.id,
+    tenant: e.tenant,
+    records: e.records,
+    booked: e.booked !== false,
+  });
 }
 
 /** Decodes `encodeEntry`'s text; throws on anything else. */
@@ -69,11 +88,21 @@ export function decodeEntry(text: string): JournalEntry {
 
 /** An entry from its parsed JSON; throws when `o` is not one. */
 export function entryOf(o: unknown): JournalEntry {
-  const e = o as { id: string; tenant: TenantId; records: Parameters<typeof recordFromJson>[0][] };
+  const e = o as {
+    id: string;
+    tenant: TenantId;
+    records: Parameters<typeof recordFromJson>[0][];
+    booked?: unknown;
+  };
   if (typeof e?.id !== 'string' || typeof e.tenant !== 'string' || !Array.isArray(e.records)) {
     throw new Error('not a journal entry');
   }
-  return { id: e.id, tenant: e.tenant, records: e.records.map(recordFromJson) };
+  return {
+    id: e.id,
+    tenant: e.tenant,
+    records: e.records.map(recordFromJson),
+    booked: e.booked === true,
+  };
 }
 
 /**

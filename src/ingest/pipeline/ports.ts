@@ -3,7 +3,8 @@ import type { TenantId } from '../../domain/tenant.js';
 import type { RowRejection, WriteStatus } from '../batch-writer.js';
 import type { DeadLetter } from '../dead-letter-queue.js';
 import type { BatchSettled, DeadLetterEvent } from '../events.js';
-import type { JournalEntry, JournalRef } from '../journal/journal.js';
+import type { Books } from '../journal/books.js';
+import type { Journal, JournalRef } from '../journal/journal.js';
 
 /** What one batch write decided, row by row. */
 export interface WriteOutcome {
@@ -44,10 +45,12 @@ export interface PipelineSink {
    * entry is appended (it throws when it cannot be), and the entry is released once every event
    * of the call has a final status. Absent: BUFFERED means this process's memory.
    */
-  journal?: {
-    append(entry: JournalEntry): Promise<void>;
-    release(id: string): void;
-  };
+  journal?: Pick<Journal, 'append' | 'release'>;
+  /**
+   * The books (the identity's terms that outlive the process): a call outside the journal is
+   * booked here once every one of its events is final. Absent: only this process's counters.
+   */
+  books?: Books;
 }
 
 /** Who is told what the pipeline settled (subscriptions, metrics). Called synchronously. */

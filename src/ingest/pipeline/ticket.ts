@@ -21,6 +21,11 @@ export class Ticket {
     });
   }
 
+  /** How its events ended (once done). */
+  outcome(): { stored: number; duplicates: number; deadLettered: number } {
+    return { stored: this.stored, duplicates: this.duplicates, deadLettered: this.deadLettered };
+  }
+
   settle(index: number, status: EventStatus): void {
     this.statuses[index] = status;
     if (status === 'STORED') this.stored++;

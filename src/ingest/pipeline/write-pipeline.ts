@@ -13,6 +13,13 @@ import type { Logger } from '../../logger.js';
 import type { DeadLetter } from '../dead-letter-queue.js';
 import type { FlushTrigger, SettledStatus } from '../events.js';
 import { classifyWriteError, describeWriteError, writeErrorForLog } from '../failure-classifier.js';
+import {
+  addInto,
+  type BookChange,
+  bookSurely,
+  type EntryOutcome,
+  emptyTerms,
+} from '../journal/books.js';
 import type { JournalRef } from '../journal/journal.js';
 import { emptyStats, type TenantStats } from '../stats.js';
 import type { Clock, PipelineListener, PipelineSink, TimerHandle } from './ports.js';
@@ -120,6 +127,11 @@ interface TenantState {
 
 type Settled = { record: AuditEventRecord; status: SettledStatus };
 
+/** What `events` events settling with `outcome` change: they leave pending for their terms. */
+function moves(outcome: EntryOutcome, events: number): BookChange {
+  return { pending: -events, ...outcome };
+}
+
 /** The entries' places in the journal, one per entry; undefined when none has one. */
 function journalRefs(entries: readonly Entry[]): (JournalRef | null)[] | undefined {
   if (!entries.some((e) => e.journal)) return undefined;
@@ -188,14 +200,18 @@ export class WritePipeline {
         this.bytesReserved -= total;
       }
       if (this.stopping) {
-        journal.release(entry);
+        const outcome = { stored: 0, duplicates: 0, deadLettered: 0, withdrawn: records.length };
+        this.releaseEntry(state, entry, outcome, {});
         throw new ShuttingDownError();
       }
     }
     const ticket = this.enqueue(state, records, bytes, holding, entry);
     if (journal && entry !== undefined) {
       const id = entry;
-      void ticket.done.then(() => journal.release(id));
+      void ticket.done.then(() => {
+        const outcome = ticket.outcome();
+        this.releaseEntry(state, id, outcome, moves(outcome, records.length));
+      });
     }
     this.schedule(state, ack);
 
@@ -207,29 +223,51 @@ export class WritePipeline {
 
   /**
    * Takes back a BUFFERED call found in a journal left by a process that is gone: its events
-   * (those of its places that no committed batch or dead letter holds) are accepted again here
-   * (counted in `accepted` and `recovered`) and written as any others, keeping their places in
-   * the entry, and `release` is called once each has a final status. Never refused: they were
-   * acknowledged.
+   * (`records`, at `positions` in the entry: those that no committed batch or dead letter holds;
+   * `before` says how the others ended) are accepted again here (counted in `accepted` and
+   * `recovered`) and written as any others, keeping their places in the entry, and the entry is
+   * released with the whole call's outcome once each has a final status. Never refused: they
+   * were acknowledged. Resolves once they are final.
    */
   adopt(
     tenant: TenantId,
-    entry: string,
+    entry: { id: string; events: number; booked: boolean },
     records: readonly AuditEventRecord[],
     positions: readonly number[],
-    release: () => void,
+    before: EntryOutcome,
   ): Promise<void> {
     const state = this.state(tenant);
+    const settled = before.stored + before.duplicates + before.deadLettered;
+    // How this process sees the entry against the books: they count it as appended (accepted
+    // and pending), or not at all when a version without books appended it.
+    const known: BookChange = entry.booked
+      ? { ...before, pending: -settled }
+      : { ...before, accepted: entry.events, pending: entry.events - settled };
+    addInto(state.stats.unbooked, known);
+    if (records.length === 0) {
+      this.releaseEntry(state, entry.id, before, known);
+      return Promise.resolve();
+    }
     const ticket = this.enqueue(
       state,
       records,
       records.map(recordBytes),
       'client',
-      entry,
+      entry.id,
       positions,
     );
     state.stats.recovered += records.length;
-    void ticket.done.then(release);
+    void ticket.done.then(() => {
+      const now = ticket.outcome();
+      const outcome = {
+        stored: before.stored + now.stored,
+        duplicates: before.duplicates + now.duplicates,
+        deadLettered: before.deadLettered + now.deadLettered,
+      };
+      const counted = { ...emptyTerms(), ...known };
+      addInto(counted, moves(now, records.length));
+      this.releaseEntry(state, entry.id, outcome, counted);
+    });
     // They have waited already: written now, not after another interval.
     state.urgent ??= 'interval';
     this.drain(state);
@@ -263,7 +301,67 @@ export class WritePipeline {
     state.stats.accepted += records.length;
     state.stats.pending += records.length;
     void ticket.done.then(() => state.outstanding.delete(ticket));
+    // A journaled call was booked with its append (and is booked out by its release).
+    if (journalEntry === undefined && this.sink.books) this.bookOnceFinal(state, ticket);
     return ticket;
+  }
+
+  /**
+   * A call outside the journal is booked once all its events are final — accepted and final in
+   * one change — and counted `unbooked` until then: accepted and pending from now, its final
+   * terms once known. Lost in a crash before it is booked, the books never count it: the
+   * identity still holds over what they do.
+   */
+  private bookOnceFinal(state: TenantState, ticket: Ticket): void {
+    const events = ticket.statuses.length;
+    addInto(state.stats.unbooked, { accepted: events, pending: events });
+    // Each event's move to its final term is counted as it settles (see `release`).
+    void ticket.done.then(() =>
+      this.book(state.tenant, { accepted: events, ...ticket.outcome() }, true),
+    );
+  }
+
+  /**
+   * Books `change` (tried until taken, or the process stops), counting it `unbooked` until the
+   * books have it; `counted` when it is in `unbooked` already.
+   */
+  book(tenant: TenantId, change: BookChange, counted = false): void {
+    const books = this.sink.books;
+    if (!books) return;
+    const unbooked = this.state(tenant).stats.unbooked;
+    if (!counted) addInto(unbooked, change);
+    void bookSurely(
+      books,
+      tenant,
+      change,
+      this.log,
+      () => this.stopping,
+      () => addInto(unbooked, change, -1),
+    );
+  }
+
+  /**
+   * Releases a journal entry with its outcome. Until the release is written, `unbooked` holds
+   * the change it books; `counted` is what `unbooked` holds for the entry already (its events'
+   * moves as they settled), replaced by that change.
+   */
+  private releaseEntry(
+    state: TenantState,
+    entry: string,
+    outcome: EntryOutcome,
+    counted: BookChange,
+  ): void {
+    const journal = this.sink.journal;
+    if (!journal) return;
+    const unbooked = state.stats.unbooked;
+    let change: BookChange | null = null;
+    let written = false;
+    change = journal.release(entry, outcome, () => {
+      written = true;
+      if (change) addInto(unbooked, change, -1);
+    });
+    if (change && !written) addInto(unbooked, change);
+    addInto(unbooked, counted, -1);
   }
 
   /** Throws when a call of `events` events (`bytes` in all) would go past a bound. */
@@ -379,7 +477,7 @@ export class WritePipeline {
   /** Counters of one tenant since this process started (a copy). */
   stats(tenant: TenantId): TenantStats {
     const s = this.tenants.get(tenant)?.stats ?? emptyStats();
-    return { ...s };
+    return { ...s, unbooked: { ...s.unbooked } };
   }
 
   /** Tenants this process has accepted events for (or counted dead letters of) since it started. */
@@ -705,9 +803,17 @@ export class WritePipeline {
     });
   }
 
-  /** Settles one entry: it leaves `pending` and the buffer's byte count. */
+  /**
+   * Settles one entry: it leaves `pending` and the buffer's byte count, and moves in `unbooked`
+   * from pending to its final term (the books learn it when its call is booked or released).
+   */
   private release(state: TenantState, entry: Entry, status: EventStatus): void {
     state.stats.pending--;
+    const u = state.stats.unbooked;
+    u.pending--;
+    if (status === 'STORED') u.stored++;
+    else if (status === 'DUPLICATE') u.duplicates++;
+    else if (status === 'DEAD_LETTERED') u.deadLettered++;
     if (entry.access) state.accessHeld--;
     this.bytesHeld -= entry.bytes;
     entry.ticket.settle(entry.index, status);

@@ -162,12 +162,14 @@ function wireWritePath(
     log: log.child({ component: 'realtime' }),
   });
   // Each instance publishes what it settled itself; subscribers on every instance receive it.
+  // Each message is built only if someone subscribes to it somewhere (see RealtimeBus.publish).
   events.onBatchSettled((b) => {
-    realtime.publish(b.tenant, 'flushCompleted', flushCompletedMessage(b));
-    const added = auditEventsAddedMessage(b);
-    if (added) realtime.publish(b.tenant, 'auditEventsAdded', added);
+    realtime.publish(b.tenant, 'flushCompleted', () => flushCompletedMessage(b));
+    realtime.publish(b.tenant, 'auditEventsAdded', () => auditEventsAddedMessage(b));
   });
-  events.onDeadLetter((e) => realtime.publish(e.tenant, 'deadLetterEvents', deadLetterMessage(e)));
+  events.onDeadLetter((e) =>
+    realtime.publish(e.tenant, 'deadLetterEvents', () => deadLetterMessage(e)),
+  );
   const dlqLog = log.child({ component: 'dead-letters' });
   const redis = config.redisUrl
     ? createRedis(config.redisUrl, `auditgraph-dlq-${instanceId}`, dlqLog, { failFast: true })

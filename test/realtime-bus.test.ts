@@ -77,8 +77,8 @@ describe.each(['in-process', 'redis'] as const)('realtime bus (%s)', (mode) => {
     const subB = here.subscribe(B, 'flushCompleted', (m) => [m.batchId]);
     expect((await subA.next()).value).toMatchObject({ instanceId: 'here' });
     expect((await subB.next()).value).toBeInstanceOf(SubscriptionReady);
-    there.publish(B, 'flushCompleted', message('for-b'));
-    there.publish(A, 'flushCompleted', message('for-a'));
+    there.publish(B, 'flushCompleted', () => message('for-b'));
+    there.publish(A, 'flushCompleted', () => message('for-a'));
     expect((await subB.next()).value).toBe('for-b');
     // Published after B's: had it leaked to A, it would be A's first message.
     expect((await subA.next()).value).toBe('for-a');
@@ -88,11 +88,43 @@ describe.each(['in-process', 'redis'] as const)('realtime bus (%s)', (mode) => {
     expect(here.size).toBe(0);
   });
 
+  it('builds no message for a topic nobody subscribes to anywhere, and builds it again once someone does', async () => {
+    // Two buses that never published (nothing trusted yet): what one knows comes from Redis.
+    const publisher = await bus('publisher');
+    const listener = mode === 'redis' ? await bus('listener') : publisher;
+    let built = 0;
+    const build = (id: string) => () => {
+      built++;
+      return message(id);
+    };
+    publisher.publish(A, 'flushCompleted', build('to-nobody'));
+    await publisher.stop(); // waits for what it had in flight
+    expect(built).toBe(0);
+    // Negative control: a subscriber on the other instance, ready; a publisher that never knew.
+    const again = mode === 'redis' ? await bus('publisher-2') : await bus('in-process-2');
+    const sub = (mode === 'redis' ? listener : again).subscribe(A, 'flushCompleted', (m) => [
+      m.batchId,
+    ]);
+    await sub.next();
+    again.publish(A, 'flushCompleted', build('heard'));
+    expect((await sub.next()).value).toBe('heard');
+    expect(built).toBe(1);
+    await sub.return();
+    if (mode === 'redis') {
+      // The last local subscriber gone, the instance leaves the set: a new publisher builds nothing.
+      await new Promise((r) => setTimeout(r, 50));
+      const third = await bus('publisher-3');
+      third.publish(A, 'flushCompleted', build('gone'));
+      await third.stop();
+      expect(built).toBe(1);
+    }
+  });
+
   it('ends every subscription with SHUTTING_DOWN on stop, after what was published', async () => {
     const b = await bus('stopping');
     const sub = b.subscribe(A, 'flushCompleted', (m) => [m.batchId]);
     await sub.next();
-    b.publish(A, 'flushCompleted', message('last'));
+    b.publish(A, 'flushCompleted', () => message('last'));
     await b.stop();
     const rest = [];
     for await (const v of sub) rest.push(v);
@@ -113,7 +145,7 @@ describe.each(['in-process', 'redis'] as const)('realtime bus (%s)', (mode) => {
       );
       for (const sub of subs) await sub.next(); // ready; then nobody reads
       const ids = Array.from({ length: 100 }, (_, i) => `m${i}`);
-      for (const id of ids) b.publish(A, 'flushCompleted', message(id));
+      for (const id of ids) b.publish(A, 'flushCompleted', () => message(id));
       // Most of it waits in the bus for its turn: held for the subscribers, so within the
       // bound, and subscriptions were cut off for room before the loop turned even once.
       expect(b.queuedBytes).toBeGreaterThan(0);

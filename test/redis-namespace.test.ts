@@ -183,7 +183,7 @@ describe('tenants named after the service’s own Redis names', () => {
     // that hold no tenant's.
     const r = client();
     const shapes = [
-      /^t:([a-z][a-z0-9_]*):(dlq(:parked|:index)?|books)$/,
+      /^t:([a-z][a-z0-9_]*):(dlq(:parked|:index)?|books|interest:[a-zA-Z]+)$/,
       /^deadletters:(tenants|depth)$/,
       /^ratelimit:(rate|burst):[a-z][a-z0-9_]*$/,
       /^cluster:instances$/,

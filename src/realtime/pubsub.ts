@@ -39,8 +39,13 @@ const REGISTER_TIMEOUT_MS = 5_000;
 export interface RealtimeBus {
   readonly mode: 'redis' | 'in-process';
   start(): Promise<void>;
-  /** Fire and forget: a failure is logged; the events themselves are safe in the database. */
-  publish<K extends Topic>(tenant: TenantId, topic: K, message: TopicMessages[K]): void;
+  /**
+   * Fire and forget: a failure is logged; the events themselves are safe in the database.
+   * `build` makes the message (null: nothing to send), and is called only when someone, on any
+   * instance, subscribes to the tenant's topic — serialising every batch's events for a live
+   * tail nobody watches is a tenth of the write path's CPU.
+   */
+  publish<K extends Topic>(tenant: TenantId, topic: K, build: () => TopicMessages[K] | null): void;
   /**
    * A subscriber's stream. Its first item is a SubscriptionReady, queued once the subscription is
    * registered (with Redis: SUBSCRIBE confirmed), so every message published after the client
@@ -152,7 +157,7 @@ abstract class BaseBus {
     };
     const listener: Listener = { sub: sub as LiveSubscription<unknown>, take };
     this.live.add(sub as LiveSubscription<unknown>);
-    const registered = this.register(this.channel(tenant, topic), listener);
+    const registered = this.register(this.channel(tenant, topic), listener, tenant, topic);
     sub.onEnd(() => {
       this.live.delete(sub as LiveSubscription<unknown>);
       registered.unregister();
@@ -210,6 +215,8 @@ abstract class BaseBus {
   protected abstract register(
     channel: string,
     listener: Listener,
+    tenant: TenantId,
+    topic: Topic,
   ): { ready: Promise<void>; unregister(): void };
 }
 
@@ -220,9 +227,11 @@ class InProcessBus extends BaseBus implements RealtimeBus {
 
   async start(): Promise<void> {}
 
-  publish<K extends Topic>(tenant: TenantId, topic: K, message: TopicMessages[K]): void {
+  publish<K extends Topic>(tenant: TenantId, topic: K, build: () => TopicMessages[K] | null): void {
     const listeners = this.channels.get(this.channel(tenant, topic));
     if (!listeners || listeners.size === 0) return;
+    const message = build();
+    if (message === null) return;
     // Serialised once, for its size only: every subscriber gets the same object, uncopied.
     this.fanOut(listeners, message, JSON.stringify(message).length);
   }
@@ -262,12 +271,24 @@ interface RedisChannel {
   subscribed: Promise<void>;
 }
 
+/** How long a publisher trusts that a channel has a subscriber somewhere before asking again. */
+const INTEREST_TRUSTED_MS = 1_000;
+
 /**
  * Redis pub/sub: one publisher and one subscriber connection per instance; one Redis channel per
  * tenant and topic (`<prefix>realtime:<tenant>:<topic>`), subscribed while this instance has a
  * local subscriber for it. Pub/sub keeps no history and ignores the DB index (hence the prefix):
  * when the subscriber connection drops, every open subscription is interrupted (FANOUT_LOST)
  * rather than left to miss messages silently.
+ *
+ * Who listens, across instances: an instance with a local subscriber of a channel is a member of
+ * its interest set (`t:<tenant>:interest:<topic>`), added before the subscription is ready and
+ * removed when its last local subscriber leaves. A publisher that does not know of a subscriber
+ * asks the set (one SCARD) before it builds a message, and sends nothing when it is empty; one
+ * that found a member trusts it for INTEREST_TRUSTED_MS (sending to nobody is harmless). Nothing
+ * published after a SubscriptionReady is skipped: its publisher asks after the member was added.
+ * (An instance killed with subscribers leaves its membership behind: publishers then keep
+ * sending to nobody, as they all did before.)
  */
 class RedisBus extends BaseBus implements RealtimeBus {
   readonly mode = 'redis' as const;
@@ -277,6 +298,8 @@ class RedisBus extends BaseBus implements RealtimeBus {
   private readonly inFlight = new Set<Promise<unknown>>();
   private publishFailing = false;
   private stopped: Promise<void> | undefined;
+  /** Channels known to have a subscriber somewhere, until when. */
+  private readonly interest = new Map<string, number>();
 
   constructor(
     url: string,
@@ -314,10 +337,18 @@ class RedisBus extends BaseBus implements RealtimeBus {
     }
   }
 
-  publish<K extends Topic>(tenant: TenantId, topic: K, message: TopicMessages[K]): void {
+  publish<K extends Topic>(tenant: TenantId, topic: K, build: () => TopicMessages[K] | null): void {
     if (this.stopped) return;
     const channel = this.channel(tenant, topic);
-    const p = this.pub.publish(channel, JSON.stringify(message)).then(
+    const trusted = (this.interest.get(channel) ?? 0) > Date.now();
+    const p = trusted
+      ? this.send(channel, build)
+      : this.pub.scard(this.interestKey(tenant, topic)).then((members) => {
+          if (members === 0) return;
+          this.interest.set(channel, Date.now() + INTEREST_TRUSTED_MS);
+          return this.send(channel, build);
+        });
+    const tracked = p.then(
       () => {
         if (this.publishFailing) this.log.info('realtime publish works again');
         this.publishFailing = false;
@@ -332,8 +363,17 @@ class RedisBus extends BaseBus implements RealtimeBus {
         this.publishFailing = true;
       },
     );
-    this.inFlight.add(p);
-    void p.finally(() => this.inFlight.delete(p));
+    this.inFlight.add(tracked);
+    void tracked.finally(() => this.inFlight.delete(tracked));
+  }
+
+  private async send<M>(channel: string, build: () => M | null): Promise<void> {
+    const message = build();
+    if (message !== null) await this.pub.publish(channel, JSON.stringify(message));
+  }
+
+  private interestKey(tenant: TenantId, topic: Topic): string {
+    return this.keys.tenant(tenant, 'interest', topic);
   }
 
   stop(deadlineMs = 2_000): Promise<void> {
@@ -360,11 +400,13 @@ class RedisBus extends BaseBus implements RealtimeBus {
     return this.keys.realtimeChannel(tenant, topic);
   }
 
-  protected register(channel: string, listener: Listener) {
+  protected register(channel: string, listener: Listener, tenant: TenantId, topic: Topic) {
     let state = this.channels.get(channel);
     if (!state) {
+      // Ready once it receives and every publisher will find it listed (see the class comment).
+      const interest = this.interestKey(tenant, topic);
       const subscribed = withDeadline(
-        this.sub.subscribe(channel),
+        Promise.all([this.sub.subscribe(channel), this.pub.sadd(interest, this.instanceId)]),
         Date.now() + REGISTER_TIMEOUT_MS,
       ).then(() => undefined);
       state = { listeners: new Set(), subscribed };
@@ -383,6 +425,11 @@ class RedisBus extends BaseBus implements RealtimeBus {
         joined.listeners.delete(listener);
         if (joined.listeners.size > 0 || this.channels.get(channel) !== joined) return;
         this.channels.delete(channel);
+        if (this.pub.status !== 'end') {
+          this.pub.srem(this.interestKey(tenant, topic), this.instanceId).catch((err: unknown) => {
+            this.log.debug({ err: asError(err), channel }, 'interest not withdrawn');
+          });
+        }
         if (this.sub.status === 'end') return;
         this.sub.unsubscribe(channel).catch((err: unknown) => {
           this.log.debug({ err: asError(err), channel }, 'unsubscribe failed');

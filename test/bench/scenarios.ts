@@ -135,6 +135,9 @@ export async function ingestCeiling(bench: Bench): Promise<void> {
   });
 
   const rates = { buffered: 0, committed: 0 };
+  const cpuPerEvent: Record<string, number> = {
+    noop: (bench.cpu['1 no-op Yoga']!.noop / noopResult.acceptedEvents) * 1e6,
+  };
   for (const ack of ['BUFFERED', 'COMMITTED'] as const) {
     const ts = tenants(ack === 'BUFFERED' ? 's1_buf' : 's1_com');
     // Existing tenants: provisioning (migrations, partitions) is not part of the ceiling.
@@ -154,6 +157,7 @@ export async function ingestCeiling(bench: Bench): Promise<void> {
     const seconds = (r.windowMs + (ack === 'BUFFERED' ? r.drainMs : 0)) / 1000;
     const rate = r.acceptedEvents / seconds;
     rates[ack === 'BUFFERED' ? 'buffered' : 'committed'] = rate;
+    cpuPerEvent[ack] = (bench.cpu[`1 service ${ack}`]!.service / r.acceptedEvents) * 1e6;
     const want = ack === 'BUFFERED' ? 0.6 : 0.5;
     bench.add({
       scenario: '1 ingest',
@@ -177,6 +181,18 @@ export async function ingestCeiling(bench: Bench): Promise<void> {
       },
     });
   }
+  const us = (v: number | undefined) => `${(v ?? 0).toFixed(0)} µs`;
+  bench.add({
+    scenario: '1 ingest',
+    figure:
+      'service CPU per accepted event (its CPU-seconds in the phase ÷ events accepted), BUFFERED / COMMITTED',
+    value: `${us(cpuPerEvent.BUFFERED)} / ${us(cpuPerEvent.COMMITTED)}`,
+    baseline: `no-op Yoga ${us(cpuPerEvent.noop)}`,
+    ratio: fmt.ratio((cpuPerEvent.BUFFERED ?? 0) / (cpuPerEvent.noop || 1)),
+    target: 'reference',
+    met: null,
+    data: cpuPerEvent,
+  });
   bench.ceiling = rates;
   await journalCost(bench);
 }

@@ -229,7 +229,9 @@ const envSchema = z.object({
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** Name of this instance in logs and flush reports; defaults to host and pid. */
-  INSTANCE_ID: z.string().min(1).max(100).optional(),
+  INSTANCE_ID: z.string().min(1).max(96).optional(),
+  /** Service processes on this machine sharing PORT (node:cluster), each an instance of its own. */
+  WORKERS: int(1, 64).default(1),
 });
 
 export type Env = z.input<typeof envSchema>;
@@ -310,6 +312,7 @@ export interface Config {
   graphiql: boolean;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   instanceId: string | undefined;
+  workers: number;
 }
 
 export class ConfigError extends Error {
@@ -388,6 +391,11 @@ function combinationProblems(e: z.output<typeof envSchema>): string[] {
   if (e.JOURNAL_LEASE_MS < 3 * e.CLUSTER_HEARTBEAT_MS) {
     // A live instance is one seen within three beats: a shorter lease takes over live journals.
     problems.push(`JOURNAL_LEASE_MS: must be at least 3 × CLUSTER_HEARTBEAT_MS`);
+  }
+  if (e.WORKERS > 1 && (e.REDIS_URL === undefined || e.DATABASE_URL === undefined)) {
+    // Workers are instances: they share buffers' barrier, journals and fan-out through Redis, and
+    // the data through PostgreSQL (the embedded database and the local journal have one owner).
+    problems.push('WORKERS: more than 1 needs DATABASE_URL and REDIS_URL');
   }
   if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
     // node:http refuses this pair: the headers are part of the request.
@@ -490,5 +498,6 @@ function configOf(e: z.output<typeof envSchema>): Config {
     graphiql: e.GRAPHIQL,
     logLevel: e.LOG_LEVEL,
     instanceId: e.INSTANCE_ID,
+    workers: e.WORKERS,
   };
 }

@@ -195,6 +195,48 @@ export async function ingestCeiling(bench: Bench): Promise<void> {
   });
   bench.ceiling = rates;
   await journalCost(bench);
+  await workersScale(bench);
+}
+
+/**
+ * What the machine's other core gives: the service (one process) against a second service with
+ * WORKERS=2 (two processes on one port), same database and Redis, alternating rounds of scenario
+ * 1's BUFFERED load; throughput two ÷ one.
+ */
+async function workersScale(bench: Bench): Promise<void> {
+  const { p } = bench;
+  if (!bench.serviceSpec.env.REDIS_URL || (bench.serviceSpec.env.WORKERS ?? '1') !== '1') {
+    log('1 workers not measured: the service runs without Redis or with WORKERS already');
+    return;
+  }
+  const { runs, both } = await alternateOnOff(bench, {
+    scenario: '1 ingest',
+    what: 'workers',
+    offEnv: { WORKERS: '2' },
+    acks: ['BUFFERED'],
+    seed: 170,
+    whileBoth: async (_sides, ofSide) =>
+      checkAccounting(bench, [...ofSide('on'), ...ofSide('off')]),
+  });
+  if (both.bad.length > 0) {
+    bench.problems.push(`workers accounting: ${JSON.stringify(both.bad).slice(0, 1000)}`);
+  }
+  const { on, off, perRound } = onOffSummary(runs, 'BUFFERED', p.chainRounds);
+  bench.add({
+    scenario: '1 ingest',
+    figure:
+      'createAuditEvents BUFFERED, WORKERS=2 (a second service: two processes on one port) vs ' +
+      'the service (one process), same database and Redis, 8 clients × 100 events over 4 ' +
+      `tenants a side; ${p.chainRounds} round${p.chainRounds > 1 ? 's' : ''} of ` +
+      `${p.chainMs / 1000} s each (per round: ${perRound.map((x) => fmt.ratio(1 / x)).join(', ')}); ` +
+      `accounting after flush: ${both.identity} of ${both.bad.length + both.identity} tenants hold`,
+    value: fmt.rate(off.rate),
+    baseline: `one process ${fmt.rate(on.rate)}`,
+    ratio: fmt.ratio(off.rate / on.rate),
+    target: 'reference',
+    met: null,
+    data: { one: on, two: off, perRound: perRound.map((x) => 1 / x), runs },
+  });
 }
 
 /**

@@ -27,6 +27,9 @@ export interface Params {
   readDepth: number;
   readSamples: number;
   offsetSamples: number;
+  /** Scenario 3's closed loop: each run's window and warm-up. */
+  readLoadMs: number;
+  readLoadWarmupMs: number;
   subTenants: number;
   wsPerTenant: number;
   ssePerTenant: number;
@@ -68,6 +71,8 @@ export const FULL: Params = {
   readDepth: 500_000,
   readSamples: 500,
   offsetSamples: 30,
+  readLoadMs: 5_000,
+  readLoadWarmupMs: 1_000,
   subTenants: 20,
   wsPerTenant: 50,
   ssePerTenant: 5,
@@ -95,6 +100,8 @@ export const QUICK: Params = {
   readDepth: 15_000,
   readSamples: 50,
   offsetSamples: 5,
+  readLoadMs: 1_000,
+  readLoadWarmupMs: 300,
   subTenants: 4,
   wsPerTenant: 25,
   ssePerTenant: 3,

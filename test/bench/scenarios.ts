@@ -8,6 +8,7 @@ import { fmt } from './report.js';
 import { median, percentile, sleep } from './util.js';
 import type {
   LatencyResult,
+  ReadLoadResult,
   ReadsResult,
   SqlLoadResult,
   SubscribersResult,
@@ -430,6 +431,82 @@ function monthStart(d: Date, add = 0): Date {
   return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + add, 1));
 }
 
+/**
+ * Scenario 3's closed loop: the service against a plain `node:http` server over the same keyset
+ * SQL and JSON (plain-read-server.ts), at 4 and 16 concurrent clients, on the three queries.
+ * Targets: requests/s ≥ 0.8× the plain server's, p50 ≤ 1.3× its p50, with AUDIT_READS as the
+ * service runs (on by default).
+ */
+async function readLoad(
+  bench: Bench,
+  tenant: string,
+  reads: ReadsResult,
+  correlationIds: string[],
+): Promise<void> {
+  const { p } = bench;
+  const plain = await spawnServer('test/bench/plain-read-server.ts', {
+    BENCH_DATABASE_URL: bench.databaseUrl,
+    BENCH_SCHEMA: `t_${tenant}`,
+  });
+  let r: ReadLoadResult;
+  try {
+    const plainCursor = Buffer.from(
+      JSON.stringify([reads.deepPosition.occurredAt, reads.deepPosition.id]),
+    ).toString('base64url');
+    r = await bench.phase('3 closed loop', async () => {
+      const r = await runWorker<ReadLoadResult>({
+        kind: 'readLoad',
+        tenant,
+        targets: [
+          { name: 'service', url: bench.service.url, deepCursor: reads.deepCursor },
+          { name: 'plain', url: plain.url, deepCursor: plainCursor },
+        ],
+        concurrency: [4, 16],
+        durationMs: p.readLoadMs,
+        warmupMs: p.readLoadWarmupMs,
+        correlationIds,
+        seed: 37,
+      });
+      // The plain server's CPU shows under "Other processes".
+      return { value: r, workerCpu: r.cpuSeconds };
+    });
+  } finally {
+    await plain.stop();
+  }
+  checkFailures(bench, 'reads closed loop', r);
+  const names = { first: 'first page', deep: 'deep page', correlation: 'one correlation id' };
+  for (const query of ['first', 'deep', 'correlation'] as const) {
+    for (const clients of [4, 16]) {
+      const of = (target: string) =>
+        r.runs.find((x) => x.target === target && x.query === query && x.clients === clients)!;
+      const svc = of('service');
+      const raw = of('plain');
+      const rps = (x: typeof svc) => x.requests / x.seconds;
+      const ratio = rps(svc) / rps(raw);
+      const p50Ratio = p50(svc.latenciesMs) / p50(raw.latenciesMs);
+      bench.add({
+        scenario: '3 read',
+        figure:
+          `auditEvents(first: 50) ${names[query]}, ${clients} clients closed loop: requests/s; ` +
+          `p50 ${fmt.ms(p50(svc.latenciesMs))} vs ${fmt.ms(p50(raw.latenciesMs))} (${fmt.ratio(p50Ratio)}, target ≤ 1.3×)`,
+        value: `${fmt.int(Math.round(rps(svc)))}/s`,
+        baseline: `plain node:http + pg ${fmt.int(Math.round(rps(raw)))}/s`,
+        ratio: fmt.ratio(ratio),
+        target: '≥ 0.8× plain, p50 ≤ 1.3×',
+        met: ratio >= 0.8 && p50Ratio <= 1.3,
+        data: {
+          serviceRps: rps(svc),
+          plainRps: rps(raw),
+          serviceP50: p50(svc.latenciesMs),
+          plainP50: p50(raw.latenciesMs),
+          serviceP99: p99(svc.latenciesMs),
+          plainP99: p99(raw.latenciesMs),
+        },
+      });
+    }
+  }
+}
+
 /** 3. Reading: 1,000,000 rows over 3 months (COPY), pages through GraphQL against raw SQL. */
 export async function reading(bench: Bench): Promise<void> {
   const { p } = bench;
@@ -533,6 +610,7 @@ export async function reading(bench: Bench): Promise<void> {
     target: '≤ 1.2× first page',
     met: p99(r.deep.api) <= 1.2 * p99(r.first.api),
   });
+  await readLoad(bench, tenant, r, correlationIds);
   bench.add({
     scenario: '3 read',
     figure: `OFFSET ${depth} (what keyset avoids), p50 / p99`,

@@ -85,12 +85,43 @@ export interface ReadsJob {
   seed: number;
 }
 
+export type ReadLoadQuery = 'first' | 'deep' | 'correlation';
+
+export interface ReadLoadJob {
+  kind: 'readLoad';
+  tenant: string;
+  /** The servers to compare; each with the cursor of its deep page (cursors differ by server). */
+  targets: { name: string; url: string; deepCursor: string }[];
+  concurrency: number[];
+  durationMs: number;
+  warmupMs: number;
+  correlationIds: string[];
+  seed: number;
+}
+
+export interface ReadLoadResult {
+  runs: {
+    target: string;
+    query: ReadLoadQuery;
+    clients: number;
+    requests: number;
+    seconds: number;
+    latenciesMs: number[];
+  }[];
+  failures: number;
+  failureSamples: string[];
+  cpuSeconds: number;
+}
+
 export interface ReadsResult {
   walk: { pages: number; ms: number };
   /** The walk visited exactly `depth` rows, and the deep page starts where raw keyset SQL does. */
   deepIsExact: boolean;
   first: { api: number[]; raw: number[] };
   deep: { api: number[]; raw: number[] };
+  /** The deep page's cursor (the service's) and the position it stands for. */
+  deepCursor: string;
+  deepPosition: { occurredAt: string; id: string };
   correlation: { api: number[]; raw: number[] };
   offset: number[];
   failures: number;
@@ -185,6 +216,7 @@ export type WorkerJob =
   | IngestJob
   | LatencyJob
   | ReadsJob
+  | ReadLoadJob
   | SubscribersJob
   | VisibleJob
   | SqlLoadJob;

@@ -5,7 +5,7 @@
 import { EventEmitter } from 'node:events';
 import { runIngest } from './jobs/ingest.js';
 import { runLatency } from './jobs/latency.js';
-import { runReads } from './jobs/reads.js';
+import { runReadLoad, runReads } from './jobs/reads.js';
 import { runSqlLoad } from './jobs/sql-load.js';
 import { runSubscribers } from './jobs/subscribers.js';
 import { runVisible } from './jobs/visible.js';
@@ -42,6 +42,8 @@ async function run(job: WorkerJob, channel: JobChannel): Promise<unknown> {
       return runLatency(job);
     case 'reads':
       return runReads(job);
+    case 'readLoad':
+      return runReadLoad(job);
     case 'subscribers':
       return runSubscribers(job, channel);
     case 'visible':

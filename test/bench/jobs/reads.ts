@@ -2,7 +2,13 @@ import pg from 'pg';
 import { PAGE_QUERY, rng, WALK_QUERY } from '../events.js';
 import { GqlConnection } from '../gql-client.js';
 import { FailureLog, ownCpuSeconds, since } from '../util.js';
-import type { ReadsJob, ReadsResult } from '../worker-protocol.js';
+import type {
+  ReadLoadJob,
+  ReadLoadQuery,
+  ReadLoadResult,
+  ReadsJob,
+  ReadsResult,
+} from '../worker-protocol.js';
 
 const PAGE = 50;
 const WALK_PAGE = 500;
@@ -88,6 +94,8 @@ export async function runReads(job: ReadsJob): Promise<ReadsResult> {
     deepIsExact,
     first: { api: [], raw: [] },
     deep: { api: [], raw: [] },
+    deepCursor: cursor!,
+    deepPosition: { occurredAt: position!.occurredAt.toISOString(), id: position!.id },
     correlation: { api: [], raw: [] },
     offset: [],
     failures: 0,
@@ -112,4 +120,71 @@ export async function runReads(job: ReadsJob): Promise<ReadsResult> {
   result.failureSamples = failures.samples;
   result.cpuSeconds = ownCpuSeconds() - cpuStart;
   return result;
+}
+
+/**
+ * Closed loop, as a dashboard's users load it: `clients` clients, each on its own connection,
+ * sending the next page request as soon as the last is answered, for `durationMs` (after
+ * `warmupMs`), per target and query: requests per second and latencies. Targets alternate for
+ * each query and concurrency, so that drift on a shared machine falls on both.
+ */
+export async function runReadLoad(job: ReadLoadJob): Promise<ReadLoadResult> {
+  const cpuStart = ownCpuSeconds();
+  const random = rng(job.seed);
+  const failures = new FailureLog();
+  const out: ReadLoadResult = { runs: [], failures: 0, failureSamples: [], cpuSeconds: 0 };
+  const variablesFor = (query: ReadLoadQuery, target: ReadLoadJob['targets'][number]) => {
+    if (query === 'first') return { first: PAGE };
+    if (query === 'deep') return { first: PAGE, after: target.deepCursor };
+    const correlationId = job.correlationIds[Math.floor(random() * job.correlationIds.length)]!;
+    return { first: PAGE, filter: { correlationId } };
+  };
+  for (const query of ['first', 'deep', 'correlation'] as const) {
+    for (const clients of job.concurrency) {
+      for (const target of job.targets) {
+        const conns = Array.from({ length: clients }, () => new GqlConnection(target.url));
+        const latencies: number[] = [];
+        let counted = 0;
+        const started = performance.now();
+        const measureFrom = started + job.warmupMs;
+        const end = measureFrom + job.durationMs;
+        await Promise.all(
+          conns.map(async (conn) => {
+            while (performance.now() < end) {
+              const body = JSON.stringify({
+                query: PAGE_QUERY,
+                variables: variablesFor(query, target),
+              });
+              const t = performance.now();
+              const r = await conn.post(job.tenant, body);
+              const done = performance.now();
+              const page = r.data?.auditEvents as Record<string, any> | undefined;
+              if (page?.__typename !== 'AuditEventConnection' || page.edges.length !== PAGE) {
+                failures.add(
+                  `${target.name} ${query}: ${r.failure ?? JSON.stringify(r.errors ?? page).slice(0, 200)}`,
+                );
+              }
+              if (t >= measureFrom && done <= end) {
+                latencies.push(done - t);
+                counted++;
+              }
+            }
+          }),
+        );
+        for (const c of conns) await c.close();
+        out.runs.push({
+          target: target.name,
+          query,
+          clients,
+          requests: counted,
+          seconds: job.durationMs / 1000,
+          latenciesMs: latencies,
+        });
+      }
+    }
+  }
+  out.failures = failures.count;
+  out.failureSamples = failures.samples;
+  out.cpuSeconds = ownCpuSeconds() - cpuStart;
+  return out;
 }

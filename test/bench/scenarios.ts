@@ -1093,7 +1093,7 @@ async function alternateOnOff<T>(
   } finally {
     await offApi.close();
     const offExit = await offService.stop();
-    // Its tenants' counters (auditStats) went with it: they were checked while it ran.
+    // Its tenants were checked while it ran (whileBoth): the final check leaves them out.
     for (const t of ofSide('off')) bench.notAccounted.add(t);
     log(`${o.scenario} ${o.what}-off service stopped with exit code ${offExit}`);
     if (offService.warnings.length) {

@@ -50,6 +50,7 @@ describe('backpressure when the writer is blocked', () => {
   let t: TestApp;
   let c: pg.Client;
   const tn = newTenant('bp');
+  const extra: string[] = [];
   const application = appName('bp');
 
   beforeAll(async () => {
@@ -63,7 +64,7 @@ describe('backpressure when the writer is blocked', () => {
   afterAll(async () => {
     await t?.stop();
     await c?.end();
-    await dropTenants(tn);
+    await dropTenants(tn, ...extra);
   });
 
   it('a full buffer rejects the next call whole with BackpressureError, and everything accepted is stored after the lock goes', async () => {
@@ -101,6 +102,33 @@ describe('backpressure when the writer is blocked', () => {
         expect(rejected.retryAfterMs).toBeGreaterThan(0);
         expect(rejected.limit).toBe('BUFFER_CAPACITY');
       }
+      // Refused before its input is read: events the input types would refuse (an unknown
+      // outcome, a date that is none) still answer BackpressureError — shaped as the selection
+      // asks, alias and fragments included — not a variables error.
+      const SHAPED = `mutation($events: [AuditEventInput!]!) {
+        refused: createAuditEvents(input: { events: $events, ack: BUFFERED }) {
+          kind: __typename ...on BackpressureError { after: retryAfterMs limit } } }`;
+      const garbage = events(500).map((e) => ({ ...e, outcome: 'NOPE', occurredAt: 'never' }));
+      const shed = await t.raw(tn, { query: SHAPED, variables: { events: garbage } });
+      expect(shed.body.errors).toBeUndefined();
+      expect(shed.body.data.refused).toEqual({
+        kind: 'BackpressureError',
+        after: expect.any(Number),
+        limit: 'BUFFER_CAPACITY',
+      });
+      // Inline events are decided before they are validated (the input types still coerce them).
+      const inline = await t.raw(tn, {
+        query: `mutation { createAuditEvents(input: { events: [{ occurredAt: "2000-01-01T00:00:00Z",
+          eventType: "x", category: "x", action: "x", outcome: SUCCESS, correlationId: "x",
+          actor: { type: "u", id: "u" }, resource: { type: "r", id: "r" } }] }) { __typename } }`,
+      });
+      expect(inline.body.data.createAuditEvents.__typename).toBe('BackpressureError');
+      // Another tenant with room is not refused, and the same garbage is refused for what it is.
+      const other = newTenant('bp_other');
+      extra.push(other);
+      const control = await t.raw(other, { query: SHAPED, variables: { events: garbage } });
+      expect(control.body.data ?? null).toBeNull();
+      expect(JSON.stringify(control.body.errors)).toMatch(/NOPE/);
       // Nothing from the rejected calls was accepted.
       const after = await stats(t, tn);
       expect(after).toMatchObject({ accepted: 201, stored: 1, pending: 200, identityHolds: true });

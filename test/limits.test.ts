@@ -305,6 +305,19 @@ describe('write rate per tenant (RATE_LIMIT_EVENTS_PER_SECOND)', () => {
       expect(refused.limit).toBe('RATE_LIMIT_EVENTS_PER_SECOND');
       expect(refused.retryAfterMs).toBeGreaterThan(0);
       expect(refused.retryAfterMs).toBeLessThanOrEqual(10_000);
+      // Until that refusal's retry time, a call is refused before its input is read: input
+      // the types would refuse answers RateLimitedError (not a variables error).
+      const garbage = events(10).map((e) => ({ ...e, outcome: 'NOPE' }));
+      const shed = await c.raw({
+        query: `mutation($input: CreateAuditEventsInput!) { createAuditEvents(input: $input) {
+          __typename ... on RateLimitedError { retryAfterMs } } }`,
+        variables: { input: { events: garbage } },
+      });
+      expect(shed.body.errors).toBeUndefined();
+      expect(shed.body.data.createAuditEvents.__typename).toBe('RateLimitedError');
+      expect(shed.body.data.createAuditEvents.retryAfterMs).toBeLessThanOrEqual(
+        refused.retryAfterMs,
+      );
       expect(await rows(k.tenant!)).toBe(10);
       const other = await key(a);
       expect(

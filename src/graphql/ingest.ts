@@ -165,6 +165,7 @@ builder.mutationField('createAuditEvents', (t) =>
     authScopes: { eventsWrite: true },
     args: { input: t.arg({ type: CreateAuditEventsInput, required: true }) },
     resolve: async (_root, { input }, ctx) => {
+      if (ctx.writeRefusal) throw ctx.writeRefusal;
       const events = await ctx.services.useCases.admission.admit(
         requireTenant(ctx),
         input.events as AuditEventInput[],

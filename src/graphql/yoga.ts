@@ -8,6 +8,7 @@ import type { GraphQLContext, Services } from './context.js';
 import { refusalAsGraphQLError, useRefusalStatus } from './error-mapping.js';
 import { useRequestLimits } from './limits.js';
 import { buildSchema } from './schema.js';
+import { useWriteShedding } from './write-shedding.js';
 
 export interface RequestScope {
   requestId: string;
@@ -154,7 +155,7 @@ export function createGraphQLServer(
               config.maxOperationsPerRequest === 0 ? 1_000_000 : config.maxOperationsPerRequest,
           },
     maxRequestBodySize: config.maxRequestBytes,
-    plugins: [useRequestLimits(config), useRefusalStatus()],
+    plugins: [useRequestLimits(config), useWriteShedding(), useRefusalStatus()],
     maskedErrors: {
       maskError(error, message) {
         // An expected failure a resolver threw: the client's to see, with its code.

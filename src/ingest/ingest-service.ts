@@ -195,6 +195,14 @@ export class IngestService {
   }
 
   /**
+   * What accept() would refuse a call of `events` events with now, from their number alone
+   * (WritePipeline.refusal); null when it may be accepted.
+   */
+  refusal(tenant: TenantId, events: number): Error | null {
+    return this.pipeline.refusal(tenant, events);
+  }
+
+  /**
    * Accepts a validated call whole, or rejects it whole (ShuttingDownError, BackpressureError,
    * ValidationError when its months would need more partitions than the tenant may have).
    * With COMMITTED it resolves once every event is STORED or DUPLICATE (or throws

@@ -33,6 +33,12 @@ export const BURST_WINDOW_S = 10;
  */
 export class WriteRateLimiter {
   private readonly limiter: BurstyRateLimiter | null;
+  /**
+   * Per tenant, until when (epoch ms) its last refusal holds. Both windows are fixed: within them
+   * the counts only grow, so every call until the refusal's `msBeforeNext` is refused too, and
+   * saying so needs neither Redis nor the call's events.
+   */
+  private readonly refusedUntil = new Map<TenantId, number>();
 
   constructor(opts: WriteRateOptions, redis: Redis | undefined, log: Logger) {
     if (opts.eventsPerSecond <= 0) {
@@ -63,16 +69,41 @@ export class WriteRateLimiter {
     );
   }
 
+  /**
+   * The RateLimitedError consume() would surely throw now, known without asking the limiter: the
+   * tenant was refused within the windows that refusal named. Null when a call might pass.
+   */
+  refusal(tenant: TenantId, now = Date.now()): RateLimitedError | null {
+    const until = this.refusedUntil.get(tenant);
+    if (until === undefined) return null;
+    if (now < until) return new RateLimitedError(Math.max(1, Math.ceil(until - now)));
+    this.refusedUntil.delete(tenant);
+    return null;
+  }
+
   /** Takes `events` from the tenant's budget, or throws RateLimitedError. */
   async consume(tenant: TenantId, events: number): Promise<void> {
     if (!this.limiter || events <= 0) return;
+    const known = this.refusal(tenant);
+    if (known) throw known;
     try {
       await this.limiter.consume(tenant, events);
     } catch (res) {
       if (res instanceof RateLimiterRes) {
-        throw new RateLimitedError(Math.max(1, Math.ceil(res.msBeforeNext)));
+        const retryAfterMs = Math.max(1, Math.ceil(res.msBeforeNext));
+        this.remember(tenant, Date.now() + retryAfterMs);
+        throw new RateLimitedError(retryAfterMs);
       }
       throw res;
     }
+  }
+
+  private remember(tenant: TenantId, until: number): void {
+    // Bounded by the tenants refused within the last window; stale entries go when it grows.
+    if (this.refusedUntil.size >= 10_000) {
+      const now = Date.now();
+      for (const [t, u] of this.refusedUntil) if (u <= now) this.refusedUntil.delete(t);
+    }
+    this.refusedUntil.set(tenant, until);
   }
 }

@@ -16,15 +16,17 @@ export interface Server {
 }
 
 /**
- * Starts a Node program of this repository as its own OS process (`node --import tsx <entry>`)
- * and resolves once it logs a JSON line with `msg: "listening"` and a `port`.
+ * Starts a Node program of this repository as its own OS process (`node <entry>`, through tsx
+ * when it is TypeScript) and resolves once it logs a JSON line with `msg: "listening"` and a
+ * `port`.
  */
 export async function spawnServer(
   entry: string,
   env: Record<string, string>,
   opts: { nodeArgs?: string[]; startTimeoutMs?: number } = {},
 ): Promise<Server> {
-  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), '--import', 'tsx', entry], {
+  const loader = entry.endsWith('.ts') ? ['--import', 'tsx'] : [];
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), ...loader, entry], {
     cwd: ROOT,
     env: { PATH: process.env.PATH, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

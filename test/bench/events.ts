@@ -239,6 +239,7 @@ export const CREATE_MUTATION = `mutation Create($input: CreateAuditEventsInput!)
     __typename
     ... on CreateAuditEventsPayload { accepted stored duplicates buffered }
     ... on BackpressureError { retryAfterMs }
+    ... on RateLimitedError { retryAfterMs }
     ... on CommitTimeoutError { pending }
     ... on ValidationError { issues { index field message } }
     ... on AuditError { message retryable }

@@ -12,12 +12,13 @@
  *                                 Node flags for the service process (try a setting; the
  *                                 report names them)
  *
- * Creates a fresh database (dropped at the end), starts the service as a child process against
- * it and Redis (own key prefix), drives it from separate worker processes, and prints one
+ * Builds the service (`npm run build`) and runs it compiled, as `npm start` does. Creates a
+ * fresh database (dropped at the end), starts the service as a child process against it and Redis (own key prefix), drives it from separate worker processes, and prints one
  * markdown table (also written as JSON to .bench-results/<timestamp>.json). Environment:
  * BENCH_DATABASE_URL (admin connection, default postgres://root@127.0.0.1:5432/postgres) and
  * BENCH_REDIS_URL (default redis://127.0.0.1:6379).
  */
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -93,7 +94,13 @@ async function main(): Promise<number> {
   const redisPrefix = `bench:${randomBytes(4).toString('hex')}:`;
   const dlqDir = mkdtempSync(join(tmpdir(), 'auditgraph-bench-'));
   const profileDir = join(resultsDir, `profile-${stamp}`);
-  const serviceNodeArgs = (args['service-node-args'] ?? '').split(' ').filter(Boolean);
+  // What `npm start` runs: the compiled service, with its flag.
+  const serviceNodeArgs = [
+    '--enable-source-maps',
+    ...(args['service-node-args'] ?? '').split(' ').filter(Boolean),
+  ];
+  log('building the service (npm run build) …');
+  execFileSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: ['ignore', 2, 2] });
 
   const busyBefore = await machineBusyPercent();
   if (busyBefore > 15) {
@@ -109,7 +116,7 @@ async function main(): Promise<number> {
   try {
     for (const schema of Object.values(SCRATCH)) await createScratchSchema(databaseUrl, schema);
     const serviceSpec: ServiceSpec = {
-      entry: 'src/main.ts',
+      entry: 'dist/main.js',
       env: {
         DATABASE_URL: databaseUrl,
         REDIS_URL,
@@ -202,7 +209,7 @@ async function main(): Promise<number> {
     `${machine.cores} cores (${machine.cpuModel}), ${machine.memoryGiB} GiB, Node ${machine.node}, ` +
       `PostgreSQL ${machine.postgres}, Redis ${machine.redis}; machine ${busyBefore}% busy before the run ` +
       `(load average ${machine.loadAverageAtStart.join(' ')}).` +
-      (serviceNodeArgs.length ? ` Service Node flags: \`${serviceNodeArgs.join(' ')}\`.` : ''),
+      ` The service: \`node ${serviceNodeArgs.join(' ')} dist/main.js\` (compiled).`,
     '',
   ].join('\n');
   const out = [

@@ -36,6 +36,9 @@ function checkFailures(
     );
 }
 
+/** Microseconds, whole. */
+const us = (v: number | undefined) => `${(v ?? 0).toFixed(0)} µs`;
+
 /** 1. Ingest ceiling: COPY, 4×1000-row INSERT, no-op Yoga, then the service BUFFERED and COMMITTED. */
 export async function ingestCeiling(bench: Bench): Promise<void> {
   const { p } = bench;
@@ -182,7 +185,6 @@ export async function ingestCeiling(bench: Bench): Promise<void> {
       },
     });
   }
-  const us = (v: number | undefined) => `${(v ?? 0).toFixed(0)} µs`;
   bench.add({
     scenario: '1 ingest',
     figure:
@@ -890,6 +892,89 @@ export async function overload(bench: Bench): Promise<void> {
     target: 'all',
     met: lost === 0 && stored === acceptedTotal,
   });
+  await refusalCost(bench);
+}
+
+/**
+ * What a refused call costs the service against an accepted one: a second service whose write
+ * rate is 100 events/s a tenant answers nearly every call of 100 with RateLimitedError (refused
+ * before its input is coerced), driven closed loop without waiting; the accepted side is the
+ * same load on the service, honouring backpressure, its flush included.
+ */
+async function refusalCost(bench: Bench): Promise<void> {
+  const { p } = bench;
+  const spec = bench.serviceSpec;
+  const durationMs = Math.min(p.ingestMs, 10_000);
+  const load = (url: string, ts: string[], honourBackpressure: boolean) =>
+    ingestAcross(
+      [{ tenants: ts, connections: 4 }],
+      {
+        url,
+        ack: 'BUFFERED',
+        durationMs,
+        warmupMs: 0,
+        eventsPerCall: EVENTS_PER_CALL,
+        honourBackpressure,
+      },
+      700,
+    );
+  // Started first, so that its start-up is over before its phase.
+  const limited = await spawnServer(
+    spec.entry,
+    {
+      ...spec.env,
+      RATE_LIMIT_EVENTS_PER_SECOND: String(EVENTS_PER_CALL),
+      RATE_LIMIT_BURST_EVENTS: '0',
+      MAX_EVENTS_PER_CALL: String(EVENTS_PER_CALL),
+      INSTANCE_ID: `${spec.env.INSTANCE_ID ?? `bench-${process.pid}`}-limited`,
+      DLQ_DIR: join(spec.tempDir, 'dlq-limited'),
+    },
+    { nodeArgs: spec.nodeArgs },
+  );
+  const limitedApi = new GqlConnection(limited.url);
+  try {
+    const acceptedTenants = range('s5_acc', 4);
+    await bench.provision(acceptedTenants);
+    const accepted = await bench.phase('5 accepted calls', async () => {
+      const r = await load(bench.service.url, acceptedTenants, true);
+      await bench.flushAll(acceptedTenants);
+      return { value: r, workerCpu: r.cpuSeconds };
+    });
+    bench.countAll(accepted.byTenant);
+    const acceptedCalls = accepted.acceptedEvents / EVENTS_PER_CALL;
+    const perAccepted = (bench.cpu['5 accepted calls']!.service / acceptedCalls) * 1e6;
+
+    const refusedTenants = range('s5_ref', 4);
+    await bench.provision(refusedTenants);
+    const refused = await bench.phase(
+      '5 refused calls',
+      async () => {
+        const r = await load(limited.url, refusedTenants, false);
+        await bench.flushAll(refusedTenants, limitedApi);
+        return { value: r, workerCpu: r.cpuSeconds };
+      },
+      { service: limited },
+    );
+    bench.countAll(refused.byTenant);
+    checkFailures(bench, 'refused calls', refused);
+    const perRefused = (bench.cpu['5 refused calls']!.service / Math.max(1, refused.calls)) * 1e6;
+    bench.add({
+      scenario: '5 overload',
+      figure:
+        `service CPU per call of 100 refused (RateLimitedError, decided before the input is ` +
+        `read; ${fmt.int(refused.backpressure)} refused and ${fmt.int(refused.acceptedEvents / EVENTS_PER_CALL)} ` +
+        `accepted of ${fmt.int(refused.calls)} calls in ${durationMs / 1000} s, 4 clients) vs per call accepted`,
+      value: us(perRefused),
+      baseline: `accepted ${us(perAccepted)} (${fmt.int(acceptedCalls)} calls)`,
+      ratio: fmt.ratio(perRefused / perAccepted),
+      target: 'reference',
+      met: null,
+      data: { perRefused, perAccepted, refused, acceptedCalls },
+    });
+  } finally {
+    await limitedApi.close();
+    await limited.stop();
+  }
 }
 
 /** 6. Time to visible: the incident (12 tenants × 150 events), flushed and committed. */

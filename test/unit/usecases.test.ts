@@ -4,6 +4,7 @@ import type { TenantDirectory } from '../../src/db/tenant-directory.js';
 import type { TenantProvisioner } from '../../src/db/tenant-provisioner.js';
 import type { ApiKeyRecord } from '../../src/domain/api-key.js';
 import {
+  BackpressureError,
   RateLimitedError,
   ShuttingDownError,
   UnknownTenantError,
@@ -53,12 +54,18 @@ function event(over: Partial<AuditEventInput> = {}): AuditEventInput {
 }
 
 /** A WriteAdmission whose every step appends its name to `steps` and can be made to refuse. */
-function admission(refuse: Partial<Record<'stopping' | 'tenant' | 'rate', boolean>> = {}) {
+function admission(
+  refuse: Partial<Record<'stopping' | 'tenant' | 'rate' | 'known' | 'full', boolean>> = {},
+) {
   const steps: string[] = [];
   const ingest = {
     get isStopping() {
       steps.push('stopping');
       return refuse.stopping ?? false;
+    },
+    refusal() {
+      steps.push('buffer?');
+      return refuse.full ? new BackpressureError(500, 'BUFFER_CAPACITY') : null;
     },
     async accept(_t: TenantId, records: readonly unknown[]) {
       steps.push('accept');
@@ -78,6 +85,10 @@ function admission(refuse: Partial<Record<'stopping' | 'tenant' | 'rate', boolea
     },
   } as unknown as TenantProvisioner;
   const limiter = {
+    refusal() {
+      steps.push('rate?');
+      return refuse.known ? new RateLimitedError(700) : null;
+    },
     async consume() {
       steps.push('rate');
       if (refuse.rate) throw new RateLimitedError(1000);
@@ -92,11 +103,31 @@ function admission(refuse: Partial<Record<'stopping' | 'tenant' | 'rate', boolea
 }
 
 describe('write admission', () => {
-  it('checks stopping, retention and validation, the tenant, the rate, then accepts', async () => {
+  const FIRST = ['stopping', 'rate?', 'buffer?'];
+
+  it('checks stopping, a known refusal, retention and validation, the tenant, the rate, then accepts', async () => {
     const { useCase, steps } = admission();
     const accepted = await useCase.admit(TENANT, [event(), event()], 'COMMITTED');
     expect(accepted).toHaveLength(2);
-    expect(steps).toEqual(['stopping', 'retention', 'tenant', 'rate', 'accept']);
+    expect(steps).toEqual([...FIRST, 'retention', 'tenant', 'rate', 'accept']);
+  });
+
+  it('answers a refusal the number of events decides before reading the events', async () => {
+    const invalid = [event(), event({ occurredAt: new Date(0) })];
+    const limited = admission({ known: true });
+    await expect(limited.useCase.admit(TENANT, invalid, 'BUFFERED')).rejects.toMatchObject({
+      retryAfterMs: 700,
+    });
+    expect(limited.steps).toEqual(['stopping', 'rate?']);
+    const full = admission({ full: true });
+    await expect(full.useCase.admit(TENANT, invalid, 'BUFFERED')).rejects.toBeInstanceOf(
+      BackpressureError,
+    );
+    expect(full.steps).toEqual(FIRST);
+    // Negative control: without a known refusal the same events are validated, and refused so.
+    const open = admission();
+    await expect(open.useCase.admit(TENANT, invalid, 'BUFFERED')).rejects.toThrow(ValidationError);
+    expect(open.steps).toEqual([...FIRST, 'retention']);
   });
 
   it('accepts nothing once a check refuses, and runs no later check', async () => {
@@ -111,19 +142,19 @@ describe('write admission', () => {
     await expect(invalid.useCase.admit(TENANT, [event(), tooOld], 'BUFFERED')).rejects.toThrow(
       ValidationError,
     );
-    expect(invalid.steps).toEqual(['stopping', 'retention']);
+    expect(invalid.steps).toEqual([...FIRST, 'retention']);
 
     const unknown = admission({ tenant: true });
     await expect(unknown.useCase.admit(TENANT, [event()], 'BUFFERED')).rejects.toBeInstanceOf(
       UnknownTenantError,
     );
-    expect(unknown.steps).toEqual(['stopping', 'retention', 'tenant']);
+    expect(unknown.steps).toEqual([...FIRST, 'retention', 'tenant']);
 
     const limited = admission({ rate: true });
     await expect(limited.useCase.admit(TENANT, [event()], 'BUFFERED')).rejects.toBeInstanceOf(
       RateLimitedError,
     );
-    expect(limited.steps).toEqual(['stopping', 'retention', 'tenant', 'rate']);
+    expect(limited.steps).toEqual([...FIRST, 'retention', 'tenant', 'rate']);
   });
 });
 

@@ -364,27 +364,52 @@ export class WritePipeline {
     addInto(unbooked, counted, -1);
   }
 
+  /**
+   * The refusal accept() would answer now for a client call of `events` events, decided from
+   * their number alone, before anything of the call is read: null when it may be accepted. Their
+   * bytes are not known yet, so the byte bound refuses only once it is reached. Only for a
+   * tenant this process has state for: a tenant it never wrote for may be unknown, and that
+   * refusal comes first.
+   */
+  refusal(tenant: TenantId, events: number): Error | null {
+    if (this.stopping) return new ShuttingDownError();
+    const state = this.tenants.get(tenant);
+    // Every event is at least a byte: `events` is a lower bound of the call's bytes.
+    return state ? this.bound(state, events, events, 'client') : null;
+  }
+
   /** Throws when a call of `events` events (`bytes` in all) would go past a bound. */
   private admit(state: TenantState, events: number, bytes: number, holding: Holding): void {
+    const refused = this.bound(state, events, bytes, holding);
+    if (refused) throw refused;
+  }
+
+  private bound(
+    state: TenantState,
+    events: number,
+    bytes: number,
+    holding: Holding,
+  ): BackpressureError | LimitExceededError | null {
     if (
       holding === 'client' &&
       state.stats.pending + state.reserved - state.accessHeld + events > this.opts.bufferCapacity
     ) {
-      throw new BackpressureError(this.retryAfterMs(state), 'BUFFER_CAPACITY');
+      return new BackpressureError(this.retryAfterMs(state), 'BUFFER_CAPACITY');
     }
     if (holding === 'read' && state.accessHeld + events > this.opts.accessLogBufferCapacity) {
-      throw new LimitExceededError(
+      return new LimitExceededError(
         'ACCESS_LOG_BUFFER_CAPACITY',
         this.opts.accessLogBufferCapacity,
         'access records of this tenant waiting to be written',
       );
     }
     if (this.bytesHeld + this.bytesReserved + bytes > this.opts.bufferMaxBytes) {
-      throw new BackpressureError(this.retryAfterMs(state), 'BUFFER_MAX_BYTES');
+      return new BackpressureError(this.retryAfterMs(state), 'BUFFER_MAX_BYTES');
     }
     if (this.deadLettersFull) {
-      throw new BackpressureError(5_000, 'DLQ_MAX_EVENTS');
+      return new BackpressureError(5_000, 'DLQ_MAX_EVENTS');
     }
+    return null;
   }
 
   /** A COMMITTED call's wait: its events' final statuses, or CommitTimeoutError. */

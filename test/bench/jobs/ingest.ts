@@ -151,7 +151,9 @@ export function classify(r: GqlResponse, expected: number): Outcome {
         };
       }
       return { kind: 'accepted', accepted: result.accepted };
+    // Both refuse the call whole and say when to come back: a refusal, not a failure.
     case 'BackpressureError':
+    case 'RateLimitedError':
       return { kind: 'backpressure', accepted: 0, retryAfterMs: result.retryAfterMs };
     case 'CommitTimeoutError':
       // Accepted and still pending: it counts for accounting, and as a failure of the run.

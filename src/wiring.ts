@@ -53,6 +53,7 @@ import {
 } from './realtime/topics.js';
 import { createRedis, RedisKeys } from './redis/client.js';
 import { DeadLetterAdmin } from './usecases/dead-letter-admin.js';
+import { EventWaits } from './usecases/event-waits.js';
 import { KeyAdministration } from './usecases/key-administration.js';
 import { LegalHolds } from './usecases/legal-holds.js';
 import { TenantProvisioning } from './usecases/tenant-provisioning.js';
@@ -354,6 +355,7 @@ function wireUseCases(
   integrity: IntegrityParts,
   keys: { apiKeys: ApiKeyStore },
   redisKeys: RedisKeys,
+  reader: AuditEventReader,
 ): UseCases {
   const rateLimiter = new WriteRateLimiter(
     {
@@ -379,6 +381,7 @@ function wireUseCases(
       write.ingest,
       integrity.lifecycleLog,
     ),
+    waits: new EventWaits(write.realtime, reader, write.deadLetters),
     deadLetters: new DeadLetterAdmin(
       write.deadLetters,
       write.retryWorker,
@@ -423,6 +426,7 @@ export function wireService(config: Config, log: Logger, instanceId: string): Se
     integrity,
     keys,
     redisKeys,
+    reader,
   );
   const services: Services = {
     checkpoints: integrity.checkpoints,

@@ -268,6 +268,7 @@ const PAGE = `query($after: String, $filter: AuditEventFilter) {
 const ONE = `query($id: String!) { auditEvent(eventId: $id) { __typename ... on AuditEvent { id: eventId } } }`;
 const STATS = '{ auditStats { __typename } }';
 const FLUSH = 'mutation { flushAudit(input: { timeoutMs: 5000 }) { __typename } }';
+const WAIT = '{ waitForEvents(correlationId: "corr", count: 1, timeoutMs: 1) { __typename } }';
 const DEAD_LETTERS =
   '{ deadLetters { __typename ... on DeadLetterConnection { edges { node { id } } } } }';
 const REPLAY = `mutation($ids: [ID!]) { replayDeadLetters(input: { ids: $ids }) {
@@ -425,6 +426,20 @@ const ATTEMPTS: Attempt[] = [
     via: 'x-tenant-id',
     scope: 'events:read',
     run: async (c) => typename((await gql(c, STATS, {}, nameOther(c))).auditStats) === 'AuditStats',
+  },
+  {
+    field: 'waitForEvents',
+    target: 'own',
+    scope: 'events:read',
+    run: async (c) => typename((await gql(c, WAIT)).waitForEvents) === 'EventWait',
+  },
+  {
+    field: 'waitForEvents',
+    target: 'other',
+    via: 'x-tenant-id',
+    scope: 'events:read',
+    run: async (c) =>
+      typename((await gql(c, WAIT, {}, nameOther(c))).waitForEvents) === 'EventWait',
   },
   {
     field: 'flushAudit',

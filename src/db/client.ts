@@ -270,8 +270,11 @@ function createPgliteDatabase(dataDir: string): Database {
   return self;
 }
 
-/** SQLSTATE of a database error, if it has one. */
+/** SQLSTATE of a database error (or of the driver error a drizzle error wraps), if it has one. */
 export function sqlState(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
+  const e = err as { code?: unknown; cause?: { code?: unknown } } | null;
+  for (const code of [e?.code, e?.cause?.code]) {
+    if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code;
+  }
+  return undefined;
 }

@@ -4,6 +4,7 @@ import './scalars.js';
 import './errors.js';
 import './audit-event.js';
 import './ingest.js';
+import './waiting.js';
 import './dead-letters.js';
 import './subscriptions.js';
 import './admin.js';

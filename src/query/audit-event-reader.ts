@@ -12,7 +12,7 @@ import {
   type SQL,
   sql,
 } from 'drizzle-orm';
-import type { Database } from '../db/client.js';
+import { type Database, sqlState } from '../db/client.js';
 import {
   addMonths,
   monthStart,
@@ -25,6 +25,9 @@ import type { AuditEventFilter, AuditEventOrder } from '../domain/filter.js';
 import type { KeysetPosition } from '../domain/keyset-cursor.js';
 
 export type AuditEventRow = TenantTables['auditEvents']['$inferSelect'];
+
+/** SQLSTATE of a relation that does not exist. */
+const UNDEFINED_TABLE = '42P01';
 
 export interface KeysetPageQuery {
   schema: string;
@@ -282,6 +285,28 @@ export class AuditEventReader {
       if (rows[0]) return rows[0];
     }
     return null;
+  }
+
+  /**
+   * How many events of the correlation id the tenant has stored, counted up to `atMost` (the
+   * count stops there, so its cost is bounded by what the caller waits for). 0 for a tenant whose
+   * tables do not exist yet (auto-provisioned on its first write).
+   */
+  async countCorrelation(schema: string, correlationId: string, atMost: number): Promise<number> {
+    const t = this.tablesOf(schema).auditEvents;
+    const some = this.db.orm
+      .select({ one: sql`1`.as('one') })
+      .from(t)
+      .where(eq(t.correlationId, correlationId))
+      .limit(atMost)
+      .as('some');
+    try {
+      const [row] = await this.db.orm.select({ n: sql<number>`count(*)::int` }).from(some);
+      return row?.n ?? 0;
+    } catch (err) {
+      if (sqlState(err) === UNDEFINED_TABLE) return 0;
+      throw err;
+    }
   }
 
   /** Whether the page's statements read `occurred_at` ascending. */

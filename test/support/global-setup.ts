@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,6 +21,11 @@ declare module 'vitest' {
 }
 
 export default async function setup(project: TestProject) {
+  // dist/ as `npm start` runs it and `auditgraph/client` resolves to it (incremental: seconds).
+  execFileSync('npm', ['run', '--silent', 'build'], {
+    cwd: new URL('../..', import.meta.url).pathname,
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
   const name = `auditgraph_test_${Date.now()}_${process.pid}`;
   const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();

@@ -1,0 +1,432 @@
+/**
+ * auditgraph/client — a typed client for Node ≥ 20 and browsers: write events with retries that
+ * cannot duplicate them, flush, read every matching event, wait until a correlation id's events
+ * are stored, and tail them live. Its only dependency is graphql-ws (for the tail); requests go
+ * through `fetch`, and the operations' types are generated from the service's schema
+ * (generated.ts).
+ *
+ *   const client = new AuditClient({ url: 'http://localhost:4000/graphql', tenant: 'demo' });
+ *   await client.createEvents(events, { ack: 'BUFFERED' });
+ *   await client.waitForEvents({ correlationId: 'run-42', count: events.length });
+ */
+import { createClient, type Client as WsClient } from 'graphql-ws';
+import {
+  type Ack,
+  type AuditEventFilter,
+  type AuditEventInput,
+  type AuditEventOrder,
+  type ClientCreateEventsMutation,
+  type ClientEventFragment,
+  type ClientEventsQuery,
+  type ClientFlushMutation,
+  type ClientTailSubscription,
+  type ClientWaitForEventsQuery,
+  type EventStatus,
+  OPERATIONS,
+} from './generated.js';
+
+export type {
+  Ack,
+  AuditEventFilter,
+  AuditEventInput,
+  AuditEventOrder,
+  EventStatus,
+  EventWaitOutcome,
+  Outcome,
+} from './generated.js';
+
+/** A stored event as the client reads it. */
+export type AuditEvent = ClientEventFragment;
+
+export interface AuditClientOptions {
+  /** The service's GraphQL endpoint, e.g. `http://localhost:4000/graphql`. */
+  url: string;
+  /** An API key (`agk_…`; AUTH_MODE=keys). */
+  apiKey?: string;
+  /** The tenant, for a service in AUTH_MODE=dev. */
+  tenant?: string;
+  /** Another `fetch` (default: the global one). */
+  fetch?: typeof fetch;
+  /**
+   * A WebSocket implementation for `tail` where there is no global one (Node 20: the `ws`
+   * package's `WebSocket`).
+   */
+  webSocketImpl?: unknown;
+}
+
+/** A refusal or failure the service answered, with its code (e.g. VALIDATION, FORBIDDEN). */
+export class AuditClientError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly retryable: boolean,
+    /** What else the service said: `issues` of a ValidationError, `retryAfterMs`, … */
+    readonly details: Record<string, unknown> = {},
+  ) {
+    super(message);
+    this.name = 'AuditClientError';
+  }
+}
+
+/** waitForEvents ended without its events: `result` says what it saw. */
+export class WaitForEventsError extends AuditClientError {
+  constructor(readonly result: WaitResult) {
+    super(result.message, result.outcome, result.outcome === 'TIMED_OUT', { ...result });
+    this.name = 'WaitForEventsError';
+  }
+}
+
+export interface CreateEventsOptions {
+  /** COMMITTED (default): answered once stored; BUFFERED: once accepted. */
+  ack?: Ack;
+  /** Attempts at most, retries included (default 8). */
+  maxAttempts?: number;
+}
+
+export interface CreateEventsResult {
+  /** Per event, in input order. After a retry, events an earlier attempt stored are DUPLICATE. */
+  events: { eventId: string; occurredAt: string; status: EventStatus }[];
+  stored: number;
+  duplicates: number;
+  buffered: number;
+  /** Calls it took (1 without a retry). */
+  attempts: number;
+}
+
+export type FlushResult = Extract<
+  ClientFlushMutation['flushAudit'],
+  { __typename: 'FlushAuditPayload' }
+>;
+
+export type WaitResult = ClientWaitForEventsQuery['waitForEvents'];
+
+export interface WaitForEventsOptions {
+  correlationId: string;
+  count: number;
+  /** How long to wait in all (default 10 000 ms). */
+  timeoutMs?: number;
+}
+
+export interface EventsOptions {
+  filter?: AuditEventFilter;
+  order?: AuditEventOrder;
+  /** Events per request (default 100, at most 500). */
+  pageSize?: number;
+}
+
+/** A live tail: iterate it for events; `ready` resolves once the server will deliver them. */
+export interface Tail extends AsyncIterable<AuditEvent> {
+  readonly ready: Promise<void>;
+  /** Ends the tail (as does leaving a `for await` loop). */
+  close(): Promise<void>;
+}
+
+/** The longest a single wait request asks the server for (its FLUSH_MAX_TIMEOUT_MS default). */
+const MAX_WAIT_REQUEST_MS = 60_000;
+
+/** A failure below GraphQL (network, a proxy's 5xx, a cut connection): always worth a retry. */
+class TransportError extends AuditClientError {
+  constructor(message: string) {
+    super(message, 'TRANSPORT', true);
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class AuditClient {
+  private readonly fetchImpl: typeof fetch;
+  private ws: WsClient | undefined;
+
+  constructor(private readonly opts: AuditClientOptions) {
+    if (!opts.apiKey && !opts.tenant) {
+      throw new TypeError('AuditClient needs an apiKey, or a tenant for AUTH_MODE=dev');
+    }
+    const f = opts.fetch ?? globalThis.fetch;
+    if (!f) throw new TypeError('no fetch: pass options.fetch');
+    this.fetchImpl = f.bind(globalThis);
+  }
+
+  /**
+   * Writes the events, every one or none per call. Events without an id get one here, so every
+   * retry sends the same ids and can only store each event once. Retries, up to `maxAttempts`:
+   * BackpressureError and RateLimitedError after their retryAfterMs, CommitTimeoutError,
+   * ShuttingDownError and other retryable refusals, and transport failures (with backoff).
+   * Anything else (ValidationError, FORBIDDEN, …) throws AuditClientError at once.
+   */
+  async createEvents(
+    events: readonly AuditEventInput[],
+    options: CreateEventsOptions = {},
+  ): Promise<CreateEventsResult> {
+    const withIds = events.map((e) => (e.id ? e : { ...e, id: crypto.randomUUID() }));
+    const maxAttempts = options.maxAttempts ?? 8;
+    let last: AuditClientError | undefined;
+    for (let attempt = 1; attempt <= maxAttempts; attempt++) {
+      let answer: ClientCreateEventsMutation['createAuditEvents'];
+      try {
+        answer = (
+          await this.request<ClientCreateEventsMutation>(OPERATIONS.ClientCreateEvents, {
+            input: { events: withIds, ack: options.ack ?? 'COMMITTED' },
+          })
+        ).createAuditEvents;
+      } catch (err) {
+        if (!(err instanceof TransportError)) throw err;
+        last = err;
+        await sleep(backoff(attempt));
+        continue;
+      }
+      if (answer.__typename === 'CreateAuditEventsPayload') {
+        return {
+          events: answer.events,
+          stored: answer.stored,
+          duplicates: answer.duplicates,
+          buffered: answer.buffered,
+          attempts: attempt,
+        };
+      }
+      const { __typename, message, code, retryable, ...details } = answer;
+      last = new AuditClientError(`${__typename}: ${message}`, code, retryable, details);
+      if (!retryable) throw last;
+      const wait = 'retryAfterMs' in answer ? answer.retryAfterMs : backoff(attempt);
+      await sleep(Math.min(wait, 30_000));
+    }
+    throw last ?? new AuditClientError('no attempt was made', 'TRANSPORT', true);
+  }
+
+  /** The barrier: every event accepted before the call is stored, duplicate or dead-lettered. */
+  async flush(options: { timeoutMs?: number } = {}): Promise<FlushResult> {
+    const answer = (
+      await this.request<ClientFlushMutation>(OPERATIONS.ClientFlush, {
+        timeoutMs: options.timeoutMs ?? null,
+      })
+    ).flushAudit;
+    if (answer.__typename === 'FlushAuditPayload') return answer;
+    const { __typename, message, code, retryable, ...details } = answer;
+    throw new AuditClientError(`${__typename}: ${message}`, code, retryable, details);
+  }
+
+  /** Every event matching the filter, page after page (newest first unless `order` says). */
+  async *events(options: EventsOptions = {}): AsyncGenerator<AuditEvent, void, undefined> {
+    let after: string | null = null;
+    for (;;) {
+      const page: ClientEventsQuery['auditEvents'] = (
+        await this.request<ClientEventsQuery>(OPERATIONS.ClientEvents, {
+          first: options.pageSize ?? 100,
+          after,
+          filter: options.filter ?? null,
+          order: options.order ?? null,
+        })
+      ).auditEvents;
+      for (const edge of page.edges) yield edge.node;
+      if (!page.pageInfo.hasNextPage || !page.pageInfo.endCursor) return;
+      after = page.pageInfo.endCursor;
+    }
+  }
+
+  /**
+   * Resolves once `count` events of the correlation id are stored — events stored before the
+   * call count too — with no polling: the service answers the request when they are
+   * (waitForEvents). A request cut by the network is sent again for the time left. Rejects with
+   * WaitForEventsError saying what it saw when the time runs out or the rest were dead-lettered
+   * ("timed out after 10000 ms: 120 of 150 stored, 30 dead-lettered: …").
+   */
+  async waitForEvents(options: WaitForEventsOptions): Promise<WaitResult> {
+    const deadline = Date.now() + (options.timeoutMs ?? 10_000);
+    let last: WaitResult | undefined;
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0 && last) throw new WaitForEventsError(last);
+      try {
+        last = (
+          await this.request<ClientWaitForEventsQuery>(OPERATIONS.ClientWaitForEvents, {
+            correlationId: options.correlationId,
+            count: options.count,
+            timeoutMs: Math.max(1, Math.min(left, MAX_WAIT_REQUEST_MS)),
+          })
+        ).waitForEvents;
+      } catch (err) {
+        if (!(err instanceof TransportError) || Date.now() >= deadline) throw err;
+        await sleep(100);
+        continue;
+      }
+      if (last.outcome === 'STORED') return last;
+      if (last.outcome === 'DEAD_LETTERED') throw new WaitForEventsError(last);
+    }
+  }
+
+  /**
+   * Events as they are stored, matching the filter, from any instance (auditEventsAdded over
+   * graphql-ws). The tail ends with an AuditClientError when the server interrupts it; page
+   * with `events()` from your last event to catch up, then tail again.
+   */
+  tail(options: { filter?: AuditEventFilter } = {}): Tail {
+    const iterator = this.wsClient().iterate<ClientTailSubscription>({
+      query: OPERATIONS.ClientTail,
+      variables: { filter: options.filter ?? null },
+    });
+    let markReady: () => void = () => {};
+    let failReady: (err: unknown) => void = () => {};
+    const ready = new Promise<void>((resolve, reject) => {
+      markReady = resolve;
+      failReady = reject;
+    });
+    ready.catch(() => {}); // a tail nobody waits on for readiness still reports through iteration
+    let closing = false;
+    const events = async function* (): AsyncGenerator<AuditEvent, void, undefined> {
+      try {
+        for await (const result of iterator) {
+          if (result.errors?.length) throw graphQLError(result.errors);
+          const message = result.data?.auditEventsAdded;
+          if (!message) continue;
+          if (message.__typename === 'SubscriptionReady') {
+            markReady();
+            continue;
+          }
+          if (message.__typename === 'SubscriptionInterruptedError') {
+            throw new AuditClientError(message.message, message.reason, message.retryable);
+          }
+          const { __typename: _, ...event } = message;
+          yield event;
+        }
+      } catch (err) {
+        if (closing) return;
+        failReady(err);
+        throw err;
+      } finally {
+        await iterator.return?.();
+      }
+    };
+    const stream = events();
+    // The first message (readiness) comes only when the stream is read, so it is read ahead of
+    // the caller, one step at a time: `ready` can be awaited before the first `next()`.
+    const ahead: IteratorResult<AuditEvent>[] = [];
+    let failure: { error: unknown } | undefined;
+    let pulling: Promise<void> | undefined;
+    const pull = () => {
+      pulling ??= stream
+        .next()
+        .then(
+          (step) => {
+            ahead.push(step);
+          },
+          (error: unknown) => {
+            failure ??= { error };
+            failReady(error);
+          },
+        )
+        .finally(() => {
+          pulling = undefined;
+        });
+      return pulling;
+    };
+    void pull();
+    const next = async (): Promise<IteratorResult<AuditEvent>> => {
+      for (;;) {
+        const step = ahead.shift();
+        if (step) return step;
+        if (failure) {
+          const { error } = failure;
+          failure = undefined;
+          ahead.push({ value: undefined, done: true });
+          throw error;
+        }
+        await pull();
+      }
+    };
+    const close = async () => {
+      closing = true;
+      failReady(new AuditClientError('the tail was closed before it was ready', 'CLOSED', false));
+      // graphql-ws's return() completes the subscription but leaves a read waiting on it
+      // waiting; its throw() wakes that read, and the stream ends with it.
+      await iterator.return?.();
+      await iterator.throw?.(new Error('tail closed'));
+      await stream.return(undefined);
+    };
+    return {
+      ready,
+      close,
+      [Symbol.asyncIterator]: () => ({
+        next,
+        async return(): Promise<IteratorResult<AuditEvent>> {
+          await close();
+          return { value: undefined, done: true };
+        },
+      }),
+    };
+  }
+
+  /** Closes the tail's WebSocket connection, if one was opened. */
+  async close(): Promise<void> {
+    await this.ws?.dispose();
+    this.ws = undefined;
+  }
+
+  private wsClient(): WsClient {
+    this.ws ??= createClient({
+      url: this.opts.url.replace(/^http/, 'ws'),
+      ...(this.opts.webSocketImpl ? { webSocketImpl: this.opts.webSocketImpl } : {}),
+      connectionParams: this.opts.apiKey
+        ? { authorization: `Bearer ${this.opts.apiKey}` }
+        : { tenantId: this.opts.tenant },
+      lazy: true,
+    });
+    return this.ws;
+  }
+
+  private headers(): Record<string, string> {
+    return {
+      'content-type': 'application/json',
+      accept: 'application/graphql-response+json, application/json',
+      ...(this.opts.apiKey
+        ? { authorization: `Bearer ${this.opts.apiKey}` }
+        : { 'x-tenant-id': this.opts.tenant! }),
+    };
+  }
+
+  /** One operation over HTTP: its data, or AuditClientError for `errors`, TransportError below. */
+  private async request<T>(query: string, variables: Record<string, unknown>): Promise<T> {
+    let res: Response;
+    try {
+      res = await this.fetchImpl(this.opts.url, {
+        method: 'POST',
+        headers: this.headers(),
+        body: JSON.stringify({ query, variables }),
+      });
+    } catch (err) {
+      throw new TransportError(`request failed: ${(err as Error).message ?? err}`);
+    }
+    let body: { data?: T | null; errors?: GraphQLErrorBody[] };
+    try {
+      body = (await res.json()) as typeof body;
+    } catch (err) {
+      if (res.status >= 500 || res.status === 0) {
+        throw new TransportError(`HTTP ${res.status}: ${(err as Error).message ?? err}`);
+      }
+      throw new AuditClientError(`HTTP ${res.status}: not a GraphQL response`, 'HTTP', false);
+    }
+    if (body.errors?.length) throw graphQLError(body.errors);
+    if (!body.data) throw new TransportError(`HTTP ${res.status}: no data`);
+    return body.data;
+  }
+}
+
+interface GraphQLErrorBody {
+  message: string;
+  extensions?: { code?: string; retryable?: boolean; [key: string]: unknown };
+}
+
+function graphQLError(errors: readonly GraphQLErrorBody[]): AuditClientError {
+  const first = errors[0]!;
+  const { code, retryable, ...details } = first.extensions ?? {};
+  return new AuditClientError(
+    first.message,
+    typeof code === 'string' ? code : 'GRAPHQL',
+    retryable === true,
+    details,
+  );
+}
+
+/** 250 ms, doubling, at most 5 s, with jitter. */
+function backoff(attempt: number): number {
+  const base = Math.min(5_000, 250 * 2 ** (attempt - 1));
+  return base / 2 + Math.random() * (base / 2);
+}

@@ -1,0 +1,283 @@
+import { randomBytes } from 'node:crypto';
+import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
+import {
+  AuditClient,
+  AuditClientError,
+  type AuditEventInput,
+  WaitForEventsError,
+} from 'auditgraph/client';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
+import { childServices, deleteRedisKeys, type ServiceProcess } from './support/faults.js';
+import { databaseUrl, dropTenants, newTenant } from './support/harness.js';
+import { redisEnv } from './support/realtime.js';
+
+/**
+ * auditgraph/client — imported by its package name, as a user would (dist/, built by the test
+ * run's set-up) — against the service as its own process (compiled, as `npm start` runs it)
+ * with real PostgreSQL and Redis. The buffer is written by a 1 s interval, so "without a flush"
+ * is visible.
+ */
+
+const services = childServices();
+const redis = redisEnv(`test:client:${randomBytes(4).toString('hex')}:`);
+let svc: ServiceProcess;
+let sql: pg.Client;
+const tenants: string[] = [];
+const tenant = (what: string) => {
+  const id = newTenant(what);
+  tenants.push(id);
+  return id;
+};
+const client = (id: string, url = `${svc.base}/graphql`) =>
+  new AuditClient({ url, tenant: id, webSocketImpl: WebSocket });
+
+let seq = 0;
+function events(n: number, correlationId: string, over: Partial<AuditEventInput> = {}) {
+  return Array.from(
+    { length: n },
+    (): AuditEventInput => ({
+      occurredAt: new Date().toISOString(),
+      eventType: 'test.step',
+      category: 'test',
+      action: 'run',
+      outcome: 'SUCCESS',
+      correlationId,
+      actor: { type: 'user', id: 'tester' },
+      resource: { type: 'suite', id: 'client' },
+      data: { seq: seq++ },
+      ...over,
+    }),
+  );
+}
+
+async function rows(id: string, correlationId: string): Promise<number> {
+  const r = await sql.query(
+    `select count(*)::int n, count(distinct id)::int d from "t_${id}".audit_events where correlation_id = $1`,
+    [correlationId],
+  );
+  expect(r.rows[0].d).toBe(r.rows[0].n); // never an event twice
+  return r.rows[0].n;
+}
+
+beforeAll(async () => {
+  svc = await services.spawn(
+    { ...redis, FLUSH_INTERVAL_MS: '1000', BUFFER_CAPACITY: '400' },
+    { compiled: true },
+  );
+  sql = new pg.Client({ connectionString: databaseUrl() });
+  await sql.connect();
+});
+afterAll(async () => {
+  await services.cleanup();
+  await sql?.end();
+  await dropTenants(...tenants);
+  await deleteRedisKeys(redis.REDIS_URL, redis.REDIS_KEY_PREFIX);
+});
+
+describe('auditgraph/client', () => {
+  it('12 tenants × 150 BUFFERED events: each wait resolves once the interval writes them, with no flush', async () => {
+    const ids = Array.from({ length: 12 }, () => tenant('cli12'));
+    const started = Date.now();
+    const results = await Promise.all(
+      ids.map(async (id) => {
+        const c = client(id);
+        const wrote = await c.createEvents(events(150, 'incident'), { ack: 'BUFFERED' });
+        expect(wrote.buffered).toBe(150);
+        const r = await c.waitForEvents({
+          correlationId: 'incident',
+          count: 150,
+          timeoutMs: 15_000,
+        });
+        return { id, r };
+      }),
+    );
+    for (const { id, r } of results) {
+      expect(r).toMatchObject({ outcome: 'STORED', stored: 150 });
+      expect(await rows(id, 'incident')).toBe(150);
+    }
+    // No flush was sent: the interval wrote them (bounded, not instantaneous).
+    expect(Date.now() - started).toBeLessThan(15_000);
+  });
+
+  it('resolves right after flushAudit, and counts events stored before the wait began', async () => {
+    const id = tenant('cliflush');
+    const c = client(id);
+    await c.createEvents(events(100, 'mixed')); // COMMITTED: stored before the wait
+    const waiting = c.waitForEvents({ correlationId: 'mixed', count: 150, timeoutMs: 10_000 });
+    await c.createEvents(events(50, 'mixed'), { ack: 'BUFFERED' });
+    const flushed = Date.now();
+    await c.flush({ timeoutMs: 5_000 });
+    const r = await waiting;
+    expect(r.stored).toBe(150);
+    expect(Date.now() - flushed).toBeLessThan(800); // the interval is 1 s: this was the flush
+  });
+
+  it('fails with what it saw: a timeout, and a dead-lettered batch with its reason', async () => {
+    const id = tenant('clidl');
+    const c = client(id);
+    await c.createEvents(events(120, 'partial'));
+    const timedOut = await c
+      .waitForEvents({ correlationId: 'partial', count: 150, timeoutMs: 500 })
+      .catch((e: unknown) => e);
+    expect(timedOut).toBeInstanceOf(WaitForEventsError);
+    expect((timedOut as Error).message).toMatch(/^timed out after \d+ ms: 120 of 150 stored$/);
+
+    await sql.query(
+      `alter table "t_${id}".audit_events add constraint poison check (event_type <> 'poison')`,
+    );
+    const waiting = c
+      .waitForEvents({ correlationId: 'doomed', count: 150, timeoutMs: 10_000 })
+      .catch((e: unknown) => e);
+    await c.createEvents(
+      [...events(120, 'doomed'), ...events(30, 'doomed', { eventType: 'poison' })],
+      { ack: 'BUFFERED' },
+    );
+    const failed = await waiting;
+    expect(failed).toBeInstanceOf(WaitForEventsError);
+    expect((failed as WaitForEventsError).result).toMatchObject({
+      outcome: 'DEAD_LETTERED',
+      stored: 120,
+      deadLettered: 30,
+    });
+    expect((failed as Error).message).toMatch(/120 of 150 stored, 30 dead-lettered: .*poison/);
+  });
+
+  it('survives the connection being cut mid-wait', async () => {
+    const id = tenant('clicut');
+    const proxy = await cuttableProxy(svc.port);
+    try {
+      const c = client(id, `http://127.0.0.1:${proxy.port}/graphql`);
+      const waiting = c.waitForEvents({ correlationId: 'cut', count: 150, timeoutMs: 15_000 });
+      await until(() => proxy.open > 0);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(proxy.cut()).toBeGreaterThan(0); // the wait's request is gone
+      await client(id).createEvents(events(150, 'cut'), { ack: 'BUFFERED' });
+      expect((await waiting).stored).toBe(150);
+      expect(proxy.accepted).toBeGreaterThanOrEqual(2); // it came back on a new connection
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('createEvents retries through backpressure with the same ids: every event stored once', async () => {
+    const id = tenant('clibp');
+    const c = client(id);
+    // 8 calls of 100 at once against a buffer of 400: some are refused, and come back.
+    const results = await Promise.all(
+      Array.from({ length: 8 }, () => c.createEvents(events(100, 'flood'), { ack: 'BUFFERED' })),
+    );
+    expect(results.some((r) => r.attempts > 1)).toBe(true); // the negative control: refusals happened
+    await c.flush({ timeoutMs: 10_000 });
+    expect(await rows(id, 'flood')).toBe(800);
+    const ids = new Set(results.flatMap((r) => r.events.map((e) => e.eventId)));
+    expect(ids.size).toBe(800);
+  });
+
+  it('does not retry what cannot succeed: a ValidationError throws at once', async () => {
+    const c = client(tenant('clival'));
+    const bad = events(1, 'bad', { occurredAt: '2001-01-01T00:00:00Z' });
+    const err = await c.createEvents(bad).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AuditClientError);
+    expect((err as AuditClientError).retryable).toBe(false);
+    expect((err as AuditClientError).details.issues).toBeInstanceOf(Array);
+  });
+
+  it('events() pages through every matching event', async () => {
+    const id = tenant('clipage');
+    const c = client(id);
+    const sent = events(230, 'paged');
+    const wrote = await c.createEvents(sent);
+    const seen: string[] = [];
+    for await (const e of c.events({
+      filter: { correlationId: 'paged' },
+      order: 'OCCURRED_AT_ASC',
+      pageSize: 50,
+    })) {
+      seen.push(e.eventId);
+    }
+    expect(seen).toHaveLength(230);
+    expect(new Set(seen)).toEqual(new Set(wrote.events.map((e) => e.eventId)));
+  });
+
+  it('tail() yields every event written while 4 writers run, once, each writer in order', async () => {
+    const id = tenant('clitail');
+    const c = client(id);
+    const tail = c.tail({ filter: { correlationId: 'tailed' } });
+    await tail.ready;
+    const writers = Array.from({ length: 4 }, (_, w) => async () => {
+      for (let call = 0; call < 5; call++) {
+        const batch = events(20, 'tailed').map((e, i) => ({
+          ...e,
+          data: { writer: w, n: call * 20 + i },
+        }));
+        await client(id).createEvents(batch);
+      }
+    });
+    const seen: { writer: number; n: number; id: string }[] = [];
+    const reading = (async () => {
+      for await (const e of tail) {
+        seen.push({ ...(e.data as { writer: number; n: number }), id: e.eventId });
+        if (seen.length === 400) break;
+      }
+    })();
+    await Promise.all(writers.map((w) => w()));
+    await reading;
+    expect(new Set(seen.map((s) => s.id)).size).toBe(400);
+    for (let w = 0; w < 4; w++) {
+      const mine = seen.filter((s) => s.writer === w).map((s) => s.n);
+      // COMMITTED calls one after another: their events are committed, and arrive, in order.
+      expect(mine).toEqual([...mine].sort((a, b) => a - b));
+      expect(mine).toHaveLength(100);
+    }
+    await c.close();
+  });
+});
+
+async function until(check: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** A loopback TCP proxy to the service whose open connections the test can cut. */
+async function cuttableProxy(targetPort: number) {
+  const open = new Set<Socket>();
+  let accepted = 0;
+  const server: Server = createServer((inbound) => {
+    accepted++;
+    const outbound = netConnect(targetPort, '127.0.0.1');
+    open.add(inbound);
+    inbound.pipe(outbound).pipe(inbound);
+    const end = () => {
+      open.delete(inbound);
+      inbound.destroy();
+      outbound.destroy();
+    };
+    inbound.on('error', end).on('close', end);
+    outbound.on('error', end).on('close', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as { port: number }).port,
+    get open() {
+      return open.size;
+    },
+    get accepted() {
+      return accepted;
+    },
+    cut(): number {
+      const n = open.size;
+      for (const s of [...open]) s.destroy();
+      return n;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of open) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}

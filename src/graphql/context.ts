@@ -75,11 +75,6 @@ export interface GraphQLContext {
    * subscription ends through its iterator's return instead). Long work stops on it.
    */
   signal?: AbortSignal;
-  /**
-   * A createAuditEvents call refused before its input was coerced (useWriteShedding): the
-   * resolver answers this and reads no events.
-   */
-  writeRefusal?: Error;
 }
 
 /**

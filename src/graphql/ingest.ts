@@ -16,6 +16,7 @@ import { OutcomeEnum } from './audit-event.js';
 import { builder } from './builder.js';
 import { knownTenant, requireTenant } from './context.js';
 import { AuditErrorInterface } from './errors.js';
+import type { RefusedWrite } from './write-shedding.js';
 
 const AckEnum = builder.enumType('Ack', {
   values: {
@@ -164,8 +165,10 @@ builder.mutationField('createAuditEvents', (t) =>
     },
     authScopes: { eventsWrite: true },
     args: { input: t.arg({ type: CreateAuditEventsInput, required: true }) },
-    resolve: async (_root, { input }, ctx) => {
-      if (ctx.writeRefusal) throw ctx.writeRefusal;
+    resolve: async (root, { input }, ctx) => {
+      // Refused before its input was read (write-shedding.ts): the events are not there.
+      const refused = (root as Partial<RefusedWrite> | undefined)?.writeRefusal;
+      if (refused) throw refused;
       const events = await ctx.services.useCases.admission.admit(
         requireTenant(ctx),
         input.events as AuditEventInput[],

@@ -1,7 +1,6 @@
 import { type DocumentNode, getOperationAST, Kind, type ValueNode } from 'graphql';
 import type { Plugin } from 'graphql-yoga';
-import type { GraphQLContext } from './context.js';
-import { requireTenant } from './context.js';
+import { type GraphQLContext, requireTenant } from './context.js';
 
 /**
  * Sheds refused writes before their input is coerced. GraphQL coerces every variable of an
@@ -9,8 +8,8 @@ import { requireTenant } from './context.js';
  * copying it does) is most of what a call costs. A call that will be refused whatever its events
  * hold — the tenant's write rate is still spent, its buffer is full, the instance is stopping —
  * need not pay it: this decides the refusal from the number of events in the raw variables, hands
- * the events' variable to execution as an empty list, and leaves the refusal in the context, where
- * the createAuditEvents resolver answers it as the typed member of its union (so the answer keeps
+ * the events' variable to execution as an empty list, and the refusal as the root value, which
+ * the createAuditEvents resolver answers as the typed member of its union (so the answer keeps
  * the shape the caller's selection asks for, and scope checks still come first).
  *
  * Only the common shape is shed: a mutation whose single root field is createAuditEvents with its
@@ -19,7 +18,7 @@ import { requireTenant } from './context.js';
  */
 export function useWriteShedding(): Plugin<GraphQLContext> {
   return {
-    onExecute({ args, setExecuteFn, executeFn, extendContext }) {
+    onExecute({ args, setExecuteFn, executeFn }) {
       const ctx = args.contextValue;
       const site = eventsVariable(args.document, args.operationName);
       if (!site) return;
@@ -34,11 +33,18 @@ export function useWriteShedding(): Plugin<GraphQLContext> {
       }
       const refusal = ctx.services.useCases.admission.refusal(tenant, events.length);
       if (!refusal) return;
-      extendContext({ writeRefusal: refusal });
+      // The refusal travels as this execution's root value: nothing another operation of the same
+      // request (a batch) could see.
+      const rootValue: RefusedWrite = { writeRefusal: refusal };
       const emptied = site.empty(variables);
-      setExecuteFn((execArgs) => executeFn({ ...execArgs, variableValues: emptied }));
+      setExecuteFn((execArgs) => executeFn({ ...execArgs, rootValue, variableValues: emptied }));
     },
   };
+}
+
+/** The root value of a createAuditEvents execution refused before its input was read. */
+export interface RefusedWrite {
+  writeRefusal: Error;
 }
 
 interface EventsSite {

@@ -121,8 +121,12 @@ export interface Tail extends AsyncIterable<AuditEvent> {
   close(): Promise<void>;
 }
 
-/** The longest a single wait request asks the server for (its FLUSH_MAX_TIMEOUT_MS default). */
-const MAX_WAIT_REQUEST_MS = 60_000;
+/**
+ * The longest a single wait request asks the server for: a longer wait is several requests, so
+ * that it stays under any FLUSH_MAX_TIMEOUT_MS a deployment sets (default 60 s) and under the
+ * idle timeouts of proxies on the way.
+ */
+const MAX_WAIT_REQUEST_MS = 10_000;
 
 /** A failure below GraphQL (network, a proxy's 5xx, a cut connection): always worth a retry. */
 class TransportError extends AuditClientError {

@@ -1,6 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import { createYoga, maskError, type YogaServerInstance } from 'graphql-yoga';
 import { authenticateRequest, type Caller, TENANT_HEADER } from '../auth/caller.js';
 import type { Logger } from '../logger.js';
@@ -132,7 +131,10 @@ export function createGraphQLServer(
     graphqlEndpoint: '/graphql',
     landingPage: false,
     logging: log.child({ component: 'yoga' }),
-    renderGraphiQL,
+    // Loaded with the first page asked for: the bundled GraphiQL is ~47 MB of a process's memory,
+    // which an instance nobody opens GraphiQL on (or one with GRAPHIQL=false) never needs.
+    renderGraphiQL: async (options) =>
+      (await import('@graphql-yoga/render-graphiql')).renderGraphiQL(options),
     graphiql: config.graphiql
       ? () => ({
           title: 'auditgraph',

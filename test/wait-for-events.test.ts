@@ -169,4 +169,17 @@ describe('waitForEvents', () => {
       await Promise.all([a.stop(), b.stop()]);
     }
   });
+
+  it('ends a wait at once when the instance stops, as SHUTTING_DOWN', async () => {
+    const a = await startApp();
+    const id = tenant();
+    await a.gql(id, CREATE, { input: { events: events(1, 'warm') } });
+    const waiting = a.raw(id, { query: WAIT, variables: { c: 'never', n: 1, t: 60_000 } });
+    await new Promise((r) => setTimeout(r, 300));
+    const stopping = Date.now();
+    await a.stop();
+    const { body } = await waiting;
+    expect(Date.now() - stopping).toBeLessThan(10_000);
+    expect(body.errors?.[0]?.extensions?.code).toBe('SHUTTING_DOWN');
+  });
 });

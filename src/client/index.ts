@@ -229,13 +229,15 @@ export class AuditClient {
   /**
    * Resolves once `count` events of the correlation id are stored — events stored before the
    * call count too — with no polling: the service answers the request when they are
-   * (waitForEvents). A request cut by the network is sent again for the time left. Rejects with
+   * (waitForEvents). A request cut by the network, or refused as retryable (an instance that is
+   * stopping), is sent again for the time left. Rejects with
    * WaitForEventsError saying what it saw when the time runs out or the rest were dead-lettered
    * ("timed out after 10000 ms: 120 of 150 stored, 30 dead-lettered: …").
    */
   async waitForEvents(options: WaitForEventsOptions): Promise<WaitResult> {
     const deadline = Date.now() + (options.timeoutMs ?? 10_000);
     let last: WaitResult | undefined;
+    let retries = 0;
     for (;;) {
       const left = deadline - Date.now();
       if (left <= 0 && last) throw new WaitForEventsError(last);
@@ -248,8 +250,11 @@ export class AuditClient {
           })
         ).waitForEvents;
       } catch (err) {
-        if (!(err instanceof TransportError) || Date.now() >= deadline) throw err;
-        await sleep(100);
+        // A cut connection, or a refusal worth another try (an instance stopping: SHUTTING_DOWN).
+        if (!(err instanceof AuditClientError) || !err.retryable || Date.now() >= deadline) {
+          throw err;
+        }
+        await sleep(Math.min(backoff(++retries), Math.max(0, deadline - Date.now())));
         continue;
       }
       if (last.outcome === 'STORED') return last;

@@ -12,6 +12,7 @@ import { type AuditEventInput, LIMITS, RESERVED_EVENT_TYPE_PREFIX } from '../dom
 import type { TenantId } from '../domain/tenant.js';
 import type { AcceptedEvent, FlushResult } from '../ingest/ingest-service.js';
 import { identityHolds } from '../ingest/stats.js';
+import { checkedTimeoutMs } from './arguments.js';
 import { OutcomeEnum } from './audit-event.js';
 import { builder } from './builder.js';
 import { knownTenant, requireTenant } from './context.js';
@@ -215,13 +216,12 @@ builder.mutationField('flushAudit', (t) =>
     resolve: async (_root, { input }, ctx) => {
       const tenant = requireTenant(ctx);
       const { config, cluster, tenants } = ctx.services;
-      const timeoutMs = input?.timeoutMs ?? 10_000;
-      if (timeoutMs < 1 || timeoutMs > config.flushMaxTimeoutMs) {
-        throw ValidationError.single(
-          'input.timeoutMs',
-          `must be between 1 and ${config.flushMaxTimeoutMs}`,
-        );
-      }
+      const timeoutMs = checkedTimeoutMs(
+        input?.timeoutMs,
+        10_000,
+        config.flushMaxTimeoutMs,
+        'input.timeoutMs',
+      );
       await tenants.ensure(tenant, false);
       return cluster.flush(tenant, timeoutMs);
     },

@@ -1,6 +1,6 @@
 import { errorTypeMap, wrapErrorIfMatches } from '@pothos/plugin-errors';
-import { LimitExceededError, ShuttingDownError, ValidationError } from '../domain/errors.js';
-import { type AuditEventRecord, LIMITS, recordBytes } from '../domain/event.js';
+import { LimitExceededError, ShuttingDownError } from '../domain/errors.js';
+import { type AuditEventRecord, recordBytes } from '../domain/event.js';
 import { type AuditEventFilter, matchesLiveTail, validateFilter } from '../domain/filter.js';
 import { isServiceEventType } from '../domain/service-event.js';
 import type { TenantId } from '../domain/tenant.js';
@@ -21,6 +21,7 @@ import {
   type StoredEventMessage,
   storedEventRecord,
 } from '../realtime/topics.js';
+import { checkedCorrelationId } from './arguments.js';
 import { AuditEvent, AuditEventFilterInput } from './audit-event.js';
 import { builder } from './builder.js';
 import { type GraphQLContext, recordRead, requireTenant } from './context.js';
@@ -368,17 +369,6 @@ function guarded<T>(
   };
 }
 
-function checkCorrelationId(id: string | null | undefined): string | null {
-  if (id === undefined || id === null) return null;
-  if (id.length === 0 || id.length > LIMITS.correlationId) {
-    throw ValidationError.single(
-      'filter.correlationId',
-      `between 1 and ${LIMITS.correlationId} characters`,
-    );
-  }
-  return id;
-}
-
 builder.subscriptionField('flushCompleted', (t) =>
   t.field({
     type: FlushCompletedMessageUnion,
@@ -391,7 +381,7 @@ builder.subscriptionField('flushCompleted', (t) =>
       open(
         ctx,
         'flushCompleted',
-        () => checkCorrelationId(args.filter?.correlationId),
+        () => checkedCorrelationId(args.filter?.correlationId, 'filter.correlationId'),
         (tenant, correlationId) =>
           ctx.services.realtime.subscribe(tenant, 'flushCompleted', (m) => {
             if (correlationId === null) return [m];

@@ -1,6 +1,6 @@
 import { LimitExceededError, ValidationError } from '../domain/errors.js';
-import { LIMITS } from '../domain/event.js';
 import type { EventWaitResult } from '../usecases/event-waits.js';
+import { checkedCorrelationId, checkedTimeoutMs } from './arguments.js';
 import { builder } from './builder.js';
 import { recordRead, requireTenant } from './context.js';
 
@@ -82,22 +82,16 @@ builder.queryField('waitForEvents', (t) =>
     resolve: async (_root, args, ctx) => {
       const tenant = requireTenant(ctx);
       const { config, tenants, subscriptions, useCases } = ctx.services;
-      if (args.correlationId.length === 0 || args.correlationId.length > LIMITS.correlationId) {
-        throw ValidationError.single(
-          'correlationId',
-          `between 1 and ${LIMITS.correlationId} characters`,
-        );
-      }
+      checkedCorrelationId(args.correlationId, 'correlationId');
       if (!Number.isInteger(args.count) || args.count < 1 || args.count > WAIT_MAX_COUNT) {
         throw ValidationError.single('count', `must be between 1 and ${WAIT_MAX_COUNT}`);
       }
-      const timeoutMs = args.timeoutMs ?? WAIT_DEFAULT_TIMEOUT_MS;
-      if (timeoutMs < 1 || timeoutMs > config.flushMaxTimeoutMs) {
-        throw ValidationError.single(
-          'timeoutMs',
-          `must be between 1 and ${config.flushMaxTimeoutMs}`,
-        );
-      }
+      const timeoutMs = checkedTimeoutMs(
+        args.timeoutMs,
+        WAIT_DEFAULT_TIMEOUT_MS,
+        config.flushMaxTimeoutMs,
+        'timeoutMs',
+      );
       // As for a subscription: with auto-provisioning on, a wait may come before the first write.
       if (!config.tenantAutoProvision) await tenants.ensure(tenant, false);
       const release = subscriptions.acquire(tenant);

@@ -214,6 +214,7 @@ const envSchema = z.object({
    * more is answered LimitExceededError as its only message. 0: no limit.
    */
   MAX_SUBSCRIPTIONS_PER_TENANT: int(0).default(1_000),
+  TAIL_REPLAY_MAX_EVENTS: int(0, 10_000_000).default(10_000),
   /**
    * Bytes of messages (estimated from their serialised size) queued for all subscribers of the
    * process and not yet delivered. Past it, the subscriptions holding the most are ended with
@@ -306,6 +307,11 @@ export interface Config {
   maxHttpConnections: number;
   maxSubscriptionsPerConnection: number;
   maxSubscriptionsPerTenant: number;
+  /**
+   * Positions of the tenant's chains an `auditEventsAdded(after:)` may replay before going live;
+   * beyond, it is refused (REPLAY_TOO_LARGE) and the caller pages instead.
+   */
+  tailReplayMaxEvents: number;
   subscriptionQueueMaxBytes: number;
   flushMaxTimeoutMs: number;
   shutdownTimeoutMs: number;
@@ -492,6 +498,7 @@ function configOf(e: z.output<typeof envSchema>): Config {
     maxHttpConnections: e.MAX_HTTP_CONNECTIONS,
     maxSubscriptionsPerConnection: e.MAX_SUBSCRIPTIONS_PER_CONNECTION,
     maxSubscriptionsPerTenant: e.MAX_SUBSCRIPTIONS_PER_TENANT,
+    tailReplayMaxEvents: e.TAIL_REPLAY_MAX_EVENTS,
     subscriptionQueueMaxBytes: e.SUBSCRIPTION_QUEUE_MAX_BYTES,
     flushMaxTimeoutMs: e.FLUSH_MAX_TIMEOUT_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,

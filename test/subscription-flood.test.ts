@@ -23,7 +23,7 @@ const EVENTS_ADDED_WITH_LIMIT = `subscription Tail($filter: AuditEventFilter) {
   auditEventsAdded(filter: $filter) {
     __typename
     ... on SubscriptionReady { instanceId }
-    ... on AuditEvent { id: eventId eventType }
+    ... on AuditEventAdded { node { id: eventId eventType } }
     ... on SubscriptionInterruptedError { reason }
     
     ... on AuditError { message retryable }
@@ -361,7 +361,7 @@ describe('a read-only key flooding the live tail while the tenant writes', () =>
           next: (r) => {
             const m = (r.data as Record<string, any>).auditEventsAdded;
             if (m.__typename === 'SubscriptionReady') resolve();
-            else if (m.__typename === 'AuditEvent' && !watcherEnd) seen.push(m.id);
+            else if (m.__typename === 'AuditEventAdded' && !watcherEnd) seen.push(m.node.id);
             else watcherEnd ??= m;
           },
           error: reject,

@@ -70,7 +70,7 @@ describe('subscriptions over SSE (in-process bus)', () => {
     const a = event({ correlationId: corr, eventType: 'a.happened' });
     const b = event({ id: randomUUID(), correlationId: corr, eventType: 'b.happened' });
     await t.gql(me, CREATE, { input: { events: [a, b] } });
-    expect(await tail.next()).toMatchObject({ __typename: 'AuditEvent', id: b.id });
+    expect(await tail.next()).toMatchObject({ __typename: 'AuditEventAdded', node: { id: b.id } });
     await tail.close();
   });
 

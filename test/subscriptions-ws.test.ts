@@ -174,11 +174,13 @@ describe('subscriptions over graphql-ws (Redis fan-out)', () => {
     });
     await t.gql(me, CREATE, { input: { events: [sentinel] } });
 
-    const seen = await tail.until((m) => m.id === sentinel.id);
-    expect(seen.every((m) => m.__typename === 'AuditEvent')).toBe(true);
-    expect(seen.map((m) => m.id).sort()).toEqual([...keep.map((e) => e.id), sentinel.id].sort());
-    const one = seen.find((m) => m.id === keep[1]!.id)!;
-    expect(one).toMatchObject({
+    const seen = await tail.until((m) => m.node?.id === sentinel.id);
+    expect(seen.every((m) => m.__typename === 'AuditEventAdded')).toBe(true);
+    expect(seen.map((m) => m.node.id).sort()).toEqual(
+      [...keep.map((e) => e.id), sentinel.id].sort(),
+    );
+    const one = seen.find((m) => m.node.id === keep[1]!.id)!;
+    expect(one.node).toMatchObject({
       correlationId: corr,
       outcome: 'FAILURE',
       data: { tag: 'keep', n: 2 },

@@ -114,9 +114,22 @@ export interface EventsOptions {
   pageSize?: number;
 }
 
+export interface TailOptions {
+  filter?: AuditEventFilter;
+  /** Start after this cursor (a Tail's `cursor`): every event stored since comes first. */
+  after?: string | null;
+  /** Tries in a row that may fail (connecting, or resuming) before the tail gives up; 8. */
+  maxAttempts?: number;
+}
+
 /** A live tail: iterate it for events; `ready` resolves once the server will deliver them. */
 export interface Tail extends AsyncIterable<AuditEvent> {
   readonly ready: Promise<void>;
+  /**
+   * Where the tail is: after the last event it yielded (before the first, where it started).
+   * Keep it to resume later — `client.tail({ after: tail.cursor })` — with nothing missed.
+   */
+  readonly cursor: string | null;
   /** Ends the tail (as does leaving a `for await` loop). */
   close(): Promise<void>;
 }
@@ -139,7 +152,8 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class AuditClient {
   private readonly fetchImpl: typeof fetch;
-  private ws: WsClient | undefined;
+  /** How to close each open tail. */
+  private readonly tails = new Set<() => Promise<void>>();
 
   constructor(private readonly opts: AuditClientOptions) {
     if (!opts.apiKey && !opts.tenant) {
@@ -264,47 +278,38 @@ export class AuditClient {
 
   /**
    * Events as they are stored, matching the filter, from any instance (auditEventsAdded over
-   * graphql-ws). The tail ends with an AuditClientError when the server interrupts it; page
-   * with `events()` from your last event to catch up, then tail again.
+   * graphql-ws), each once, in commit order within each month. With `after` (a `cursor` this
+   * tail or an earlier one gave), it starts with every event stored after that cursor.
+   *
+   * It resumes by itself, from its last cursor, when the connection drops or the server ends it
+   * in a way worth a retry (an instance stopping, a slow read): nothing is missed or repeated
+   * across the reconnect. It ends with an AuditClientError when resuming cannot help (a revoked
+   * key, REPLAY_TOO_LARGE) or `maxAttempts` tries in a row fail.
    */
-  tail(options: { filter?: AuditEventFilter } = {}): Tail {
-    const iterator = this.wsClient().iterate<ClientTailSubscription>({
-      query: OPERATIONS.ClientTail,
-      variables: { filter: options.filter ?? null },
-    });
-    let markReady: () => void = () => {};
-    let failReady: (err: unknown) => void = () => {};
+  tail(options: TailOptions = {}): Tail {
+    const state: TailState = {
+      cursor: options.after ?? null,
+      closing: false,
+      markReady: () => {},
+      failReady: () => {},
+    };
     const ready = new Promise<void>((resolve, reject) => {
-      markReady = resolve;
-      failReady = reject;
+      state.markReady = resolve;
+      state.failReady = reject;
     });
     ready.catch(() => {}); // a tail nobody waits on for readiness still reports through iteration
-    let closing = false;
-    const events = async function* (): AsyncGenerator<AuditEvent, void, undefined> {
-      try {
-        for await (const result of iterator) {
-          if (result.errors?.length) throw graphQLError(result.errors);
-          const message = result.data?.auditEventsAdded;
-          if (!message) continue;
-          if (message.__typename === 'SubscriptionReady') {
-            markReady();
-            continue;
-          }
-          if (message.__typename === 'SubscriptionInterruptedError') {
-            throw new AuditClientError(message.message, message.reason, message.retryable);
-          }
-          const { __typename: _, ...event } = message;
-          yield event;
-        }
-      } catch (err) {
-        if (closing) return;
-        failReady(err);
-        throw err;
-      } finally {
-        await iterator.return?.();
-      }
+    const open = () => {
+      // A connection of its own, never retried by graphql-ws: a retried subscription would be
+      // sent again with the cursor it was first opened with, not the last one delivered.
+      const socket = this.socket();
+      const iterator = socket.iterate<ClientTailSubscription>({
+        query: OPERATIONS.ClientTail,
+        variables: { filter: options.filter ?? null, after: state.cursor },
+      });
+      state.current = { socket, iterator };
+      return state.current;
     };
-    const stream = events();
+    const stream = resumingTail(state, open, options.maxAttempts ?? 8);
     // The first message (readiness) comes only when the stream is read, so it is read ahead of
     // the caller, one step at a time: `ready` can be awaited before the first `next()`.
     const ahead: IteratorResult<AuditEvent>[] = [];
@@ -319,7 +324,7 @@ export class AuditClient {
           },
           (error: unknown) => {
             failure ??= { error };
-            failReady(error);
+            state.failReady(error);
           },
         )
         .finally(() => {
@@ -341,18 +346,28 @@ export class AuditClient {
         await pull();
       }
     };
+    const tails = this.tails;
     const close = async () => {
-      closing = true;
-      failReady(new AuditClientError('the tail was closed before it was ready', 'CLOSED', false));
+      if (state.closing) return;
+      state.closing = true;
+      tails.delete(close);
+      state.failReady(
+        new AuditClientError('the tail was closed before it was ready', 'CLOSED', false),
+      );
       // graphql-ws's return() completes the subscription but leaves a read waiting on it
       // waiting; its throw() wakes that read, and the stream ends with it.
-      await iterator.return?.();
-      await iterator.throw?.(new Error('tail closed'));
+      await state.current?.iterator.return?.();
+      await state.current?.iterator.throw?.(new Error('tail closed'));
+      await state.current?.socket.dispose();
       await stream.return(undefined);
     };
+    tails.add(close);
     return {
       ready,
       close,
+      get cursor() {
+        return state.cursor;
+      },
       [Symbol.asyncIterator]: () => ({
         next,
         async return(): Promise<IteratorResult<AuditEvent>> {
@@ -363,22 +378,21 @@ export class AuditClient {
     };
   }
 
-  /** Closes the tail's WebSocket connection, if one was opened. */
+  /** Ends every tail this client opened. */
   async close(): Promise<void> {
-    await this.ws?.dispose();
-    this.ws = undefined;
+    await Promise.all([...this.tails].map((close) => close()));
   }
 
-  private wsClient(): WsClient {
-    this.ws ??= createClient({
+  private socket(): WsClient {
+    return createClient({
       url: this.opts.url.replace(/^http/, 'ws'),
       ...(this.opts.webSocketImpl ? { webSocketImpl: this.opts.webSocketImpl } : {}),
       connectionParams: this.opts.apiKey
         ? { authorization: `Bearer ${this.opts.apiKey}` }
         : { tenantId: this.opts.tenant },
       lazy: true,
+      retryAttempts: 0,
     });
-    return this.ws;
   }
 
   private headers(): Record<string, string> {
@@ -435,6 +449,89 @@ function graphQLError(errors: readonly GraphQLErrorBody[]): AuditClientError {
 }
 
 /** 250 ms, doubling, at most 5 s, with jitter. */
+/** What a tail shares with the loop that feeds it. */
+interface TailState {
+  cursor: string | null;
+  closing: boolean;
+  markReady: () => void;
+  failReady: (err: unknown) => void;
+  current?: {
+    socket: WsClient;
+    iterator: AsyncIterableIterator<{ data?: ClientTailSubscription | null; errors?: unknown }>;
+  };
+}
+
+/**
+ * The tail's events over one subscription after another: each opened (`open`) after the cursor
+ * the last one reached, until one ends in a way a retry cannot help or `maxAttempts` in a row
+ * fail.
+ */
+async function* resumingTail(
+  state: TailState,
+  open: () => NonNullable<TailState['current']>,
+  maxAttempts: number,
+): AsyncGenerator<AuditEvent, void, undefined> {
+  let failures = 0;
+  try {
+    for (;;) {
+      const current = open();
+      let failure: unknown;
+      try {
+        for await (const result of current.iterator) {
+          if (Array.isArray(result.errors) && result.errors.length) {
+            throw graphQLError(result.errors as GraphQLErrorBody[]);
+          }
+          const message = result.data?.auditEventsAdded;
+          if (!message) continue;
+          if (message.__typename === 'SubscriptionReady') {
+            state.cursor = message.startCursor ?? state.cursor;
+            state.markReady();
+          } else if (message.__typename === 'SubscriptionInterruptedError') {
+            throw new AuditClientError(message.message, message.reason, message.retryable);
+          } else {
+            state.cursor = message.cursor;
+            failures = 0;
+            yield message.node;
+          }
+        }
+        failure = new TransportError('the server completed the tail');
+      } catch (err) {
+        failure = err;
+      } finally {
+        await current.iterator.return?.();
+        await current.socket.dispose();
+      }
+      if (state.closing) return;
+      const error = asClientError(failure);
+      if (!error.retryable || ++failures >= maxAttempts) throw error;
+      await sleep(backoff(failures));
+      if (state.closing) return;
+    }
+  } catch (err) {
+    if (state.closing) return;
+    state.failReady(err);
+    throw err;
+  }
+}
+
+/**
+ * What a tail's connection ended with, as a client error: graphql-ws rejects with the socket's
+ * close event, whose 4xxx codes (4401, 4403, …) are refusals and the rest lost connections.
+ */
+function asClientError(failure: unknown): AuditClientError {
+  if (failure instanceof AuditClientError) return failure;
+  const close = failure as { code?: unknown; reason?: unknown } | null;
+  if (close && typeof close.code === 'number') {
+    const reason = typeof close.reason === 'string' && close.reason ? `: ${close.reason}` : '';
+    if (close.code >= 4000) {
+      const code = close.code === 4401 || close.code === 4403 ? 'UNAUTHENTICATED' : 'CLOSED';
+      return new AuditClientError(`connection refused (${close.code}${reason})`, code, false);
+    }
+    return new TransportError(`connection closed (${close.code}${reason})`);
+  }
+  return new TransportError(`connection failed: ${(failure as Error)?.message ?? failure}`);
+}
+
 function backoff(attempt: number): number {
   const base = Math.min(5_000, 250 * 2 ** (attempt - 1));
   return base / 2 + Math.random() * (base / 2);

@@ -51,6 +51,7 @@ export const ERROR_STATUS = {
   COMMIT_TIMEOUT: 504,
   FLUSH_TIMEOUT: 504,
   SUBSCRIPTION_INTERRUPTED: 503,
+  REPLAY_TOO_LARGE: 400,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
@@ -239,5 +240,28 @@ export class InvalidCursorError extends AuditError {
   readonly retryable = false;
   constructor() {
     super('cursor is not valid for this query; start again without a cursor');
+  }
+}
+
+/**
+ * A live tail asked to start from a cursor so far back that replaying it would pass more than
+ * TAIL_REPLAY_MAX_EVENTS positions of the tenant's chains: read that part with auditEvents.
+ */
+export class ReplayTooLargeError extends AuditError {
+  readonly code = 'REPLAY_TOO_LARGE' as const;
+  readonly retryable = false;
+  constructor(
+    /** Positions stored after the cursor (every event, whatever the filter). */
+    readonly events: number,
+    readonly max: number,
+  ) {
+    super(
+      `${events} events were stored after this cursor, more than a tail replays ` +
+        `(TAIL_REPLAY_MAX_EVENTS ${max}): page through auditEvents for them, then open the tail ` +
+        'without `after` (or from a newer cursor)',
+    );
+  }
+  override details(): Record<string, unknown> {
+    return { events: this.events, max: this.max };
   }
 }

@@ -16,6 +16,23 @@ export interface CursorScope {
   filter: AuditEventFilter;
 }
 
+/**
+ * A position in a tenant's hash chains, one per month (first instant of the UTC month, as epoch
+ * ms) → the last position delivered; a month it does not name is at position 0. Within a month,
+ * positions are taken under the month's chain lock and so follow commit order.
+ */
+export type TailPosition = ReadonlyMap<number, number>;
+
+/** `YYYYMM-seq`: one month of a tail cursor. */
+const TAIL_ENTRY = /^(\d{4})(\d{2})-(\d{1,16})$/;
+/** Generous for MAX_PARTITIONS_PER_TENANT months; anything longer is not a cursor of ours. */
+const MAX_TAIL_CURSOR = 32_768;
+
+function monthLabel(month: number): string {
+  const d = new Date(month);
+  return `${String(d.getUTCFullYear()).padStart(4, '0')}${String(d.getUTCMonth() + 1).padStart(2, '0')}`;
+}
+
 const MAC_BYTES = 16;
 const MAC_TEXT = /^[A-Za-z0-9_-]{22}$/;
 
@@ -56,6 +73,56 @@ export class KeysetCursorCodec {
       throw new InvalidCursorError();
     }
     return { occurredAt: new Date(Number(ms)), id };
+  }
+
+  /**
+   * A live-tail cursor: the position reached in each month's chain. Bound to the tenant only —
+   * a position in the tenant's chains means the same under any filter — and marked as a tail
+   * cursor, so a page cursor is never taken for one (nor the reverse).
+   */
+  encodeTail(position: TailPosition, tenant: string): string {
+    const entries = [...position]
+      .filter(([, seq]) => seq > 0)
+      .sort(([a], [b]) => a - b)
+      .map(([month, seq]) => `${monthLabel(month)}-${seq}`);
+    const body = ['t1', ...entries].join('.');
+    return `${body}.${this.tailMac(body, tenant).toString('base64url')}`;
+  }
+
+  /** The position of a cursor from `encodeTail`; InvalidCursorError for anything else. */
+  decodeTail(cursor: string, tenant: string): TailPosition {
+    if (cursor.length > MAX_TAIL_CURSOR) throw new InvalidCursorError();
+    const parts = cursor.split('.');
+    const mac = parts.pop();
+    if (parts[0] !== 't1' || !mac || !MAC_TEXT.test(mac)) throw new InvalidCursorError();
+    const position = new Map<number, number>();
+    let last = -Infinity;
+    for (const entry of parts.slice(1)) {
+      const m = TAIL_ENTRY.exec(entry);
+      if (!m) throw new InvalidCursorError();
+      const month = Date.UTC(Number(m[1]), Number(m[2]) - 1, 1);
+      const seq = Number(m[3]);
+      if (Number(m[2]) < 1 || Number(m[2]) > 12 || month <= last || !Number.isSafeInteger(seq)) {
+        throw new InvalidCursorError();
+      }
+      last = month;
+      position.set(month, seq);
+    }
+    const given = Buffer.from(mac, 'ascii');
+    const body = parts.join('.');
+    const expected = Buffer.from(this.tailMac(body, tenant).toString('base64url'), 'ascii');
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+      throw new InvalidCursorError();
+    }
+    return position;
+  }
+
+  private tailMac(body: string, tenant: string): Buffer {
+    if (!this.secret) throw new Error('the cursor secret is not loaded yet');
+    return createHmac('sha256', this.secret)
+      .update(`tail1\n${tenant}\n${body}`)
+      .digest()
+      .subarray(0, MAC_BYTES);
   }
 
   private mac(body: string, scope: CursorScope): Buffer {

@@ -1,4 +1,5 @@
 import { errorTypeMap, wrapErrorIfMatches } from '@pothos/plugin-errors';
+import { chainMonth } from '../domain/chain.js';
 import { LimitExceededError, ShuttingDownError } from '../domain/errors.js';
 import { type AuditEventRecord, recordBytes } from '../domain/event.js';
 import { type AuditEventFilter, matchesLiveTail, validateFilter } from '../domain/filter.js';
@@ -13,6 +14,13 @@ import {
   SubscriptionReady,
   single,
 } from '../realtime/live-subscription.js';
+import {
+  LiveTail,
+  type TailEventAdded,
+  TailReady,
+  type TailStep,
+  tailSteps,
+} from '../realtime/live-tail.js';
 import {
   type AuditEventsAddedMessage,
   type CorrelationCounts,
@@ -45,6 +53,17 @@ builder.objectType(SubscriptionReady, {
       description: 'The instance holding this subscription.',
     }),
     subscribedAt: t.expose('subscribedAt', { type: 'DateTime' }),
+    startCursor: t.string({
+      nullable: true,
+      description:
+        'auditEventsAdded only: the position the tail starts from. Resume from it (`after`) when ' +
+        'the tail ends before its first event; null for the other subscriptions. (Not named ' +
+        '`cursor`: a selection of both on the union would conflict, String against String!.)',
+      resolve: (r, _args, ctx) =>
+        r instanceof TailReady
+          ? ctx.services.queries.tailCursor(requireTenant(ctx), r.position)
+          : null,
+    }),
   }),
 });
 
@@ -72,7 +91,7 @@ builder.objectType(SubscriptionInterruptedError, {
   name: 'SubscriptionInterruptedError',
   description:
     'The server ended the subscription rather than let it miss messages; it is the last message. ' +
-    'Resubscribe, then re-query auditEvents from your last position.',
+    'Resubscribe (auditEventsAdded: with `after` the last cursor you received).',
   interfaces: [AuditErrorInterface],
   isTypeOf: (e) => e instanceof SubscriptionInterruptedError,
   fields: (t) => ({ reason: t.field({ type: InterruptReasonEnum, resolve: (e) => e.reason }) }),
@@ -216,9 +235,23 @@ const DeadLetterEventMessageUnion = builder.unionType('DeadLetterEventMessage', 
   resolveType: (v) => typeOf(v, 'DeadLetterEvent'),
 });
 
+const AuditEventAddedRef = builder.objectRef<TailEventAdded>('AuditEventAdded').implement({
+  description:
+    'An event the live tail delivers, and the cursor to resume the tail from after it ' +
+    '(`auditEventsAdded(after:)`).',
+  fields: (t) => ({
+    cursor: t.string({
+      description:
+        'Opaque and signed. Everything up to this event that matches the filter was delivered.',
+      resolve: (e, _args, ctx) => ctx.services.queries.tailCursor(requireTenant(ctx), e.position),
+    }),
+    node: t.field({ type: AuditEvent, resolve: (e) => e.row }),
+  }),
+});
+
 const AuditEventsAddedMessageUnion = builder.unionType('AuditEventsAddedMessage', {
-  types: [SubscriptionReady, AuditEvent, ...SUBSCRIPTION_ERRORS],
-  resolveType: (v) => typeOf(v, 'AuditEvent'),
+  types: [SubscriptionReady, AuditEventAddedRef, ...SUBSCRIPTION_ERRORS],
+  resolveType: (v) => typeOf(v, 'AuditEventAdded'),
 });
 
 /**
@@ -230,7 +263,10 @@ async function open<A, T>(
   ctx: GraphQLContext,
   field: string,
   check: () => A,
-  start: (tenant: TenantId, checked: A) => AsyncIterable<LiveItem<T>>,
+  start: (
+    tenant: TenantId,
+    checked: A,
+  ) => AsyncIterable<LiveItem<T>> | Promise<AsyncIterable<LiveItem<T>>>,
   read?: (checked: A) => Record<string, unknown>,
 ): Promise<AsyncIterable<LiveItem<T>>> {
   let release: (() => void) | undefined;
@@ -262,10 +298,17 @@ async function open<A, T>(
         );
       }
     }
-    if (read) await recordRead(ctx, tenant, field, read(checked));
+    // A start that may refuse (the tail's replay bound) refuses before an access record too.
+    const stream = await start(tenant, checked);
+    try {
+      if (read) await recordRead(ctx, tenant, field, read(checked));
+    } catch (err) {
+      await stream[Symbol.asyncIterator]().return?.();
+      throw err;
+    }
     ctx.log.debug({ tenant, field, requestId: ctx.requestId }, 'subscription opened');
     const held = [release, slot];
-    return guarded(ctx, start(tenant, checked), () => {
+    return guarded(ctx, stream, () => {
       for (const free of held) free?.();
     });
   } catch (err) {
@@ -411,14 +454,18 @@ builder.subscriptionField('deadLetterEvents', (t) =>
 );
 
 /** A stored event in the shape `AuditEvent` resolves from (a row). */
-function eventRow(record: AuditEventRecord, batchId: string): AuditEventRow {
+function eventRow(
+  record: AuditEventRecord,
+  batchId: string,
+  chainSeq: number | null,
+): AuditEventRow {
   const { dataJson, ...rest } = record;
   return {
     ...rest,
     data: dataJson === null ? null : (JSON.parse(dataJson) as Record<string, unknown>),
     batchId,
-    // The live tail carries events, not their chain links: `auditEvent(id)` reads those.
-    chainSeq: null,
+    chainSeq,
+    // The live tail carries events and their positions, not their hashes: `auditEvent(id)` does.
     prevHash: null,
     hash: null,
   };
@@ -427,70 +474,102 @@ function eventRow(record: AuditEventRecord, batchId: string): AuditEventRow {
 interface LiveEvent {
   record: AuditEventRecord;
   row: AuditEventRow;
+  month: number;
+  seq: number | null;
+  service: boolean;
 }
 
 /**
  * The events of a message, revived (dates, parsed data, the row the resolvers read) once for all
  * of this instance's subscribers: the bus hands each of them the same message object, so the
- * work per subscriber is only its filter. Rows are shared, and never changed by resolvers.
+ * work per subscriber is its filter. Rows are shared, and never changed by resolvers.
  */
-const revived = new WeakMap<AuditEventsAddedMessage, { all: LiveEvent[]; clients: LiveEvent[] }>();
+const revived = new WeakMap<AuditEventsAddedMessage, LiveEvent[]>();
 /** Bytes a row holds while queued for a subscriber (SUBSCRIPTION_QUEUE_MAX_BYTES). */
 const rowBytes = new WeakMap<AuditEventRow, number>();
 
-/**
- * The events a subscriber's filter is to be tried on: every event when it names a type of the
- * service's own (see matchesLiveTail), else only the others — a batch of access records then
- * costs a subscriber nothing.
- */
-function liveEvents(m: AuditEventsAddedMessage, namesServiceTypes: boolean): LiveEvent[] {
+function liveEvents(m: AuditEventsAddedMessage): LiveEvent[] {
   let events = revived.get(m);
   if (!events) {
-    const all = m.events.map((e: StoredEventMessage) => {
-      const record = storedEventRecord(e);
-      const row = eventRow(record, m.batchId);
+    events = m.events.map((e: StoredEventMessage) => {
+      const { chainSeq, ...stored } = e;
+      const record = storedEventRecord(stored);
+      const seq = chainSeq ?? null;
+      const row = eventRow(record, m.batchId, seq);
       rowBytes.set(row, recordBytes(record));
-      return { record, row };
+      const month = chainMonth(record.occurredAt).getTime();
+      return { record, row, month, seq, service: isServiceEventType(record.eventType) };
     });
-    const clients = all.filter((e) => !isServiceEventType(e.record.eventType));
-    events = { all, clients: clients.length === all.length ? all : clients };
     revived.set(m, events);
   }
-  return namesServiceTypes ? events.all : events.clients;
+  return events;
+}
+
+/**
+ * A live message for one subscriber, as steps of its tail: the events its filter takes, and the
+ * positions of the others (which move the tail all the same). The service's own records are
+ * tried only when the filter names a type of theirs (see matchesLiveTail): a batch of access
+ * records then costs a subscriber no filter work.
+ */
+function liveSteps(
+  m: AuditEventsAddedMessage,
+  filter: AuditEventFilter,
+  namesServiceTypes: boolean,
+): TailStep[] {
+  return tailSteps(
+    liveEvents(m),
+    (e) => (!e.service || namesServiceTypes) && matchesLiveTail(e.record, filter, e.row.data),
+  );
 }
 
 builder.subscriptionField('auditEventsAdded', (t) =>
   t.field({
     type: AuditEventsAddedMessageUnion,
     description:
-      'Live tail: each event matching the filter, once it is committed (STORED; duplicates are ' +
-      'not repeated), in commit order, from any instance. The service’s own records (event ' +
-      'types `auditgraph.*`, such as the access records reads produce) only when ' +
-      '`filter.eventTypes` names them. First message: SubscriptionReady. ' +
-      'After a reconnect, re-query auditEvents from your last position, then rely on the tail.',
-    args: { filter: t.arg({ type: AuditEventFilterInput }) },
+      'Live tail: each event matching the filter once it is committed (STORED; duplicates are ' +
+      'not repeated), from any instance, once each, in commit order within each month. With ' +
+      '`after` (a cursor of a message of this field), first every event stored after it, then ' +
+      'live ones, with nothing missed or repeated at the seam; without, from when it is opened. ' +
+      'A replay of more than TAIL_REPLAY_MAX_EVENTS positions is refused (REPLAY_TOO_LARGE): ' +
+      'page with auditEvents instead. The service’s own records (event types `auditgraph.*`, ' +
+      'such as the access records reads produce) only when `filter.eventTypes` names them. ' +
+      'First message: SubscriptionReady, whose `startCursor` is where the tail starts.',
+    args: {
+      filter: t.arg({ type: AuditEventFilterInput }),
+      after: t.arg.string({
+        description:
+          'Resume after this cursor: of an AuditEventAdded, or of the SubscriptionReady when no ' +
+          'event came.',
+      }),
+    },
     authScopes: { eventsRead: true },
     subscribe: (_root, args, ctx) =>
       open(
         ctx,
         'auditEventsAdded',
-        () => validateFilter(args.filter as AuditEventFilter | null),
-        (tenant, filter) => {
+        () => {
+          const filter = validateFilter(args.filter as AuditEventFilter | null);
+          const after =
+            args.after == null
+              ? null
+              : ctx.services.queries.tailPosition(requireTenant(ctx), args.after);
+          return { filter, after };
+        },
+        async (tenant, { filter, after }) => {
+          const { queries, config, realtime } = ctx.services;
+          // Read before the subscription is registered: whatever commits from here on is either
+          // in the replay or live.
+          const start = await queries.tailStart(tenant, after, config.tailReplayMaxEvents);
           const namesServiceTypes = filter.eventTypes?.some(isServiceEventType) ?? false;
-          return ctx.services.realtime.subscribe(
+          const live = realtime.subscribe(
             tenant,
             'auditEventsAdded',
-            (m) => {
-              const rows: AuditEventRow[] = [];
-              for (const e of liveEvents(m, namesServiceTypes)) {
-                if (matchesLiveTail(e.record, filter, e.row.data)) rows.push(e.row);
-              }
-              return rows;
-            },
-            (row) => rowBytes.get(row) ?? 0,
+            (m) => liveSteps(m, filter, namesServiceTypes),
+            (step) => (step.row ? (rowBytes.get(step.row) ?? 0) : 0),
           );
+          return new LiveTail(live, queries.tailStore(tenant, filter), start);
         },
-        (filter) => ({ filter }),
+        ({ filter, after }) => ({ filter, ...(after ? { resumed: true } : {}) }),
       ),
     resolve: resolveMessage,
   }),

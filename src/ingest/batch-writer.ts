@@ -32,6 +32,11 @@ export interface BatchWriteResult {
   conflicts: number;
   /** True when the batch id was already in the ledger: an earlier attempt had committed. */
   alreadyCommitted: boolean;
+  /**
+   * Each STORED record's position in its month's chain (by position in the batch; null for the
+   * others). Absent when an earlier attempt committed the batch: the ledger keeps no positions.
+   */
+  chainSeqs?: (number | null)[];
 }
 
 /** One event column as the writer binds it: a parameter array of `type`, one value per row. */
@@ -266,8 +271,12 @@ export class BatchWriter {
       if (rejections.size === records.length) {
         return { statuses, rejections, conflicts: 0, alreadyCommitted: false };
       }
+      const chainSeqs: (number | null)[] = records.map(() => null);
       if (fresh.length > 0) {
         const chain = this.chain(schema, records, fresh, heads, canonical);
+        fresh.forEach((i, k) => {
+          chainSeqs[i] = chain.seq[k]!;
+        });
         const rows = await this.insertRows(
           tx,
           schema,
@@ -293,7 +302,7 @@ export class BatchWriter {
         [...rejections.keys()],
       );
       if (journal) await this.recordSettlements(tx, schema, batchId, journal, statuses);
-      return { statuses, rejections, conflicts: 0, alreadyCommitted: false };
+      return { statuses, rejections, conflicts: 0, alreadyCommitted: false, chainSeqs };
     });
   }
 

@@ -25,6 +25,11 @@ export interface BatchSettled {
   records: readonly AuditEventRecord[];
   statuses: readonly SettledStatus[];
   /**
+   * Each STORED record's position in its month's hash chain, parallel to `records` (null for the
+   * others, and where the writer could not say: a batch an earlier attempt had committed).
+   */
+  chainSeqs?: readonly (number | null)[];
+  /**
    * True when these events come out of the dead-letter queue: they were already reported once
    * (as DEAD_LETTERED), so a waiter counting its events must not count them again.
    */

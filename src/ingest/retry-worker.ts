@@ -156,6 +156,7 @@ export class RetryWorker {
         instanceId: this.opts.instanceId,
         records: dl.records.filter((_, i) => result.statuses[i] !== 'REJECTED'),
         statuses: result.statuses.filter((s) => s !== 'REJECTED') as ('STORED' | 'DUPLICATE')[],
+        chainSeqs: result.chainSeqs?.filter((_, i) => result.statuses[i] !== 'REJECTED'),
       });
     }
   }

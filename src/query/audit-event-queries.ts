@@ -1,6 +1,7 @@
-import { ValidationError } from '../domain/errors.js';
+import { ReplayTooLargeError, ValidationError } from '../domain/errors.js';
 import { type AuditEventFilter, type AuditEventOrder, validateFilter } from '../domain/filter.js';
-import type { KeysetCursorCodec } from '../domain/keyset-cursor.js';
+import type { KeysetCursorCodec, TailPosition } from '../domain/keyset-cursor.js';
+import { isServiceEventType } from '../domain/service-event.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { AuditEventReader, AuditEventRow } from './audit-event-reader.js';
 
@@ -24,6 +25,17 @@ export interface EventPage {
     startCursor: string | null;
     endCursor: string | null;
   };
+}
+
+/** What the tail reads from the database: the chain heads, and stored rows by position. */
+export interface TailStore {
+  /** The head of each month's chain (or of one month's): month → last position taken. */
+  heads(month?: number): Promise<ReadonlyMap<number, number>>;
+  /**
+   * The rows of `month` with `afterSeq < chain_seq <= throughSeq` that the subscriber's filter
+   * takes, in chain order.
+   */
+  range(month: number, afterSeq: number, throughSeq: number): Promise<readonly AuditEventRow[]>;
 }
 
 /** Relay-style pages of a tenant's events: argument rules, signed cursors, the keyset reader. */
@@ -70,6 +82,55 @@ export class AuditEventQueries {
         hasPreviousPage: page.hasPreviousPage,
         startCursor: edges[0]?.cursor ?? null,
         endCursor: edges.at(-1)?.cursor ?? null,
+      },
+    };
+  }
+
+  /** The position a tail's cursor names; InvalidCursorError for a cursor that is not one. */
+  tailPosition(tenant: TenantId, cursor: string): TailPosition {
+    return this.cursors.decodeTail(cursor, tenant);
+  }
+
+  /**
+   * Where a live tail starts: after `after`, or at the chain heads as they are now. Refused
+   * (ReplayTooLargeError) when more than `maxReplay` positions were stored after it.
+   */
+  async tailStart(
+    tenant: TenantId,
+    after: TailPosition | null,
+    maxReplay: number,
+  ): Promise<TailPosition> {
+    const heads = await this.reader.chainHeads(tenantSchema(tenant));
+    if (!after) return heads;
+    let behind = 0;
+    for (const [month, head] of heads) behind += Math.max(0, head - (after.get(month) ?? 0));
+    if (behind > maxReplay) throw new ReplayTooLargeError(behind, maxReplay);
+    return after;
+  }
+
+  tailCursor(tenant: TenantId, position: TailPosition): string {
+    return this.cursors.encodeTail(position, tenant);
+  }
+
+  /**
+   * The reads of a tenant's live tail under `filter`: the service's own records only when the
+   * filter names one of their types, as the live side decides (matchesLiveTail).
+   */
+  tailStore(tenant: TenantId, filter: AuditEventFilter): TailStore {
+    const schema = tenantSchema(tenant);
+    const named = filter.eventTypes;
+    return {
+      heads: (month) =>
+        this.reader.chainHeads(schema, month === undefined ? undefined : new Date(month)),
+      range: async (month, afterSeq, throughSeq) => {
+        const rows = await this.reader.chainPage({
+          schema,
+          filter,
+          month: new Date(month),
+          afterSeq,
+          throughSeq,
+        });
+        return rows.filter((r) => !isServiceEventType(r.eventType) || named?.includes(r.eventType));
       },
     };
   }

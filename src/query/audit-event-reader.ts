@@ -309,6 +309,25 @@ export class AuditEventReader {
     }
   }
 
+  /**
+   * The head of each of the tenant's month chains: month (epoch ms of its first instant) → the
+   * last position taken. Empty for a tenant whose tables do not exist yet. One short statement:
+   * a tenant has one row per month it ever stored an event in.
+   */
+  async chainHeads(schema: string, month?: Date): Promise<Map<number, number>> {
+    const t = this.tablesOf(schema).chainHeads;
+    try {
+      const rows = await this.db.orm
+        .select({ month: t.month, seq: t.seq })
+        .from(t)
+        .where(month ? eq(t.month, month) : undefined);
+      return new Map(rows.map((r) => [r.month.getTime(), Number(r.seq)]));
+    } catch (err) {
+      if (sqlState(err) === UNDEFINED_TABLE) return new Map();
+      throw err;
+    }
+  }
+
   /** Whether the page's statements read `occurred_at` ascending. */
   private readsAscending(q: KeysetPageQuery): boolean {
     return (q.order === 'OCCURRED_AT_ASC') === (q.direction === 'forward');

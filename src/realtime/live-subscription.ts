@@ -34,7 +34,7 @@ const INTERRUPT_MESSAGES: Record<InterruptReason, string> = {
 
 /**
  * The last message of a subscription that the server ended: messages after it would be lost, so
- * the stream stops instead. Resubscribe, then re-query `auditEvents` from your last position.
+ * the stream stops instead. Resubscribe (the live tail: `after` the last cursor it sent).
  */
 export class SubscriptionInterruptedError extends AuditError {
   /** Resubscribing can succeed, except with a key that was revoked or expired. */
@@ -48,7 +48,7 @@ export class SubscriptionInterruptedError extends AuditError {
       `subscription ended: ${INTERRUPT_MESSAGES[reason]}${detail ? ` (${detail})` : ''}; ` +
         (reason === 'UNAUTHENTICATED'
           ? 'subscribe again with a valid key'
-          : 'resubscribe, then re-query auditEvents from your last position'),
+          : 'resubscribe (auditEventsAdded: with `after` the last cursor you received)'),
     );
     this.retryable = reason !== 'UNAUTHENTICATED';
   }

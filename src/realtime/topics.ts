@@ -47,6 +47,8 @@ export interface DeadLetterMessage {
 export type StoredEventMessage = Omit<AuditEventRecord, 'occurredAt' | 'receivedAt'> & {
   occurredAt: string;
   receivedAt: string;
+  /** Its position in its month's hash chain; null when the writer could not say. */
+  chainSeq: number | null;
 };
 
 /** The events of one batch that were newly stored (duplicates and dead letters left out). */
@@ -96,6 +98,7 @@ export function auditEventsAddedMessage(b: BatchSettled): AuditEventsAddedMessag
       ...r,
       occurredAt: r.occurredAt.toISOString(),
       receivedAt: r.receivedAt.toISOString(),
+      chainSeq: b.chainSeqs?.[i] ?? null,
     });
   });
   return events.length ? { batchId: b.batchId, instanceId: b.instanceId, events } : null;
@@ -114,6 +117,6 @@ export function deadLetterMessage(e: DeadLetterEvent): DeadLetterMessage {
 }
 
 /** The record back from its travelling form. */
-export function storedEventRecord(e: StoredEventMessage): AuditEventRecord {
+export function storedEventRecord(e: Omit<StoredEventMessage, 'chainSeq'>): AuditEventRecord {
   return recordFromJson(e);
 }

@@ -39,7 +39,10 @@ function flood(): void {
               ?.auditEventsAdded;
             if (!m) return count('errors');
             count(String(m.__typename));
-            if (m.__typename === 'AuditEvent' && String(m.eventType).startsWith('auditgraph.')) {
+            if (
+              m.__typename === 'AuditEventAdded' &&
+              String((m.node as { eventType?: string }).eventType).startsWith('auditgraph.')
+            ) {
               count('serviceEventsDelivered');
             }
             if (m.__typename === 'SubscriptionInterruptedError') count(`interrupted:${m.reason}`);

@@ -28,8 +28,9 @@ export const EVENTS_ADDED = `subscription Tail($filter: AuditEventFilter) {
   auditEventsAdded(filter: $filter) {
     __typename
     ... on SubscriptionReady { instanceId }
-    ... on AuditEvent {
-      id: eventId occurredAt correlationId outcome eventType batchId data actor { type id: actorId ip } resource { id: resourceId }
+    ... on AuditEventAdded {
+      cursor
+      node { id: eventId occurredAt correlationId outcome eventType batchId data actor { type id: actorId ip } resource { id: resourceId } }
     }
     ... on SubscriptionInterruptedError { reason }
     ... on AuditError { message retryable }

@@ -139,3 +139,40 @@ describe('KeysetCursorCodec', () => {
     expect(accepted).toEqual([]);
   });
 });
+
+describe('KeysetCursorCodec tail cursors', () => {
+  const NOV = Date.UTC(2026, 10, 1);
+  const DEC = Date.UTC(2026, 11, 1);
+  const tail = new Map([
+    [DEC, 1_500_000],
+    [NOV, 3],
+  ]);
+  const c = codec.encodeTail(tail, 'acme');
+
+  it('round-trips a position per month, months in order, empty months left out', () => {
+    expect(c).toMatch(/^t1\.202611-3\.202612-1500000\.[A-Za-z0-9_-]{22}$/);
+    expect(codec.decodeTail(c, 'acme')).toEqual(tail);
+    const empty = codec.encodeTail(new Map([[NOV, 0]]), 'acme');
+    expect(codec.decodeTail(empty, 'acme')).toEqual(new Map());
+  });
+
+  it('refuses another tenant’s, an altered one, a page cursor, and junk', () => {
+    const refused = (s: string, tenant = 'acme') =>
+      expect(() => codec.decodeTail(s, tenant)).toThrow(InvalidCursorError);
+    refused(c, 'other');
+    refused(c.replace('202611-3', '202611-2'));
+    refused(c.replace('202611-3.', ''));
+    refused(c.replace('202611', '202613'));
+    refused(cursor);
+    refused(`t1.202612-1.202611-3.${c.split('.').at(-1)}`);
+    refused('t1');
+    refused(`${c}.x`);
+    refused('x'.repeat(40_000));
+    // Negative control: the same position signed for the tenant is accepted.
+    expect(codec.decodeTail(codec.encodeTail(tail, 'other'), 'other')).toEqual(tail);
+  });
+
+  it('is never taken as a page cursor', () => {
+    rejects(c);
+  });
+});

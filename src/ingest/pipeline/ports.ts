@@ -14,6 +14,8 @@ export interface WriteOutcome {
   rejections: ReadonlyMap<number, RowRejection>;
   /** Duplicates whose content differs from the stored event. */
   conflicts: number;
+  /** Each STORED record's position in its month's chain, when the sink knows it. */
+  chainSeqs?: readonly (number | null)[];
 }
 
 /**

@@ -125,7 +125,7 @@ interface TenantState {
   flushing: number;
 }
 
-type Settled = { record: AuditEventRecord; status: SettledStatus };
+type Settled = { record: AuditEventRecord; status: SettledStatus; chainSeq?: number | null };
 
 /** What `events` events settling with `outcome` change: they leave pending for their terms. */
 function moves(outcome: EntryOutcome, events: number): BookChange {
@@ -787,7 +787,7 @@ export class WritePipeline {
       if (status === 'STORED') state.stats.stored++;
       else state.stats.duplicates++;
       this.release(state, entry, status);
-      settled.push({ record: entry.record, status });
+      settled.push({ record: entry.record, status, chainSeq: result.chainSeqs?.[i] ?? null });
     });
     if (rejected.length === 0) return;
     // The good rows are committed; the refused ones leave this batch for the dead-letter queue,
@@ -825,6 +825,7 @@ export class WritePipeline {
       durationMs,
       records: settled.map((s) => s.record),
       statuses: settled.map((s) => s.status),
+      chainSeqs: settled.map((s) => s.chainSeq ?? null),
     });
   }
 

@@ -52,6 +52,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     exportRoute: createExportRoute(services, graph.exporter, log.child({ component: 'export' })),
     readiness,
     metricsRoute,
+    corsOrigins: new Set(config.corsOrigins),
   });
   const metricsServer =
     config.metricsPort === undefined

@@ -227,6 +227,29 @@ const envSchema = z.object({
   SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(25_000),
   /** Serve GraphiQL at /graphql. */
   GRAPHIQL: bool.default(true),
+  /**
+   * Origins (exactly `scheme://host[:port]`, comma-separated) whose pages may call /graphql,
+   * SSE and /export from a browser; none by default (same-origin pages need none).
+   */
+  CORS_ORIGINS: z
+    .string()
+    .default('')
+    .transform((v) =>
+      v
+        .split(',')
+        .map((o) => o.trim())
+        .filter(Boolean),
+    )
+    .pipe(
+      z.array(
+        z
+          .string()
+          .regex(
+            /^https?:\/\/[A-Za-z0-9.-]+(:\d{1,5})?$/,
+            'each an exact origin such as https://dash.example.com (no path, no wildcard)',
+          ),
+      ),
+    ),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** Name of this instance in logs and flush reports; defaults to host and pid. */
@@ -316,6 +339,8 @@ export interface Config {
   flushMaxTimeoutMs: number;
   shutdownTimeoutMs: number;
   graphiql: boolean;
+  /** CORS_ORIGINS: the origins a browser page may call from. */
+  corsOrigins: readonly string[];
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   instanceId: string | undefined;
   workers: number;
@@ -422,6 +447,26 @@ function journalOf(
   };
 }
 
+/** What the doors (HTTP, WebSocket, GraphQL) bound and serve. */
+function doorsOf(e: z.output<typeof envSchema>) {
+  return {
+    introspection: e.INTROSPECTION,
+    maxQueryDepth: e.MAX_QUERY_DEPTH,
+    maxQueryComplexity: e.MAX_QUERY_COMPLEXITY,
+    maxAliases: e.MAX_ALIASES,
+    maxQueryTokens: e.MAX_QUERY_TOKENS,
+    maxOperationsPerRequest: e.MAX_OPERATIONS_PER_REQUEST,
+    maxRequestBytes: e.MAX_REQUEST_BYTES,
+    wsMaxInitBytes: e.WS_MAX_INIT_BYTES,
+    httpHeadersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS,
+    httpRequestTimeoutMs: e.HTTP_REQUEST_TIMEOUT_MS,
+    httpKeepAliveTimeoutMs: e.HTTP_KEEP_ALIVE_TIMEOUT_MS,
+    maxHttpConnections: e.MAX_HTTP_CONNECTIONS,
+    graphiql: e.GRAPHIQL,
+    corsOrigins: e.CORS_ORIGINS,
+  };
+}
+
 /** The configuration of a valid environment, with the defaults that depend on other variables. */
 function configOf(e: z.output<typeof envSchema>): Config {
   const servers = e.DATABASE_URL !== undefined;
@@ -448,12 +493,6 @@ function configOf(e: z.output<typeof envSchema>): Config {
     authRecheckMs: e.AUTH_RECHECK_MS,
     auditReads: e.AUDIT_READS,
     accessLogBufferCapacity: e.ACCESS_LOG_BUFFER_CAPACITY,
-    introspection: e.INTROSPECTION,
-    maxQueryDepth: e.MAX_QUERY_DEPTH,
-    maxQueryComplexity: e.MAX_QUERY_COMPLEXITY,
-    maxAliases: e.MAX_ALIASES,
-    maxQueryTokens: e.MAX_QUERY_TOKENS,
-    maxOperationsPerRequest: e.MAX_OPERATIONS_PER_REQUEST,
     maxConnectionsPerTenant: e.MAX_CONNECTIONS_PER_TENANT,
     rateLimitEventsPerSecond: e.RATE_LIMIT_EVENTS_PER_SECOND,
     rateLimitBurstEvents: e.RATE_LIMIT_BURST_EVENTS,
@@ -475,6 +514,7 @@ function configOf(e: z.output<typeof envSchema>): Config {
     dlqDir: e.DLQ_DIR,
     clusterHeartbeatMs: e.CLUSTER_HEARTBEAT_MS,
     ...journalOf(e),
+    ...doorsOf(e),
     maxEventsPerCall: e.MAX_EVENTS_PER_CALL,
     maxFutureSkewMs: e.MAX_FUTURE_SKEW_MS,
     retentionDays: e.RETENTION_DAYS,
@@ -490,19 +530,12 @@ function configOf(e: z.output<typeof envSchema>): Config {
     maintenanceIntervalMs: e.MAINTENANCE_INTERVAL_MS,
     partitionsAhead: e.PARTITIONS_AHEAD,
     cursorSecret: e.CURSOR_SECRET,
-    maxRequestBytes: e.MAX_REQUEST_BYTES,
-    wsMaxInitBytes: e.WS_MAX_INIT_BYTES,
-    httpHeadersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS,
-    httpRequestTimeoutMs: e.HTTP_REQUEST_TIMEOUT_MS,
-    httpKeepAliveTimeoutMs: e.HTTP_KEEP_ALIVE_TIMEOUT_MS,
-    maxHttpConnections: e.MAX_HTTP_CONNECTIONS,
     maxSubscriptionsPerConnection: e.MAX_SUBSCRIPTIONS_PER_CONNECTION,
     maxSubscriptionsPerTenant: e.MAX_SUBSCRIPTIONS_PER_TENANT,
     tailReplayMaxEvents: e.TAIL_REPLAY_MAX_EVENTS,
     subscriptionQueueMaxBytes: e.SUBSCRIPTION_QUEUE_MAX_BYTES,
     flushMaxTimeoutMs: e.FLUSH_MAX_TIMEOUT_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
-    graphiql: e.GRAPHIQL,
     logLevel: e.LOG_LEVEL,
     instanceId: e.INSTANCE_ID,
     workers: e.WORKERS,

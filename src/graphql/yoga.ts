@@ -130,6 +130,9 @@ export function createGraphQLServer(
     schema: buildSchema(),
     graphqlEndpoint: '/graphql',
     landingPage: false,
+    // CORS is the HTTP server's (http/cors.ts): an exact allow-list for every route. Yoga's own
+    // would answer any origin, reflected, with credentials allowed.
+    cors: false,
     logging: log.child({ component: 'yoga' }),
     // Loaded with the first page asked for: the bundled GraphiQL is ~47 MB of a process's memory,
     // which an instance nobody opens GraphiQL on (or one with GRAPHIQL=false) never needs.

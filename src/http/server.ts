@@ -6,6 +6,7 @@ import type { Services } from '../graphql/context.js';
 import { type createGraphQLServer, requestScope } from '../graphql/yoga.js';
 import type { Logger } from '../logger.js';
 import { type Gate, gateBeforeBody, refuse } from './auth-gate.js';
+import { applyCors } from './cors.js';
 import type { ExportRoute } from './export-route.js';
 import { sendJson } from './json-response.js';
 import type { createMetricsRoute } from './metrics-route.js';
@@ -24,6 +25,8 @@ export interface Routes {
   exportRoute: ExportRoute;
   readiness: Readiness;
   metricsRoute: MetricsRoute;
+  /** CORS_ORIGINS, for looking up. */
+  corsOrigins: ReadonlySet<string>;
 }
 
 /** A listener and what it serves; nothing listens until `listen`. */
@@ -143,6 +146,9 @@ function route(routes: Routes, req: IncomingMessage, res: ServerResponse): void 
   const requestId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
   res.setHeader('x-request-id', requestId);
   const path = (req.url ?? '/').split('?')[0];
+  if ((path === '/graphql' || path === '/export') && applyCors(routes.corsOrigins, req, res)) {
+    return;
+  }
   if (path === '/healthz') {
     sendJson(res, 200, { status: 'ok' });
   } else if (path === '/readyz') {

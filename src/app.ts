@@ -254,9 +254,15 @@ function announceAuthMode(config: Config, log: Logger): void {
       'AUTH_MODE=dev: NOTHING IS AUTHENTICATED — the tenant is taken from the x-tenant-id header ' +
         'and every caller has every scope. Never expose this instance to untrusted clients.',
     );
-  } else {
+  } else if (config.authMode === 'keys') {
     log.info(
       'AUTH_MODE=keys: every request needs "Authorization: Bearer <key>"; create keys with `npm run keys`',
+    );
+  } else {
+    log.info(
+      { issuer: config.jwt?.issuer, audience: config.jwt?.audience, keys: config.jwt?.jwksUrl },
+      `AUTH_MODE=${config.authMode}: every request needs "Authorization: Bearer <token>"` +
+        (config.authMode === 'keys+jwt' ? ' (a token, or an API key)' : ''),
     );
   }
 }

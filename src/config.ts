@@ -6,6 +6,22 @@ import { z } from 'zod';
  * bad variable is reported at once, so an operator fixes a broken deployment in one pass.
  */
 
+/** Asymmetric signature algorithms only: a public key can never verify an HMAC "signature". */
+export const JWT_ALGORITHMS = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+] as const;
+export type JwtAlgorithm = (typeof JWT_ALGORITHMS)[number];
+export type AuthMode = 'dev' | 'keys' | 'jwt' | 'keys+jwt';
+
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) =>
   z.coerce.number().int().min(min).max(max);
 
@@ -50,7 +66,30 @@ const envSchema = z.object({
    * scopes it gets. `dev`: nothing is authenticated; the tenant is the `x-tenant-id` header.
    * Default: `keys` with DATABASE_URL, `dev` in the embedded mode.
    */
-  AUTH_MODE: z.enum(['dev', 'keys']).optional(),
+  AUTH_MODE: z.enum(['dev', 'keys', 'jwt', 'keys+jwt']).optional(),
+  /** JWKS of the token issuer (AUTH_MODE jwt, keys+jwt): fetched, cached, refetched on an unknown `kid`. */
+  JWT_JWKS_URL: z.url({ protocol: /^https?$/ }).optional(),
+  /** Or one public key (PEM, SPKI) in a file, instead of a JWKS. */
+  JWT_PUBLIC_KEY_FILE: z.string().min(1).optional(),
+  /** The `iss` every token must carry. */
+  JWT_ISSUER: z.string().min(1).optional(),
+  /** An `aud` every token must carry. */
+  JWT_AUDIENCE: z.string().min(1).optional(),
+  /** Signature algorithms accepted: asymmetric ones only (never `none`, never HS*). */
+  JWT_ALGORITHMS: z
+    .string()
+    .default('RS256,PS256,ES256,EdDSA')
+    .transform((v) => v.split(',').map((a) => a.trim()))
+    .pipe(z.array(z.enum(JWT_ALGORITHMS)).min(1)),
+  /** The claim naming the caller's tenant (looked up in the tenant table, never trusted as is). */
+  JWT_TENANT_CLAIM: z
+    .string()
+    .regex(/^[A-Za-z0-9_:./-]{1,200}$/)
+    .default('tenant'),
+  /** Leeway for `exp` and `nbf`, in seconds. */
+  JWT_CLOCK_TOLERANCE_S: int(0, 300).default(30),
+  /** An unknown `kid` refetches the JWKS at most this often. */
+  JWT_JWKS_COOLDOWN_MS: int(0, 3_600_000).default(30_000),
   /**
    * How long this process reuses an API key look-up. Revocations are announced to every instance
    * through Redis; without Redis, one made by another process takes this long to be seen here.
@@ -271,7 +310,10 @@ export interface Config {
     | { kind: 'pglite'; dataDir: string };
   redisUrl: string | undefined;
   redisKeyPrefix: string;
-  authMode: 'dev' | 'keys';
+  /** `keys+jwt`: API keys for services and tokens for people, side by side. */
+  authMode: AuthMode;
+  /** Set when the mode takes tokens. */
+  jwt: JwtConfig | null;
   apiKeyCacheMs: number;
   apiKeyTouchIntervalMs: number;
   authRecheckMs: number;
@@ -346,6 +388,18 @@ export interface Config {
   workers: number;
 }
 
+/** How people's tokens are verified (AUTH_MODE jwt or keys+jwt). */
+export interface JwtConfig {
+  jwksUrl: string | undefined;
+  publicKeyFile: string | undefined;
+  issuer: string;
+  audience: string;
+  algorithms: readonly JwtAlgorithm[];
+  tenantClaim: string;
+  clockToleranceS: number;
+  jwksCooldownMs: number;
+}
+
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(`invalid configuration:\n  ${problems.join('\n  ')}`);
@@ -405,9 +459,35 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   return configOf(parsed.data);
 }
 
+/** The token settings, for a mode that takes tokens. */
+function jwtOf(e: z.output<typeof envSchema>): JwtConfig | null {
+  if (e.AUTH_MODE !== 'jwt' && e.AUTH_MODE !== 'keys+jwt') return null;
+  return {
+    jwksUrl: e.JWT_JWKS_URL,
+    publicKeyFile: e.JWT_PUBLIC_KEY_FILE,
+    issuer: e.JWT_ISSUER!,
+    audience: e.JWT_AUDIENCE!,
+    algorithms: e.JWT_ALGORITHMS,
+    tenantClaim: e.JWT_TENANT_CLAIM,
+    clockToleranceS: e.JWT_CLOCK_TOLERANCE_S,
+    jwksCooldownMs: e.JWT_JWKS_COOLDOWN_MS,
+  };
+}
+
+function jwtProblems(e: z.output<typeof envSchema>): string[] {
+  if (e.AUTH_MODE !== 'jwt' && e.AUTH_MODE !== 'keys+jwt') return [];
+  const problems: string[] = [];
+  if ((e.JWT_JWKS_URL === undefined) === (e.JWT_PUBLIC_KEY_FILE === undefined)) {
+    problems.push(`JWT_JWKS_URL: AUTH_MODE=${e.AUTH_MODE} needs it or JWT_PUBLIC_KEY_FILE (one)`);
+  }
+  if (!e.JWT_ISSUER) problems.push(`JWT_ISSUER: required with AUTH_MODE=${e.AUTH_MODE}`);
+  if (!e.JWT_AUDIENCE) problems.push(`JWT_AUDIENCE: required with AUTH_MODE=${e.AUTH_MODE}`);
+  return problems;
+}
+
 /** Variables each valid alone whose values do not go together. */
 function combinationProblems(e: z.output<typeof envSchema>): string[] {
-  const problems: string[] = [];
+  const problems: string[] = [...jwtProblems(e)];
   const perSecond = e.RATE_LIMIT_EVENTS_PER_SECOND;
   if (perSecond > 0 && e.MAX_EVENTS_PER_CALL > perSecond + e.RATE_LIMIT_BURST_EVENTS) {
     // Such a call could never pass the rate limit: refuse the configuration instead.
@@ -488,6 +568,7 @@ function configOf(e: z.output<typeof envSchema>): Config {
     redisKeyPrefix: e.REDIS_KEY_PREFIX,
     // With real servers, clients are authenticated unless dev mode is asked for by name.
     authMode: e.AUTH_MODE ?? (servers ? 'keys' : 'dev'),
+    jwt: jwtOf(e),
     apiKeyCacheMs: e.API_KEY_CACHE_MS,
     apiKeyTouchIntervalMs: e.API_KEY_TOUCH_INTERVAL_MS,
     authRecheckMs: e.AUTH_RECHECK_MS,

@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 import { KeyWatcher } from './auth/key-watcher.js';
+import { TokenVerifier } from './auth/tokens.js';
 import { type Cluster, LocalCluster, RedisCluster } from './cluster/cluster.js';
 import {
   type KeyRevocations,
@@ -437,6 +438,7 @@ export function wireService(config: Config, log: Logger, instanceId: string): Se
     useCases,
     apiKeys: keys.apiKeys,
     keyWatcher: keys.keyWatcher,
+    tokens: config.jwt ? new TokenVerifier(config.jwt) : null,
     tenantDirectory: storage.directory,
     tenants: storage.tenants,
     accessLog: new AccessLog(

@@ -1,5 +1,6 @@
 import type { Config } from '../config.js';
 import type { ApiKeyStore } from '../db/api-key-store.js';
+import type { TenantDirectory } from '../db/tenant-directory.js';
 import {
   type ApiKeyRecord,
   apiKeyProblem,
@@ -8,7 +9,9 @@ import {
   SCOPES,
   type Scope,
 } from '../domain/api-key.js';
-import { ForbiddenError, UnauthenticatedError } from '../domain/errors.js';
+import { ForbiddenError, UnauthenticatedError, UnknownTenantError } from '../domain/errors.js';
+import { type TenantId, tenantIdProblem } from '../domain/tenant.js';
+import { looksLikeJwt, type TokenVerifier } from './tokens.js';
 
 /**
  * Who is calling, from the request and only from it.
@@ -18,6 +21,9 @@ import { ForbiddenError, UnauthenticatedError } from '../domain/errors.js';
  * - AUTH_MODE=keys: `Authorization: Bearer <key>` (on WebSocket: `authorization` in the
  *   connection_init payload). The tenant and the scopes are the key's. A request that names a
  *   tenant itself (`x-tenant-id`) is refused: it could only be a mistake or an attempt.
+ * - AUTH_MODE=jwt: the same header carries a person's token (auth/tokens.ts); the tenant is its
+ *   tenant claim, found in the tenant table, the scopes its `scope`/`scp`, the actor its `sub`.
+ *   AUTH_MODE=keys+jwt takes either: an API key is told from a token by its shape.
  *
  * A refusal is not thrown here: it is carried in the context, and every field the caller asks
  * for answers it as a GraphQL error (UNAUTHENTICATED, FORBIDDEN; see graphql/error-mapping.ts).
@@ -30,7 +36,51 @@ import { ForbiddenError, UnauthenticatedError } from '../domain/errors.js';
 export type Caller =
   | { kind: 'dev'; tenantClaim: string | null }
   | { kind: 'key'; key: ApiKeyRecord; keyHash: string }
-  | { kind: 'refused'; error: UnauthenticatedError | ForbiddenError };
+  | {
+      kind: 'token';
+      tenantId: string;
+      scopes: readonly Scope[];
+      subject: string;
+      /** `exp`, epoch ms: a subscription it opened ends then. */
+      expiresAt: number;
+    }
+  | { kind: 'refused'; error: CallerRefusal };
+
+export type CallerRefusal = UnauthenticatedError | ForbiddenError | UnknownTenantError;
+
+/** The tenant of an authenticated caller (null: a platform key); dev callers only claim one. */
+export function credentialTenant(
+  caller: Extract<Caller, { kind: 'key' } | { kind: 'token' }>,
+): string | null {
+  return caller.kind === 'key' ? caller.key.tenantId : caller.tenantId;
+}
+
+/**
+ * Calls `end` when what the caller authenticated with stops being valid while something it
+ * opened is still open: a key's revocation or expiry (through the key watcher), a token's `exp`.
+ * Answers what stops watching.
+ */
+export function watchCredential(
+  caller: Caller,
+  keyWatcher: { watch(keyHash: string, onEnd: (err: Error) => void): () => void },
+  end: (err: Error) => void,
+): (() => void) | undefined {
+  if (caller.kind === 'key') return keyWatcher.watch(caller.keyHash, end);
+  if (caller.kind !== 'token') return undefined;
+  // setTimeout holds at most 2^31-1 ms (~24.8 days); a token living longer is re-armed.
+  let timer: NodeJS.Timeout;
+  const arm = () => {
+    const left = caller.expiresAt - Date.now();
+    if (left <= 0) {
+      end(new UnauthenticatedError('the token has expired'));
+      return;
+    }
+    timer = setTimeout(arm, Math.min(left, 2_147_483_647));
+    timer.unref();
+  };
+  arm();
+  return () => clearTimeout(timer);
+}
 
 export const TENANT_HEADER = 'x-tenant-id';
 
@@ -38,12 +88,21 @@ export const TENANT_HEADER = 'x-tenant-id';
 export interface Authenticator {
   config: Pick<Config, 'authMode'>;
   apiKeys: Pick<ApiKeyStore, 'byHash' | 'touch'>;
+  /** Set when the mode takes tokens. */
+  tokens: TokenVerifier | null;
+  tenantDirectory: Pick<TenantDirectory, 'exists'>;
+}
+
+/** What a bearer value may be in this mode, for the messages that ask for one. */
+function bearerName(mode: Config['authMode']): string {
+  return mode === 'keys' ? '<key>' : mode === 'jwt' ? '<token>' : '<key or token>';
 }
 
 /** What the caller may do: everything in dev mode, the key's scopes with a key, nothing refused. */
 export function grantedScopes(caller: Caller): ReadonlySet<Scope> {
   if (caller.kind === 'dev') return new Set(SCOPES);
   if (caller.kind === 'key') return new Set(caller.key.scopes);
+  if (caller.kind === 'token') return new Set(caller.scopes);
   return new Set();
 }
 
@@ -57,10 +116,11 @@ export async function authenticateRequest(
   if (services.config.authMode === 'dev') {
     return { kind: 'dev', tenantClaim: headers.get(TENANT_HEADER) };
   }
+  const mode = services.config.authMode;
   if (headers.has(TENANT_HEADER)) {
     return refused(
       new ForbiddenError(
-        `the ${TENANT_HEADER} header is not accepted with AUTH_MODE=keys: the tenant is the API key's`,
+        `the ${TENANT_HEADER} header is not accepted with AUTH_MODE=${mode}: the tenant is the credential's`,
       ),
     );
   }
@@ -68,15 +128,17 @@ export async function authenticateRequest(
   if (header === null || header === '') {
     return refused(
       new UnauthenticatedError(
-        'an "Authorization: Bearer <key>" header is required (AUTH_MODE=keys)',
+        `an "Authorization: Bearer ${bearerName(mode)}" header is required (AUTH_MODE=${mode})`,
       ),
     );
   }
   const match = BEARER.exec(header);
   if (!match) {
-    return refused(new UnauthenticatedError('the Authorization header must be "Bearer <key>"'));
+    return refused(
+      new UnauthenticatedError(`the Authorization header must be "Bearer ${bearerName(mode)}"`),
+    );
   }
-  return authenticateKey(services, match[1]!);
+  return authenticateBearer(services, match[1]!);
 }
 
 /** The caller of a WebSocket connection, from its connection_init payload. */
@@ -88,10 +150,11 @@ export async function authenticateConnection(
     const claim = params?.tenantId;
     return { kind: 'dev', tenantClaim: typeof claim === 'string' ? claim : null };
   }
+  const mode = services.config.authMode;
   if (params && 'tenantId' in params) {
     return refused(
       new ForbiddenError(
-        'tenantId is not accepted with AUTH_MODE=keys: the tenant is the API key’s',
+        `tenantId is not accepted with AUTH_MODE=${mode}: the tenant is the credential’s`,
       ),
     );
   }
@@ -99,13 +162,15 @@ export async function authenticateConnection(
   if (typeof value !== 'string' || value === '') {
     return refused(
       new UnauthenticatedError(
-        'the connection_init payload must carry authorization: "Bearer <key>" (AUTH_MODE=keys)',
+        `the connection_init payload must carry authorization: "Bearer ${bearerName(mode)}" (AUTH_MODE=${mode})`,
       ),
     );
   }
   const match = BEARER.exec(value);
-  if (!match) return refused(new UnauthenticatedError('authorization must be "Bearer <key>"'));
-  return authenticateKey(services, match[1]!);
+  if (!match) {
+    return refused(new UnauthenticatedError(`authorization must be "Bearer ${bearerName(mode)}"`));
+  }
+  return authenticateBearer(services, match[1]!);
 }
 
 /**
@@ -114,6 +179,11 @@ export async function authenticateConnection(
  * connection_init is refused from its next operation. Throws when the key cannot be looked up.
  */
 export async function recheckCaller(services: Authenticator, caller: Caller): Promise<Caller> {
+  if (caller.kind === 'token') {
+    return Date.now() < caller.expiresAt
+      ? caller
+      : refused(new UnauthenticatedError('the token has expired'));
+  }
   if (caller.kind !== 'key') return caller;
   const key = await services.apiKeys.byHash(caller.keyHash);
   if (!key) return refused(new UnauthenticatedError('the API key is not valid'));
@@ -121,6 +191,47 @@ export async function recheckCaller(services: Authenticator, caller: Caller): Pr
   if (problem) return refused(new UnauthenticatedError(problem));
   services.apiKeys.touch(key);
   return { kind: 'key', key, keyHash: caller.keyHash };
+}
+
+/** A bearer value: an API key or a token, as the mode takes them, told apart by their shape. */
+function authenticateBearer(services: Authenticator, value: string): Promise<Caller> {
+  const mode = services.config.authMode;
+  if (services.tokens && (mode === 'jwt' || (!looksLikeApiKey(value) && looksLikeJwt(value)))) {
+    return authenticateToken(services, services.tokens, value);
+  }
+  return authenticateKey(services, value);
+}
+
+/**
+ * A person's token: verified, then its tenant claim looked up in the tenant table — a claim
+ * names a tenant that exists, it never makes one (and never reaches a schema name unchecked).
+ */
+async function authenticateToken(
+  services: Authenticator,
+  tokens: TokenVerifier,
+  token: string,
+): Promise<Caller> {
+  let claims: Awaited<ReturnType<TokenVerifier['verify']>>;
+  try {
+    claims = await tokens.verify(token);
+  } catch (err) {
+    if (err instanceof UnauthenticatedError) return refused(err);
+    throw err;
+  }
+  const tenant = claims.tenantClaim;
+  if (tenant === null || tenantIdProblem(tenant) !== null) {
+    return refused(new UnauthenticatedError('the token names no valid tenant'));
+  }
+  if (!(await services.tenantDirectory.exists(tenant as TenantId))) {
+    return refused(new UnknownTenantError(tenant));
+  }
+  return {
+    kind: 'token',
+    tenantId: tenant,
+    scopes: claims.scopes,
+    subject: claims.subject,
+    expiresAt: claims.expiresAt,
+  };
 }
 
 async function authenticateKey(services: Authenticator, secret: string): Promise<Caller> {
@@ -136,6 +247,6 @@ async function authenticateKey(services: Authenticator, secret: string): Promise
   return { kind: 'key', key, keyHash };
 }
 
-function refused(error: UnauthenticatedError | ForbiddenError): Caller {
+function refused(error: CallerRefusal): Caller {
   return { kind: 'refused', error };
 }

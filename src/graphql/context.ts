@@ -1,5 +1,6 @@
 import { type Caller, TENANT_HEADER } from '../auth/caller.js';
 import type { KeyWatcher } from '../auth/key-watcher.js';
+import type { TokenVerifier } from '../auth/tokens.js';
 import type { Cluster } from '../cluster/cluster.js';
 import type { Config } from '../config.js';
 import type { ApiKeyStore } from '../db/api-key-store.js';
@@ -50,6 +51,8 @@ export interface Services {
   subscriptions: TenantConnectionLimiter;
   /** Ends what a revoked or expired key holds open. */
   keyWatcher: KeyWatcher;
+  /** Verifies people's tokens; null when AUTH_MODE takes none. */
+  tokens: TokenVerifier | null;
   /** Signs chain heads as checkpoints, lists them. */
   checkpoints: CheckpointService;
   /** Re-computes a tenant's hash chains (verifyAuditChain). */
@@ -91,6 +94,7 @@ export function requireTenant(ctx: GraphQLContext): TenantId {
     }
     return caller.key.tenantId;
   }
+  if (caller.kind === 'token') return caller.tenantId as TenantId;
   const claim = caller.tenantClaim;
   if (claim === null || claim === '') {
     throw new UnauthenticatedError(`the ${TENANT_HEADER} header is required (AUTH_MODE=dev)`);
@@ -138,6 +142,14 @@ function lifecycleActorOf(ctx: GraphQLContext): Actor['lifecycle'] {
       data: { keyId: caller.key.id, requestId: ctx.requestId },
     };
   }
+  if (caller.kind === 'token') {
+    return {
+      actor: { type: 'user', id: caller.subject },
+      by: `user:${caller.subject}`,
+      correlationId: ctx.requestId,
+      data: { requestId: ctx.requestId },
+    };
+  }
   return {
     actor: { type: 'anonymous', id: 'anonymous' },
     by: 'anonymous',
@@ -146,9 +158,20 @@ function lifecycleActorOf(ctx: GraphQLContext): Actor['lifecycle'] {
   };
 }
 
-/** The access record of what a key did; null when no key is calling (AUTH_MODE=dev). */
+/**
+ * The access record of what a key or a person did; null when nobody is authenticated
+ * (AUTH_MODE=dev). A person is the token's subject.
+ */
 function accessRecordOf(ctx: GraphQLContext, record: ActionRecord): AccessRecord | null {
   const caller = ctx.caller;
+  if (caller.kind === 'token') {
+    return {
+      ...record,
+      actor: { type: 'user', id: caller.subject },
+      correlationId: ctx.requestId,
+      data: { ...record.data, requestId: ctx.requestId },
+    };
+  }
   if (caller.kind !== 'key') return null;
   return {
     ...record,

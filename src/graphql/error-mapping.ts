@@ -1,5 +1,6 @@
 import type { ExecutionResult, GraphQLError } from 'graphql';
 import { createGraphQLError, isAsyncIterable, type Plugin } from 'graphql-yoga';
+import type { AuthMode } from '../config.js';
 import { AuditError, ERROR_STATUS, type ErrorCode } from '../domain/errors.js';
 
 /**
@@ -16,7 +17,7 @@ import { AuditError, ERROR_STATUS, type ErrorCode } from '../domain/errors.js';
  */
 export function extensionsOf(
   err: AuditError,
-  authMode: 'dev' | 'keys',
+  authMode: AuthMode,
 ): Record<string, unknown> & { code: ErrorCode } {
   const extensions: Record<string, unknown> & { code: ErrorCode } = {
     code: err.code,
@@ -29,12 +30,12 @@ export function extensionsOf(
   return extensions;
 }
 
-function httpOf(code: ErrorCode, authMode: 'dev' | 'keys') {
+function httpOf(code: ErrorCode, authMode: AuthMode) {
   if (code === 'UNAUTHENTICATED') {
     return {
       status: 401,
       spec: true,
-      ...(authMode === 'keys' ? { headers: { 'WWW-Authenticate': 'Bearer' } } : {}),
+      ...(authMode !== 'dev' ? { headers: { 'WWW-Authenticate': 'Bearer' } } : {}),
     };
   }
   if (code === 'FORBIDDEN') return { status: 403, spec: true };
@@ -59,7 +60,7 @@ export function answersAs(accept: string | undefined): 'graphql-response+json' |
  * The GraphQL error for an expected failure a resolver threw (`error` is graphql-js's located
  * error around it); null for anything else, which stays masked.
  */
-export function refusalAsGraphQLError(error: unknown, authMode: 'dev' | 'keys'): Error | null {
+export function refusalAsGraphQLError(error: unknown, authMode: AuthMode): Error | null {
   const located = error as {
     originalError?: unknown;
     nodes?: never;
@@ -161,7 +162,7 @@ function withoutHttpStatus(error: GraphQLError): GraphQLError {
  * typed result can take it in: a malformed tenant header is a ValidationError, but not one of
  * a mutation's own results (the events it was given were not the problem).
  */
-export function requestRefusal(err: AuditError, authMode: 'dev' | 'keys'): Error {
+export function requestRefusal(err: AuditError, authMode: AuthMode): Error {
   return createGraphQLError(err.message, {
     extensions: extensionsOf(err, authMode),
     originalError: err,

@@ -1,4 +1,5 @@
 import { errorTypeMap, wrapErrorIfMatches } from '@pothos/plugin-errors';
+import { watchCredential } from '../auth/caller.js';
 import { chainMonth } from '../domain/chain.js';
 import { LimitExceededError, ShuttingDownError } from '../domain/errors.js';
 import { type AuditEventRecord, recordBytes } from '../domain/event.js';
@@ -351,19 +352,17 @@ function guarded<T>(
     release?.();
     void it.return?.();
   };
-  if (caller.kind === 'key') {
-    unwatch = ctx.services.keyWatcher.watch(caller.keyHash, (err) => {
-      const last = new SubscriptionInterruptedError('UNAUTHENTICATED', err.message);
-      revoked = last;
-      if (waiting.size === 0) return; // the next `next()` answers it
-      const waiters = [...waiting];
-      waiting.clear();
-      finish();
-      const [first, ...rest] = waiters;
-      first?.({ value: last, done: false });
-      for (const answer of rest) answer(done);
-    });
-  }
+  unwatch = watchCredential(caller, ctx.services.keyWatcher, (err) => {
+    const last = new SubscriptionInterruptedError('UNAUTHENTICATED', err.message);
+    revoked = last;
+    if (waiting.size === 0) return; // the next `next()` answers it
+    const waiters = [...waiting];
+    waiting.clear();
+    finish();
+    const [first, ...rest] = waiters;
+    first?.({ value: last, done: false });
+    for (const answer of rest) answer(done);
+  });
   return {
     next(): Promise<Step> {
       if (finished) return Promise.resolve(done);

@@ -43,6 +43,12 @@ const KEYS_INTRO = `# auditgraph — every request carries an API key: put yours
 # Run "Create", then "Flush", then "Page".
 `;
 
+const TOKEN_INTRO = `# auditgraph — every request carries a token from your identity provider (or an API key,
+# with AUTH_MODE=keys+jwt): put it in the Headers tab below ("Authorization": "Bearer <token>").
+# The tenant is the token's tenant claim.
+# Run "Create", then "Flush", then "Page".
+`;
+
 /**
  * The operations GraphiQL opens with, written for the day the page is loaded (a fixed date would
  * fall out of retention, and be refused, a few months after it was written).
@@ -125,7 +131,7 @@ export function createGraphQLServer(
   log: Logger,
 ): YogaServerInstance<ServerContext, GraphQLContext> {
   const { config } = services;
-  const keys = config.authMode === 'keys';
+  const keys = config.authMode !== 'dev';
   return createYoga<ServerContext, GraphQLContext>({
     schema: buildSchema(),
     graphqlEndpoint: '/graphql',
@@ -141,9 +147,12 @@ export function createGraphQLServer(
     graphiql: config.graphiql
       ? () => ({
           title: 'auditgraph',
-          defaultQuery: (keys ? KEYS_INTRO : DEV_INTRO) + exampleOperations(),
+          defaultQuery:
+            (config.jwt ? TOKEN_INTRO : keys ? KEYS_INTRO : DEV_INTRO) + exampleOperations(),
           headers: JSON.stringify(
-            keys ? { authorization: 'Bearer <your API key>' } : { [TENANT_HEADER]: 'demo' },
+            keys
+              ? { authorization: `Bearer <your ${config.jwt ? 'token' : 'API key'}>` }
+              : { [TENANT_HEADER]: 'demo' },
             null,
             2,
           ),

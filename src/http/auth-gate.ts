@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { authenticateRequest, type Caller } from '../auth/caller.js';
-import { type ForbiddenError, UnauthenticatedError } from '../domain/errors.js';
+import { authenticateRequest, type Caller, type CallerRefusal } from '../auth/caller.js';
+import { ERROR_STATUS, UnauthenticatedError } from '../domain/errors.js';
 import type { Services } from '../graphql/context.js';
 import { answersAs, extensionsOf, withoutHttp } from '../graphql/error-mapping.js';
 
@@ -18,7 +18,7 @@ import { answersAs, extensionsOf, withoutHttp } from '../graphql/error-mapping.j
 export type Gate =
   | { kind: 'pass' }
   | { kind: 'caller'; caller: Caller }
-  | { kind: 'refused'; error: UnauthenticatedError | ForbiddenError };
+  | { kind: 'refused'; error: CallerRefusal };
 
 export async function gateBeforeBody(services: Services, req: IncomingMessage): Promise<Gate> {
   if (services.config.authMode === 'dev') return { kind: 'pass' };
@@ -48,16 +48,13 @@ export async function gateBeforeBody(services: Services, req: IncomingMessage): 
  * `application/json`, which that spec requires. The connection is closed after it, so the
  * unread body is never drained either.
  */
-export function refuse(
-  req: IncomingMessage,
-  res: ServerResponse,
-  error: UnauthenticatedError | ForbiddenError,
-): void {
+export function refuse(req: IncomingMessage, res: ServerResponse, error: CallerRefusal): void {
   const unauthenticated = error instanceof UnauthenticatedError;
   const extensions = withoutHttp(extensionsOf(error, 'keys'));
   const text = JSON.stringify({ errors: [{ message: error.message, extensions }] });
   const as = answersAs(req.headers.accept);
-  const status = as === 'json' ? 200 : unauthenticated ? 401 : 403;
+  // 401 and 403 as that spec says; a token's tenant that does not exist is UNKNOWN_TENANT's 404.
+  const status = as === 'json' ? 200 : ERROR_STATUS[error.code];
   res.writeHead(status, {
     'content-type': `application/${as === 'graphql-response+json' ? 'graphql-response+json' : 'json'}; charset=utf-8`,
     'content-length': Buffer.byteLength(text),

@@ -284,7 +284,7 @@ function answerFailure(
         res,
         status,
         { error: { message: refusal.message, ...extensions } },
-        status === 401 && authMode === 'keys' ? { 'www-authenticate': 'Bearer' } : {},
+        status === 401 && authMode !== 'dev' ? { 'www-authenticate': 'Bearer' } : {},
       );
       return;
     }

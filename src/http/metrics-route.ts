@@ -42,13 +42,13 @@ export function createMetricsRoute(
           { 'www-authenticate': 'Bearer' },
         );
       }
-    } else if (!separate && config.authMode === 'keys') {
+    } else if (!separate && config.authMode !== 'dev') {
       return sendJson(
         res,
         401,
         {
           error:
-            'GET /metrics is closed with AUTH_MODE=keys: set METRICS_TOKEN (and present it as a ' +
+            `GET /metrics is closed with AUTH_MODE=${config.authMode}: set METRICS_TOKEN (and present it as a ` +
             'bearer token) or METRICS_PORT',
         },
         { 'www-authenticate': 'Bearer' },

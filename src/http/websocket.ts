@@ -18,7 +18,13 @@ import {
 import type { Extra } from 'graphql-ws/use/ws';
 import { createGraphQLError, type YogaServerInstance } from 'graphql-yoga';
 import { type WebSocket, WebSocketServer } from 'ws';
-import { authenticateConnection, type Caller, recheckCaller } from '../auth/caller.js';
+import {
+  authenticateConnection,
+  type Caller,
+  credentialTenant,
+  recheckCaller,
+  watchCredential,
+} from '../auth/caller.js';
 import { UnauthenticatedError } from '../domain/errors.js';
 import { tenantIdProblem } from '../domain/tenant.js';
 import type { GraphQLContext, Services } from '../graphql/context.js';
@@ -300,7 +306,7 @@ class WebSocketGateway {
     state.caller = caller;
     this.open.add(ctx);
     this.log.info({ connection: state.id, tenant }, 'websocket connected');
-    return caller.kind === 'dev' ? { tenantId: tenant } : { tenantId: caller.key.tenantId };
+    return caller.kind === 'dev' ? { tenantId: tenant } : { tenantId: credentialTenant(caller) };
   }
 
   /** Closes a connection refused at connection_init, logging why; answers graphql-ws' false. */
@@ -324,16 +330,18 @@ class WebSocketGateway {
   ): (() => void) | null {
     const releaseSlot = this.opts.services.connections.acquire(tenant);
     if (!releaseSlot) return null;
-    const unwatch =
-      caller.kind === 'key'
-        ? this.opts.services.keyWatcher.watch(caller.keyHash, (err) => {
-            this.log.info(
-              { connection: this.stateOf(socket).id, reason: err.message },
-              'websocket key revoked',
-            );
-            socket.close(UNAUTHORIZED, `Unauthorized: ${err.message}`.slice(0, 123));
-          })
-        : undefined;
+    // Its subscriptions end first, each with SubscriptionInterruptedError UNAUTHENTICATED (see
+    // graphql/subscriptions.ts); a token's connection closes a moment later, so those last
+    // messages go out before the close.
+    const unwatch = watchCredential(caller, this.opts.services.keyWatcher, (err) => {
+      this.log.info(
+        { connection: this.stateOf(socket).id, reason: err.message },
+        caller.kind === 'key' ? 'websocket key revoked' : 'websocket token expired',
+      );
+      const close = () => socket.close(UNAUTHORIZED, `Unauthorized: ${err.message}`.slice(0, 123));
+      if (caller.kind === 'token') setTimeout(close, 1_000).unref();
+      else close();
+    });
     return () => {
       releaseSlot();
       unwatch?.();
@@ -613,7 +621,7 @@ function tenantOf(
     return { tenant: claim! };
   }
   // A platform key may connect; its subscriptions answer ForbiddenError (no tenant).
-  return { tenant: caller.key.tenantId ?? '(platform)' };
+  return { tenant: credentialTenant(caller) ?? '(platform)' };
 }
 
 /** The error of an operation over MAX_SUBSCRIPTIONS_PER_CONNECTION. */

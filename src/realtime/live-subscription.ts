@@ -29,7 +29,7 @@ const INTERRUPT_MESSAGES: Record<InterruptReason, string> = {
   FANOUT_LOST: 'the connection to Redis (fan-out across instances) was lost',
   FANOUT_UNAVAILABLE:
     'the subscription could not be registered with Redis (fan-out across instances)',
-  UNAUTHENTICATED: 'the API key was revoked or expired',
+  UNAUTHENTICATED: 'the API key was revoked or expired, or the token expired',
 };
 
 /**

@@ -174,3 +174,35 @@ describe('loadConfig', () => {
     expect(c).toMatchObject({ port: 0, batchSize: 7, graphiql: false, retentionDays: 30 });
   });
 });
+
+describe('token settings (AUTH_MODE jwt, keys+jwt)', () => {
+  const good = {
+    AUTH_MODE: 'jwt',
+    JWT_JWKS_URL: 'https://sso.example.com/certs',
+    JWT_ISSUER: 'https://sso.example.com',
+    JWT_AUDIENCE: 'auditgraph',
+  };
+  it('asks for the issuer, the audience and one source of keys, all at once', () => {
+    let message = '';
+    try {
+      loadConfig({ AUTH_MODE: 'jwt' });
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    expect(message).toContain('JWT_JWKS_URL');
+    expect(message).toContain('JWT_ISSUER');
+    expect(message).toContain('JWT_AUDIENCE');
+    expect(() => loadConfig({ ...good, JWT_PUBLIC_KEY_FILE: '/k.pem' })).toThrow(/JWT_JWKS_URL/);
+    expect(loadConfig(good).jwt).toMatchObject({ issuer: good.JWT_ISSUER, tenantClaim: 'tenant' });
+    expect(loadConfig({ ...good, AUTH_MODE: 'keys' }).jwt).toBeNull();
+  });
+  it('accepts asymmetric algorithms only', () => {
+    for (const alg of ['HS256', 'none', 'RS256,HS512']) {
+      expect(() => loadConfig({ ...good, JWT_ALGORITHMS: alg }), alg).toThrow(/JWT_ALGORITHMS/);
+    }
+    expect(loadConfig({ ...good, JWT_ALGORITHMS: 'ES256, EdDSA' }).jwt?.algorithms).toEqual([
+      'ES256',
+      'EdDSA',
+    ]);
+  });
+});

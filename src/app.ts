@@ -3,6 +3,7 @@ import type { Config } from './config.js';
 import type { Database } from './db/client.js';
 import type { Services } from './graphql/context.js';
 import { createGraphQLServer } from './graphql/yoga.js';
+import { createExplorerRoute } from './http/explorer-route.js';
 import { createExportRoute } from './http/export-route.js';
 import { createMetricsRoute } from './http/metrics-route.js';
 import { Readiness } from './http/readiness.js';
@@ -50,6 +51,7 @@ export function buildApp(config: Config, opts: { log?: Logger } = {}): App {
     services,
     graphql,
     exportRoute: createExportRoute(services, graph.exporter, log.child({ component: 'export' })),
+    explorerRoute: createExplorerRoute(config, log.child({ component: 'explorer' })),
     readiness,
     metricsRoute,
     corsOrigins: new Set(config.corsOrigins),

@@ -92,7 +92,7 @@ export const AuditEvent = builder.node(builder.objectRef<AuditEventRow>('AuditEv
     chainSeq: t.float({
       nullable: true,
       description:
-        'Position in its month’s hash chain (an integer, 1 first), in commit order. Null in live-tail messages.',
+        'Position in its month’s hash chain (an integer, 1 first), in commit order. Live-tail messages carry it too (not the hashes).',
       resolve: (e) => e.chainSeq ?? null,
     }),
     prevHash: t.string({

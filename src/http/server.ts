@@ -7,6 +7,7 @@ import { type createGraphQLServer, requestScope } from '../graphql/yoga.js';
 import type { Logger } from '../logger.js';
 import { type Gate, gateBeforeBody, refuse } from './auth-gate.js';
 import { applyCors } from './cors.js';
+import type { createExplorerRoute } from './explorer-route.js';
 import type { ExportRoute } from './export-route.js';
 import { sendJson } from './json-response.js';
 import type { createMetricsRoute } from './metrics-route.js';
@@ -23,6 +24,8 @@ export interface Routes {
   services: Services;
   graphql: GraphQLServer;
   exportRoute: ExportRoute;
+  /** `/explorer` and its script. */
+  explorerRoute: ReturnType<typeof createExplorerRoute>;
   readiness: Readiness;
   metricsRoute: MetricsRoute;
   /** CORS_ORIGINS, for looking up. */
@@ -145,7 +148,7 @@ function route(routes: Routes, req: IncomingMessage, res: ServerResponse): void 
   const given = req.headers['x-request-id'];
   const requestId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
   res.setHeader('x-request-id', requestId);
-  const path = (req.url ?? '/').split('?')[0];
+  const path = (req.url ?? '/').split('?')[0] ?? '/';
   if ((path === '/graphql' || path === '/export') && applyCors(routes.corsOrigins, req, res)) {
     return;
   }
@@ -157,8 +160,10 @@ function route(routes: Routes, req: IncomingMessage, res: ServerResponse): void 
     routes.metricsRoute(req, res, 'main');
   } else if (path === '/export') {
     requestScope.run({ requestId }, () => routes.exportRoute(req, res, requestId));
+  } else if (path === '/explorer' || path.startsWith('/explorer/')) {
+    routes.explorerRoute(req, res, path);
   } else if (path !== '/graphql') {
-    sendJson(res, 404, { error: 'not found; GraphQL is at /graphql' });
+    sendJson(res, 404, { error: 'not found; GraphQL is at /graphql, the explorer at /explorer' });
   } else {
     requestScope.run({ requestId }, () => void serveGraphQL(routes, req, res, requestId));
   }

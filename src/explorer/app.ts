@@ -28,6 +28,14 @@ interface EventNode {
   actor: { type: string; actorId: string; ip: string | null };
   resource: { type: string; resourceId: string; name: string | null };
   data: Json | null;
+  parentEventId: string | null;
+  durationMs: number | null;
+  errorCode: string | null;
+  errorMessage: string | null;
+  namespace: string | null;
+  clusterId: string | null;
+  traceId: string | null;
+  spanId: string | null;
   chainSeq: number | null;
   hash: string | null;
   prevHash: string | null;
@@ -36,7 +44,8 @@ interface EventNode {
 
 const EVENT_FIELDS = `
   id eventId occurredAt receivedAt eventType category action outcome correlationId severity
-  actor { type actorId ip } resource { type resourceId name } data chainSeq hash prevHash batchId`;
+  actor { type actorId ip } resource { type resourceId name } data chainSeq hash prevHash batchId
+  parentEventId durationMs errorCode errorMessage namespace clusterId traceId spanId`;
 
 const PAGE = gql`
   query ExplorerPage($filter: AuditEventFilter, $first: Int, $after: String, $last: Int, $before: String) {
@@ -284,6 +293,13 @@ function select(e: EventNode): void {
       'resource',
       `${e.resource.type}:${e.resource.resourceId}${e.resource.name ? ` (${e.resource.name})` : ''}`,
     ],
+    ['parentEventId', e.parentEventId],
+    ['durationMs', e.durationMs === null ? null : String(e.durationMs)],
+    ['errorCode', e.errorCode],
+    ['errorMessage', e.errorMessage],
+    ['namespace', e.namespace],
+    ['clusterId', e.clusterId],
+    ['traceId / spanId', e.traceId || e.spanId ? `${e.traceId ?? '—'} / ${e.spanId ?? '—'}` : null],
     ['batchId', e.batchId],
     ['chain position', e.chainSeq === null ? '—' : String(e.chainSeq)],
     ['hash', e.hash],
@@ -327,8 +343,12 @@ function setTail(on: boolean): void {
           state.rows.unshift(node);
           renderRows();
         } else {
-          $('tail-state').textContent = `interrupted (${m.reason as string}); resuming…`;
-          if (m.retryable) setTimeout(() => $<HTMLInputElement>('tail').checked && open(), 1_000);
+          if (m.retryable) {
+            $('tail-state').textContent = `interrupted (${m.reason as string}); resuming…`;
+            setTimeout(() => $<HTMLInputElement>('tail').checked && open(), 1_000);
+          } else {
+            $('tail-state').textContent = `ended (${m.reason as string}): ${m.message as string}`;
+          }
         }
       });
   };

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import {
   AuditClient,
   AuditClientError,
@@ -11,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { childServices, deleteRedisKeys, type ServiceProcess } from './support/faults.js';
 import { databaseUrl, dropTenants, newTenant } from './support/harness.js';
+import { cuttableProxy } from './support/proxy.js';
 import { redisEnv } from './support/realtime.js';
 
 /**
@@ -338,43 +338,4 @@ async function until(check: () => boolean, timeoutMs = 5_000): Promise<void> {
     if (Date.now() > end) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 10));
   }
-}
-
-/** A loopback TCP proxy to the service whose open connections the test can cut. */
-async function cuttableProxy(targetPort: number) {
-  const open = new Set<Socket>();
-  let accepted = 0;
-  const server: Server = createServer((inbound) => {
-    accepted++;
-    const outbound = netConnect(targetPort, '127.0.0.1');
-    open.add(inbound);
-    inbound.pipe(outbound).pipe(inbound);
-    const end = () => {
-      open.delete(inbound);
-      inbound.destroy();
-      outbound.destroy();
-    };
-    inbound.on('error', end).on('close', end);
-    outbound.on('error', end).on('close', end);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    port: (server.address() as { port: number }).port,
-    get open() {
-      return open.size;
-    },
-    get accepted() {
-      return accepted;
-    },
-    cut(): number {
-      const n = open.size;
-      for (const s of [...open]) s.destroy();
-      return n;
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of open) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
 }

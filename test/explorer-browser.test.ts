@@ -12,6 +12,7 @@ import {
   type TestApp,
 } from './support/harness.js';
 import { createKey, startKeysApp } from './support/keys.js';
+import { cuttableProxy } from './support/proxy.js';
 
 /**
  * The event explorer at /explorer, used in headless Chromium as a person would: sign in (a
@@ -269,6 +270,52 @@ describe('the explorer', () => {
       expect(await page.textContent('#status')).toContain('not valid');
     } finally {
       await ctx.close();
+    }
+  });
+
+  it('resumes the live tail from its last cursor after the connection drops: events of the gap come once', async () => {
+    const proxy = await cuttableProxy(Number(new URL(t.url).port));
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    try {
+      const via = { url: `http://127.0.0.1:${proxy.port}/graphql` } as TestApp;
+      await signedIn(page, tenant, via);
+      await page.fill('#f-correlationId', CORR);
+      await page.keyboard.press('Enter');
+      await page.waitForFunction(() => document.querySelectorAll('#rows tr').length === 50);
+      await page.check('#tail');
+      await page.waitForFunction(
+        () => document.getElementById('tail-state')?.textContent === 'live',
+      );
+      const before = randomUUID();
+      await t.gql(tenant, CREATE, {
+        input: { events: [event({ id: before, correlationId: CORR })] },
+      });
+      await page.waitForFunction(
+        (x) => document.querySelector('#rows tr')?.getAttribute('data-event-id') === x,
+        before,
+      );
+      expect(proxy.cut()).toBeGreaterThan(0);
+      // Written while the page has no connection: the tail's replay brings them.
+      const gap = [randomUUID(), randomUUID()];
+      await t.gql(tenant, CREATE, {
+        input: { events: gap.map((id) => event({ id, correlationId: CORR })) },
+      });
+      await page.waitForFunction(
+        (ids) => ids.every((x) => document.querySelector(`#rows tr[data-event-id="${x}"]`)),
+        gap,
+        { timeout: 10_000 },
+      );
+      const ids = await rowIds(page);
+      for (const id of [before, ...gap])
+        expect(
+          ids.filter((x) => x === id),
+          id,
+        ).toHaveLength(1);
+      expect(proxy.accepted).toBeGreaterThan(1);
+    } finally {
+      await ctx.close();
+      await proxy.close();
     }
   });
 });

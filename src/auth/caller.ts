@@ -1,6 +1,6 @@
 import type { Config } from '../config.js';
 import type { ApiKeyStore } from '../db/api-key-store.js';
-import type { TenantDirectory } from '../db/tenant-directory.js';
+import type { TenantProvisioner } from '../db/tenant-provisioner.js';
 import {
   type ApiKeyRecord,
   apiKeyProblem,
@@ -90,7 +90,8 @@ export interface Authenticator {
   apiKeys: Pick<ApiKeyStore, 'byHash' | 'touch'>;
   /** Set when the mode takes tokens. */
   tokens: TokenVerifier | null;
-  tenantDirectory: Pick<TenantDirectory, 'exists'>;
+  /** Whether a token's tenant exists (remembered once seen: no round trip per request). */
+  tenants: Pick<TenantProvisioner, 'ensure'>;
 }
 
 /** What a bearer value may be in this mode, for the messages that ask for one. */
@@ -222,8 +223,11 @@ async function authenticateToken(
   if (tenant === null || tenantIdProblem(tenant) !== null) {
     return refused(new UnauthenticatedError('the token names no valid tenant'));
   }
-  if (!(await services.tenantDirectory.exists(tenant as TenantId))) {
-    return refused(new UnknownTenantError(tenant));
+  try {
+    await services.tenants.ensure(tenant as TenantId, false);
+  } catch (err) {
+    if (err instanceof UnknownTenantError) return refused(err);
+    throw err;
   }
   return {
     kind: 'token',

@@ -452,9 +452,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   );
   const parsed = envSchema.safeParse(cleaned);
   const problems = parsed.success
-    ? combinationProblems(parsed.data)
+    ? []
     : parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
-  problems.push(...partitionProblems(cleaned));
+  const { e, ok } = eachOnItsOwn(cleaned);
+  problems.push(...combinationProblems(e, ok), ...partitionProblems(cleaned));
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
   return configOf(parsed.data);
 }
@@ -474,7 +475,10 @@ function jwtOf(e: z.output<typeof envSchema>): JwtConfig | null {
   };
 }
 
-function jwtProblems(e: z.output<typeof envSchema>): string[] {
+function jwtProblems(e: Parsed, ok: Valid): string[] {
+  if (!ok('AUTH_MODE', 'JWT_JWKS_URL', 'JWT_PUBLIC_KEY_FILE', 'JWT_ISSUER', 'JWT_AUDIENCE')) {
+    return [];
+  }
   if (e.AUTH_MODE !== 'jwt' && e.AUTH_MODE !== 'keys+jwt') return [];
   const problems: string[] = [];
   if ((e.JWT_JWKS_URL === undefined) === (e.JWT_PUBLIC_KEY_FILE === undefined)) {
@@ -485,30 +489,69 @@ function jwtProblems(e: z.output<typeof envSchema>): string[] {
   return problems;
 }
 
+type Parsed = z.output<typeof envSchema>;
+/** True when every named variable is valid on its own (a check across them can be made). */
+type Valid = (...names: (keyof Parsed)[]) => boolean;
+
+/**
+ * Each variable parsed on its own, defaults applied: a check across variables then runs beside
+ * the problems of any other variable (all reported at once), and is skipped only when one of its
+ * own variables is bad — that one is reported already.
+ */
+function eachOnItsOwn(env: Record<string, string | undefined>): { e: Parsed; ok: Valid } {
+  const values: Record<string, unknown> = {};
+  const bad = new Set<string>();
+  for (const [name, field] of Object.entries(envSchema.shape)) {
+    const r = (field as z.ZodType).safeParse(env[name]);
+    if (r.success) values[name] = r.data;
+    else bad.add(name);
+  }
+  return { e: values as Parsed, ok: (...names) => names.every((n) => !bad.has(n)) };
+}
+
 /** Variables each valid alone whose values do not go together. */
-function combinationProblems(e: z.output<typeof envSchema>): string[] {
-  const problems: string[] = [...jwtProblems(e)];
+function combinationProblems(e: Parsed, ok: Valid): string[] {
+  const problems: string[] = [...jwtProblems(e, ok)];
   const perSecond = e.RATE_LIMIT_EVENTS_PER_SECOND;
-  if (perSecond > 0 && e.MAX_EVENTS_PER_CALL > perSecond + e.RATE_LIMIT_BURST_EVENTS) {
+  if (
+    ok('RATE_LIMIT_EVENTS_PER_SECOND', 'MAX_EVENTS_PER_CALL', 'RATE_LIMIT_BURST_EVENTS') &&
+    perSecond > 0 &&
+    e.MAX_EVENTS_PER_CALL > perSecond + e.RATE_LIMIT_BURST_EVENTS
+  ) {
     // Such a call could never pass the rate limit: refuse the configuration instead.
     problems.push(
       'RATE_LIMIT_EVENTS_PER_SECOND: with RATE_LIMIT_BURST_EVENTS it must allow at least ' +
         `MAX_EVENTS_PER_CALL (${e.MAX_EVENTS_PER_CALL}) events at once`,
     );
   }
-  if (e.METRICS_PORT !== undefined && e.METRICS_PORT !== 0 && e.METRICS_PORT === e.PORT) {
+  if (
+    ok('METRICS_PORT', 'PORT') &&
+    e.METRICS_PORT !== undefined &&
+    e.METRICS_PORT !== 0 &&
+    e.METRICS_PORT === e.PORT
+  ) {
     problems.push('METRICS_PORT: must differ from PORT');
   }
-  if (e.JOURNAL_LEASE_MS < 3 * e.CLUSTER_HEARTBEAT_MS) {
+  if (
+    ok('JOURNAL_LEASE_MS', 'CLUSTER_HEARTBEAT_MS') &&
+    e.JOURNAL_LEASE_MS < 3 * e.CLUSTER_HEARTBEAT_MS
+  ) {
     // A live instance is one seen within three beats: a shorter lease takes over live journals.
     problems.push(`JOURNAL_LEASE_MS: must be at least 3 × CLUSTER_HEARTBEAT_MS`);
   }
-  if (e.WORKERS > 1 && (e.REDIS_URL === undefined || e.DATABASE_URL === undefined)) {
+  if (
+    ok('WORKERS', 'REDIS_URL', 'DATABASE_URL') &&
+    e.WORKERS > 1 &&
+    (e.REDIS_URL === undefined || e.DATABASE_URL === undefined)
+  ) {
     // Workers are instances: they share buffers' barrier, journals and fan-out through Redis, and
     // the data through PostgreSQL (the embedded database and the local journal have one owner).
     problems.push('WORKERS: more than 1 needs DATABASE_URL and REDIS_URL');
   }
-  if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
+  if (
+    ok('HTTP_HEADERS_TIMEOUT_MS', 'HTTP_REQUEST_TIMEOUT_MS') &&
+    e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS
+  ) {
     // node:http refuses this pair: the headers are part of the request.
     problems.push('HTTP_HEADERS_TIMEOUT_MS: must not exceed HTTP_REQUEST_TIMEOUT_MS');
   }

@@ -2,6 +2,7 @@ import cluster from 'node:cluster';
 import { buildApp } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
 import { createLogger } from './logger.js';
+import { Refusal } from './refusal.js';
 import { installShutdown } from './shutdown.js';
 import { runWorkers } from './workers.js';
 
@@ -19,6 +20,10 @@ try {
   if (err instanceof ConfigError) {
     console.error(err.message);
     process.exit(2);
+  }
+  if (err instanceof Refusal) {
+    console.error(err.message);
+    process.exit(1);
   }
   console.error(err);
   process.exit(1);

@@ -144,7 +144,7 @@ describe.each(stores)('dead letters in $name', ({ redis }) => {
     expect(listed.deadLetters.edges.map((e: { node: { id: string } }) => e.node.id)).toEqual([
       deadLetterId,
     ]);
-    expect(listed.deadLetters.edges[0].node.replays).toBe(3); // schedule of two delays: 3 replays, then parked
+    expect(listed.deadLetters.edges[0].node.replays).toBe(2); // schedule of two delays: 2 replays, then parked
 
     await sql(`alter table "t_${id}".audit_events drop constraint poison`);
     const recovered = nextDeadLetterEvent(t, id, 'RECOVERED');
@@ -156,7 +156,7 @@ describe.each(stores)('dead letters in $name', ({ redis }) => {
     await recovered;
     const kinds = (await steps.until((m) => m.kind === 'RECOVERED')).map((m) => m.kind);
     await steps.close();
-    expect(kinds).toEqual(['ENQUEUED', 'RETRIED', 'RETRIED', 'PARKED', 'REPLAYED', 'RECOVERED']);
+    expect(kinds).toEqual(['ENQUEUED', 'RETRIED', 'PARKED', 'REPLAYED', 'RECOVERED']);
 
     expect(await countEventsNow(id)).toBe(2);
     expect((await t.gql(id, DEAD_LETTERS)).deadLetters.totalCount).toBe(0);
@@ -268,6 +268,43 @@ describe.each(stores)('dead letters in $name', ({ redis }) => {
       await sql(`alter table "t_${id}".audit_events_away rename to audit_events`);
     }
   });
+  it('replays a dead letter once per delay of DLQ_RETRY_SCHEDULE_MS, then parks it, and /readyz and the metrics show the parked one ageing', async () => {
+    const t = await app({ DLQ_RETRY_SCHEDULE_MS: '30,30' });
+    const id = tenant();
+    await t.gql(id, CREATE, { input: { events: [event()] } });
+    await sql(
+      `alter table "t_${id}".audit_events add constraint poison check (event_type <> 'poison')`,
+    );
+    const kinds: string[] = [];
+    const off = t.app.graph.events.onDeadLetter((e) => {
+      if (e.tenant === id) kinds.push(e.kind);
+    });
+    const parked = nextDeadLetterEvent(t, id, 'PARKED');
+    await t.gql(id, CREATE, { input: { events: [event({ eventType: 'poison' })] } });
+    await parked;
+    off();
+    // Two delays: two replays (the first RETRIED, the second PARKED), not three.
+    expect(kinds.filter((k) => k === 'RETRIED' || k === 'PARKED')).toEqual(['RETRIED', 'PARKED']);
+
+    const age = async () => {
+      await t.app.graph.retryWorker.runOnce();
+      const ready = (await (await fetch(t.url.replace('/graphql', '/readyz'))).json()) as {
+        deadLetters: { oldestAgeMs: number; parkedEntries: number };
+      };
+      const metrics = await (await fetch(t.url.replace('/graphql', '/metrics'))).text();
+      const seconds = Number(
+        /^auditgraph_dead_letter_oldest_age_seconds (\S+)$/m.exec(metrics)?.[1],
+      );
+      return { ready: ready.deadLetters, seconds };
+    };
+    const first = await age();
+    expect(first.ready.parkedEntries).toBe(1);
+    await new Promise((r) => setTimeout(r, 300));
+    const later = await age();
+    expect(later.ready.oldestAgeMs).toBeGreaterThanOrEqual(first.ready.oldestAgeMs + 250);
+    expect(later.seconds).toBeGreaterThanOrEqual(0.25);
+  });
+
   it('refuses new writes, and says not ready, when the dead-letter queue reaches DLQ_MAX_EVENTS', async () => {
     const t = await app({ DLQ_MAX_EVENTS: '2', DLQ_RETRY_SCHEDULE_MS: '600000' });
     const id = tenant();

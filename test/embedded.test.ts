@@ -231,16 +231,34 @@ describe('embedded mode (PGlite)', () => {
     expect(() => createDatabase({ kind: 'pglite', dataDir }, first.app.log)).toThrow(
       DataDirInUseError,
     );
-    // Another process, as `npm run keys` would be: refused, nothing written.
-    const cli = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/keys.ts', 'list'], {
-      cwd: fileURLToPath(new URL('..', import.meta.url)),
-      env: { PATH: process.env.PATH, DATA_DIR: dataDir, AUTH_MODE: 'keys' },
-      encoding: 'utf8',
-      timeout: 60_000,
-    });
-    expect(cli.status).not.toBe(0);
-    expect(`${cli.stdout}${cli.stderr}`).toMatch(/in use by process \d+/);
-  }, 90_000);
+    // Other processes, as `npm run keys`, `npm run db:migrate` and a second `npm start` would be:
+    // each refused with the one line that says why (no stack trace), nothing written.
+    const env = {
+      PATH: process.env.PATH,
+      DATA_DIR: dataDir,
+      AUTH_MODE: 'keys',
+      PORT: '0',
+      CHECKPOINT_KEY_FILE: join(root, 'checkpoint-ed25519.pem'),
+      DLQ_DIR: join(root, 'dead-letters'),
+    };
+    for (const args of [
+      ['--import', 'tsx', 'src/cli/keys.ts', 'list'],
+      ['--import', 'tsx', 'src/db/migrate-cli.ts'],
+      ['dist/main.js'],
+    ]) {
+      const run = spawnSync(process.execPath, args, {
+        cwd: fileURLToPath(new URL('..', import.meta.url)),
+        env,
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
+      expect(run.status, args.join(' ')).toBe(1);
+      expect(run.stdout, args.join(' ')).toBe('');
+      expect(run.stderr.trim().split('\n'), args.join(' ')).toEqual([
+        expect.stringMatching(/^the embedded database in .* is in use by process \d+; /),
+      ]);
+    }
+  }, 120_000);
 
   it('keeps every event across a stop and a restart on the same data directory', async () => {
     await first.app.stop();

@@ -184,7 +184,7 @@ describe('tenants named after the service’s own Redis names', () => {
     const r = client();
     const shapes = [
       /^t:([a-z][a-z0-9_]*):(dlq(:parked|:index)?|books|interest:[a-zA-Z]+)$/,
-      /^deadletters:(tenants|depth)$/,
+      /^deadletters:(tenants|depth|ages)$/,
       /^ratelimit:(rate|burst):[a-z][a-z0-9_]*$/,
       /^cluster:instances$/,
     ];
@@ -196,6 +196,7 @@ describe('tenants named after the service’s own Redis names', () => {
       ).toBe(true);
     expect(await r.type(`${prefix}deadletters:tenants`)).toBe('set');
     expect(await r.type(`${prefix}deadletters:depth`)).toBe('hash');
+    expect(await r.type(`${prefix}deadletters:ages`)).toBe('zset');
     expect((await r.smembers(`${prefix}deadletters:tenants`)).sort()).toEqual([...tenants].sort());
     for (const id of tenants) expect(await r.type(`${prefix}t:${id}:dlq`), id).toBe('stream');
 

@@ -6,6 +6,7 @@ import type { TenantDirectory } from '../db/tenant-directory.js';
 import { tenantSchema } from '../domain/tenant.js';
 import { accessEventRecord } from '../ingest/access-log.js';
 import { createLogger, type Logger } from '../logger.js';
+import { Refusal } from '../refusal.js';
 import type { Actor } from '../usecases/actor.js';
 import type { CliUseCases } from '../usecases/use-cases.js';
 import { wireCliKeys, wireCliUseCases, wireStorage } from '../wiring.js';
@@ -66,7 +67,14 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
   const log = createLogger({
     logLevel: ['debug', 'trace'].includes(config.logLevel) ? config.logLevel : 'error',
   });
-  const storage = wireStorage(config, log, `cli-${process.pid}`);
+  let storage: ReturnType<typeof wireStorage>;
+  try {
+    storage = wireStorage(config, log, `cli-${process.pid}`);
+  } catch (err) {
+    if (!(err instanceof Refusal)) throw err;
+    console.error(err.message);
+    process.exit(1);
+  }
   const { db, migrator, directory, writer } = storage;
   let code = 0;
   try {

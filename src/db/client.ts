@@ -8,6 +8,7 @@ import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import pg from 'pg';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
+import { Refusal } from '../refusal.js';
 
 /** Something that runs one parameterised statement. */
 export interface Sql {
@@ -156,13 +157,12 @@ async function inTransaction<T>(
 }
 
 /** Thrown when another process (or another open in this one) holds the embedded database. */
-export class DataDirInUseError extends Error {
+export class DataDirInUseError extends Refusal {
   constructor(dataDir: string, holder: string) {
     super(
       `the embedded database in ${dataDir} is in use by ${holder}; PGlite allows one process at ` +
         'a time: stop it first (what a second process wrote would be lost)',
     );
-    this.name = 'DataDirInUseError';
   }
 }
 

@@ -20,22 +20,32 @@ const GROUP = 'retry';
 
 /**
  * Takes a parked dead letter out and, only when this call is the one that removed it, changes
- * the counters (and, for a replay, appends it to the stream and indexes it): two replays or
- * discards of one dead letter at once change the queue once, not twice.
- * KEYS: parked, depth[, stream, index]. ARGV: id, event count[, the ACTIVE dead letter].
+ * the counters (and, for a replay, appends it to the stream and indexes it; for a discard,
+ * removes it from the ages): two replays or discards of one dead letter at once change the
+ * queue once, not twice.
+ * KEYS: parked, depth, ages[, stream, index]. ARGV: id, event count, ages member[, the ACTIVE
+ * dead letter].
  */
 const TAKE_PARKED = `
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return false end
 local n = tonumber(ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'parkedEntries', -1)
 redis.call('HINCRBY', KEYS[2], 'parkedEvents', -n)
-if not ARGV[3] then return 1 end
-local id = redis.call('XADD', KEYS[3], '*', 'dl', ARGV[3])
+if not ARGV[4] then
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  return 1
+end
+local id = redis.call('XADD', KEYS[4], '*', 'dl', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'entries', 1)
 redis.call('HINCRBY', KEYS[2], 'events', n)
-redis.call('HSET', KEYS[4], ARGV[1], id)
+redis.call('HSET', KEYS[5], ARGV[1], id)
 return id
 `;
+
+/** A dead letter's member of the ages set. */
+function ageMember(dl: Pick<DeadLetter, 'tenant' | 'id'>): string {
+  return `${dl.tenant} ${dl.id}`;
+}
 
 type StreamReply = [key: string, messages: [id: string, fields: string[]][]][] | null;
 
@@ -52,7 +62,9 @@ interface Held {
  * message stays pending (claimed) while its next attempt is not yet due, its claim refreshed,
  * and one abandoned by a dead instance is taken over with XAUTOCLAIM after the lease. PARKED
  * dead letters sit in a per-tenant hash. Nothing is ever trimmed: a change removes a message
- * only in the same MULTI that writes its successor. Depth counters change in those MULTIs too.
+ * only in the same MULTI that writes its successor. Depth counters change in those MULTIs too,
+ * and so does the ages set (every dead letter, ACTIVE or PARKED, scored by when it first
+ * failed), which gives the oldest one's age in one read.
  */
 export class RedisDeadLetterStore implements DeadLetterStore {
   readonly kind = 'redis' as const;
@@ -86,6 +98,9 @@ export class RedisDeadLetterStore implements DeadLetterStore {
   private get depthKey() {
     return this.keys.service('deadletters', 'depth');
   }
+  private get agesKey() {
+    return this.keys.service('deadletters', 'ages');
+  }
 
   async start(): Promise<void> {
     await this.redis.connect().catch((err: Error) => {
@@ -93,6 +108,23 @@ export class RedisDeadLetterStore implements DeadLetterStore {
       if (!/already/i.test(err.message)) this.log.warn({ err }, 'redis connect failed');
     });
     await this.moveLegacyLayout();
+    await this.indexAges();
+  }
+
+  /**
+   * Puts every dead letter into the ages set (those stored before the set existed, or moved from
+   * the legacy layout); ones already there keep their score. Once per start: O(dead letters).
+   */
+  private async indexAges(): Promise<void> {
+    try {
+      for (const tenant of (await this.redis.smembers(this.tenantsKey)) as TenantId[]) {
+        for (const dl of await this.list(tenant)) {
+          await this.redis.zadd(this.agesKey, 'NX', dl.firstFailedAt.getTime(), ageMember(dl));
+        }
+      }
+    } catch (err) {
+      this.warnOnce('ages', { err: asError(err) }, 'could not index the dead letters by age');
+    }
   }
 
   /**
@@ -148,7 +180,8 @@ export class RedisDeadLetterStore implements DeadLetterStore {
         .sadd(this.tenantsKey, dl.tenant)
         .xadd(this.stream(dl.tenant), '*', 'dl', serialiseDeadLetter(dl))
         .hincrby(this.depthKey, 'entries', 1)
-        .hincrby(this.depthKey, 'events', n),
+        .hincrby(this.depthKey, 'events', n)
+        .zadd(this.agesKey, dl.firstFailedAt.getTime(), ageMember(dl)),
     );
     const streamId = res[1] as string | null;
     if (!streamId) throw new Error('redis did not store the dead letter');
@@ -286,7 +319,8 @@ export class RedisDeadLetterStore implements DeadLetterStore {
         .xdel(this.stream(h.tenant), h.streamId)
         .hdel(this.indexKey(h.tenant), dl.id)
         .hincrby(this.depthKey, 'entries', -1)
-        .hincrby(this.depthKey, 'events', -h.dl.records.length),
+        .hincrby(this.depthKey, 'events', -h.dl.records.length)
+        .zrem(this.agesKey, ageMember(dl)),
     );
   }
 
@@ -303,7 +337,9 @@ export class RedisDeadLetterStore implements DeadLetterStore {
       .xdel(key, h.streamId)
       .hdel(this.indexKey(h.tenant), previousId)
       .hincrby(this.depthKey, 'entries', -1)
-      .hincrby(this.depthKey, 'events', -h.dl.records.length);
+      .hincrby(this.depthKey, 'events', -h.dl.records.length)
+      .zrem(this.agesKey, ageMember({ tenant: h.tenant, id: previousId }))
+      .zadd(this.agesKey, dl.firstFailedAt.getTime(), ageMember(dl));
     if (dl.state === 'PARKED') {
       m.hset(this.parkedKey(h.tenant), dl.id, serialiseDeadLetter(dl))
         .hincrby(this.depthKey, 'parkedEntries', 1)
@@ -328,13 +364,15 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     await this.ensureGroup(tenant);
     const streamId = await this.redis.eval(
       TAKE_PARKED,
-      4,
+      5,
       this.parkedKey(tenant),
       this.depthKey,
+      this.agesKey,
       this.stream(tenant),
       this.indexKey(tenant),
       id,
       dl.records.length,
+      ageMember(dl),
       serialiseDeadLetter(dl),
     );
     return streamId ? dl : null;
@@ -346,11 +384,13 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     const dl = parseDeadLetter(text);
     const taken = await this.redis.eval(
       TAKE_PARKED,
-      2,
+      3,
       this.parkedKey(tenant),
       this.depthKey,
+      this.agesKey,
       id,
       dl.records.length,
+      ageMember(dl),
     );
     return taken ? dl : null;
   }
@@ -358,29 +398,32 @@ export class RedisDeadLetterStore implements DeadLetterStore {
   async depth(): Promise<DeadLetterDepth> {
     const d = await this.redis.hgetall(this.depthKey);
     const num = (k: string) => Number(d[k] ?? 0);
-    let oldest = Number.POSITIVE_INFINITY;
-    for (const tenant of (await this.redis.smembers(this.tenantsKey)) as TenantId[]) {
-      let first: [string, string[]][];
-      try {
-        first = await this.redis.xrange(this.stream(tenant), '-', '+', 'COUNT', 1);
-      } catch (err) {
-        // The age is advisory; one unreadable stream must not make the whole queue unready.
-        this.warnOnce(
-          `depth:${tenant}`,
-          { err: asError(err), tenant },
-          "could not read the oldest of a tenant's dead letters",
-        );
-        continue;
-      }
-      const id = first[0]?.[0];
-      if (id) oldest = Math.min(oldest, Number(id.split('-')[0]));
-    }
     return {
       entries: num('entries') + num('parkedEntries'),
       events: num('events') + num('parkedEvents'),
       parkedEntries: num('parkedEntries'),
       parkedEvents: num('parkedEvents'),
-      oldestAgeMs: Number.isFinite(oldest) ? Math.max(0, Date.now() - oldest) : 0,
+      oldestAgeMs: await this.oldestAgeMs(),
     };
+  }
+
+  /**
+   * Age of the oldest dead letter, ACTIVE or PARKED, from when it first failed. A member whose
+   * dead letter is gone (removed by an instance of an earlier release, which does not keep the
+   * set) is dropped here, so a stale entry cannot make the queue look older than it is.
+   */
+  private async oldestAgeMs(): Promise<number> {
+    for (let tries = 0; tries < 10; tries++) {
+      const [member, score] = await this.redis.zrange(this.agesKey, '0', '0', 'WITHSCORES');
+      if (member === undefined || score === undefined) return 0;
+      const [tenant, id] = member.split(' ') as [TenantId, string];
+      const [parked, active] = await Promise.all([
+        this.redis.hexists(this.parkedKey(tenant), id),
+        this.redis.hexists(this.indexKey(tenant), id),
+      ]);
+      if (parked || active) return Math.max(0, Date.now() - Number(score));
+      await this.redis.zrem(this.agesKey, member);
+    }
+    return 0;
   }
 }

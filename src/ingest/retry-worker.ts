@@ -167,9 +167,11 @@ export class RetryWorker {
     records: DeadLetter['records'],
     failure: { code: string | null; message: string },
   ): Promise<void> {
+    // Replay k waits scheduleMs[k - 1] (the first, from the dead-lettering); after as many
+    // replays as the schedule has delays, the dead letter is parked.
     const replays = (dl.replays ?? 0) + 1;
-    const park = replays >= this.opts.scheduleMs.length + 1;
-    const delay = this.opts.scheduleMs[Math.min(replays - 1, this.opts.scheduleMs.length - 1)] ?? 0;
+    const park = replays >= this.opts.scheduleMs.length;
+    const delay = this.opts.scheduleMs[replays] ?? 0;
     const next: DeadLetter = {
       ...dl,
       records,

@@ -60,8 +60,8 @@ const TENANT_SEGMENT = /^[a-z][a-z0-9_]{0,39}$/;
  *
  * - `t:<tenant>:dlq` (stream), `t:<tenant>:dlq:parked`, `t:<tenant>:dlq:index` (hashes): the
  *   tenant's dead letters;
- * - `deadletters:tenants` (set), `deadletters:depth` (hash): tenants with a dead-letter stream,
- *   depth counters;
+ * - `deadletters:tenants` (set), `deadletters:depth` (hash), `deadletters:ages` (sorted set):
+ *   tenants with a dead-letter stream, depth counters, every dead letter by when it first failed;
  * - `ratelimit:<window>:<tenant>`: write-rate windows (rate-limiter-flexible appends the tenant);
  * - `realtime:<tenant>:<topic>` (channel): a tenant's subscription messages;
  * - `cluster:instances` (sorted set), `cluster:inbox:<instance>` (channel): heartbeats, requests;

@@ -84,6 +84,28 @@ describe('loadConfig', () => {
     ).toBe(0);
   });
 
+  it('reports a check across variables beside every bad variable, at once', () => {
+    const problems = problemsOf({
+      RATE_LIMIT_EVENTS_PER_SECOND: '100',
+      RATE_LIMIT_BURST_EVENTS: '100',
+      MAX_EVENTS_PER_CALL: '1000',
+      HTTP_HEADERS_TIMEOUT_MS: '90000',
+      HTTP_REQUEST_TIMEOUT_MS: '30000',
+      PORT: 'eighty',
+      LOG_LEVEL: 'loud',
+    });
+    expect(problems.map((p) => p.split(':')[0]).sort()).toEqual([
+      'HTTP_HEADERS_TIMEOUT_MS',
+      'LOG_LEVEL',
+      'PORT',
+      'RATE_LIMIT_EVENTS_PER_SECOND',
+    ]);
+    // A check whose own variable is bad is not made: that variable is reported already.
+    expect(
+      problemsOf({ RATE_LIMIT_EVENTS_PER_SECOND: 'lots', MAX_EVENTS_PER_CALL: '1000' }),
+    ).toEqual([expect.stringMatching(/^RATE_LIMIT_EVENTS_PER_SECOND: /)]);
+  });
+
   it('caps retention and partitions by default, and checks them against each other', () => {
     const c = loadConfig({});
     expect(c).toMatchObject({

@@ -27,8 +27,9 @@ import {
   validate,
 } from 'graphql';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { deleteRedisKeys, freePort } from './support/faults.js';
+import { databaseUrl } from './support/harness.js';
 
 /**
  * The README's fenced blocks, run as a reader would paste them. Driven only by the README: its
@@ -72,8 +73,8 @@ const MAX_NOT_RUN = 3;
 const KNOWN_KINDS = new Set(['sh', 'graphql', 'ts', 'js', 'json', 'ini', 'text']);
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const README = readFileSync(join(ROOT, 'README.md'), 'utf8');
-const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgres://root@127.0.0.1:5432/postgres';
-const redisUrl = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+/** The run's database (global-setup.ts) names the server; its name prefixes the fresh ones. */
+const runDatabase = new URL(inject('databaseUrl')).pathname.slice(1);
 const SERVICE_URL = /\b(?:localhost|127\.0\.0\.1):4000\b/g;
 const BLOCK_TIMEOUT_MS = 150_000;
 
@@ -428,7 +429,8 @@ function freshDatabaseNames(section: Block[]): Map<string, string> {
       const words = line.split('#')[0]!.trim().split(/\s+/);
       if (words[0] !== 'createdb') continue;
       const name = words.at(-1)!;
-      const fresh = `${name}_readme_${randomBytes(3).toString('hex')}`;
+      // Under the run's prefix, so that the global teardown drops it even after a crash.
+      const fresh = `${runDatabase}_readme_${randomBytes(3).toString('hex')}`;
       names.set(name, fresh);
       databases.push(fresh);
     }
@@ -644,12 +646,12 @@ describe('README.md', () => {
 
   afterAll(async () => {
     await stopService().catch(() => {});
-    const admin = new pg.Client({ connectionString: adminUrl });
+    const admin = new pg.Client({ connectionString: databaseUrl() });
     await admin.connect();
     for (const name of databases)
       await admin.query(`drop database if exists "${name}" with (force)`);
     await admin.end();
-    await deleteRedisKeys(redisUrl, redisPrefix);
+    await deleteRedisKeys(inject('redisUrl'), redisPrefix);
     if (copy) rmSync(copy, { recursive: true, force: true });
     const notRun = blocks.filter((b) => b.notRun);
     console.log(

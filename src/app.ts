@@ -112,7 +112,16 @@ function lifecycleSteps(
       start: async () => {
         const controlRan = await g.migrator.migrateControl();
         if (controlRan) log.info({ migrations: controlRan }, 'control schema migrated');
-        if (!config.cursorSecret) g.cursors.useSecret(await g.secrets.getOrCreate('cursor'));
+        const cursorKey = config.cursorSecret ?? (await g.secrets.getOrCreate('cursor'));
+        if (!config.cursorSecret) g.cursors.useSecret(cursorKey);
+        // What every instance must hold alike, before anything is written with it.
+        await g.sharedSettings.check(config.chainHmacSecret, cursorKey, !!config.cursorSecret);
+        if ((await g.checkpoints.keyring.adopt(g.checkpoints.key)) === 'registered') {
+          log.info(
+            { keyId: g.checkpoints.key.keyId },
+            "checkpoint key registered as the deployment's",
+          );
+        }
         const known = await g.tenants.migrateAll();
         log.info(
           { tenants: known, database: g.db.kind, authMode: config.authMode },

@@ -9,6 +9,7 @@ import {
   LocalKeyRevocations,
   RedisKeyRevocations,
 } from './cluster/key-revocations.js';
+import { SharedSettings } from './cluster/shared-settings.js';
 import type { Config } from './config.js';
 import { ApiKeyStore, type ApiKeyStoreOptions } from './db/api-key-store.js';
 import { createDatabase, type Database } from './db/client.js';
@@ -36,6 +37,7 @@ import { RetryWorker } from './ingest/retry-worker.js';
 import { WriteRateLimiter } from './ingest/write-rate-limiter.js';
 import { ChainAuditor } from './integrity/chain-auditor.js';
 import { CheckpointService } from './integrity/checkpoints.js';
+import { CheckpointKeyring } from './integrity/keyring.js';
 import { loadSigningKey } from './integrity/signing-key.js';
 import { LegalHoldStore } from './lifecycle/legal-holds.js';
 import { LifecycleLog } from './lifecycle/lifecycle-events.js';
@@ -295,6 +297,7 @@ function wireIntegrity(
   const checkpoints = new CheckpointService(
     db,
     loadSigningKey(config.checkpointKeyFile, integrityLog),
+    new CheckpointKeyring(db, config.checkpointKeyFile),
     integrityLog,
     config.checkpointIntervalMs,
     (tenant, n) => metrics.observeCheckpoints(tenant, n),
@@ -339,6 +342,8 @@ export interface ServiceGraph extends Storage, WritePath, KeyParts, IntegrityPar
   cursors: KeysetCursorCodec;
   /** Service-wide secrets kept in the control schema (the cursor key without CURSOR_SECRET). */
   secrets: ServiceSecretStore;
+  /** What every instance must hold alike, checked at start. */
+  sharedSettings: SharedSettings;
   cluster: Cluster;
   metrics: Metrics;
   exporter: AuditExporter;
@@ -470,6 +475,7 @@ export function wireService(config: Config, log: Logger, instanceId: string): Se
     instanceId,
     cursors,
     secrets: new ServiceSecretStore(storage.db),
+    sharedSettings: new SharedSettings(storage.db),
     cluster,
     metrics,
     exporter,

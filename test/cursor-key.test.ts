@@ -1,6 +1,9 @@
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   CREATE,
+  databaseUrl,
   dropTenants,
   event,
   newTenant,
@@ -67,8 +70,27 @@ describe('page cursors without CURSOR_SECRET', () => {
       await c.end();
     }
 
-    // Negative control: an instance signing with another key refuses the same cursor.
-    const other = await start({ CURSOR_SECRET: 'another-secret-another-secret-0123456789' });
+    // An instance with another key would refuse every other instance's cursors: it refuses to
+    // start instead, saying which setting differs.
+    const another = { CURSOR_SECRET: 'another-secret-another-secret-0123456789' };
+    await expect(start(another)).rejects.toThrow(
+      expect.objectContaining({ name: 'Refusal', message: expect.stringMatching(/CURSOR_SECRET/) }),
+    );
+    // Adopted on purpose (the operator's command), it starts; and then it refuses the cursors
+    // made with the deployment's own key (the negative control of the sharing above).
+    const adopt = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli/deployment.ts', 'adopt-cursor-key'],
+      {
+        cwd: fileURLToPath(new URL('..', import.meta.url)),
+        env: { PATH: process.env.PATH, DATABASE_URL: databaseUrl(), ...another },
+        encoding: 'utf8',
+        timeout: 60_000,
+      },
+    );
+    expect(adopt.stderr).toBe('');
+    expect(adopt.status).toBe(0);
+    const other = await start(another);
     const r = await other.raw(tenant, {
       query: PAGE,
       variables: { first: 10, after: p2.pageInfo.endCursor, filter, order: 'OCCURRED_AT_ASC' },

@@ -2,7 +2,11 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PartitionManager } from '../src/db/partitions.js';
-import { type CheckpointJson, checkpointFromJson } from '../src/domain/checkpoint.js';
+import {
+  type CheckpointJson,
+  checkpointFromJson,
+  checkpointSignatureValid,
+} from '../src/domain/checkpoint.js';
 import { type AuditEventRecord, validateEvents } from '../src/domain/event.js';
 import { type TenantId, tenantSchema } from '../src/domain/tenant.js';
 import { BatchWriter } from '../src/ingest/batch-writer.js';
@@ -225,7 +229,8 @@ function expectRecorded(rows: DropRow[], seeded: Seeded, months: Date[], retenti
     expect(r.checkpoint!.seq).toBe(head.seq);
     expect(r.checkpoint!.hash).toBe(head.hash);
     expect(r.checkpoint!.month).toBe(new Date(r.month).toISOString());
-    expect(t.app.services.checkpoints.isValid(checkpointFromJson(r.checkpoint!))).toBe(true);
+    const { publicKey } = t.app.services.checkpoints.key;
+    expect(checkpointSignatureValid(checkpointFromJson(r.checkpoint!), publicKey)).toBe(true);
   }
 }
 

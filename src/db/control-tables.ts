@@ -1,5 +1,7 @@
+import { sql } from 'drizzle-orm';
 import {
   bigint,
+  bytea,
   index,
   integer,
   jsonb,
@@ -7,6 +9,7 @@ import {
   primaryKey,
   text,
   timestamp,
+  uniqueIndex,
   uuid,
   varchar,
 } from 'drizzle-orm/pg-core';
@@ -102,4 +105,41 @@ export const serviceSecrets = control.table('service_secrets', {
   name: varchar('name', { length: 40 }).primaryKey(),
   secret: text('secret').notNull(),
   createdAt: ts('created_at').notNull().defaultNow(),
+});
+
+/**
+ * The public keys that sign (and signed) the deployment's checkpoints, each with the period it
+ * was trusted in: a checkpoint is accepted when its key was trusted at its `signedAt`. Rows are
+ * added by the first start and by a rotation, which retires the current key in the same
+ * transaction, its period endorsed (signed) by the new key; at most one key is current. Private
+ * keys never come here, and a row added by whoever can only write the database is endorsed by
+ * no key: it vouches for nothing.
+ */
+export const checkpointKeys = control.table(
+  'checkpoint_keys',
+  {
+    keyId: varchar('key_id', { length: 64 }).primaryKey(),
+    /** SPKI PEM. */
+    publicKey: text('public_key').notNull(),
+    trustedFrom: ts('trusted_from').notNull(),
+    retiredAt: ts('retired_at'),
+    /** Set with retired_at: the successor's id and its Ed25519 signature over this key's period. */
+    endorsedBy: varchar('endorsed_by', { length: 64 }),
+    endorsement: bytea('endorsement'),
+    createdAt: ts('created_at').notNull().defaultNow(),
+  },
+  (t) => [
+    uniqueIndex('checkpoint_keys_one_current').on(sql`(true)`).where(sql`${t.retiredAt} is null`),
+  ],
+);
+
+/**
+ * Fingerprints of settings every instance must hold alike (the chain's HMAC secret, the cursor
+ * key): recorded by the first instance, checked by each one at start. A fingerprint is an HMAC
+ * under the setting itself, so it tells whether two values are the same and nothing else.
+ */
+export const sharedSettings = control.table('shared_settings', {
+  name: varchar('name', { length: 40 }).primaryKey(),
+  fingerprint: text('fingerprint').notNull(),
+  setAt: ts('set_at').notNull().defaultNow(),
 });

@@ -96,3 +96,155 @@ export function checkpointFromJson(j: CheckpointJson): Checkpoint {
     signature: Buffer.from(j.signature, 'base64'),
   };
 }
+
+/** A public key the deployment trusts, or trusted, to sign checkpoints, with its period. */
+export interface TrustedKey {
+  keyId: string;
+  publicKey: KeyObject;
+  /** SPKI PEM. */
+  publicKeyPem: string;
+  /** Checkpoints signed from then on are accepted. */
+  trustedFrom: Date;
+  /** Checkpoints signed after this are not (null while the key is current). */
+  retiredAt: Date | null;
+  /**
+   * A retired key's endorsement: its successor's signature over `keyPeriodStatement` (this key,
+   * its period, the successor's id). Whoever can only write the database cannot make one, so a
+   * key slipped into the list is not vouched for (see vouchedKeys). Null while current.
+   */
+  endorsedBy: string | null;
+  endorsement: Buffer | null;
+}
+
+/**
+ * Slack at both ends of a key's period. Instances sign with their own clocks, and one still
+ * holding a key that was just retired may be signing a round it began before it noticed (it
+ * checks before every round): a minute of skew and lag is taken, and no more.
+ */
+export const KEY_PERIOD_SLACK_MS = 60_000;
+
+/** A key and its period as JSON (GraphQL, the CLI's `--json`, export trailers, `--keys`). */
+export interface TrustedKeyJson {
+  keyId: string;
+  publicKeyPem: string;
+  trustedFrom: string;
+  retiredAt: string | null;
+  endorsedBy?: string | null;
+  /** Base64. */
+  endorsement?: string | null;
+}
+
+export function trustedKeyToJson(k: TrustedKey): TrustedKeyJson {
+  return {
+    keyId: k.keyId,
+    publicKeyPem: k.publicKeyPem,
+    trustedFrom: k.trustedFrom.toISOString(),
+    retiredAt: k.retiredAt?.toISOString() ?? null,
+    endorsedBy: k.endorsedBy,
+    endorsement: k.endorsement?.toString('base64') ?? null,
+  };
+}
+
+/** A key from its JSON; throws when the PEM is not an Ed25519 public key or a date is not one. */
+export function trustedKeyFromJson(j: TrustedKeyJson): TrustedKey {
+  const publicKey = createPublicKey(j.publicKeyPem);
+  if (publicKey.asymmetricKeyType !== 'ed25519') throw new Error('not an Ed25519 public key');
+  const trustedFrom = new Date(j.trustedFrom);
+  const retiredAt = j.retiredAt === null ? null : new Date(j.retiredAt);
+  if (Number.isNaN(trustedFrom.getTime()) || (retiredAt && Number.isNaN(retiredAt.getTime()))) {
+    throw new Error('trustedFrom and retiredAt must be ISO 8601 instants');
+  }
+  return {
+    keyId: keyIdOf(publicKey),
+    publicKey,
+    publicKeyPem: j.publicKeyPem,
+    trustedFrom,
+    retiredAt,
+    endorsedBy: j.endorsedBy ?? null,
+    endorsement: j.endorsement ? Buffer.from(j.endorsement, 'base64') : null,
+  };
+}
+
+/** The bytes a successor signs to vouch for the key it replaces: RFC 8785 canonical JSON. */
+export function keyPeriodStatement(
+  k: Pick<TrustedKey, 'keyId' | 'publicKeyPem' | 'trustedFrom'> & { retiredAt: Date },
+  successor: string,
+): Buffer {
+  return Buffer.from(
+    canonicalize({
+      v: 'auditgraph-key-v1',
+      keyId: k.keyId,
+      publicKey: k.publicKeyPem,
+      trustedFrom: k.trustedFrom.toISOString(),
+      retiredAt: k.retiredAt.toISOString(),
+      successor,
+    }) as string,
+    'utf8',
+  );
+}
+
+/**
+ * The keys `anchor` vouches for: itself, the key it endorsed (the one it replaced), the key that
+ * one endorsed, and so on back to the first; oldest first. A key that no vouched-for key
+ * endorsed — slipped into the list, or whose period was changed after it was signed — is left
+ * out, and `broken` names those older than the anchor. Keys newer than the anchor are not
+ * vouched for either (they replaced it). The anchor is trusted as it is: it is the key the
+ * caller holds (an instance's own) or was given (an auditor's).
+ */
+export function vouchedKeys(
+  keys: readonly TrustedKey[],
+  anchor: string,
+): { keys: TrustedKey[]; broken: string | null } {
+  const first = keys.find((k) => k.keyId === anchor);
+  if (!first) return { keys: [], broken: `the key ${anchor.slice(0, 16)}… is not in the list` };
+  const vouched = [first];
+  for (;;) {
+    const successor = vouched.at(-1)!;
+    const replaced = keys.find((k) => !vouched.includes(k) && endorsedBy(k, successor));
+    if (!replaced) break;
+    vouched.push(replaced);
+  }
+  const stray = keys.filter(
+    (k) => !vouched.includes(k) && k.trustedFrom.getTime() < first.trustedFrom.getTime(),
+  );
+  return {
+    keys: vouched.reverse(),
+    broken: stray.length
+      ? `no key of the deployment endorses ${stray.map((k) => `${k.keyId.slice(0, 16)}…`).join(', ')}`
+      : null,
+  };
+}
+
+/** True when `successor` signed `k`'s period. */
+function endorsedBy(k: TrustedKey, successor: TrustedKey): boolean {
+  if (k.retiredAt === null || k.endorsement === null || k.endorsedBy !== successor.keyId) {
+    return false;
+  }
+  const statement = keyPeriodStatement({ ...k, retiredAt: k.retiredAt }, successor.keyId);
+  try {
+    return verify(null, statement, successor.publicKey, k.endorsement);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Why `c` is not vouched for by `keys` — its key is not among them, it was signed outside its
+ * key's period, or its signature does not hold — or null when it is. Keys without a period
+ * (`trustedFrom` at the epoch and never retired) accept any `signedAt`.
+ */
+export function untrustedBecause(keys: readonly TrustedKey[], c: Checkpoint): string | null {
+  const k = keys.find((key) => key.keyId === c.keyId);
+  const at = c.signedAt.toISOString();
+  if (!k) {
+    return `it is signed by key ${c.keyId.slice(0, 16)}…, not one of the deployment's vouched-for keys`;
+  }
+  if (c.signedAt.getTime() < k.trustedFrom.getTime() - KEY_PERIOD_SLACK_MS) {
+    return `it was signed at ${at}, before its key ${k.keyId.slice(0, 16)}… was trusted (${k.trustedFrom.toISOString()})`;
+  }
+  if (k.retiredAt && c.signedAt.getTime() > k.retiredAt.getTime() + KEY_PERIOD_SLACK_MS) {
+    return `it was signed at ${at}, after its key ${k.keyId.slice(0, 16)}… was retired (${k.retiredAt.toISOString()})`;
+  }
+  if (!checkpointSignatureValid(c, k.publicKey)) return 'its signature does not hold';
+  return null;
+}

@@ -52,6 +52,7 @@ export const ERROR_STATUS = {
   FLUSH_TIMEOUT: 504,
   SUBSCRIPTION_INTERRUPTED: 503,
   REPLAY_TOO_LARGE: 400,
+  CHECKPOINT_KEY_RETIRED: 503,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
@@ -190,6 +191,24 @@ export class JournalUnavailableError extends AuditError {
   }
   override details(): Record<string, unknown> {
     return { retryAfterMs: this.retryAfterMs, reason: this.reason };
+  }
+}
+
+/**
+ * This instance's checkpoint key was retired by a rotation: it signs nothing until it is
+ * restarted with the current key. Another instance (one with the current key) can do it.
+ */
+export class CheckpointKeyRetiredError extends AuditError {
+  readonly code = 'CHECKPOINT_KEY_RETIRED' as const;
+  readonly retryable = true;
+  constructor(readonly keyId: string) {
+    super(
+      `this instance's checkpoint key (${keyId.slice(0, 16)}…) was retired: it signs no ` +
+        'checkpoint until restarted with the current key file; retry on another instance',
+    );
+  }
+  override details(): Record<string, unknown> {
+    return { keyId: this.keyId };
   }
 }
 

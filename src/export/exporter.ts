@@ -1,5 +1,10 @@
 import { CHAIN_VERSION } from '../domain/chain.js';
-import { type Checkpoint, checkpointToJson } from '../domain/checkpoint.js';
+import {
+  type Checkpoint,
+  checkpointToJson,
+  type TrustedKey,
+  trustedKeyToJson,
+} from '../domain/checkpoint.js';
 import type { AuditEventFilter } from '../domain/filter.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { AccessEventType } from '../ingest/access-log.js';
@@ -56,6 +61,8 @@ export interface ExportSnapshot {
   exportedAt: Date;
   /** Months in chain order (oldest first) that the filter's time bounds overlap. */
   months: SnapshotMonth[];
+  /** The deployment's checkpoint keys when the export started. */
+  keys: TrustedKey[];
 }
 
 export interface SnapshotMonth {
@@ -110,7 +117,8 @@ export class AuditExporter {
         throughSeq: c.checkpoint ? c.checkpoint.seq : c.headSeq,
         checkpoint: c.checkpoint,
       }));
-    return { tenant, filter, complete: isEmptyFilter(filter), exportedAt: now, months };
+    const keys = await this.checkpoints.trustedKeys();
+    return { tenant, filter, complete: isEmptyFilter(filter), exportedAt: now, months, keys };
   }
 
   /**
@@ -220,6 +228,12 @@ export class AuditExporter {
       algorithm: 'Ed25519',
       keyId: key.keyId,
       publicKeyPem: key.publicKeyPem,
+      // The key of each covering checkpoint (and the current one), with its period.
+      keys: snap.keys
+        .filter(
+          (k) => k.keyId === key.keyId || snap.months.some((m) => m.checkpoint?.keyId === k.keyId),
+        )
+        .map(trustedKeyToJson),
       hashAlgorithm: this.opts.hmac ? 'HMAC-SHA-256' : 'SHA-256',
       hmac: this.opts.hmac,
       canonicalization: 'RFC 8785 (JCS)',

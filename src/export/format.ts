@@ -1,5 +1,5 @@
 import type { CanonicalEventObject, ChainedFields, ChainedRow } from '../domain/chain.js';
-import type { CheckpointJson } from '../domain/checkpoint.js';
+import type { CheckpointJson, TrustedKeyJson } from '../domain/checkpoint.js';
 
 /**
  * The export's file formats, as pure functions: the service writes lines with these, and the
@@ -67,8 +67,14 @@ export interface ExportTrailer {
   checkpoints: CheckpointJson[];
   /** Checkpoint signatures. */
   algorithm: 'Ed25519';
+  /** The key the deployment signed with when the export was made. */
   keyId: string;
   publicKeyPem: string;
+  /**
+   * The key of every covering checkpoint, and the current one, each with the period it was
+   * trusted in (absent from exports made before keys were rotated).
+   */
+  keys?: TrustedKeyJson[];
   /** Event hashes: HMAC-SHA-256 when the deployment keys its chain (CHAIN_HMAC_SECRET). */
   hashAlgorithm: 'SHA-256' | 'HMAC-SHA-256';
   hmac: boolean;

@@ -14,8 +14,12 @@ import {
   type Checkpoint,
   type CheckpointJson,
   checkpointFromJson,
-  checkpointSignatureValid,
   keyIdOf,
+  type TrustedKey,
+  type TrustedKeyJson,
+  trustedKeyFromJson,
+  untrustedBecause,
+  vouchedKeys,
 } from '../domain/checkpoint.js';
 import { ValidationError } from '../domain/errors.js';
 import { tenantIdProblem } from '../domain/tenant.js';
@@ -115,16 +119,23 @@ export interface ExportVerification {
   complete: boolean | null;
   months: VerifiedMonth[];
   checkpointsVerified: number;
-  /** The key checkpoints were verified with, and where it came from. */
+  /** The key checkpoints were verified with (the newest, when several were), and where the keys came from. */
   keyId: string | null;
+  /** Every key that verified at least one checkpoint, oldest first. */
+  keyIds: string[];
   keySource: 'given' | 'export' | null;
   warnings: string[];
   problem: ExportProblem | null;
 }
 
 export interface VerifyExportOptions {
-  /** The trusted checkpoint public key (KeyObject or SPKI PEM). Without it, the file's own key is used (with a warning). */
-  publicKey?: KeyObject | string;
+  /**
+   * Trusted checkpoint public keys (KeyObject or SPKI PEM), for any time. Without these or
+   * `keys`, the keys the file itself names are used (with a warning).
+   */
+  publicKey?: KeyObject | string | (KeyObject | string)[];
+  /** Trusted checkpoint keys with their periods (GraphQL auditChainKeys, npm run deployment -- keys). */
+  keys?: TrustedKeyJson[];
   /** CHAIN_HMAC_SECRET of the deployment, for keyed chains. */
   hmacSecret?: string;
   /** Called every `progressEvery` rows (default 100,000). */
@@ -204,6 +215,7 @@ class ExportVerifier {
     months: [],
     checkpointsVerified: 0,
     keyId: null,
+    keyIds: [],
     keySource: null,
     warnings: [],
     problem: null,
@@ -515,7 +527,7 @@ class ExportVerifier {
     const summaries = monthSummaries(t, problems);
     const observed = new Map(this.months.map((m) => [m.month.toISOString(), m]));
     checkMonthFigures(summaries, observed, problems);
-    const trusted = this.trustedKey(t, problems);
+    const trusted = this.trustedKeys(t, problems);
     const covering = this.checkCheckpoints(t, trusted, summaries, problems);
 
     // The chains themselves, against genesis and the checkpoints.
@@ -574,33 +586,60 @@ class ExportVerifier {
   }
 
   /**
-   * The key checkpoints are checked with: the one given, else (with a warning) the one the
-   * export carries. Null when there is none to use.
+   * The keys checkpoints are checked with: those given, else (with a warning) those the export
+   * names. Null when there are none to use.
    */
-  private trustedKey(t: ExportTrailer, problems: TrailerProblems): KeyObject | null {
+  private trustedKeys(t: ExportTrailer, problems: TrailerProblems): TrustedKey[] | null {
     const r = this.result;
-    let key: KeyObject | null = null;
-    if (this.opts.publicKey) {
-      key =
-        typeof this.opts.publicKey === 'string'
-          ? createPublicKey(this.opts.publicKey)
-          : this.opts.publicKey;
-      r.keySource = 'given';
-    } else if (t.checkpoints.length > 0) {
-      try {
-        key = createPublicKey(t.publicKeyPem);
-        r.keySource = 'export';
+    const anyTime = (k: KeyObject | string): TrustedKey => {
+      const publicKey = typeof k === 'string' ? createPublicKey(k) : k;
+      const publicKeyPem = publicKey.export({ type: 'spki', format: 'pem' }).toString();
+      return {
+        keyId: keyIdOf(publicKey),
+        publicKey,
+        publicKeyPem,
+        trustedFrom: new Date(0),
+        retiredAt: null,
+        endorsedBy: null,
+        endorsement: null,
+      };
+    };
+    // A list with periods is taken from its current (else newest) key back, through the
+    // endorsements: that key is the one the caller trusts, and it vouches for the rest.
+    const vouched = (list: TrustedKey[], anchor?: string) => {
+      const newest = [...list].sort((a, b) => b.trustedFrom.getTime() - a.trustedFrom.getTime());
+      const current = list.find((k) => k.retiredAt === null) ?? newest[0];
+      const { keys, broken } = vouchedKeys(list, anchor ?? current?.keyId ?? '');
+      if (broken)
         r.warnings.push(
-          'checkpoint signatures were checked with the public key written in the export itself: ' +
-            'this proves the file is consistent, not who made it — pass the deployment’s key ' +
-            '(--public-key) to trust it',
+          `the key list does not hold: ${broken}; its keys from there back are not trusted`,
         );
-      } catch {
-        problems.add({ kind: 'FORMAT', message: 'trailer: publicKeyPem is not a public key' });
-      }
+      return keys;
+    };
+    const given = this.opts.publicKey;
+    if (given !== undefined || this.opts.keys) {
+      r.keySource = 'given';
+      return [
+        ...(given === undefined ? [] : Array.isArray(given) ? given : [given]).map(anyTime),
+        ...(this.opts.keys ? vouched(this.opts.keys.map(trustedKeyFromJson)) : []),
+      ];
     }
-    if (key) r.keyId = keyIdOf(key);
-    return key;
+    if (t.checkpoints.length === 0) return null;
+    try {
+      const keys = t.keys
+        ? vouched(t.keys.map(trustedKeyFromJson), t.keyId)
+        : [anyTime(t.publicKeyPem)];
+      r.keySource = 'export';
+      r.warnings.push(
+        'checkpoint signatures were checked with the public keys written in the export itself: ' +
+          'this proves the file is consistent, not who made it — pass the deployment’s keys ' +
+          '(--keys, or --public-key) to trust it',
+      );
+      return keys;
+    } catch {
+      problems.add({ kind: 'FORMAT', message: 'trailer: a key is not an Ed25519 public key' });
+      return null;
+    }
   }
 
   /**
@@ -609,7 +648,7 @@ class ExportVerifier {
    */
   private checkCheckpoints(
     t: ExportTrailer,
-    key: KeyObject | null,
+    keys: TrustedKey[] | null,
     summaries: Map<string, ExportMonthSummary>,
     problems: TrailerProblems,
   ): Map<string, Checkpoint> {
@@ -637,26 +676,18 @@ class ExportVerifier {
         });
         continue;
       }
-      if (!key) continue;
-      if (c.keyId !== r.keyId) {
+      if (!keys) continue;
+      const why = untrustedBecause(keys, c);
+      if (why) {
         problems.add({
           ...where,
           kind: 'BAD_SIGNATURE',
-          expected: r.keyId,
           found: c.keyId,
-          message: `the checkpoint of ${month} names another signing key than the trusted one`,
+          message: `the checkpoint of ${month} (position ${c.seq}) is not vouched for: ${why}`,
         });
         continue;
       }
-      if (!checkpointSignatureValid(c, key)) {
-        problems.add({
-          ...where,
-          kind: 'BAD_SIGNATURE',
-          found: j.signature,
-          message: `the signature of the checkpoint of ${month} (position ${c.seq}) does not hold`,
-        });
-        continue;
-      }
+      if (!r.keyIds.includes(c.keyId)) r.keyIds.push(c.keyId);
       r.checkpointsVerified++;
       covering.set(month, c);
       const s = summaries.get(month);
@@ -670,6 +701,7 @@ class ExportVerifier {
         problems.mismatch(`throughSeq of ${month}`, c.seq, s.throughSeq, month);
       }
     }
+    r.keyId = r.keyIds.at(-1) ?? null;
     return covering;
   }
 
@@ -944,6 +976,20 @@ function parseTrailer(t: unknown): ExportTrailer {
       `${p}.signature`,
       'base64',
     );
+  }
+  if (t.keys !== undefined) {
+    need(Array.isArray(t.keys), 'keys', 'a list');
+    for (const [i, k] of (t.keys as unknown[]).entries()) {
+      const j = (isObj(k) ? k : {}) as Record<string, unknown>;
+      need(isObj(k), `keys[${i}]`, 'an object');
+      need(typeof j.publicKeyPem === 'string', `keys[${i}].publicKeyPem`, 'a string');
+      need(typeof j.trustedFrom === 'string', `keys[${i}].trustedFrom`, 'an instant');
+      need(
+        j.retiredAt === null || typeof j.retiredAt === 'string',
+        `keys[${i}].retiredAt`,
+        'an instant or null',
+      );
+    }
   }
   return t as unknown as ExportTrailer & { checkpoints: CheckpointJson[] };
 }

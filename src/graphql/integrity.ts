@@ -1,6 +1,6 @@
 import { createGraphQLError } from 'graphql-yoga';
 import type { ChainBreak } from '../domain/chain.js';
-import type { Checkpoint } from '../domain/checkpoint.js';
+import type { Checkpoint, TrustedKey } from '../domain/checkpoint.js';
 import { ValidationError } from '../domain/errors.js';
 import type { ChainVerification, MonthVerification } from '../integrity/chain-auditor.js';
 import { builder } from './builder.js';
@@ -138,7 +138,8 @@ export const AuditChainVerification = builder
 builder.queryField('auditChainKey', (t) =>
   t.field({
     type: AuditChainKey,
-    description: 'The public key that signs checkpoints, and how events are hashed.',
+    description:
+      'The public key that signs checkpoints now, and how events are hashed (auditChainKeys: every key, with its period).',
     authScopes: { eventsRead: true },
     resolve: (_root, _args, ctx) => {
       requireTenant(ctx);
@@ -149,6 +150,51 @@ builder.queryField('auditChainKey', (t) =>
         publicKeyPem: key.publicKeyPem,
         keyed: ctx.services.config.chainHmacSecret !== undefined,
       };
+    },
+  }),
+);
+
+const AuditChainKeyPeriod = builder.objectRef<TrustedKey>('AuditChainKeyPeriod').implement({
+  description:
+    'A key this deployment signs or signed checkpoints with, and the period it was trusted in: a ' +
+    'checkpoint verifies when its key was trusted at its signedAt (a minute of clock slack at ' +
+    'each end). Keys are rotated with npm run deployment -- rotate-checkpoint-key.',
+  fields: (t) => ({
+    keyId: t.exposeString('keyId', { description: 'SHA-256 (hex) of the public key (SPKI DER).' }),
+    publicKeyPem: t.exposeString('publicKeyPem', { description: 'SPKI PEM.' }),
+    trustedFrom: t.expose('trustedFrom', { type: 'DateTime' }),
+    retiredAt: t.expose('retiredAt', {
+      type: 'DateTime',
+      nullable: true,
+      description: 'Null for the current key.',
+    }),
+    endorsedBy: t.exposeString('endorsedBy', {
+      nullable: true,
+      description:
+        'The key that replaced this one, and signed its period (null for the current key).',
+    }),
+    endorsement: t.string({
+      nullable: true,
+      description:
+        'Base64 Ed25519 signature by endorsedBy over the RFC 8785 canonical JSON of ' +
+        '{ v: "auditgraph-key-v1", keyId, publicKey, trustedFrom, retiredAt, successor }.',
+      resolve: (k) => k.endorsement?.toString('base64') ?? null,
+    }),
+  }),
+});
+
+builder.queryField('auditChainKeys', (t) =>
+  t.field({
+    type: [AuditChainKeyPeriod],
+    description:
+      'The checkpoint keys this deployment vouches for, oldest first, each with its period and ' +
+      'its successor’s endorsement: what the offline verifier takes as --keys (the JSON of this ' +
+      'list) to verify exports across rotations, trusting the newest key and, through the ' +
+      'endorsements, the ones before it.',
+    authScopes: { eventsRead: true },
+    resolve: (_root, _args, ctx) => {
+      requireTenant(ctx);
+      return ctx.services.checkpoints.trustedKeys();
     },
   }),
 );

@@ -9,7 +9,7 @@ import {
   type CheckpointClaim,
   MonthChainWalker,
 } from '../domain/chain.js';
-import type { Checkpoint } from '../domain/checkpoint.js';
+import { type Checkpoint, type TrustedKey, untrustedBecause } from '../domain/checkpoint.js';
 import { LimitExceededError } from '../domain/errors.js';
 import { CONTROL_SCHEMA, type TenantId, tenantSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
@@ -237,7 +237,7 @@ export class ChainAuditor {
     const t = tenantTables(schema);
     stillWanted();
     const stored = await this.checkpoints.list(tenant, month);
-    const { claims, bad } = this.trusted(stored);
+    const { claims, bad } = this.trusted(stored, await this.checkpoints.trustedKeys());
     const walker = new MonthChainWalker(this.hasher, tenant, month, claims);
     const next = addMonths(month, 1);
     const inMonth = and(gte(t.auditEvents.occurredAt, month), lt(t.auditEvents.occurredAt, next));
@@ -278,10 +278,14 @@ export class ChainAuditor {
   }
 
   /** Checkpoints whose signature holds become claims; one that does not is itself a break. */
-  private trusted(stored: Checkpoint[]): { claims: CheckpointClaim[]; bad: ChainBreak | null } {
+  private trusted(
+    stored: Checkpoint[],
+    keys: readonly TrustedKey[],
+  ): { claims: CheckpointClaim[]; bad: ChainBreak | null } {
     const claims: CheckpointClaim[] = [];
     for (const c of stored) {
-      if (!this.checkpoints.isValid(c)) {
+      const why = untrustedBecause(keys, c);
+      if (why) {
         return {
           claims,
           bad: {
@@ -292,7 +296,7 @@ export class ChainAuditor {
             kind: 'BAD_SIGNATURE',
             expectedHash: null,
             actualHash: c.hash.toString('hex'),
-            message: `the checkpoint at position ${c.seq} is not signed by this deployment's key (${this.checkpoints.key.keyId})`,
+            message: `the checkpoint at position ${c.seq} is not vouched for: ${why}`,
           },
         };
       }

@@ -3,27 +3,33 @@ import type { Database } from '../db/client.js';
 import { addMonths } from '../db/partitions.js';
 import {
   type Checkpoint,
-  checkpointSignatureValid,
   checkpointToJson,
   signCheckpoint,
+  type TrustedKey,
 } from '../domain/checkpoint.js';
+import { CheckpointKeyRetiredError } from '../domain/errors.js';
 import { CONTROL_SCHEMA, type TenantId, tenantIdProblem, tenantSchema } from '../domain/tenant.js';
 import type { Logger } from '../logger.js';
+import type { CheckpointKeyring } from './keyring.js';
 import type { SigningKey } from './signing-key.js';
 
 /**
  * Publishes each tenant's chain heads as signed checkpoints: stored (append-only) in the tenant's
  * `chain_checkpoints`, and logged, so a copy lives outside the database too. Any instance may
- * sign (they share the key); two signing the same head store it once.
+ * sign (they share the key); two signing the same head store it once. An instance signs only
+ * while its key is the deployment's current one (see CheckpointKeyring): after a rotation, one
+ * still holding the retired key stops signing until it is restarted with the new one.
  */
 export class CheckpointService {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<unknown> | undefined;
   /** Where checkpoints are stored; the chain auditor, export and retention read them there. */
   readonly store: CheckpointStore;
+  private retiredLoggedAt = 0;
   constructor(
     private readonly db: Database,
     readonly key: SigningKey,
+    readonly keyring: CheckpointKeyring,
     private readonly log: Logger,
     private readonly intervalMs: number,
     /** Told of every checkpoint this instance stores (metrics). */
@@ -52,6 +58,17 @@ export class CheckpointService {
 
   /** Signs the heads of every tenant that moved since their last checkpoint. */
   async checkpointAll(now = new Date()): Promise<number> {
+    if (!(await this.keyring.isCurrent(this.key.keyId))) {
+      // Every round until the restart would say the same: once a minute is enough.
+      if (Date.now() - this.retiredLoggedAt > 60_000) {
+        this.retiredLoggedAt = Date.now();
+        this.log.error(
+          { keyId: this.key.keyId },
+          'this instance holds a retired checkpoint key and signs nothing: restart it with the current key file',
+        );
+      }
+      return 0;
+    }
     const tenants = await this.db.query<{ tenant_id: string }>(
       `/* checkpoints.tenants */ select tenant_id from ${CONTROL_SCHEMA}.tenants order by tenant_id`,
     );
@@ -80,7 +97,11 @@ export class CheckpointService {
   ): Promise<Checkpoint[]> {
     const schema = tenantSchema(tenant);
     const made: Checkpoint[] = [];
-    for (const h of await this.store.movedHeads(tenant)) {
+    const moved = await this.store.movedHeads(tenant);
+    if (moved.length > 0 && !(await this.keyring.isCurrent(this.key.keyId))) {
+      throw new CheckpointKeyRetiredError(this.key.keyId);
+    }
+    for (const h of moved) {
       const ignored = opts.unlessOnly ?? [];
       if (ignored.length > 0 && h.signedSeq !== null) {
         const moved = await this.db.query(
@@ -112,8 +133,18 @@ export class CheckpointService {
     return this.store.list(tenant, month);
   }
 
-  /** True when this deployment's key signed `c` and the signature holds. */
-  isValid(c: Checkpoint): boolean {
-    return checkpointSignatureValid(c, this.key.publicKey);
+  /**
+   * The deployment's keys this instance's own key vouches for (itself and, through their
+   * endorsements, the keys it replaced), for a verification: `untrustedBecause(keys, c)` then
+   * tells whether `c` was signed by one of them while it was trusted. Read once per month
+   * verified, not per checkpoint.
+   */
+  async trustedKeys(): Promise<TrustedKey[]> {
+    const { keys, broken } = await this.keyring.vouchedBy(this.key.keyId);
+    // Someone without the keys changed the list (or slipped a key into it): what the keys past
+    // the break signed is reported as not vouched for; this line says why.
+    if (broken)
+      this.log.error({ keyId: this.key.keyId, broken }, 'the checkpoint key list does not hold');
+    return keys;
   }
 }

@@ -32,6 +32,18 @@ export function signingKeyFrom(privateKey: KeyObject): SigningKey {
   };
 }
 
+/** A new Ed25519 private key, as PKCS#8 PEM. */
+export function newSigningKeyPem(): string {
+  return generateKeyPairSync('ed25519')
+    .privateKey.export({ type: 'pkcs8', format: 'pem' })
+    .toString();
+}
+
+/** The signing key in `pem` (PKCS#8); throws when it is not an Ed25519 private key. */
+export function signingKeyOfPem(pem: string): SigningKey {
+  return signingKeyFrom(createPrivateKey(pem));
+}
+
 /**
  * Reads the checkpoint signing key (PKCS#8 PEM), creating it when the file does not exist. The
  * new file appears atomically (written aside, then hard-linked into place), so instances that
@@ -44,9 +56,8 @@ export function loadSigningKey(file: string, log: Logger): SigningKey {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     mkdirSync(dirname(file), { recursive: true });
-    const { privateKey } = generateKeyPairSync('ed25519');
     const aside = `${file}.${process.pid}.${Date.now()}.tmp`;
-    writeFileSync(aside, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+    writeFileSync(aside, newSigningKeyPem(), { mode: 0o600 });
     try {
       linkSync(aside, file);
       log.warn(

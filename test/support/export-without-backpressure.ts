@@ -3,6 +3,7 @@ import { createDatabase } from '../../src/db/client.js';
 import { parseTenantId } from '../../src/domain/tenant.js';
 import { AuditExporter } from '../../src/export/exporter.js';
 import { CheckpointService } from '../../src/integrity/checkpoints.js';
+import { CheckpointKeyring } from '../../src/integrity/keyring.js';
 import { loadSigningKey } from '../../src/integrity/signing-key.js';
 import { createLogger } from '../../src/logger.js';
 import { AuditEventReader } from '../../src/query/audit-event-reader.js';
@@ -25,7 +26,13 @@ const db = createDatabase(
 );
 const exporter = new AuditExporter(
   new AuditEventReader(db),
-  new CheckpointService(db, loadSigningKey(keyFile, log), log, 0),
+  new CheckpointService(
+    db,
+    loadSigningKey(keyFile, log),
+    new CheckpointKeyring(db, keyFile),
+    log,
+    0,
+  ),
   { hmac: false },
 );
 const snap = await exporter.snapshot(parseTenantId(tenant), { occurredBefore: new Date(before) });

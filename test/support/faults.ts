@@ -4,6 +4,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import { inject } from 'vitest';
 import { type App, buildApp } from '../../src/app.js';
 import { loadConfig } from '../../src/config.js';
 import type { TenantId } from '../../src/domain/tenant.js';
@@ -58,6 +59,8 @@ export async function startAppWith(
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
     CURSOR_SECRET: 'test-secret-test-secret-test-secret-0123',
     DLQ_DIR: mkdtempSync(join(tmpdir(), 'auditgraph-dlq-')),
+    // The run's key, as every app of a file's deployment has (never one in the repository).
+    CHECKPOINT_KEY_FILE: inject('checkpointKeyFile'),
     ...env,
   });
   const app = buildApp(config);
@@ -371,6 +374,7 @@ export async function spawnService(
       LOG_LEVEL: 'info',
       CURSOR_SECRET: 'test-secret-test-secret-test-secret-0123',
       DLQ_DIR: mkdtempSync(join(tmpdir(), 'auditgraph-dlq-')),
+      CHECKPOINT_KEY_FILE: inject('checkpointKeyFile'),
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -27,6 +27,24 @@ const fileUrl = new URL(runUrl);
 fileUrl.pathname = `/${name}`;
 (globalThis as { __auditgraphDatabaseUrl?: string }).__auditgraphDatabaseUrl = fileUrl.toString();
 
+/** Databases made by extraDatabase(), dropped with the file's. */
+const extras: string[] = [];
+
 afterAll(async () => {
+  for (const extra of extras) await onAdmin(`drop database if exists "${extra}" with (force)`);
   await onAdmin(`drop database if exists "${name}" with (force)`);
 });
+
+/**
+ * Another database of this file's own, for a deployment of its own beside the file's (one whose
+ * instances must share settings that the file's other apps do not: CHAIN_HMAC_SECRET, a cursor
+ * key, a checkpoint key). Dropped after the file.
+ */
+export async function extraDatabase(label: string): Promise<string> {
+  const extra = `${name}_${label}`;
+  await onAdmin(`create database "${extra}"`);
+  extras.push(extra);
+  const url = new URL(runUrl);
+  url.pathname = `/${extra}`;
+  return url.toString();
+}

@@ -72,7 +72,14 @@ export async function startApp(env: Record<string, string> = {}): Promise<TestAp
     ...env,
   });
   const app = buildApp(config);
-  const { port } = await app.start();
+  let port: number;
+  try {
+    ({ port } = await app.start());
+  } catch (err) {
+    // A start refused half-way (a Refusal) leaves what it opened to the caller to close.
+    await app.stop();
+    throw err;
+  }
   const url = `http://127.0.0.1:${port}/graphql`;
   return { app, url, ...graphqlClient(url), stop: () => app.stop() };
 }

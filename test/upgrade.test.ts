@@ -9,6 +9,7 @@ import { PartitionManager } from '../src/db/partitions.js';
 import { auditEventColumnsByField } from '../src/db/tenant-tables.js';
 import { ChainHasher, canonicalEvent, chainMonth, genesisHash } from '../src/domain/chain.js';
 import type { AuditEventRecord } from '../src/domain/event.js';
+import type { TenantId } from '../src/domain/tenant.js';
 import { BatchWriter } from '../src/ingest/batch-writer.js';
 import { createLogger } from '../src/logger.js';
 import { utcMonth, waitUntil } from './support/db.js';
@@ -493,6 +494,21 @@ describe('upgrade from the previous schema version', () => {
       ['OK', 13],
     ]);
     expect(again.months.every((m: { checkpoints: number }) => m.checkpoints >= 1)).toBe(true);
+
+    // The tenant's recorded version is its newest migration's, and an instance of an earlier
+    // release (here: the current one, after a later release recorded its own) does not write
+    // its older name over it.
+    const version = async () =>
+      (await sql.query('select migration from auditgraph.tenants where tenant_id = $1', [tenant]))
+        .rows[0].migration as string;
+    expect(await version()).toBe(current.tenant.at(-1)!.name);
+    const later = '99991231235959_a_later_release';
+    await sql.query('update auditgraph.tenants set migration = $2 where tenant_id = $1', [
+      tenant,
+      later,
+    ]);
+    await app.app.graph.migrator.migrateTenant(tenant as TenantId);
+    expect(await version()).toBe(later);
   });
 
   it('rolling: the previous version keeps writing while two new instances start at once and migrate it', async () => {

@@ -78,8 +78,12 @@ export class Migrator {
         );
         count++;
       }
+      // Names begin with their creation time, so they sort by age: an instance of an earlier
+      // release (still running during a rolling upgrade, or after a rollback) must not write
+      // its older name over the newer one the schema is at.
       await tx.query(
-        `update ${CONTROL_SCHEMA}.tenants set migration = $2, migrated_at = now() where tenant_id = $1`,
+        `update ${CONTROL_SCHEMA}.tenants set migration = $2, migrated_at = now()
+          where tenant_id = $1 and (migration is null or migration < $2)`,
         [tenant, this.latestTenantMigration],
       );
       return count;

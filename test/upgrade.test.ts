@@ -564,7 +564,9 @@ describe('upgrade from the previous schema version', () => {
       10_000,
     );
 
-    // Watches for any session of the old instance waiting on a lock, from now to the end.
+    // Watches for any session of the old instance waiting on a lock, from now until both new
+    // instances are up (after that, the new instances' own writes contend for the tenant's chain
+    // heads with the old one's, as any two writers of a tenant do: that is not the migration).
     let oldWaitingOnLocks = 0;
     let watching = true;
     const watcher = (async () => {
@@ -625,6 +627,8 @@ describe('upgrade from the previous schema version', () => {
     await gate.query('commit');
     const instances: Instance[] = await Promise.all(starting);
     const upAt = Date.now();
+    watching = false;
+    await watcher;
 
     // One of them migrated the tenant (the missing migrations, once), the other found it done.
     const missing = current.tenant.length - previous.tenant.length;
@@ -661,8 +665,6 @@ describe('upgrade from the previous schema version', () => {
     }
     writing = false;
     await oldLoop;
-    watching = false;
-    await watcher;
 
     const gql = graphqlClient(instances[0]!.url).gql;
     const verified = (

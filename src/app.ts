@@ -116,11 +116,15 @@ function lifecycleSteps(
         if (!config.cursorSecret) g.cursors.useSecret(cursorKey);
         // What every instance must hold alike, before anything is written with it.
         await g.sharedSettings.check(config.chainHmacSecret, cursorKey, !!config.cursorSecret);
-        if ((await g.checkpoints.keyring.adopt(g.checkpoints.key)) === 'registered') {
-          log.info(
-            { keyId: g.checkpoints.key.keyId },
-            "checkpoint key registered as the deployment's",
-          );
+        const { key } = g.checkpoints;
+        if ((await g.checkpoints.keyring.adopt(key)) === 'registered') {
+          log.info({ keyId: key.keyId }, "checkpoint key registered as the deployment's");
+          if (key.createdNow) {
+            log.warn(
+              { file: config.checkpointKeyFile },
+              'created a new checkpoint signing key: back it up, and give every instance the same file',
+            );
+          }
         }
         const known = await g.tenants.migrateAll();
         log.info(

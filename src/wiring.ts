@@ -296,7 +296,7 @@ function wireIntegrity(
   const integrityLog = log.child({ component: 'integrity' });
   const checkpoints = new CheckpointService(
     db,
-    loadSigningKey(config.checkpointKeyFile, integrityLog),
+    loadSigningKey(config.checkpointKeyFile),
     new CheckpointKeyring(db, config.checkpointKeyFile),
     integrityLog,
     config.checkpointIntervalMs,

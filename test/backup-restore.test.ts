@@ -644,7 +644,7 @@ describe('backup with pg_dump and restore with pg_restore into a fresh database'
     const refused = await startRefused(START_RESTORED, { ...vars, INSTANCE_ID: 'backup-no-key' });
     expect(refused.code).toBe(1);
     expect(refused.output).toMatch(
-      /CHECKPOINT_KEY_FILE \(.*\) holds checkpoint key .*, but this deployment signs its checkpoints with /,
+      /CHECKPOINT_KEY_FILE \(.*\) does not exist, and this deployment signs its checkpoints with /,
     );
     expect(refused.output).not.toMatch(/^\s+at /m);
     // The key is lost for good: the operator rotates to a new one. The retired key's public half

@@ -1,5 +1,12 @@
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -9,7 +16,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signCheckpoint, type TrustedKeyJson } from '../src/domain/checkpoint.js';
 import { verifyExport } from '../src/export/verify-export.js';
 import { loadSigningKey, newSigningKeyPem, signingKeyOfPem } from '../src/integrity/signing-key.js';
-import { createLogger } from '../src/logger.js';
 import { extraDatabase } from './support/file-database.js';
 import { CREATE, event, newTenant, startApp, type TestApp } from './support/harness.js';
 
@@ -21,7 +27,6 @@ import { CREATE, event, newTenant, startApp, type TestApp } from './support/harn
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'auditgraph-keys-'));
-const silent = createLogger({ logLevel: 'silent' });
 
 const SIGN = `mutation { signAuditCheckpoints { data { month seq keyId signedAt } } }`;
 const VERIFY = `query V($from: DateTime!, $to: DateTime!) {
@@ -108,7 +113,7 @@ describe('rotating the checkpoint key', () => {
     newKeyId = out.current;
     expect(newKeyId).not.toBe(oldKeyId);
     expect(out.retired.keyId).toBe(oldKeyId);
-    expect(loadSigningKey(keyFile, silent).keyId).toBe(newKeyId);
+    expect(loadSigningKey(keyFile).keyId).toBe(newKeyId);
 
     // The instance still holding the retired key signs nothing now, and says why.
     await write(first, tenant, 2);
@@ -334,7 +339,11 @@ describe('a deployment’s first instance', () => {
       // own; now the second is told to use the deployment's.
       await expect(
         startApp({ DATABASE_URL: url, CHECKPOINT_KEY_FILE: join(dir, 'b.pem') }),
-      ).rejects.toThrow(/give every instance the same key file/);
+      ).rejects.toThrow(
+        /\(.*b\.pem\) does not exist, and this deployment signs its checkpoints with .*: copy the deployment's key file there/,
+      );
+      // What it made is taken back: no stray key is left to be mistaken for the deployment's.
+      expect(existsSync(join(dir, 'b.pem'))).toBe(false);
       // Negative control: the same file starts.
       const b = await startApp({ DATABASE_URL: url, CHECKPOINT_KEY_FILE: join(dir, 'a.pem') });
       await b.stop();

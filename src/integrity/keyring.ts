@@ -1,4 +1,5 @@
 import { sign } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import { CheckpointKeyStore } from '../db/checkpoint-key-store.js';
 import type { Database } from '../db/client.js';
 import { keyPeriodStatement, type TrustedKey, vouchedKeys } from '../domain/checkpoint.js';
@@ -58,6 +59,16 @@ export class CheckpointKeyring {
       }
       if (!current) throw new Refusal('the deployment has checkpoint keys but none is current');
       if (current.keyId === own.keyId) return 'current';
+      if (own.createdNow) {
+        // A key this start made (there was no file) is not the deployment's: take it back, so
+        // that what is left is the one to copy here.
+        rmSync(this.keyFile, { force: true });
+        throw new Refusal(
+          `CHECKPOINT_KEY_FILE (${this.keyFile}) does not exist, and this deployment signs its ` +
+            `checkpoints with ${short(current.keyId)} (since ${current.trustedFrom.toISOString()}): ` +
+            "copy the deployment's key file there (from another instance, or its backup)",
+        );
+      }
       const mine = keys.find((k) => k.keyId === own.keyId);
       if (mine) {
         throw new Refusal(

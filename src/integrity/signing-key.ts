@@ -7,7 +7,6 @@ import {
 import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { keyIdOf } from '../domain/checkpoint.js';
-import type { Logger } from '../logger.js';
 
 /** The Ed25519 key pair that signs checkpoints, and how it is named. */
 export interface SigningKey {
@@ -17,6 +16,8 @@ export interface SigningKey {
   keyId: string;
   /** The public key as SPKI PEM: give it to whoever verifies exports. */
   publicKeyPem: string;
+  /** True when this process made the key file (there was none): see CheckpointKeyring.adopt. */
+  createdNow?: boolean;
 }
 
 export function signingKeyFrom(privateKey: KeyObject): SigningKey {
@@ -47,10 +48,12 @@ export function signingKeyOfPem(pem: string): SigningKey {
 /**
  * Reads the checkpoint signing key (PKCS#8 PEM), creating it when the file does not exist. The
  * new file appears atomically (written aside, then hard-linked into place), so instances that
- * start together on a shared volume all end up with the one key that won.
+ * start together on a shared volume all end up with the one key that won. Whether a new key
+ * may stand is the deployment's to say (CheckpointKeyring.adopt): only its first instance's does.
  */
-export function loadSigningKey(file: string, log: Logger): SigningKey {
+export function loadSigningKey(file: string): SigningKey {
   let pem: string;
+  let createdNow = false;
   try {
     pem = readFileSync(file, 'utf8');
   } catch (err) {
@@ -60,10 +63,7 @@ export function loadSigningKey(file: string, log: Logger): SigningKey {
     writeFileSync(aside, newSigningKeyPem(), { mode: 0o600 });
     try {
       linkSync(aside, file);
-      log.warn(
-        { file },
-        'created a new checkpoint signing key: back it up, and give every instance the same file',
-      );
+      createdNow = true;
     } catch (linkErr) {
       if ((linkErr as NodeJS.ErrnoException).code !== 'EEXIST') throw linkErr;
     } finally {
@@ -71,5 +71,5 @@ export function loadSigningKey(file: string, log: Logger): SigningKey {
     }
     pem = readFileSync(file, 'utf8');
   }
-  return signingKeyFrom(createPrivateKey(pem));
+  return { ...signingKeyFrom(createPrivateKey(pem)), createdNow };
 }

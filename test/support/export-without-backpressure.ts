@@ -26,13 +26,7 @@ const db = createDatabase(
 );
 const exporter = new AuditExporter(
   new AuditEventReader(db),
-  new CheckpointService(
-    db,
-    loadSigningKey(keyFile, log),
-    new CheckpointKeyring(db, keyFile),
-    log,
-    0,
-  ),
+  new CheckpointService(db, loadSigningKey(keyFile), new CheckpointKeyring(db, keyFile), log, 0),
   { hmac: false },
 );
 const snap = await exporter.snapshot(parseTenantId(tenant), { occurredBefore: new Date(before) });

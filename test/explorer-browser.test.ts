@@ -76,7 +76,12 @@ async function showCorrelation(page: Page): Promise<void> {
   await signedIn(page, tenant);
   await page.fill('#f-correlationId', CORR);
   await page.keyboard.press('Enter');
-  await page.waitForFunction(() => document.querySelectorAll('#rows tr').length === 50);
+  // The unfiltered page shown at sign-in has 50 rows too: wait for the filtered one, every row
+  // of the correlation id (its last cell).
+  await page.waitForFunction((corr) => {
+    const rows = [...document.querySelectorAll('#rows tr')];
+    return rows.length === 50 && rows.every((r) => r.lastElementChild?.textContent === corr);
+  }, CORR);
 }
 
 describe('the explorer', () => {

@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import type { Config } from './config.js';
-import type { Database } from './db/client.js';
+import { type Database, databaseRefusal } from './db/client.js';
 import type { Services } from './graphql/context.js';
 import { createGraphQLServer } from './graphql/yoga.js';
 import { createExplorerRoute } from './http/explorer-route.js';
@@ -110,7 +110,10 @@ function lifecycleSteps(
     {
       name: 'database',
       start: async () => {
-        const controlRan = await g.migrator.migrateControl();
+        // The first statement: a database that cannot be used at all is refused in one line.
+        const controlRan = await g.migrator.migrateControl().catch((err: unknown) => {
+          throw databaseRefusal(err, config.database) ?? err;
+        });
         if (controlRan) log.info({ migrations: controlRan }, 'control schema migrated');
         const cursorKey = config.cursorSecret ?? (await g.secrets.getOrCreate('cursor'));
         if (!config.cursorSecret) g.cursors.useSecret(cursorKey);

@@ -2,8 +2,16 @@ import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type ServiceProcess, spawnService } from './support/faults.js';
-import { CREATE, dropTenants, event, graphqlClient, newTenant, PAGE } from './support/harness.js';
+import { freePort, type ServiceProcess, spawnService } from './support/faults.js';
+import {
+  CREATE,
+  databaseUrl,
+  dropTenants,
+  event,
+  graphqlClient,
+  newTenant,
+  PAGE,
+} from './support/harness.js';
 
 /**
  * `npm start` runs compiled JavaScript: `npm run build` (its `prestart`) compiles src/ into
@@ -39,4 +47,29 @@ describe('the compiled service (npm start)', () => {
     expect(svc.child.spawnargs.join(' ')).toMatch(/dist\/main\.js$/);
     expect(svc.child.spawnargs.join(' ')).not.toMatch(/tsx/);
   }, 150_000);
+
+  it('refuses, in one line and with exit status 1, a database it cannot use: missing, or not answering', async () => {
+    const missing = new URL(databaseUrl());
+    missing.pathname = `/no_such_database_${randomUUID().slice(0, 8).replace(/-/g, '')}`;
+    missing.password = 'not-shown';
+    const refused = new URL(`postgres://root@127.0.0.1:${await freePort()}/auditgraph`);
+    for (const [url, why] of [
+      [missing, /does not exist: create it first \(createdb\)$/],
+      [refused, /ECONNREFUSED .*: is PostgreSQL running, and reachable from here\?$/],
+    ] as const) {
+      const run = await promisify(execFile)(process.execPath, ['dist/main.js'], {
+        cwd: ROOT,
+        env: { PATH: process.env.PATH, DATABASE_URL: url.toString(), AUTH_MODE: 'dev', PORT: '0' },
+        timeout: 60_000,
+      }).then(
+        () => ({ code: 0, stderr: '' }),
+        (err: { code: number; stderr: string }) => err,
+      );
+      expect(run.code, url.toString()).toBe(1);
+      const lines = run.stderr.trim().split('\n');
+      expect(lines, run.stderr).toHaveLength(1);
+      expect(lines[0]).toMatch(why);
+      expect(lines[0]).not.toContain('not-shown');
+    }
+  }, 120_000);
 });

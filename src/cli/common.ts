@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname, userInfo } from 'node:os';
 import { type Config, ConfigError, loadConfig } from '../config.js';
-import type { Database } from '../db/client.js';
+import { type Database, databaseRefusal } from '../db/client.js';
 import type { TenantDirectory } from '../db/tenant-directory.js';
 import { tenantSchema } from '../domain/tenant.js';
 import { accessEventRecord } from '../ingest/access-log.js';
@@ -78,7 +78,9 @@ export async function runCli(main: (cli: Cli, args: string[]) => Promise<void>):
   const { db, migrator, directory, writer } = storage;
   let code = 0;
   try {
-    await migrator.migrateControl();
+    await migrator.migrateControl().catch((err: unknown) => {
+      throw databaseRefusal(err, config.database) ?? err;
+    });
     const who = { type: 'operator', id: operator() };
     const correlationId = `cli-${randomUUID()}`;
     const actor: Actor = {

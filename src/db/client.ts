@@ -278,3 +278,39 @@ export function sqlState(err: unknown): string | undefined {
   }
   return undefined;
 }
+
+/** `url` with its password blanked, for messages. */
+function withoutPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(DATABASE_URL)';
+  }
+}
+
+/**
+ * The Refusal to give when the first statement of a start or a command fails because the
+ * database cannot be used at all (not there, refused, unknown, wrong credentials): one line that
+ * says which and what to do, instead of the driver's error and stack. Null for anything else.
+ */
+export function databaseRefusal(err: unknown, db: Config['database']): Refusal | null {
+  if (db.kind !== 'pg') return null;
+  const code = sqlState(err) ?? (err as { code?: unknown } | null)?.code;
+  const where = `DATABASE_URL (${withoutPassword(db.url)})`;
+  const why = (err as Error).message;
+  if (code === '3D000') return new Refusal(`${where}: ${why}: create it first (createdb)`);
+  if (code === '28P01' || code === '28000') {
+    return new Refusal(`${where}: ${why}: check the user and password it names`);
+  }
+  if (
+    ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH'].includes(String(code))
+  ) {
+    return new Refusal(`${where}: ${why}: is PostgreSQL running, and reachable from here?`);
+  }
+  if (/timeout exceeded when trying to connect/i.test(why)) {
+    return new Refusal(`${where}: ${why}: is PostgreSQL running, and reachable from here?`);
+  }
+  return null;
+}

@@ -1,7 +1,7 @@
 import { ConfigError, loadConfig } from '../config.js';
 import { createLogger } from '../logger.js';
 import { Refusal } from '../refusal.js';
-import { createDatabase } from './client.js';
+import { createDatabase, databaseRefusal } from './client.js';
 import { Migrator } from './migrations.js';
 import { PartitionManager } from './partitions.js';
 import { TenantProvisioner } from './tenant-provisioner.js';
@@ -13,7 +13,9 @@ async function migrate(): Promise<void> {
   const db = createDatabase(config.database, log);
   try {
     const migrator = new Migrator(db);
-    const control = await migrator.migrateControl();
+    const control = await migrator.migrateControl().catch((err: unknown) => {
+      throw databaseRefusal(err, config.database) ?? err;
+    });
     const registry = new TenantProvisioner(db, migrator, new PartitionManager(db, log), log, {
       partitionsAhead: config.partitionsAhead,
     });

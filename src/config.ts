@@ -177,7 +177,7 @@ const envSchema = z.object({
   /** Events accepted per createAuditEvents call. */
   MAX_EVENTS_PER_CALL: int(1, 100_000).default(1000),
   /** How far in the future an occurredAt may lie. */
-  MAX_FUTURE_SKEW_MS: int(0).default(5 * 60_000),
+  MAX_FUTURE_SKEW_MS: int(0, 86_400_000).default(5 * 60_000),
   /**
    * Default retention window in days (a tenant may have its own): the oldest accepted occurredAt,
    * and months wholly older than this are dropped by the maintenance job.

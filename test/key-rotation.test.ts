@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { sign } from 'node:crypto';
 import {
   copyFileSync,
   existsSync,
@@ -13,7 +14,11 @@ import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { signCheckpoint, type TrustedKeyJson } from '../src/domain/checkpoint.js';
+import {
+  keyPeriodStatement,
+  signCheckpoint,
+  type TrustedKeyJson,
+} from '../src/domain/checkpoint.js';
 import { verifyExport } from '../src/export/verify-export.js';
 import { loadSigningKey, newSigningKeyPem, signingKeyOfPem } from '../src/integrity/signing-key.js';
 import { extraDatabase } from './support/file-database.js';
@@ -327,6 +332,73 @@ describe('rotating the checkpoint key', () => {
     ).rejects.toThrow(
       /CHAIN_HMAC_SECRET \(set here\) is not the one this deployment's chains are hashed with/,
     );
+  });
+});
+
+describe('the key list changed by someone who can only write the database', () => {
+  it('does not stop the deployment’s signing, nor its verifications', async () => {
+    const url = await extraDatabase('tamper');
+    const keyFile = join(dir, 'tamper.pem');
+    const t = await startApp({ DATABASE_URL: url, CHECKPOINT_KEY_FILE: keyFile });
+    const db = new pg.Client({ connectionString: url });
+    await db.connect();
+    try {
+      const tenant = newTenant('tamp');
+      await write(t, tenant, 3);
+      const own = loadSigningKey(keyFile).keyId;
+      // The current key retired in the table, and a key of the writer's made current, with an
+      // endorsement of the real key's period that the writer's key signed.
+      const fake = signingKeyOfPem(newSigningKeyPem());
+      const [row] = (
+        await db.query(`select trusted_from from auditgraph.checkpoint_keys where key_id = $1`, [
+          own,
+        ])
+      ).rows;
+      const retiredAt = new Date(Date.now() - 3_600_000);
+      const endorsement = sign(
+        null,
+        keyPeriodStatement(
+          {
+            keyId: own,
+            publicKeyPem: loadSigningKey(keyFile).publicKeyPem,
+            trustedFrom: new Date(row.trusted_from),
+            retiredAt,
+          },
+          fake.keyId,
+        ),
+        fake.privateKey,
+      );
+      await db.query(
+        `update auditgraph.checkpoint_keys set retired_at = $2, endorsed_by = $3, endorsement = $4
+          where key_id = $1`,
+        [own, retiredAt, fake.keyId, endorsement],
+      );
+      await db.query(
+        `insert into auditgraph.checkpoint_keys (key_id, public_key, trusted_from)
+         values ($1, $2, '1970-01-01')`,
+        [fake.keyId, fake.publicKeyPem],
+      );
+      // The instance signs on (its key's retirement is not signed by its key), and what it signs
+      // verifies.
+      const signed = (await t.gql(tenant, SIGN)).signAuditCheckpoints.data;
+      expect(signed.map((c: { keyId: string }) => c.keyId)).toEqual([own]);
+      const v = await verifyOf(t, tenant);
+      expect(v.firstBreak).toBeNull();
+      expect(v.ok).toBe(true);
+      // The writer's key vouches for nothing here.
+      const keys: TrustedKeyJson[] = (await t.gql(tenant, KEYS)).auditChainKeys;
+      expect(keys.map((k) => k.keyId)).toEqual([own]);
+      // Nor in what `npm run deployment -- keys` gives an auditor: it is vouched for by the key file.
+      const listed = run('src/cli/deployment.ts', ['keys'], {
+        DATABASE_URL: url,
+        CHECKPOINT_KEY_FILE: keyFile,
+      });
+      expect(listed.status).toBe(0);
+      expect(JSON.parse(listed.stdout).map((k: TrustedKeyJson) => k.keyId)).toEqual([own]);
+    } finally {
+      await db.end();
+      await t.stop();
+    }
   });
 });
 

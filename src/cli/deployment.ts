@@ -49,8 +49,16 @@ function keyAt(file: string): { key: SigningKey; created: boolean } {
   }
 }
 
+/** The key in CHECKPOINT_KEY_FILE, or undefined when there is none to read. */
+function configuredKey(cli: Cli): SigningKey | undefined {
+  if (!existsSync(cli.config.checkpointKeyFile)) return undefined;
+  return keyAt(cli.config.checkpointKeyFile).key;
+}
+
 async function rotate(cli: Cli, keyring: CheckpointKeyring, keyFile: string | undefined) {
   const target = keyFile ?? cli.config.checkpointKeyFile;
+  // The current key, when it is at hand, signs its own retirement (see CheckpointKeyring.rotate).
+  const held = configuredKey(cli);
   // Without --key-file the new key is written beside the current file and renamed over it only
   // once the deployment has taken it: a failed rotation leaves the instance's file as it was.
   const aside = keyFile ? undefined : `${target}.${process.pid}.new`;
@@ -60,15 +68,16 @@ async function rotate(cli: Cli, keyring: CheckpointKeyring, keyFile: string | un
   if (aside)
     writeFileSync(aside, key.privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
   let retired: TrustedKey | null;
+  let noticed: boolean;
   try {
-    ({ retired } = await keyring.rotate(key));
+    ({ retired, noticed } = await keyring.rotate(key, held));
   } catch (err) {
     if (aside) rmSync(aside, { force: true });
     if (err instanceof Refusal) throw new CliError(err.message);
     throw err;
   }
   if (aside) renameSync(aside, target);
-  return { key, retired, target, created };
+  return { key, retired, target, created, noticed };
 }
 
 /** What `status` shows: the keys, and what an instance started with this environment would do. */
@@ -140,7 +149,19 @@ async function main(cli: Cli, argv: string[]): Promise<void> {
   const keyring = new CheckpointKeyring(cli.db, cli.config.checkpointKeyFile);
   const shared = new SharedSettings(cli.db);
   if (command === 'keys') {
-    console.log(JSON.stringify((await keyring.list()).map(trustedKeyToJson), null, 2));
+    // Vouched for by the deployment's key in CHECKPOINT_KEY_FILE, not taken from the table as
+    // it stands: a row added by someone who can write the database must not reach an auditor.
+    const own = configuredKey(cli);
+    if (!own) {
+      throw new CliError(
+        `keys needs the deployment's current key in CHECKPOINT_KEY_FILE (${cli.config.checkpointKeyFile}) ` +
+          'to vouch for the list; or take auditChainKeys from a running instance',
+        2,
+      );
+    }
+    const { keys, broken } = await keyring.vouchedBy(own.keyId);
+    if (broken) console.error(`warning: ${broken}: left out`);
+    console.log(JSON.stringify(keys.map(trustedKeyToJson), null, 2));
     return;
   }
   if (command === 'status') {
@@ -158,12 +179,17 @@ async function main(cli: Cli, argv: string[]): Promise<void> {
         current: r.key.keyId,
         retired: r.retired ? trustedKeyToJson(r.retired) : null,
         keyFile: r.target,
+        retirementSigned: r.noticed,
       },
       `The deployment's checkpoint key is now ${r.key.keyId}\n` +
         `  key file: ${r.target}${r.created ? ' (new key, mode 0600: back it up, apart from the database)' : ''}\n` +
         (r.retired ? `  retired:  ${r.retired.keyId} (its checkpoints stay verifiable)\n` : '') +
-        '\nRestart every instance with this key file: until then, instances holding the retired ' +
-        'key sign no checkpoints (and say so in their log).',
+        (r.noticed || !r.retired
+          ? '\nRestart every instance with this key file: until then, instances holding the ' +
+            'retired key sign no checkpoints (and say so in their log).'
+          : '\nThe retired key was not at hand (CHECKPOINT_KEY_FILE), so it could not sign its ' +
+            'retirement: instances still holding it go on signing, and what they sign from now ' +
+            'on is BAD_SIGNATURE. Restart every instance with this key file now.'),
     );
     return;
   }

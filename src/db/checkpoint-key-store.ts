@@ -10,6 +10,7 @@ interface KeyRow {
   retired_at: Date | string | null;
   endorsed_by: string | null;
   endorsement: Uint8Array | null;
+  retirement_notice: Uint8Array | null;
 }
 
 function keyOf(r: KeyRow): TrustedKey {
@@ -21,6 +22,7 @@ function keyOf(r: KeyRow): TrustedKey {
     retiredAt: r.retired_at === null ? null : new Date(r.retired_at),
     endorsedBy: r.endorsed_by,
     endorsement: r.endorsement === null ? null : Buffer.from(r.endorsement),
+    retirementNotice: r.retirement_notice === null ? null : Buffer.from(r.retirement_notice),
   };
 }
 
@@ -32,19 +34,19 @@ export class CheckpointKeyStore {
   async list(sql: Sql = this.db): Promise<TrustedKey[]> {
     const rows = await sql.query<KeyRow>(
       `/* checkpointKeys.list */
-       select key_id, public_key, trusted_from, retired_at, endorsed_by, endorsement
+       select key_id, public_key, trusted_from, retired_at, endorsed_by, endorsement,
+              retirement_notice
          from ${CONTROL_SCHEMA}.checkpoint_keys order by trusted_from, key_id`,
     );
     return rows.map(keyOf);
   }
 
-  /** The id of the current key, or null before the first one is registered. */
-  async currentId(): Promise<string | null> {
-    const [row] = await this.db.query<{ key_id: string }>(
-      `/* checkpointKeys.current */
-       select key_id from ${CONTROL_SCHEMA}.checkpoint_keys where retired_at is null`,
+  /** The database's clock, to the millisecond the table keeps. */
+  async now(tx: Sql): Promise<Date> {
+    const [row] = await tx.query<{ now: Date | string }>(
+      `/* checkpointKeys.now */ select date_trunc('milliseconds', clock_timestamp()) as now`,
     );
-    return row?.key_id ?? null;
+    return new Date(row!.now);
   }
 
   /**
@@ -63,13 +65,21 @@ export class CheckpointKeyStore {
     keyId: string,
     at: Date,
     endorsement: { by: string; signature: Buffer },
+    notice: Buffer | null,
   ): Promise<void> {
     await tx.query(
       `/* checkpointKeys.retire */
        update ${CONTROL_SCHEMA}.checkpoint_keys
-          set retired_at = $2, endorsed_by = $3, endorsement = decode($4, 'hex')
+          set retired_at = $2, endorsed_by = $3, endorsement = decode($4, 'hex'),
+              retirement_notice = decode($5, 'hex')
         where key_id = $1 and retired_at is null`,
-      [keyId, at.toISOString(), endorsement.by, endorsement.signature.toString('hex')],
+      [
+        keyId,
+        at.toISOString(),
+        endorsement.by,
+        endorsement.signature.toString('hex'),
+        notice?.toString('hex') ?? null,
+      ],
     );
   }
 

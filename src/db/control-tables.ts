@@ -126,6 +126,12 @@ export const checkpointKeys = control.table(
     /** Set with retired_at: the successor's id and its Ed25519 signature over this key's period. */
     endorsedBy: varchar('endorsed_by', { length: 64 }),
     endorsement: bytea('endorsement'),
+    /**
+     * Set with retired_at when the rotation held the retired key: its own signature over its
+     * retirement, which is what makes an instance still holding it stop signing (nobody without
+     * that key can make one, so nobody can stop the deployment's signing through the table).
+     */
+    retirementNotice: bytea('retirement_notice'),
     createdAt: ts('created_at').notNull().defaultNow(),
   },
   (t) => [

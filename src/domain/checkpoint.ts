@@ -114,6 +114,11 @@ export interface TrustedKey {
    */
   endorsedBy: string | null;
   endorsement: Buffer | null;
+  /**
+   * A retired key's own signature over `retirementStatement` (made when the rotation held it):
+   * what tells an instance still holding it that the retirement is real.
+   */
+  retirementNotice: Buffer | null;
 }
 
 /**
@@ -122,6 +127,12 @@ export interface TrustedKey {
  * checks before every round): a minute of skew and lag is taken, and no more.
  */
 export const KEY_PERIOD_SLACK_MS = 60_000;
+
+/**
+ * How long before its month a checkpoint may be signed: an event may be accepted up to
+ * MAX_FUTURE_SKEW_MS (at most a day) ahead of the clock, and its month's chain signed then.
+ */
+export const MONTH_LEAD_MS = 86_400_000 + KEY_PERIOD_SLACK_MS;
 
 /** A key and its period as JSON (GraphQL, the CLI's `--json`, export trailers, `--keys`). */
 export interface TrustedKeyJson {
@@ -162,6 +173,7 @@ export function trustedKeyFromJson(j: TrustedKeyJson): TrustedKey {
     retiredAt,
     endorsedBy: j.endorsedBy ?? null,
     endorsement: j.endorsement ? Buffer.from(j.endorsement, 'base64') : null,
+    retirementNotice: null,
   };
 }
 
@@ -183,6 +195,34 @@ export function keyPeriodStatement(
   );
 }
 
+/** The bytes a key signs to say it was retired in favour of `successor`: RFC 8785 canonical JSON. */
+export function retirementStatement(keyId: string, retiredAt: Date, successor: string): Buffer {
+  return Buffer.from(
+    canonicalize({
+      v: 'auditgraph-key-retired-v1',
+      keyId,
+      retiredAt: retiredAt.toISOString(),
+      successor,
+    }) as string,
+    'utf8',
+  );
+}
+
+/** True when `k` itself signed its retirement (see retirementStatement). */
+export function retiredByItself(k: TrustedKey): boolean {
+  if (k.retiredAt === null || k.retirementNotice === null || k.endorsedBy === null) return false;
+  try {
+    return verify(
+      null,
+      retirementStatement(k.keyId, k.retiredAt, k.endorsedBy),
+      k.publicKey,
+      k.retirementNotice,
+    );
+  } catch {
+    return false;
+  }
+}
+
 /**
  * The keys `anchor` vouches for: itself, the key it endorsed (the one it replaced), the key that
  * one endorsed, and so on back to the first; oldest first. A key that no vouched-for key
@@ -195,8 +235,14 @@ export function vouchedKeys(
   keys: readonly TrustedKey[],
   anchor: string,
 ): { keys: TrustedKey[]; broken: string | null } {
-  const first = keys.find((k) => k.keyId === anchor);
-  if (!first) return { keys: [], broken: `the key ${anchor.slice(0, 16)}… is not in the list` };
+  const found = keys.find((k) => k.keyId === anchor);
+  if (!found) return { keys: [], broken: `the key ${anchor.slice(0, 16)}… is not in the list` };
+  // A retirement in the anchor's own row counts only when the anchor signed it: a successor's
+  // endorsement proves nothing to the key it replaces (whoever made the successor made that).
+  const first =
+    found.retiredAt === null || retiredByItself(found)
+      ? found
+      : { ...found, retiredAt: null, endorsedBy: null, endorsement: null, retirementNotice: null };
   const vouched = [first];
   for (;;) {
     const successor = vouched.at(-1)!;
@@ -238,6 +284,11 @@ export function untrustedBecause(keys: readonly TrustedKey[], c: Checkpoint): st
   const at = c.signedAt.toISOString();
   if (!k) {
     return `it is signed by key ${c.keyId.slice(0, 16)}…, not one of the deployment's vouched-for keys`;
+  }
+  if (c.signedAt.getTime() < c.month.getTime() - MONTH_LEAD_MS) {
+    // Its events cannot have existed yet: no key vouches for a month ahead of time, so a key
+    // retired (and perhaps leaked) cannot vouch for a month that began after its retirement.
+    return `it was signed at ${at}, before its month (${c.month.toISOString()}) began`;
   }
   if (c.signedAt.getTime() < k.trustedFrom.getTime() - KEY_PERIOD_SLACK_MS) {
     return `it was signed at ${at}, before its key ${k.keyId.slice(0, 16)}… was trusted (${k.trustedFrom.toISOString()})`;

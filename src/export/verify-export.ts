@@ -602,6 +602,7 @@ class ExportVerifier {
         retiredAt: null,
         endorsedBy: null,
         endorsement: null,
+        retirementNotice: null,
       };
     };
     // A list with periods is taken from its current (else newest) key back, through the

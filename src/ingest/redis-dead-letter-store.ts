@@ -413,7 +413,7 @@ export class RedisDeadLetterStore implements DeadLetterStore {
    * set) is dropped here, so a stale entry cannot make the queue look older than it is.
    */
   private async oldestAgeMs(): Promise<number> {
-    for (let tries = 0; tries < 10; tries++) {
+    for (let tries = 0; tries < 100; tries++) {
       const [member, score] = await this.redis.zrange(this.agesKey, '0', '0', 'WITHSCORES');
       if (member === undefined || score === undefined) return 0;
       const [tenant, id] = member.split(' ') as [TenantId, string];

@@ -58,7 +58,7 @@ export class CheckpointService {
 
   /** Signs the heads of every tenant that moved since their last checkpoint. */
   async checkpointAll(now = new Date()): Promise<number> {
-    if (!(await this.keyring.isCurrent(this.key.keyId))) {
+    if (await this.retired()) {
       // Every round until the restart would say the same: once a minute is enough.
       if (Date.now() - this.retiredLoggedAt > 60_000) {
         this.retiredLoggedAt = Date.now();
@@ -98,7 +98,7 @@ export class CheckpointService {
     const schema = tenantSchema(tenant);
     const made: Checkpoint[] = [];
     const moved = await this.store.movedHeads(tenant);
-    if (moved.length > 0 && !(await this.keyring.isCurrent(this.key.keyId))) {
+    if (moved.length > 0 && (await this.retired())) {
       throw new CheckpointKeyRetiredError(this.key.keyId);
     }
     for (const h of moved) {
@@ -131,6 +131,18 @@ export class CheckpointService {
   /** Stored checkpoints of a tenant, oldest month and position first; optionally one month. */
   list(tenant: TenantId, month?: Date): Promise<Checkpoint[]> {
     return this.store.list(tenant, month);
+  }
+
+  /** True when a rotation retired this instance's key; a retirement nobody endorsed is logged. */
+  private async retired(): Promise<boolean> {
+    const { retired, tampered } = await this.keyring.rotatedAway(this.key);
+    if (tampered) {
+      this.log.error(
+        { keyId: this.key.keyId, tampered },
+        'the checkpoint key list was changed without a rotation; signing goes on with this key',
+      );
+    }
+    return retired;
   }
 
   /**

@@ -2,7 +2,13 @@ import { sign } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { CheckpointKeyStore } from '../db/checkpoint-key-store.js';
 import type { Database } from '../db/client.js';
-import { keyPeriodStatement, type TrustedKey, vouchedKeys } from '../domain/checkpoint.js';
+import {
+  keyPeriodStatement,
+  retiredByItself,
+  retirementStatement,
+  type TrustedKey,
+  vouchedKeys,
+} from '../domain/checkpoint.js';
 import { Refusal } from '../refusal.js';
 import type { SigningKey } from './signing-key.js';
 
@@ -87,13 +93,21 @@ export class CheckpointKeyring {
   }
 
   /**
-   * Makes `next` the current key from `at`, retiring the current one at the same instant. A key
-   * that was ever trusted cannot be made current again (its period would cover the time it was
-   * retired, when it might have leaked).
+   * Makes `next` the current key, retiring the current one at the same instant. A key that was
+   * ever trusted cannot be made current again (its period would cover the time it was retired,
+   * when it might have leaked). `held`: the current key's private half when the rotation has it
+   * (the usual case, its file replaced in place): it then signs its own retirement, which makes
+   * instances still holding it stop signing. Without it (the key lost) they go on, and what they
+   * sign after the retirement shows as BAD_SIGNATURE.
    */
-  async rotate(next: SigningKey, at = new Date()): Promise<{ retired: TrustedKey | null }> {
+  async rotate(
+    next: SigningKey,
+    held?: SigningKey,
+  ): Promise<{ retired: TrustedKey | null; noticed: boolean }> {
     return this.db.transaction(async (tx) => {
       await this.store.lock(tx);
+      // The database's clock, the one every instance meets: not that of the host running this.
+      const at = await this.store.now(tx);
       const keys = await this.store.list(tx);
       const known = keys.find((k) => k.keyId === next.keyId);
       if (known) {
@@ -114,19 +128,48 @@ export class CheckpointKeyring {
           keyPeriodStatement({ ...current, retiredAt: at }, next.keyId),
           next.privateKey,
         );
-        await this.store.retire(tx, current.keyId, at, { by: next.keyId, signature });
-        retired = { ...current, retiredAt: at, endorsedBy: next.keyId, endorsement: signature };
+        const notice =
+          held?.keyId === current.keyId
+            ? sign(null, retirementStatement(current.keyId, at, next.keyId), held.privateKey)
+            : null;
+        await this.store.retire(tx, current.keyId, at, { by: next.keyId, signature }, notice);
+        retired = {
+          ...current,
+          retiredAt: at,
+          endorsedBy: next.keyId,
+          endorsement: signature,
+          retirementNotice: notice,
+        };
       }
       await this.store.add(tx, next, current ? at : SINCE_THE_BEGINNING);
-      return { retired };
+      return { retired, noticed: retired?.retirementNotice != null };
     });
   }
 
   /**
-   * True when `keyId` is the deployment's current key. Read each time (one row by a unique
-   * index, before a signing round): an instance whose key was just retired stops at once.
+   * Whether `own` was rotated away: retired in its row, with the retirement signed by `own`
+   * itself (read before each signing round, so an instance whose key was just retired stops
+   * at once). A retirement nobody with the keys made — the row changed, the current row
+   * replaced, the row gone — does not stop it: it goes on signing, and `tampered` says what is
+   * wrong, for the log (its verifications show it too).
    */
-  async isCurrent(keyId: string): Promise<boolean> {
-    return (await this.store.currentId()) === keyId;
+  async rotatedAway(own: SigningKey): Promise<{ retired: boolean; tampered: string | null }> {
+    const keys = await this.store.list();
+    const mine = keys.find((k) => k.keyId === own.keyId);
+    if (!mine) return { retired: false, tampered: "this instance's key is not in the list" };
+    if (mine.retiredAt === null) {
+      const other = keys.find((k) => k.retiredAt === null && k.keyId !== own.keyId);
+      return {
+        retired: false,
+        tampered: other ? `another key is current: ${short(other.keyId)}` : null,
+      };
+    }
+    // Only this key's own signature makes its retirement real: a successor's endorsement could
+    // come from whoever made the successor.
+    if (retiredByItself(mine)) return { retired: true, tampered: null };
+    return {
+      retired: false,
+      tampered: `its retirement at ${mine.retiredAt.toISOString()} is not signed by this key`,
+    };
   }
 }

@@ -1,0 +1,1 @@
+ALTER TABLE "auditgraph"."checkpoint_keys" ADD COLUMN "retirement_notice" bytea;

@@ -395,6 +395,10 @@ describe('the key list changed by someone who can only write the database', () =
       });
       expect(listed.status).toBe(0);
       expect(JSON.parse(listed.stdout).map((k: TrustedKeyJson) => k.keyId)).toEqual([own]);
+      // A start with the deployment's key after such a change is refused, saying which it may be.
+      await expect(startApp({ DATABASE_URL: url, CHECKPOINT_KEY_FILE: keyFile })).rejects.toThrow(
+        /but the key did not sign that retirement: .* someone without the keys changed auditgraph\.checkpoint_keys/,
+      );
     } finally {
       await db.end();
       await t.stop();

@@ -76,6 +76,15 @@ export class CheckpointKeyring {
         );
       }
       const mine = keys.find((k) => k.keyId === own.keyId);
+      if (mine && !retiredByItself(mine)) {
+        throw new Refusal(
+          `CHECKPOINT_KEY_FILE (${this.keyFile}) holds checkpoint key ${short(own.keyId)}, which the ` +
+            `key list says was retired at ${mine.retiredAt!.toISOString()} for ${short(current.keyId)}, ` +
+            'but the key did not sign that retirement: if it was your rotation (without the key ' +
+            'at hand), give this instance the current key file; if not, someone without the keys ' +
+            'changed auditgraph.checkpoint_keys',
+        );
+      }
       if (mine) {
         throw new Refusal(
           `CHECKPOINT_KEY_FILE (${this.keyFile}) holds checkpoint key ${short(own.keyId)}, which ` +

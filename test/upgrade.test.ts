@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { encodeGlobalID } from '@pothos/plugin-relay';
 import { type MigrationMeta, readMigrationFiles } from 'drizzle-orm/migrator';
 import pg from 'pg';
@@ -13,7 +13,8 @@ import type { TenantId } from '../src/domain/tenant.js';
 import { BatchWriter } from '../src/ingest/batch-writer.js';
 import { createLogger } from '../src/logger.js';
 import { utcMonth, waitUntil } from './support/db.js';
-import { CREATE, databaseUrl, graphqlClient, newTenant, startApp } from './support/harness.js';
+import { extraDatabase } from './support/file-database.js';
+import { CREATE, graphqlClient, newTenant, startApp } from './support/harness.js';
 import { type Instance, spawnInstance } from './support/processes.js';
 
 /*
@@ -66,30 +67,6 @@ function previousMigrations(current: MigrationSets): MigrationSets & { left: str
       ...current.control.slice(control.length).map((m) => `control/${m.name}`),
       ...current.tenant.slice(tenant.length).map((m) => `tenant/${m.name}`),
     ],
-  };
-}
-
-/** A database of its own for one test, dropped by `drop()`. */
-async function scratchDatabase(): Promise<{ url: string; drop(): Promise<void> }> {
-  const base = new URL(databaseUrl());
-  const name = `${base.pathname.slice(1)}_up_${randomBytes(3).toString('hex')}`;
-  const admin = new URL(base);
-  admin.pathname = '/postgres';
-  const onAdmin = async (sql: string) => {
-    const c = new pg.Client({ connectionString: admin.toString() });
-    await c.connect();
-    try {
-      await c.query(sql);
-    } finally {
-      await c.end();
-    }
-  };
-  await onAdmin(`create database "${name}"`);
-  const url = new URL(base);
-  url.pathname = `/${name}`;
-  return {
-    url: url.toString(),
-    drop: () => onAdmin(`drop database if exists "${name}" with (force)`),
   };
 }
 
@@ -394,8 +371,8 @@ describe('upgrade from the previous schema version', () => {
     const current = currentMigrations();
     const previous = previousMigrations(current);
     expect(previous.left.length).toBeGreaterThan(0);
-    const db = await scratchDatabase();
-    cleanups.push(() => db.drop());
+    // A database of its own (dropped after the file): nothing else migrated it.
+    const db = { url: await extraDatabase('up_start') };
     const tenant = newTenant('up');
     const schema = `t_${tenant}`;
     const sql = await connect(db.url);
@@ -514,8 +491,8 @@ describe('upgrade from the previous schema version', () => {
   it('rolling: the previous version keeps writing while two new instances start at once and migrate it', async () => {
     const current = currentMigrations();
     const previous = previousMigrations(current);
-    const db = await scratchDatabase();
-    cleanups.push(() => db.drop());
+    // A database of its own (dropped after the file): nothing else migrated it.
+    const db = { url: await extraDatabase('up_rolling') };
     const tenant = newTenant('roll');
     const schema = `t_${tenant}`;
     const sql = await connect(db.url);

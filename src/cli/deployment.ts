@@ -49,6 +49,13 @@ function keyAt(file: string): { key: SigningKey; created: boolean } {
   }
 }
 
+/** The cursor key an instance started here would use: CURSOR_SECRET, else the deployment's own. */
+function cursorKeyOf(cli: Cli): Promise<string> {
+  return cli.config.cursorSecret
+    ? Promise.resolve(cli.config.cursorSecret)
+    : new ServiceSecretStore(cli.db).getOrCreate('cursor');
+}
+
 /** The key in CHECKPOINT_KEY_FILE, or undefined when there is none to read. */
 function configuredKey(cli: Cli): SigningKey | undefined {
   if (!existsSync(cli.config.checkpointKeyFile)) return undefined;
@@ -100,8 +107,7 @@ async function status(
           ? `${mineId} (RETIRED: an instance started here refuses to start)`
           : `${mineId} (NOT the deployment's: an instance started here refuses to start)`;
   }
-  const cursorKey =
-    cli.config.cursorSecret ?? (await new ServiceSecretStore(cli.db).getOrCreate('cursor'));
+  const cursorKey = await cursorKeyOf(cli);
   const settings = await shared.recordedFingerprints();
   const match = (name: 'chain-hmac' | 'cursor', value: string) => {
     const recorded = settings.get(name);
@@ -194,8 +200,7 @@ async function main(cli: Cli, argv: string[]): Promise<void> {
     return;
   }
   if (command === 'adopt-cursor-key') {
-    const cursorKey =
-      cli.config.cursorSecret ?? (await new ServiceSecretStore(cli.db).getOrCreate('cursor'));
+    const cursorKey = await cursorKeyOf(cli);
     await shared.adopt('cursor', cursorKey);
     out(
       { adopted: 'cursor' },

@@ -118,6 +118,11 @@ const envSchema = z.object({
   MAX_ALIASES: int(0).default(30),
   /** Lexical tokens in one document; 0: no limit. */
   MAX_QUERY_TOKENS: int(0).default(20_000),
+  /**
+   * Executions of a query text by the ordinary executor before it is compiled (graphql-jit)
+   * for the executions after; 0 compiles from the first, -1 never compiles.
+   */
+  QUERY_COMPILE_AFTER: int(-1, 1_000_000).default(1),
   /** Operations in one HTTP request: 1 turns batching off, n > 1 allows batches of n, 0 any. */
   MAX_OPERATIONS_PER_REQUEST: int(0, 1_000).default(1),
   /** Subscription connections (WebSocket, SSE) one tenant may hold open on an instance; 0: no limit. */
@@ -324,6 +329,8 @@ export interface Config {
   maxQueryComplexity: number;
   maxAliases: number;
   maxQueryTokens: number;
+  /** -1: never compiled. */
+  queryCompileAfter: number;
   maxOperationsPerRequest: number;
   maxConnectionsPerTenant: number;
   rateLimitEventsPerSecond: number;
@@ -578,6 +585,7 @@ function doorsOf(e: z.output<typeof envSchema>) {
     maxQueryComplexity: e.MAX_QUERY_COMPLEXITY,
     maxAliases: e.MAX_ALIASES,
     maxQueryTokens: e.MAX_QUERY_TOKENS,
+    queryCompileAfter: e.QUERY_COMPILE_AFTER,
     maxOperationsPerRequest: e.MAX_OPERATIONS_PER_REQUEST,
     maxRequestBytes: e.MAX_REQUEST_BYTES,
     wsMaxInitBytes: e.WS_MAX_INIT_BYTES,

@@ -32,6 +32,8 @@ export interface Metrics {
   observeVerification(tenant: string, ok: boolean, events: number): void;
   /** A maintenance run finished. */
   observeMaintenance(report: MaintenanceReport): void;
+  /** A query document was compiled for execution (graphql/compiled-queries.ts). */
+  observeQueryCompiled(): void;
   /** Stops listening to the write path's events. */
   close(): void;
 }
@@ -93,11 +95,20 @@ export function createMetrics(sources: MetricsSources): Metrics {
 
   const unsubscribe = observeWritePath(registry, sources.events);
   const lifecycle = registerLifecycle(registry);
+  const compiled = new Counter({
+    name: `${PREFIX}graphql_queries_compiled_total`,
+    help:
+      'Query documents compiled for execution on this instance: one per query text executed ' +
+      'more than once (while the parse cache holds it). A steady rise means callers send ever ' +
+      'new query texts.',
+    registers: [registry],
+  });
   return {
     registry,
     contentType: registry.contentType,
     render: () => registry.metrics(),
     ...lifecycle,
+    observeQueryCompiled: () => compiled.inc(),
     close() {
       for (const off of unsubscribe) off();
     },

@@ -295,7 +295,7 @@ describe('access is audited', () => {
       actor_id: 'reader-bot',
       action: 'read',
     });
-    expect(reads[0]!.data).toMatchObject({ keyId: k.id, returned: 1 });
+    expect(reads[0]!.data).toMatchObject({ keyId: k.id, filter: { correlationId: 'r' } });
 
     const s = (await c.gql(STATS)).auditStats;
     expect(s.pending).toBe(0);

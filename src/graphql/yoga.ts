@@ -3,6 +3,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createYoga, maskError, type YogaServerInstance } from 'graphql-yoga';
 import { authenticateRequest, type Caller, TENANT_HEADER } from '../auth/caller.js';
 import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+import { useCompiledQueries } from './compiled-queries.js';
 import type { GraphQLContext, Services } from './context.js';
 import { refusalAsGraphQLError, useRefusalStatus } from './error-mapping.js';
 import { useRequestLimits } from './limits.js';
@@ -129,6 +131,7 @@ subscription Settled {
 export function createGraphQLServer(
   services: Services,
   log: Logger,
+  metrics?: Pick<Metrics, 'observeQueryCompiled'>,
 ): YogaServerInstance<ServerContext, GraphQLContext> {
   const { config } = services;
   const keys = config.authMode !== 'dev';
@@ -169,7 +172,19 @@ export function createGraphQLServer(
               config.maxOperationsPerRequest === 0 ? 1_000_000 : config.maxOperationsPerRequest,
           },
     maxRequestBodySize: config.maxRequestBytes,
-    plugins: [useRequestLimits(config), useWriteShedding(), useRefusalStatus()],
+    plugins: [
+      useRequestLimits(config),
+      useWriteShedding(),
+      useRefusalStatus(),
+      ...(config.queryCompileAfter >= 0
+        ? [
+            useCompiledQueries({
+              compileAfter: config.queryCompileAfter,
+              onCompile: () => metrics?.observeQueryCompiled(),
+            }),
+          ]
+        : []),
+    ],
     maskedErrors: {
       maskError(error, message) {
         // An expected failure a resolver threw: the client's to see, with its code.

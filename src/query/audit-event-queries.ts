@@ -1,9 +1,9 @@
 import { ReplayTooLargeError, ValidationError } from '../domain/errors.js';
 import { type AuditEventFilter, type AuditEventOrder, validateFilter } from '../domain/filter.js';
-import type { KeysetCursorCodec, TailPosition } from '../domain/keyset-cursor.js';
+import type { CursorScope, KeysetCursorCodec, TailPosition } from '../domain/keyset-cursor.js';
 import { isServiceEventType } from '../domain/service-event.js';
 import { type TenantId, tenantSchema } from '../domain/tenant.js';
-import type { AuditEventReader, AuditEventRow } from './audit-event-reader.js';
+import type { AuditEventReader, AuditEventRow, KeysetPageQuery } from './audit-event-reader.js';
 
 export const PAGE_DEFAULT = 50;
 export const PAGE_MAX = 500;
@@ -27,6 +27,12 @@ export interface EventPage {
   };
 }
 
+/** A page request whose arguments and cursors were checked (AuditEventQueries.plan). */
+export interface PagePlan {
+  scope: CursorScope;
+  query: KeysetPageQuery;
+}
+
 /** What the tail reads from the database: the chain heads, and stored rows by position. */
 export interface TailStore {
   /** The head of each month's chain (or of one month's): month → last position taken. */
@@ -45,7 +51,12 @@ export class AuditEventQueries {
     private readonly cursors: KeysetCursorCodec,
   ) {}
 
-  async list(tenant: TenantId, args: PageArgs): Promise<EventPage> {
+  /**
+   * A page request checked against the argument rules and its cursors decoded: everything that
+   * refuses a page (ValidationError, InvalidCursorError) is decided here, before anything is
+   * read. `read` then reads it.
+   */
+  plan(tenant: TenantId, args: PageArgs): PagePlan {
     if (args.first != null && args.last != null) {
       throw ValidationError.single('last', 'give either first or last, not both');
     }
@@ -62,17 +73,26 @@ export class AuditEventQueries {
     const scope = { tenant, order, filter };
     const after = args.after != null ? this.cursors.decode(args.after, scope) : undefined;
     const before = args.before != null ? this.cursors.decode(args.before, scope) : undefined;
-    const page = await this.reader.page({
-      schema: tenantSchema(tenant),
-      filter,
-      order,
-      direction: backward ? 'backward' : 'forward',
-      limit: size,
-      after,
-      before,
-    });
+    return {
+      scope,
+      query: {
+        schema: tenantSchema(tenant),
+        filter,
+        order,
+        direction: backward ? 'backward' : 'forward',
+        limit: size,
+        after,
+        before,
+      },
+    };
+  }
+
+  /** The page a plan names, its cursors signed. */
+  async read(plan: PagePlan): Promise<EventPage> {
+    const page = await this.reader.page(plan.query);
+    const encode = this.cursors.encoder(plan.scope);
     const edges = page.rows.map((node) => ({
-      cursor: this.cursors.encode({ occurredAt: node.occurredAt, id: node.id }, scope),
+      cursor: encode({ occurredAt: node.occurredAt, id: node.id }),
       node,
     }));
     return {
@@ -84,6 +104,10 @@ export class AuditEventQueries {
         endCursor: edges.at(-1)?.cursor ?? null,
       },
     };
+  }
+
+  list(tenant: TenantId, args: PageArgs): Promise<EventPage> {
+    return this.read(this.plan(tenant, args));
   }
 
   /** The position a tail's cursor names; InvalidCursorError for a cursor that is not one. */

@@ -17,9 +17,16 @@ export class GqlConnection {
   private readonly client: Client | Pool;
   private readonly path: string;
 
-  constructor(url: string, opts: { connections?: number } = {}) {
+  /** The caller's header besides the body: an API key, or the tenant header (AUTH_MODE=dev). */
+  private readonly auth: (tenant: string) => Record<string, string>;
+
+  constructor(url: string, opts: { connections?: number; apiKey?: string } = {}) {
     const u = new URL(url);
     this.path = u.pathname;
+    const { apiKey } = opts;
+    this.auth = apiKey
+      ? () => ({ authorization: `Bearer ${apiKey}` })
+      : (tenant) => ({ 'x-tenant-id': tenant });
     const common = {
       keepAliveTimeout: 60_000,
       keepAliveMaxTimeout: 600_000,
@@ -38,7 +45,7 @@ export class GqlConnection {
       const res = await this.client.request({
         path: this.path,
         method: 'POST',
-        headers: { 'content-type': 'application/json', 'x-tenant-id': tenant },
+        headers: { 'content-type': 'application/json', ...this.auth(tenant) },
         body,
       });
       const text = await res.body.text();

@@ -1,7 +1,10 @@
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import pg from 'pg';
 import { measureChainCost } from './chain-cost.js';
-import { runWorker, type Server, spawnServer, startWorker } from './child-processes.js';
+import { ROOT, runWorker, type Server, spawnServer, startWorker } from './child-processes.js';
 import { type Bench, ingestAcross, log, sum } from './context.js';
+import { FLUSH_MUTATION } from './events.js';
 import { GqlConnection } from './gql-client.js';
 import { peakRssBytes, processCpuSeconds, resetPeakRss, rssBytes } from './proc-stats.js';
 import { fmt } from './report.js';
@@ -436,8 +439,10 @@ function monthStart(d: Date, add = 0): Date {
 /**
  * Scenario 3's closed loop: the service against a plain `node:http` server over the same keyset
  * SQL and JSON (plain-read-server.ts), at 4 and 16 concurrent clients, on the three queries.
- * Targets: requests/s ≥ 0.8× the plain server's, p50 ≤ 1.3× its p50, with AUDIT_READS as the
- * service runs (on by default).
+ * Targets: requests/s ≥ 0.8× the plain server's, p50 ≤ 1.3× its p50, with AUDIT_READS on (the
+ * default). AUTH_MODE=dev records no reads (nobody is authenticated to name), so the service
+ * side is a second instance with AUTH_MODE=keys, same database and Redis, read with an API key:
+ * every page it answers writes its access record, and the run checks afterwards that each did.
  */
 async function readLoad(
   bench: Bench,
@@ -446,11 +451,26 @@ async function readLoad(
   correlationIds: string[],
 ): Promise<void> {
   const { p } = bench;
+  const spec = bench.serviceSpec;
+  const apiKey = createApiKey(spec.env, tenant, 'events:read,events:write', 'bench-reads');
+  const keyed = await spawnServer(
+    spec.entry,
+    {
+      ...spec.env,
+      AUTH_MODE: 'keys',
+      AUDIT_READS: 'true',
+      INSTANCE_ID: `${spec.env.INSTANCE_ID ?? `bench-${process.pid}`}-keyed`,
+      DLQ_DIR: join(spec.tempDir, 'dlq-keyed'),
+    },
+    { nodeArgs: spec.nodeArgs },
+  );
   const plain = await spawnServer('test/bench/plain-read-server.ts', {
     BENCH_DATABASE_URL: bench.databaseUrl,
     BENCH_SCHEMA: `t_${tenant}`,
   });
+  const recordsBefore = await accessReadRecords(bench, tenant);
   let r: ReadLoadResult;
+  let recorded: number;
   try {
     const plainCursor = Buffer.from(
       JSON.stringify([reads.deepPosition.occurredAt, reads.deepPosition.id]),
@@ -460,7 +480,7 @@ async function readLoad(
         kind: 'readLoad',
         tenant,
         targets: [
-          { name: 'service', url: bench.service.url, deepCursor: reads.deepCursor },
+          { name: 'service', url: keyed.url, deepCursor: reads.deepCursor, apiKey },
           { name: 'plain', url: plain.url, deepCursor: plainCursor },
         ],
         concurrency: [4, 16],
@@ -469,13 +489,33 @@ async function readLoad(
         correlationIds,
         seed: 37,
       });
-      // The plain server's CPU shows under "Other processes".
+      // The keyed service's and the plain server's CPU show under "Other processes".
       return { value: r, workerCpu: r.cpuSeconds };
     });
+    const api = new GqlConnection(keyed.url, { apiKey });
+    try {
+      await api.request(tenant, FLUSH_MUTATION, { timeoutMs: 60_000 });
+    } finally {
+      await api.close();
+    }
+    recorded = (await accessReadRecords(bench, tenant)) - recordsBefore;
   } finally {
     await plain.stop();
+    await keyed.stop();
   }
   checkFailures(bench, 'reads closed loop', r);
+  const answered = sum(r.runs.filter((x) => x.target === 'service').map((x) => x.answered));
+  bench.add({
+    scenario: '3 read',
+    figure:
+      'closed loop, AUDIT_READS on: access records stored (after flushAudit) for the pages the ' +
+      'service answered, warm-up included',
+    value: fmt.int(recorded),
+    baseline: `${fmt.int(answered)} pages answered`,
+    ratio: '—',
+    target: 'one per page',
+    met: recorded === answered,
+  });
   const names = { first: 'first page', deep: 'deep page', correlation: 'one correlation id' };
   for (const query of ['first', 'deep', 'correlation'] as const) {
     for (const clients of [4, 16]) {
@@ -1396,4 +1436,45 @@ export async function accounting(bench: Bench): Promise<void> {
     target: 'all',
     met: ok,
   });
+}
+
+/** Creates an API key of `tenant` with the keys CLI, as an operator would; the key itself. */
+function createApiKey(
+  env: Record<string, string>,
+  tenant: string,
+  scopes: string,
+  label: string,
+): string {
+  const out = execFileSync(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      'src/cli/keys.ts',
+      'create',
+      '--tenant',
+      tenant,
+      '--scopes',
+      scopes,
+      '--label',
+      label,
+      '--json',
+    ],
+    { cwd: ROOT, env: { PATH: process.env.PATH, ...env }, encoding: 'utf8' },
+  );
+  return (JSON.parse(out) as { key: string }).key;
+}
+
+/** The tenant's stored records of reads (AUDIT_READS). */
+async function accessReadRecords(bench: Bench, tenant: string): Promise<number> {
+  const db = new pg.Client({ connectionString: bench.databaseUrl });
+  await db.connect();
+  try {
+    const { rows } = await db.query<{ n: number }>(
+      `select count(*)::int as n from "t_${tenant}".audit_events where event_type = 'auditgraph.access.read'`,
+    );
+    return rows[0]!.n;
+  } finally {
+    await db.end();
+  }
 }

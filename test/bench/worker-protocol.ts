@@ -90,8 +90,11 @@ export type ReadLoadQuery = 'first' | 'deep' | 'correlation';
 export interface ReadLoadJob {
   kind: 'readLoad';
   tenant: string;
-  /** The servers to compare; each with the cursor of its deep page (cursors differ by server). */
-  targets: { name: string; url: string; deepCursor: string }[];
+  /**
+   * The servers to compare; each with the cursor of its deep page (cursors differ by server),
+   * and the API key its requests carry (none: the tenant header of AUTH_MODE=dev).
+   */
+  targets: { name: string; url: string; deepCursor: string; apiKey?: string }[];
   concurrency: number[];
   durationMs: number;
   warmupMs: number;
@@ -104,7 +107,10 @@ export interface ReadLoadResult {
     target: string;
     query: ReadLoadQuery;
     clients: number;
+    /** Requests answered inside the measured window. */
     requests: number;
+    /** Every request answered, warm-up included. */
+    answered: number;
     seconds: number;
     latenciesMs: number[];
   }[];

@@ -142,9 +142,13 @@ export async function runReadLoad(job: ReadLoadJob): Promise<ReadLoadResult> {
   for (const query of ['first', 'deep', 'correlation'] as const) {
     for (const clients of job.concurrency) {
       for (const target of job.targets) {
-        const conns = Array.from({ length: clients }, () => new GqlConnection(target.url));
+        const conns = Array.from(
+          { length: clients },
+          () => new GqlConnection(target.url, { apiKey: target.apiKey }),
+        );
         const latencies: number[] = [];
         let counted = 0;
+        let answered = 0;
         const started = performance.now();
         const measureFrom = started + job.warmupMs;
         const end = measureFrom + job.durationMs;
@@ -163,6 +167,8 @@ export async function runReadLoad(job: ReadLoadJob): Promise<ReadLoadResult> {
                 failures.add(
                   `${target.name} ${query}: ${r.failure ?? JSON.stringify(r.errors ?? page).slice(0, 200)}`,
                 );
+              } else {
+                answered++;
               }
               if (t >= measureFrom && done <= end) {
                 latencies.push(done - t);
@@ -177,6 +183,7 @@ export async function runReadLoad(job: ReadLoadJob): Promise<ReadLoadResult> {
           query,
           clients,
           requests: counted,
+          answered,
           seconds: job.durationMs / 1000,
           latenciesMs: latencies,
         });

@@ -119,8 +119,8 @@ const envSchema = z.object({
   /** Lexical tokens in one document; 0: no limit. */
   MAX_QUERY_TOKENS: int(0).default(20_000),
   /**
-   * Executions of a query text by the ordinary executor before it is compiled (graphql-jit)
-   * for the executions after; 0 compiles from the first, -1 never compiles.
+   * Executions of a query or mutation text by the ordinary executor before it is compiled
+   * (graphql-jit) for the executions after; 0 compiles from the first, -1 never compiles.
    */
   QUERY_COMPILE_AFTER: int(-1, 1_000_000).default(1),
   /** Operations in one HTTP request: 1 turns batching off, n > 1 allows batches of n, 0 any. */

@@ -98,9 +98,9 @@ export function createMetrics(sources: MetricsSources): Metrics {
   const compiled = new Counter({
     name: `${PREFIX}graphql_queries_compiled_total`,
     help:
-      'Query documents compiled for execution on this instance: one per query text executed ' +
-      'more than once (while the parse cache holds it). A steady rise means callers send ever ' +
-      'new query texts.',
+      'Operation documents compiled for execution on this instance: one per query or mutation ' +
+      'text executed more than once (while the parse cache holds it). A steady rise means ' +
+      'callers send ever new texts.',
     registers: [registry],
   });
   return {

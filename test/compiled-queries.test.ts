@@ -10,10 +10,11 @@ import {
 } from './support/harness.js';
 
 /**
- * Compiled execution (graphql/compiled-queries.ts) changes how a repeated query runs, never what
- * it answers: every read below is sent three times against the real service — once through
- * graphql-js, then twice compiled — and must come back byte for byte the same, status included,
- * whether it succeeds, is refused by a resolver, or has bad variables.
+ * Compiled execution (graphql/compiled-queries.ts) changes how a repeated operation runs, never
+ * what it answers: every read below, and every write refused the same way each time, is sent
+ * three times against the real service — once through graphql-js, then twice compiled — and
+ * must come back the same, status included, whether it succeeds, is refused by a resolver, or
+ * has bad variables.
  */
 
 let t: TestApp;
@@ -121,6 +122,11 @@ describe('compiled queries', () => {
         '{ auditStats { __typename ... on AuditStats { accepted stored pending identityHolds } } }',
       ],
       [T, '{ __typename __type(name: "Actor") { name fields { name type { name kind } } } }'],
+      // Writes that are refused the same way every time: events that fail validation (a typed
+      // ValidationError), a variable of the wrong shape (graphql-js's words, naming the path).
+      [T, CREATE, { input: { events: [event({ occurredAt: 'yesterday', outcome: 'SUCCESS' })] } }],
+      [T, CREATE, { input: { events: [event({ eventType: '' }), event({ actor: null })] } }],
+      [T, CREATE, { input: { ack: 'SOMETIMES', events: [event()] } }],
       // The tenant never wrote (unknown), and no tenant at all.
       [STRANGER, EVERY_FIELD, { first: 1 }],
       [null, EVERY_FIELD, { first: 1 }],
@@ -136,9 +142,9 @@ describe('compiled queries', () => {
       expect(answers[1], seen).toEqual(answers[0]);
       expect(answers[2], seen).toEqual(answers[0]);
     }
-    // Each distinct text is compiled once, on its second execution: the 7 texts above (the
-    // page's had run once before).
-    expect((await compiledCount(t)) - before).toBe(7);
+    // Each distinct text is compiled once, on its second execution: the 8 texts above (the
+    // page's and the write's had run before).
+    expect((await compiledCount(t)) - before).toBe(8);
   });
 
   it('are not compiled with QUERY_COMPILE_AFTER=-1 (negative control), and answer the same', async () => {

@@ -5,7 +5,6 @@ import {
   type FragmentDefinitionNode,
   GraphQLError,
   getOperationAST,
-  getVariableValues,
   Kind,
   type OperationDefinitionNode,
   type SelectionSetNode,
@@ -14,25 +13,27 @@ import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
 import type { Plugin } from 'graphql-yoga';
 
 /**
- * Queries a client sends again are executed compiled (graphql-jit): a page of 50 events with
- * every field is some 1,250 field resolutions, each a trip through graphql-js's generic executor
- * (argument and type checks, paths, promise handling), which cost a page more CPU than its SQL.
- * graphql-jit turns an operation into one function that resolves exactly its selection. Parsing
- * and validation stay graphql-js's (and the request limits' rules), so what is refused does not
- * change; only execution does, and it answers as graphql-js would:
+ * Queries and mutations a client sends again are executed compiled (graphql-jit). A page of 50
+ * events with every field is some 1,250 field resolutions, and a call of 100 events some 2,500
+ * input values to coerce, each a trip through graphql-js's generic executor (argument and type
+ * checks, paths, promise handling), which cost more CPU than the SQL they lead to. graphql-jit
+ * turns an operation into one function that coerces exactly its variables and resolves exactly
+ * its selection. Parsing and validation stay graphql-js's (and the request limits' rules), so
+ * what is refused does not change; only execution does, and it answers as graphql-js would:
  *
- * - variables graphql-js would refuse are left to graphql-js, which refuses them in its words
- *   (and with the status yoga gives them), where graphql-jit's messages differ;
+ * - variables a compiled operation refuses are handed back to graphql-js, which refuses them
+ *   in its words (naming the path of the bad value) and with the status yoga gives them; no
+ *   resolver has run by then, so nothing happens twice;
  * - an error of a compiled execution is reported as graphql-js reports it: with the locations
  *   of its fields in the document, and wrapping what went wrong (a resolver's throw, a null in
  *   a non-null field) as its original error, so masking treats it alike (an unexpected one is
  *   logged and masked as INTERNAL; graphql-jit would send a null violation's message as is).
  *
- * Only queries: mutations keep graphql-js's execution, where write shedding replaces the
- * executor of a refused call (write-shedding.ts), and subscriptions keep theirs. A document is
- * compiled on its second execution, not its first: compiling costs several executions' worth,
- * so a caller sending a new query text each time (the parse cache holds one document per text)
- * is served by the ordinary executor rather than making the service compile for each request.
+ * Subscriptions keep graphql-js's execution. A document is compiled on its second execution,
+ * not its first: compiling costs several executions' worth, so a caller sending a new text
+ * each time (the parse cache holds one document per text) is served by the ordinary executor
+ * rather than making the service compile for each request. This plugin comes before write
+ * shedding (write-shedding.ts), which wraps whichever executor is in place.
  *
  * (envelop's graphql-jit plugin does the compiling and caching too, but neither the threshold nor
  * the error reporting above; what it adds over graphql-jit itself is a few lines.)
@@ -71,31 +72,23 @@ export function useCompiledQueries(
   };
 
   return {
-    onExecute({ args, setExecuteFn }) {
+    onExecute({ args, setExecuteFn, executeFn }) {
       const { document, operationName } = args;
       const operation = getOperationAST(document, operationName);
-      if (operation?.operation !== 'query') return;
+      if (operation?.operation !== 'query' && operation?.operation !== 'mutation') return;
       const n = runs.get(document) ?? 0;
       if (n < compileAfter) {
         runs.set(document, n + 1);
         return;
       }
-      const coerced = getVariableValues(
-        args.schema,
-        operation.variableDefinitions ?? [],
-        (args.variableValues ?? {}) as Record<string, unknown>,
-        { maxErrors: 1 },
-      );
-      if (coerced.errors) return;
-      const query = compiledFor(args, operationName ?? '');
-      if (!query) return;
-      setExecuteFn(async (a) =>
-        asGraphQLJsReports(
-          await query.query(a.rootValue, a.contextValue, a.variableValues),
-          document,
-          operation,
-        ),
-      );
+      const compiledQuery = compiledFor(args, operationName ?? '');
+      if (!compiledQuery) return;
+      setExecuteFn(async (a) => {
+        const result = await compiledQuery.query(a.rootValue, a.contextValue, a.variableValues);
+        // Only refused variables end a compiled run without data: graphql-js says why.
+        if (result.data === undefined) return executeFn(a);
+        return asGraphQLJsReports(result, document, operation);
+      });
     },
   };
 }

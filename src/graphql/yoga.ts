@@ -174,8 +174,7 @@ export function createGraphQLServer(
     maxRequestBodySize: config.maxRequestBytes,
     plugins: [
       useRequestLimits(config),
-      useWriteShedding(),
-      useRefusalStatus(),
+      // Before write shedding, which wraps the executor in place.
       ...(config.queryCompileAfter >= 0
         ? [
             useCompiledQueries({
@@ -184,6 +183,8 @@ export function createGraphQLServer(
             }),
           ]
         : []),
+      useWriteShedding(),
+      useRefusalStatus(),
     ],
     maskedErrors: {
       maskError(error, message) {

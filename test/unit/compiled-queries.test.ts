@@ -4,9 +4,9 @@ import { describe, expect, it } from 'vitest';
 import { useCompiledQueries } from '../../src/graphql/compiled-queries.js';
 
 /**
- * When a document is compiled: on its second execution as a query, once; never as a mutation;
- * never for a query text seen once. And a compiled execution answers exactly as graphql-js did,
- * errors included.
+ * When a document is compiled: on its second execution, once; never as a subscription, never
+ * for a text seen once. And a compiled execution answers exactly as graphql-js did, errors
+ * included, and runs a mutation's resolver once per call, bad variables or not.
  */
 function server() {
   const compiled: DocumentNode[] = [];
@@ -17,7 +17,8 @@ function server() {
         type Item { id: ID! n: Int! tags: [String!]! broken: String }
         type Box { item: Item! }
         type Query { items(first: Int!): [Item!]! item(id: ID!): Item box: Box }
-        type Mutation { bump: Int! }
+        type Mutation { bump: Int! add(n: Int!): Int! }
+        type Subscription { ticks: Int! }
       `,
       resolvers: {
         Query: {
@@ -32,7 +33,20 @@ function server() {
             throw new Error('no such thing');
           },
         },
-        Mutation: { bump: () => ++counter },
+        Mutation: {
+          bump: () => ++counter,
+          add: (_: unknown, { n }: { n: number }) => {
+            counter += n;
+            return counter;
+          },
+        },
+        Subscription: {
+          ticks: {
+            subscribe: async function* () {
+              for (let i = 1; i <= 2; i++) yield { ticks: i };
+            },
+          },
+        },
       },
     }),
     logging: false,
@@ -44,9 +58,14 @@ function server() {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ query, variables }),
     });
-    return { status: res.status, body: await res.json() };
+    const text = await res.text();
+    // A subscription is answered as a stream of events, not one JSON document.
+    return {
+      status: res.status,
+      body: res.headers.get('content-type')?.includes('json') ? JSON.parse(text) : text,
+    };
   };
-  return { run, compiled };
+  return { run, compiled, counter: () => counter };
 }
 
 const ITEMS = 'query($first: Int!) { items(first: $first) { id n tags broken } }';
@@ -87,9 +106,30 @@ describe('useCompiledQueries', () => {
     expect(compiled.length).toBeGreaterThan(0);
   });
 
-  it('never compiles a mutation, nor a query text sent once', async () => {
+  it('compiles a mutation too, running its resolver once per call, bad variables or not', async () => {
+    const { run, compiled, counter } = server();
+    const answers = [];
+    for (let i = 0; i < 3; i++) answers.push((await run('mutation { bump }')).body);
+    expect(answers).toEqual([{ data: { bump: 1 } }, { data: { bump: 2 } }, { data: { bump: 3 } }]);
+    expect(compiled).toHaveLength(1);
+    const add = 'mutation($n: Int!) { add(n: $n) }';
+    const refused = [];
+    for (let i = 0; i < 3; i++) refused.push(await run(add, { n: 'ten' }));
+    expect(refused[0]!.status).toBe(400);
+    expect(refused[0]!.body.errors[0].message).toContain('Variable "$n" got invalid value "ten"');
+    expect(refused[1]).toEqual(refused[0]);
+    expect(refused[2]).toEqual(refused[0]);
+    expect(counter()).toBe(3);
+    expect((await run(add, { n: 10 })).body).toEqual({ data: { add: 13 } });
+    expect(compiled).toHaveLength(2);
+  });
+
+  it('never compiles a subscription, nor a text sent once', async () => {
     const { run, compiled } = server();
-    for (let i = 0; i < 3; i++) await run('mutation { bump }');
+    for (let i = 0; i < 3; i++) {
+      const r = await run('subscription { ticks }');
+      expect(r.body).toContain('"ticks":2');
+    }
     for (let i = 1; i <= 3; i++) await run(`{ items(first: ${i}) { id } }`);
     expect(compiled).toHaveLength(0);
     // Negative control: the same text twice is compiled.

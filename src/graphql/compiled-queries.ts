@@ -1,4 +1,5 @@
 import {
+  BREAK,
   type DocumentNode,
   type ExecutionResult,
   type FieldNode,
@@ -8,6 +9,7 @@ import {
   Kind,
   type OperationDefinitionNode,
   type SelectionSetNode,
+  visit,
 } from 'graphql';
 import { type CompiledQuery, compileQuery, isCompiledQuery } from 'graphql-jit';
 import type { Plugin } from 'graphql-yoga';
@@ -29,6 +31,17 @@ import type { Plugin } from 'graphql-yoga';
  *   a non-null field) as its original error, so masking treats it alike (an unexpected one is
  *   logged and masked as INTERNAL; graphql-jit would send a null violation's message as is).
  *
+ * Only documents of the shape clients send for the hot paths are compiled: every argument a
+ * variable or a number, boolean, enum or null (no string literal anywhere, no variable inside a
+ * literal, no default values, no directives), a mutation with one root field, at most
+ * COMPILABLE_MAX_CHARS of text, and nothing resembling graphql-jit's internal markers. Anything
+ * else runs through graphql-js. graphql-jit writes argument literals into the code it generates
+ * and rewrites string markers in them into expressions, so a string literal would let a caller
+ * put code of its own into the service; it also fixes a variable inside a custom scalar's literal
+ * at compile time, turns a DateTime default into a string, mishandles @skip/@include in shared
+ * fragments, and can leave a mutation of several root fields waiting forever when one of them
+ * has bad arguments. A document is kept compiled in a bounded cache (COMPILED_MAX documents).
+ *
  * Subscriptions keep graphql-js's execution. A document is compiled on its second execution,
  * not its first: compiling costs several executions' worth, so a caller sending a new text
  * each time (the parse cache holds one document per text) is served by the ordinary executor
@@ -49,24 +62,38 @@ export function useCompiledQueries(
   const compileAfter = opts.compileAfter ?? 1;
   // Executions so far per document, counted up to compileAfter.
   const runs = new WeakMap<DocumentNode, number>();
-  // Per document, by operation name ('' for the only one): null where compiling failed.
-  const compiled = new WeakMap<DocumentNode, Map<string, CompiledQuery | null>>();
+  // Documents found not to be of a compilable shape (decided once per document).
+  const refused = new WeakSet<DocumentNode>();
+  // Compiled operations, most recently used last, by document and operation name; null where
+  // compiling failed. A Map in insertion order is the LRU: at most COMPILED_MAX entries.
+  const compiled = new Map<DocumentNode, Map<string, CompiledQuery | null>>();
 
   const compiledFor = (
     args: { schema: Parameters<typeof compileQuery>[0]; document: DocumentNode },
+    operation: OperationDefinitionNode,
     operationName: string,
   ): CompiledQuery | null => {
-    let byName = compiled.get(args.document);
-    if (!byName) {
+    const { document } = args;
+    if (refused.has(document)) return null;
+    let byName = compiled.get(document);
+    if (byName) {
+      compiled.delete(document);
+      compiled.set(document, byName);
+    } else {
+      if (!compilable(document, operation)) {
+        refused.add(document);
+        return null;
+      }
       byName = new Map();
-      compiled.set(args.document, byName);
+      compiled.set(document, byName);
+      if (compiled.size > COMPILED_MAX) compiled.delete(compiled.keys().next().value!);
     }
     let query = byName.get(operationName);
     if (query === undefined) {
-      const result = compileQuery(args.schema, args.document, operationName || undefined);
+      const result = compileQuery(args.schema, document, operationName || undefined);
       query = isCompiledQuery(result) ? result : null;
       byName.set(operationName, query);
-      if (query) opts.onCompile?.(args.document);
+      if (query) opts.onCompile?.(document);
     }
     return query;
   };
@@ -81,7 +108,7 @@ export function useCompiledQueries(
         runs.set(document, n + 1);
         return;
       }
-      const compiledQuery = compiledFor(args, operationName ?? '');
+      const compiledQuery = compiledFor(args, operation, operationName ?? '');
       if (!compiledQuery) return;
       setExecuteFn(async (a) => {
         const result = await compiledQuery.query(a.rootValue, a.contextValue, a.variableValues);
@@ -91,6 +118,67 @@ export function useCompiledQueries(
       });
     },
   };
+}
+
+/** Longest document text compiled: the hot operations are a few hundred characters. */
+export const COMPILABLE_MAX_CHARS = 4_096;
+/** Compiled documents kept (least recently used dropped first). */
+export const COMPILED_MAX = 256;
+
+/** Whether a document is of the shape compiled here (see useCompiledQueries). */
+export function compilable(document: DocumentNode, operation: OperationDefinitionNode): boolean {
+  const text = document.loc?.source.body;
+  if (text === undefined || text.length > COMPILABLE_MAX_CHARS || text.includes('__MAGIC')) {
+    return false;
+  }
+  if (operation.operation === 'mutation') {
+    const root = operation.selectionSet.selections;
+    if (root.length !== 1 || root[0]!.kind !== Kind.FIELD) return false;
+  }
+  let ok = true;
+  // Depth inside a literal value (list or object): a variable there is fixed at compile time.
+  let inLiteral = 0;
+  visit(document, {
+    StringValue() {
+      ok = false;
+      return BREAK;
+    },
+    Directive() {
+      ok = false;
+      return BREAK;
+    },
+    VariableDefinition(node) {
+      if (node.defaultValue) {
+        ok = false;
+        return BREAK;
+      }
+      return false; // its type and name need no look
+    },
+    ListValue: {
+      enter: () => {
+        inLiteral++;
+      },
+      leave: () => {
+        inLiteral--;
+      },
+    },
+    ObjectValue: {
+      enter: () => {
+        inLiteral++;
+      },
+      leave: () => {
+        inLiteral--;
+      },
+    },
+    Variable() {
+      if (inLiteral > 0) {
+        ok = false;
+        return BREAK;
+      }
+      return undefined;
+    },
+  });
+  return ok;
 }
 
 /** A compiled execution's result with its errors as graphql-js would have made them. */

@@ -464,34 +464,41 @@ async function readLoad(
     },
     { nodeArgs: spec.nodeArgs },
   );
-  const plain = await spawnServer('test/bench/plain-read-server.ts', {
-    BENCH_DATABASE_URL: bench.databaseUrl,
-    BENCH_SCHEMA: `t_${tenant}`,
-  });
-  const recordsBefore = await accessReadRecords(bench, tenant);
+  let plain: Server | undefined;
   let r: ReadLoadResult;
   let recorded: number;
   try {
+    plain = await spawnServer('test/bench/plain-read-server.ts', {
+      BENCH_DATABASE_URL: bench.databaseUrl,
+      BENCH_SCHEMA: `t_${tenant}`,
+    });
+    const plainUrl = plain.url;
+    const recordsBefore = await accessReadRecords(bench, tenant);
     const plainCursor = Buffer.from(
       JSON.stringify([reads.deepPosition.occurredAt, reads.deepPosition.id]),
     ).toString('base64url');
-    r = await bench.phase('3 closed loop', async () => {
-      const r = await runWorker<ReadLoadResult>({
-        kind: 'readLoad',
-        tenant,
-        targets: [
-          { name: 'service', url: keyed.url, deepCursor: reads.deepCursor, apiKey },
-          { name: 'plain', url: plain.url, deepCursor: plainCursor },
-        ],
-        concurrency: [4, 16],
-        durationMs: p.readLoadMs,
-        warmupMs: p.readLoadWarmupMs,
-        correlationIds,
-        seed: 37,
-      });
-      // The keyed service's and the plain server's CPU show under "Other processes".
-      return { value: r, workerCpu: r.cpuSeconds };
-    });
+    r = await bench.phase(
+      '3 closed loop',
+      async () => {
+        const r = await runWorker<ReadLoadResult>({
+          kind: 'readLoad',
+          tenant,
+          targets: [
+            { name: 'service', url: keyed.url, deepCursor: reads.deepCursor, apiKey },
+            { name: 'plain', url: plainUrl, deepCursor: plainCursor },
+          ],
+          concurrency: [4, 16],
+          durationMs: p.readLoadMs,
+          warmupMs: p.readLoadWarmupMs,
+          correlationIds,
+          seed: 37,
+        });
+        // The keyed instance is this phase's service; the plain server's CPU (and the idle
+        // first instance's) shows under "Other processes".
+        return { value: r, workerCpu: r.cpuSeconds };
+      },
+      { service: keyed },
+    );
     const api = new GqlConnection(keyed.url, { apiKey });
     try {
       await api.request(tenant, FLUSH_MUTATION, { timeoutMs: 60_000 });
@@ -500,7 +507,7 @@ async function readLoad(
     }
     recorded = (await accessReadRecords(bench, tenant)) - recordsBefore;
   } finally {
-    await plain.stop();
+    await plain?.stop();
     await keyed.stop();
   }
   checkFailures(bench, 'reads closed loop', r);

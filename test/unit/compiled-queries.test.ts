@@ -1,7 +1,13 @@
-import type { DocumentNode } from 'graphql';
+import { type DocumentNode, getOperationAST, parse } from 'graphql';
+import { compileQuery, isCompiledQuery } from 'graphql-jit';
 import { createSchema, createYoga } from 'graphql-yoga';
 import { describe, expect, it } from 'vitest';
-import { useCompiledQueries } from '../../src/graphql/compiled-queries.js';
+import {
+  COMPILABLE_MAX_CHARS,
+  COMPILED_MAX,
+  compilable,
+  useCompiledQueries,
+} from '../../src/graphql/compiled-queries.js';
 
 /**
  * When a document is compiled: on its second execution, once; never as a subscription, never
@@ -16,7 +22,7 @@ function server() {
       typeDefs: /* GraphQL */ `
         type Item { id: ID! n: Int! tags: [String!]! broken: String }
         type Box { item: Item! }
-        type Query { items(first: Int!): [Item!]! item(id: ID!): Item box: Box }
+        type Query { items(first: Int!): [Item!]! item(id: ID!): Item box: Box echo(s: String, n: Int, l: [Int!]): String }
         type Mutation { bump: Int! add(n: Int!): Int! }
         type Subscription { ticks: Int! }
       `,
@@ -26,6 +32,7 @@ function server() {
             Array.from({ length: first }, (_, i) => ({ id: `i${i}`, n: i, tags: ['a', `t${i}`] })),
           item: (_: unknown, { id }: { id: string }) => (id === 'none' ? null : { id, n: 0 }),
           box: () => ({ item: null }),
+          echo: (_: unknown, a: Record<string, unknown>) => JSON.stringify(a),
         },
         Item: {
           tags: (item: { tags?: string[] }) => item.tags ?? [],
@@ -65,7 +72,7 @@ function server() {
       body: res.headers.get('content-type')?.includes('json') ? JSON.parse(text) : text,
     };
   };
-  return { run, compiled, counter: () => counter };
+  return { run, compiled, counter: () => counter, schema: yoga.getEnveloped().schema };
 }
 
 const ITEMS = 'query($first: Int!) { items(first: $first) { id n tags broken } }';
@@ -135,5 +142,60 @@ describe('useCompiledQueries', () => {
     // Negative control: the same text twice is compiled.
     await run('{ items(first: 1) { id } }');
     expect(compiled).toHaveLength(1);
+  });
+});
+
+// A string literal that graphql-jit rewrites into an expression of the generated code.
+const MARKER = '__MAGIC_DATE__33a9e76d_02e0_4128_8e92_3530ad3da74d';
+const INJECTION = `{ echo(s: "${MARKER}0,(globalThis.__compiledQueriesPwned = 1)") }`;
+
+describe('what is compiled', () => {
+  it('never a document carrying text of the caller into generated code', async () => {
+    const g = globalThis as { __compiledQueriesPwned?: number };
+    const { run, compiled, schema } = server();
+    for (let i = 0; i < 3; i++) expect((await run(INJECTION)).status).toBe(200);
+    expect(compiled).toHaveLength(0);
+    expect(g.__compiledQueriesPwned).toBeUndefined();
+    // Negative control: compiled as graphql-jit compiles it, the caller's code runs.
+    const jit = compileQuery(schema, parse(INJECTION));
+    expect(isCompiledQuery(jit)).toBe(true);
+    if (isCompiledQuery(jit)) await jit.query({}, {}, {});
+    expect(g.__compiledQueriesPwned).toBe(1);
+    delete g.__compiledQueriesPwned;
+  });
+
+  it('only documents of the hot paths’ shape', () => {
+    const cases: [string, boolean][] = [
+      ['query($first: Int!) { items(first: $first) { id n } }', true],
+      ['{ items(first: 3) { id } echo(n: 1, l: [1, 2]) }', true],
+      ['mutation($n: Int!) { add(n: $n) }', true],
+      ['query { echo(s: "plain text") }', false],
+      [INJECTION, false],
+      [`query { ${MARKER}x: echo(n: 1) }`, false],
+      ['query($s: String) { echo(s: $s) @include(if: true) }', false],
+      ['query($n: Int = 3) { echo(n: $n) }', false],
+      ['query($n: Int!) { echo(l: [1, $n]) }', false],
+      ['mutation { bump add(n: 1) }', false],
+      ['mutation { ...M } fragment M on Mutation { bump }', false],
+      [`{ items(first: 1) { id ${' '.repeat(COMPILABLE_MAX_CHARS)} } }`, false],
+    ];
+    for (const [text, expected] of cases) {
+      const document = parse(text);
+      expect(compilable(document, getOperationAST(document)!), text.slice(0, 80)).toBe(expected);
+    }
+  });
+
+  it(`keeps at most ${COMPILED_MAX} documents compiled, the least recently used dropped`, async () => {
+    const { run, compiled } = server();
+    const text = (i: number) => `{ items(first: ${i + 1}) { id } }`;
+    for (let i = 0; i <= COMPILED_MAX; i++) {
+      await run(text(i));
+      await run(text(i));
+    }
+    expect(compiled).toHaveLength(COMPILED_MAX + 1);
+    // The first was dropped to make room for the last: it is compiled again; the second is not.
+    await run(text(1));
+    await run(text(0));
+    expect(compiled).toHaveLength(COMPILED_MAX + 2);
   });
 });

@@ -48,8 +48,9 @@ import type { Plugin } from 'graphql-yoga';
  * rather than making the service compile for each request. This plugin comes before write
  * shedding (write-shedding.ts), which wraps whichever executor is in place.
  *
- * (envelop's graphql-jit plugin does the compiling and caching too, but neither the threshold nor
- * the error reporting above; what it adds over graphql-jit itself is a few lines.)
+ * (envelop's graphql-jit plugin does the compiling and caching too, but not the shape guard, the
+ * bounded cache or the error reporting above; what it adds over graphql-jit itself is a few
+ * lines.)
  */
 export function useCompiledQueries(
   opts: {
